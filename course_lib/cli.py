@@ -1,0 +1,154 @@
+"""The ``course`` command: info, fetch, make-student, execute-solutions."""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from .config import HF_REPOS, MODEL_SIZES
+from .paths import cache_dir, mirror_dir, repo_root
+
+VERSIONED = ("torch", "tiktoken", "safetensors", "huggingface_hub", "pandas", "matplotlib",
+             "nbval", "papermill", "transformers", "peft")
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .profiles import get_profile, pick_device
+
+    profile = get_profile(args.profile)
+    print(f"profile:  {profile.name} ({profile.description})")
+    print(f"model:    {profile.model_size}")
+    print(f"device:   {pick_device(profile=profile)}")
+    print(f"python:   {platform.python_version()}")
+    for package in VERSIONED:
+        print(f"{package + ':':<17} {_version(package)}")
+    print(f"cache:    {cache_dir()}")
+    mirror = mirror_dir()
+    print(f"mirror:   {mirror if mirror else 'not set (COURSE_MIRROR)'}")
+    print("assets:")
+    for name, cached in asset_status():
+        print(f"  [{'x' if cached else ' '}] {name}")
+    return 0
+
+
+def asset_status() -> list[tuple[str, bool]]:
+    """(asset, is it cached here?) for everything the course can download."""
+    from huggingface_hub import try_to_load_from_cache
+
+    rows = [("GPT-2 tokenizer (shipped in course_lib)", True)]
+    smoke = cache_dir() / "models" / "gpt2-smoke" / "model.safetensors"
+    rows.append(("gpt2-smoke (tiny) checkpoint (generated)", smoke.is_file()))
+    for size, repo in HF_REPOS.items():
+        found = try_to_load_from_cache(repo_id=repo, filename="model.safetensors")
+        rows.append((f"{size} weights ({repo})", isinstance(found, str)))
+    rows += _data_status()
+    return rows
+
+
+def _data_status() -> list[tuple[str, bool]]:
+    try:
+        from .data import dataset_status
+    except ImportError:
+        return []
+    return dataset_status()
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from .profiles import get_profile
+    from .weights import download_gpt2, load_gpt2_checkpoint
+
+    profile = get_profile(args.profile)
+    sizes = args.model_size or [profile.model_size]
+    for size in sizes:
+        print(f"Fetching {size} ...", flush=True)
+        folder = download_gpt2(size)
+        settings, _ = load_gpt2_checkpoint(folder)  # verifies the files can be read
+        print(f"  ok: {settings}")
+    try:
+        from .data import fetch_all_data
+    except ImportError:
+        return 0
+    fetch_all_data()
+    return 0
+
+
+def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    if args.root:
+        root = Path(args.root)
+    else:  # the course folder you are in, else the one course_lib was installed from
+        root = Path.cwd() if (Path.cwd() / "solutions").is_dir() else repo_root()
+    return root / "solutions", root / "notebooks"
+
+
+def cmd_make_student(args: argparse.Namespace) -> int:
+    from .notebooks import make_student, stale_notebooks
+
+    solutions, notebooks = _folders(args)
+    if args.check:
+        stale = stale_notebooks(solutions, notebooks)
+        if stale:
+            for name in stale:
+                print(f"notebooks/{name} is not what `course make-student` generates from solutions/.")
+            print("Run `course make-student` and commit notebooks/ with solutions/.")
+            return 1
+        print("notebooks/ is up to date with solutions/.")
+        return 0
+    for name in make_student(solutions, notebooks):
+        print(f"wrote notebooks/{name}")
+    return 0
+
+
+def cmd_execute_solutions(args: argparse.Namespace) -> int:
+    from .notebooks import execute_solutions
+
+    solutions, _ = _folders(args)
+    for name in execute_solutions(solutions, args.notebooks or None):
+        print(f"executed and stored solutions/{name}", flush=True)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="course", description="LoRA fine-tuning of GPT-2: course tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="profile, device, versions, and which assets are cached")
+    p.add_argument("--profile", choices=["full", "smoke"], default=None)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("fetch", help="download and verify the assets ahead of time")
+    p.add_argument("--profile", choices=["full", "smoke"], default=None)
+    p.add_argument("--model-size", nargs="+", choices=list(MODEL_SIZES), default=None)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("make-student", help="regenerate notebooks/ from solutions/")
+    p.add_argument("--check", action="store_true", help="exit 1 if notebooks/ is stale")
+    p.add_argument("--root", default=None, help="course folder (default: this repository)")
+    p.set_defaults(func=cmd_make_student)
+
+    p = sub.add_parser("execute-solutions", help="re-run solutions in the smoke profile and store outputs")
+    p.add_argument("notebooks", nargs="*", help="names like 04_lora_layers (default: all)")
+    p.add_argument("--root", default=None)
+    p.set_defaults(func=cmd_execute_solutions)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
