@@ -1,0 +1,13 @@
+"""pytest runs the course in the smoke profile, offline, with its own cache folder.
+
+This file sits at the repository root so that it applies to `pytest`, `pytest tests/` and
+`pytest --nbval solutions/` alike; the notebook kernels nbval starts inherit these variables.
+"""
+import os
+import tempfile
+
+os.environ["COURSE_PROFILE"] = "smoke"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+if "COURSE_CACHE_DIR" not in os.environ:
+    os.environ["COURSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lora-course-test-cache-")

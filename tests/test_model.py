@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from course_lib.config import MODEL_SIZES, get_config, settings_to_cfg
+from course_lib.generate import generate
+from course_lib.model import GPTModel, count_model_parameters
+
+
+def test_gpt2_small_architecture_counts_163m_untied_and_124m_tied():
+    model = GPTModel(get_config("gpt2-small (124M)"))
+    assert count_model_parameters(model) == 163_037_184
+    assert count_model_parameters(model, tied=True) == 124_439_808
+    model.out_head.weight = model.tok_emb.weight  # actually tied: shared tensor counted once
+    assert count_model_parameters(model) == 124_439_808
+    assert count_model_parameters(model, tied=True) == 124_439_808
+
+
+def test_blocks_have_separate_qkv_linear_layers_with_bias():
+    model = GPTModel(get_config("gpt2-smoke (tiny)"))
+    att = model.trf_blocks[0].att
+    for layer in (att.W_query, att.W_key, att.W_value, att.out_proj):
+        assert isinstance(layer, torch.nn.Linear) and layer.bias is not None
+    assert model.out_head.bias is None
+
+
+@pytest.mark.parametrize("size,emb,layers,heads", [
+    ("gpt2-medium (355M)", 1024, 24, 16), ("gpt2-large (774M)", 1280, 36, 20), ("gpt2-xl (1558M)", 1600, 48, 25)])
+def test_bigger_configs_have_gpt2_shapes(size, emb, layers, heads):
+    cfg = get_config(size)
+    assert (cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"], cfg["vocab_size"], cfg["context_length"]) == \
+        (emb, layers, heads, 50257, 1024)
+
+
+def test_unknown_model_size_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="gpt2-small"):
+        get_config("gpt2-huge")
+
+
+def test_settings_to_cfg_renames_all_five_keys():
+    cfg = settings_to_cfg({"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12})
+    assert cfg == {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
+                   "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True}
+
+
+@pytest.mark.parametrize("settings,name", [
+    ({"n_vocab": 1, "n_ctx": 1, "n_embd": 1, "n_head": 1}, "n_layer"),
+    ({"n_vocab": 1, "n_ctx": 1, "n_embd": 1, "n_head": 1, "n_layer": 1, "n_foo": 3}, "n_foo")])
+def test_settings_to_cfg_names_a_missing_or_unknown_key(settings, name):
+    with pytest.raises(KeyError, match=name):
+        settings_to_cfg(settings)
+
+
+def test_input_longer_than_context_is_refused_clearly():
+    model = GPTModel(get_config("gpt2-smoke (tiny)"))
+    with pytest.raises(ValueError, match="context length"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def _tiny_model():
+    torch.manual_seed(0)
+    return GPTModel(get_config("gpt2-smoke (tiny)")).eval()
+
+
+def test_greedy_generation_takes_the_argmax_each_step():
+    model = _tiny_model()
+    idx = torch.tensor([[1, 2, 3]])
+    out = generate(model, idx, max_new_tokens=3, context_size=128)
+    assert out.shape == (1, 6)
+    with torch.no_grad():
+        first = model(idx)[:, -1].argmax(-1)
+    assert out[0, 3] == first[0]
+
+
+def test_top_k_sampling_only_draws_from_the_k_most_likely_tokens():
+    model = _tiny_model()
+    idx = torch.tensor([[5, 6]])
+    with torch.no_grad():
+        top = set(torch.topk(model(idx)[0, -1], 3).indices.tolist())
+    for seed in range(20):
+        out = generate(model, idx, 1, 128, temperature=2.0, top_k=3, generator=torch.Generator().manual_seed(seed))
+        assert out[0, -1].item() in top
+
+
+def test_generation_rejects_negative_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        generate(_tiny_model(), torch.tensor([[1]]), 1, 128, temperature=-1)
+
+
+def test_all_sizes_listed():
+    assert set(MODEL_SIZES) >= {"gpt2-small (124M)", "gpt2-medium (355M)", "gpt2-large (774M)", "gpt2-xl (1558M)"}

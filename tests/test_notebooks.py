@@ -1,0 +1,108 @@
+"""The notebook toolchain: student copies are generated, current, and stop at their first TODO."""
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from course_lib.cli import main as course
+from course_lib.notebooks import SolutionMarkerError, make_student, stale_notebooks, strip_solution
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+STUDENT = ROOT / "notebooks"
+
+
+def test_strip_solution_keeps_indent_and_puts_the_hint_in_the_error():
+    src = "def f(x):\n    ### BEGIN SOLUTION: double x\n    return 2 * x\n    ### END SOLUTION\nprint(1)"
+    assert strip_solution(src, "code") == (
+        "def f(x):\n    # TODO: double x\n    raise NotImplementedError('double x')\nprint(1)")
+
+
+def test_strip_solution_turns_a_written_answer_into_a_prompt():
+    out = strip_solution("### BEGIN SOLUTION\nBecause B is zero.\n### END SOLUTION", "markdown")
+    assert "Because" not in out and "answer" in out
+
+
+@pytest.mark.parametrize("src", ["### BEGIN SOLUTION\nx = 1", "x = 1\n### END SOLUTION",
+                                 "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION"])
+def test_unbalanced_markers_are_refused(src):
+    with pytest.raises(SolutionMarkerError):
+        strip_solution(src, "code")
+
+
+def test_notebooks_folder_is_current():
+    assert stale_notebooks(ROOT / "solutions", STUDENT) == []
+
+
+def test_make_student_is_deterministic_and_check_catches_a_hand_edit(tmp_path, capsys):
+    shutil.copytree(ROOT / "solutions", tmp_path / "solutions")
+    assert course(["make-student", "--root", str(tmp_path)]) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "notebooks").glob("*.ipynb")}
+    assert course(["make-student", "--root", str(tmp_path)]) == 0
+    second = {p.name: p.read_bytes() for p in (tmp_path / "notebooks").glob("*.ipynb")}
+    assert first == second and len(first) == len(SOLUTIONS)
+    assert course(["make-student", "--check", "--root", str(tmp_path)]) == 0
+    edited = tmp_path / "notebooks" / SOLUTIONS[0].name
+    nb = nbformat.read(edited, as_version=4)
+    nb.cells[0].source += "\nA hand edit."
+    nbformat.write(nb, edited)
+    capsys.readouterr()
+    assert course(["make-student", "--check", "--root", str(tmp_path)]) == 1
+    assert SOLUTIONS[0].name in capsys.readouterr().out
+
+
+def test_student_notebooks_hold_no_solution_and_no_outputs():
+    for path in sorted(STUDENT.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            assert "BEGIN SOLUTION" not in cell.source and "END SOLUTION" not in cell.source
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None
+
+
+def test_every_solution_has_a_parameters_cell_first_and_exercise_metadata():
+    for path in SOLUTIONS:
+        nb = nbformat.read(path, as_version=4)
+        first_code = next(c for c in nb.cells if c.cell_type == "code")
+        assert "parameters" in first_code.metadata.get("tags", []), path.name
+        exercises = [c.metadata["course"] for c in nb.cells if "course" in c.metadata]
+        assert exercises and all({"exercise", "points"} <= set(e) for e in exercises), path.name
+
+
+@pytest.mark.parametrize("path", sorted(STUDENT.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_student_notebook_stops_at_its_first_todo_with_not_implemented(path, tmp_path):
+    nb = nbformat.read(path, as_version=4)
+    first_todo = next(i for i, c in enumerate(nb.cells)
+                      if c.cell_type == "code" and "raise NotImplementedError" in c.source)
+    work = tmp_path / "notebooks"
+    shutil.copytree(STUDENT, work)
+    shutil.copytree(ROOT / "img", tmp_path / "img")
+    client = NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(work)}})
+    with pytest.raises(CellExecutionError) as err:
+        client.execute()
+    assert err.value.ename == "NotImplementedError"
+    hint = re.search(r"raise NotImplementedError\((.*)\)", nb.cells[first_todo].source).group(1)
+    assert err.value.evalue == ast.literal_eval(hint)  # the first TODO's own hint, not a later one
+    failed = next(i for i, c in enumerate(nb.cells)
+                  if any(o.get("output_type") == "error" for o in c.get("outputs", [])))
+    assert failed >= first_todo  # a TODO function body raises where it is first called
+    for cell in nb.cells[:failed]:
+        for out in cell.get("outputs", []):
+            assert out.get("output_type") != "error"
+
+
+@pytest.mark.slow
+def test_solutions_pass_nbval_strictly_with_one_thread():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "pytest", "--nbval", "solutions/", "-q", "-p", "no:cacheprovider"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stdout[-3000:]
