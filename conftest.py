@@ -11,3 +11,5 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 if "COURSE_CACHE_DIR" not in os.environ:
     os.environ["COURSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lora-course-test-cache-")
+if os.environ.get("COURSE_MIRROR"):  # kernels run in solutions/: a relative path would point elsewhere
+    os.environ["COURSE_MIRROR"] = os.path.abspath(os.environ["COURSE_MIRROR"])

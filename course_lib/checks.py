@@ -79,3 +79,125 @@ def check_split_c_attn(fn: Callable, emb_dim: int = 6) -> None:
                                           "third of c_attn's columns, transposed.")
         expect(close(biases[i], b[i * emb_dim:(i + 1) * emb_dim]), f"The {name} bias is the wrong slice.")
     passed("split_c_attn splits and transposes correctly")
+
+
+# ----------------------------------------------------------------------------- 03
+def check_balanced(fn: Callable, df, reference: Callable) -> None:
+    got = fn(df)
+    want = reference(df)
+    counts = got["Label"].value_counts().to_dict()
+    expect(counts == {0: 747, 1: 747}, f"The balanced set should have 747 ham (0) and 747 spam (1); it has {counts}. "
+                                       "Map 'ham' to 0 and 'spam' to 1 after sampling.")
+    expect(list(got["Text"]) == list(want["Text"]),
+           "Counts are right but the rows differ from the reference: sample the ham rows with "
+           "`.sample(n_spam, random_state=seed)` and put ham before spam.")
+    passed("create_balanced_dataset: 747 ham + 747 spam, the same rows as the reference")
+
+
+def check_split(fn: Callable, df, reference: Callable) -> None:
+    parts = fn(df)
+    expect(len(parts) == 3, "Return three DataFrames: train, validation, test.")
+    sizes = tuple(len(p) for p in parts)
+    expect(sizes == (1045, 149, 300), f"Split sizes should be (1045, 149, 300) for 1,494 rows, got {sizes}; "
+                                      "use int(len(df) * fraction) for the cut points.")
+    want = reference(df)
+    for name, got_part, want_part in zip(("train", "validation", "test"), parts, want):
+        expect(list(got_part["Text"]) == list(want_part["Text"]),
+               f"The {name} rows differ from the reference: shuffle with df.sample(frac=1, random_state=seed) first.")
+    passed("random_split: 1045 / 149 / 300, shuffled with the fixed seed")
+
+
+def check_num_batches(fn: Callable, loaders: dict) -> None:
+    for n, b, drop, want in ((10, 3, False, 4), (10, 3, True, 3), (9, 3, False, 3), (9, 3, True, 3), (1, 8, False, 1)):
+        got = fn(n, b, drop)
+        expect(got == want, f"num_batches({n}, {b}, drop_last={drop}) should be {want}, got {got}.")
+    for name, loader in loaders.items():
+        got = fn(len(loader.dataset), loader.batch_size, loader.drop_last)
+        expect(got == len(loader), f"For the {name} loader you computed {got} batches, len(loader) is {len(loader)}.")
+    passed("num_batches agrees with len(loader) for every loader")
+
+
+# ----------------------------------------------------------------------------- 04
+def check_lora_layer(cls: type) -> None:
+    torch.manual_seed(0)
+    layer = cls(in_dim=10, out_dim=6, rank=4, alpha=8)
+    params = dict(layer.named_parameters())
+    expect("A" in params and "B" in params, f"LoRALayer needs parameters named A and B; it has {sorted(params)}.")
+    expect(tuple(layer.A.shape) == (4, 10), f"A should have shape (rank, in_dim) = (4, 10), got {tuple(layer.A.shape)}.")
+    expect(tuple(layer.B.shape) == (6, 4), f"B should have shape (out_dim, rank) = (6, 4), got {tuple(layer.B.shape)}.")
+    expect(torch.count_nonzero(layer.B) == 0, "B should start at zero, so the wrapped layer is unchanged at first.")
+    expect(torch.count_nonzero(layer.A) == layer.A.numel() and layer.A.abs().max() <= 10 ** -0.5 + 1e-6,
+           "A should be Kaiming-uniform: nn.init.kaiming_uniform_(A, a=math.sqrt(5)).")
+    with torch.no_grad():
+        layer.B.normal_()
+    x = torch.randn(3, 10)
+    want = 2.0 * x @ layer.A.T @ layer.B.T
+    got = layer(x)
+    expect(got.shape == want.shape, f"The output should have shape {tuple(want.shape)}, got {tuple(got.shape)}.")
+    if close(got, want / 2.0, atol=1e-5):
+        raise CheckFailed("The output is missing the scaling alpha / rank.")
+    expect(close(got, want, atol=1e-5), "forward(x) should be (alpha / rank) * x @ A.T @ B.T.")
+    passed("LoRALayer: shapes, initialisation and forward are right")
+
+
+def check_linear_with_lora(cls: type) -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(10, 6)
+    x = torch.randn(4, 10)
+    wrapped = cls(linear, rank=2, alpha=4)
+    expect(close(wrapped(x), linear(x)), "At initialisation (B = 0) the wrapped layer must equal the original one.")
+    expect(not linear.weight.requires_grad, "The wrapped nn.Linear's weight should be frozen (requires_grad False).")
+    with torch.no_grad():
+        wrapped.lora.B.normal_()
+    unmerged = wrapped(x)
+    expect(not close(unmerged, linear(x)), "After B changes, the output should change: add self.lora(x).")
+    original = linear.weight.detach().clone()
+    wrapped.merge()
+    expect(close(wrapped(x), unmerged, atol=1e-5), "After merge() the output should not change.")
+    expect(not close(linear.weight, original), "merge() should add (alpha / rank) * B @ A to the weight.")
+    wrapped.unmerge()
+    expect(close(linear.weight, original, atol=1e-6), "unmerge() should restore the original weight.")
+    expect(close(wrapped(x), unmerged, atol=1e-5), "After unmerge() the output should be the unmerged one again.")
+    passed("LinearWithLoRA: identical at init, frozen base, merge and unmerge are exact")
+
+
+# ----------------------------------------------------------------------------- 05
+def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
+    model = make_model()
+    replaced = fn(model, rank=2, alpha=4)
+    expect(isinstance(replaced, list), "Return the list of names of the layers you wrapped.")
+    names = [n for n, m in model.named_modules() if isinstance(m, wrapper)]
+    expect(len(names) == 12, f"The smoke model has 12 Linear layers in its blocks; {len(names)} were wrapped.")
+    expect("out_head" not in names, "out_head must be left out (it is in `exclude`).")
+    expect(sorted(replaced) == sorted(names), "The returned names should be exactly the layers you wrapped.")
+    expect(fn(model, rank=2, alpha=4) == [], "A second call must wrap nothing: skip layers that are already wrapped.")
+    targeted = fn(make_model(), rank=2, alpha=4, target_modules=["W_query", "W_value"])
+    expect(len(targeted) == 4 and all(n.endswith(("W_query", "W_value")) for n in targeted),
+           f"With target_modules=['W_query', 'W_value'] only those 4 layers should be wrapped, got {targeted}.")
+    passed("replace_linear_with_lora: all 12 block layers, not out_head, idempotent, targets respected")
+
+
+# ----------------------------------------------------------------------------- 06
+def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> None:
+    model = make_model()
+    freeze(model)
+    expect(all(not p.requires_grad for p in model.parameters()), "freeze_model should set requires_grad=False everywhere.")
+    unfreeze(model.out_head)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    expect(trainable == {n for n, _ in model.named_parameters() if n.startswith("out_head.")},
+           f"unfreeze(model.out_head) should make only out_head trainable, got {sorted(trainable)[:4]}.")
+    passed("freeze_model and unfreeze set exactly the parameters they should")
+
+
+def check_lora_grads(fn: Callable) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    A = torch.randn(3, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    B = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 4, generator=gen, dtype=torch.float64)
+    (1.5 * x @ A.T @ B.T).backward(g)
+    dA, dB = fn(x, A.detach(), B.detach(), 1.5, g)
+    expect(tuple(dA.shape) == (3, 7) and tuple(dB.shape) == (4, 3), "dA must have A's shape and dB B's shape.")
+    expect(close(dB, B.grad, atol=1e-10), "dB is wrong: y = s·(x Aᵀ) Bᵀ, so dB = s · gᵀ (x Aᵀ).")
+    expect(close(dA, A.grad, atol=1e-10), "dA is wrong: dA = s · (g B)ᵀ x.")
+    passed("your dA and dB equal autograd's")
