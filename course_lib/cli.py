@@ -116,6 +116,25 @@ def cmd_execute_solutions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .experiment import ExperimentConfig, run_experiment
+    from .profiles import get_profile
+
+    profile = get_profile(args.profile)
+    cfg = ExperimentConfig(
+        profile=profile, model_size=args.model_size or profile.model_size, lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, trainable_layers=tuple(args.trainable_layers),
+        num_epochs=args.num_epochs if args.num_epochs is not None else (20 if profile.name == "full" else profile.num_epochs),
+        batch_size=args.batch_size, eval_iter=args.eval_iter, eval_iter_val=args.eval_iter_val,
+        learning_rate=args.learning_rate if args.learning_rate is not None else profile.learning_rate,
+        seed=args.seed, device=args.device, output_dir=Path(args.output_dir))
+    try:
+        run_experiment(cfg)
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="course", description="LoRA fine-tuning of GPT-2: course tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", help="names like 04_lora_layers (default: all)")
     p.add_argument("--root", default=None)
     p.set_defaults(func=cmd_execute_solutions)
+
+    p = sub.add_parser("experiment", help="fine-tune one classifier per trainable-layers strategy and compare")
+    p.add_argument("--model-size", choices=list(MODEL_SIZES), default=None,
+                   help="default: the profile's model (gpt2-small (124M) in full)")
+    p.add_argument("--lora-rank", type=int, default=4)
+    p.add_argument("--lora-alpha", type=float, default=4)
+    p.add_argument("--trainable-layers", nargs="+", default=["lora", "last_block", "last_layer", "all"],
+                   choices=["lora", "last_block", "last_layer", "all"])
+    p.add_argument("--num-epochs", type=int, default=None, help="default: 20 in full, the profile's in smoke")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--eval-iter", type=int, default=50)
+    p.add_argument("--eval-iter-val", type=int, default=5)
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the profile's")
+    p.add_argument("--profile", choices=["full", "smoke"], default=None)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: picked automatically)")
+    p.add_argument("--output-dir", default="outputs")
+    p.set_defaults(func=cmd_experiment)
     return parser
 
 

@@ -22,15 +22,16 @@ class Profile:
     model_size: str
     num_epochs: int
     batch_size: int
-    max_examples: int | None  # cap on training examples; None = all
+    max_examples: int | None  # cap on examples per split; None = all
+    learning_rate: float
     description: str
 
 
 PROFILES: dict[str, Profile] = {
     "full": Profile("full", "gpt2-small (124M)", num_epochs=5, batch_size=8, max_examples=None,
-                    description="pretrained GPT-2 weights and the full data sets"),
+                    learning_rate=5e-5, description="pretrained GPT-2 weights and the full data sets"),
     "smoke": Profile("smoke", SMOKE_MODEL, num_epochs=1, batch_size=8, max_examples=64,
-                     description="a tiny randomly initialised GPT-2-shaped model and a data "
+                     learning_rate=1e-3, description="a tiny randomly initialised GPT-2-shaped model and a data "
                                  "subset, for fast checks; its numbers are NOT what GPT-2 achieves"),
 }
 
