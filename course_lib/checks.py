@@ -201,3 +201,29 @@ def check_lora_grads(fn: Callable) -> None:
     expect(close(dB, B.grad, atol=1e-10), "dB is wrong: y = s·(x Aᵀ) Bᵀ, so dB = s · gᵀ (x Aᵀ).")
     expect(close(dA, A.grad, atol=1e-10), "dA is wrong: dA = s · (g B)ᵀ x.")
     passed("your dA and dB equal autograd's")
+
+
+# ----------------------------------------------------------------------------- 07
+def check_training_loop(fn: Callable, make_setup: Callable) -> None:
+    """Run the learner's loop and course_lib's on identical fresh set-ups; the losses must agree."""
+    from .training import train_classifier
+
+    model, train_loader, val_loader, optimizer, device = make_setup()
+    out = fn(model, train_loader, val_loader, optimizer, device, num_epochs=1, eval_freq=2, eval_iter=1)
+    expect(isinstance(out, tuple) and len(out) == 5,
+           "Return (train_losses, val_losses, train_accs, val_accs, examples_seen).")
+    train_losses, val_losses, train_accs, val_accs, examples_seen = out
+    model, train_loader, val_loader, optimizer, device = make_setup()
+    ref = train_classifier(model, train_loader, val_loader, optimizer, device, num_epochs=1, eval_freq=2,
+                           eval_iter=1, progress=False)
+    expect(examples_seen == ref.examples_seen,
+           f"examples_seen should be {ref.examples_seen} (add input_batch.shape[0] each step), got {examples_seen}.")
+    expect(len(train_losses) == len(ref.train_losses),
+           f"Evaluate every eval_freq steps (step % eval_freq == 0): expected {len(ref.train_losses)} "
+           f"losses, got {len(train_losses)}.")
+    expect(all(abs(a - b) < 1e-4 for a, b in zip(train_losses, ref.train_losses)),
+           "Your training losses differ from the reference: call optimizer.zero_grad() before loss.backward() "
+           "and optimizer.step() after it, once per batch.")
+    expect(len(train_accs) == 1 and abs(train_accs[0] - ref.train_accs[0]) < 1e-6,
+           "Compute the training and validation accuracy once per epoch, on eval_iter batches.")
+    passed("the training loop matches the reference step for step")

@@ -99,22 +99,27 @@ def stale_notebooks(solutions_dir: Path, notebooks_dir: Path) -> list[str]:
     return stale
 
 
+KERNEL_ENV = {"TQDM_DISABLE": "1"}  # progress bars redraw: never part of stored outputs
+
+
 def execute_notebook(path: Path, timeout: int = 1200, profile: str = "smoke") -> nbformat.NotebookNode:
     """Run ``path`` top to bottom in a fresh kernel, in its own folder, with ``COURSE_PROFILE`` set."""
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    env_before = os.environ.get("COURSE_PROFILE")
-    os.environ["COURSE_PROFILE"] = profile
+    env = {**KERNEL_ENV, "COURSE_PROFILE": profile}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits this process's environment
     try:
         client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
                                 resources={"metadata": {"path": str(path.parent)}})
         client.execute()
     finally:
-        if env_before is None:
-            os.environ.pop("COURSE_PROFILE", None)
-        else:
-            os.environ["COURSE_PROFILE"] = env_before
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return nb
 
 

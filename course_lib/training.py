@@ -90,7 +90,7 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
                      progress: bool | None = None) -> History:
     """The fine-tuning loop: zero_grad, loss, backward, step; every ``eval_freq`` steps the loss on
     ``eval_iter`` batches, and after each epoch the accuracy on ``eval_iter`` batches."""
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     if progress is None:
         progress = not os.environ.get("TQDM_DISABLE")
@@ -98,8 +98,9 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
     step = -1
     for epoch in range(num_epochs):
         model.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
-        for input_batch, target_batch in bar:
+        # A bar updated by hand: wrapping the loader in tqdm would change its shuffling.
+        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
+        for input_batch, target_batch in train_loader:
             optimizer.zero_grad()
             loss = calc_loss_batch(input_batch, target_batch, model, device, class_weights)
             loss.backward()
@@ -113,6 +114,8 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
                 history.eval_examples_seen.append(history.examples_seen)
                 model.train()
                 bar.set_postfix(train_loss=f"{history.train_losses[-1]:.3f}", val_loss=f"{history.val_losses[-1]:.3f}")
+            bar.update(1)
+        bar.close()
         history.train_accs.append(calc_accuracy_loader(train_loader, model, device, eval_iter))
         history.val_accs.append(calc_accuracy_loader(val_loader, model, device, eval_iter))
     return history
