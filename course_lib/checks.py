@@ -227,3 +227,32 @@ def check_training_loop(fn: Callable, make_setup: Callable) -> None:
     expect(len(train_accs) == 1 and abs(train_accs[0] - ref.train_accs[0]) < 1e-6,
            "Compute the training and validation accuracy once per epoch, on eval_iter batches.")
     passed("the training loop matches the reference step for step")
+
+
+# ----------------------------------------------------------------------------- 08
+def check_kd_loss(fn: Callable) -> None:
+    from .distill import distillation_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student = torch.randn(6, 2, generator=gen, requires_grad=True)
+    teacher = torch.randn(6, 2, generator=gen, requires_grad=True)
+    labels = torch.tensor([0, 1, 1, 0, 1, 1])
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    got0 = fn(student, teacher, labels, temperature=2.0, alpha=0.0)
+    expect(torch.allclose(got0, ce, atol=1e-6), f"With alpha = 0 the loss must be plain cross-entropy ({ce.item():.4f}), "
+                                                f"got {got0.item():.4f}.")
+    same = fn(teacher.detach(), teacher.detach(), labels, temperature=2.0, alpha=1.0)
+    expect(abs(same.item()) < 1e-6, f"When student and teacher logits are equal the KL term is 0; with alpha = 1 "
+                                    f"the loss should be 0, got {same.item():.4f}. Check the direction of kl_div's arguments.")
+    want = distillation_loss(student, teacher, labels, temperature=2.0, alpha=0.7)
+    got = fn(student, teacher, labels, temperature=2.0, alpha=0.7)
+    if torch.allclose(got, (want - 0.3 * ce) / 4 + 0.3 * ce, atol=1e-5):
+        raise CheckFailed("The soft term is missing its T² factor.")
+    expect(torch.allclose(got, want, atol=1e-5), f"For alpha = 0.7, T = 2 the loss should be {want.item():.4f}, got "
+                                                 f"{got.item():.4f}: use kl_div(log_softmax(student/T), softmax(teacher/T), "
+                                                 "reduction='batchmean').")
+    got.backward()
+    expect(teacher.grad is None or torch.count_nonzero(teacher.grad) == 0,
+           "No gradient may flow into the teacher: detach the teacher's logits.")
+    expect(student.grad is not None and torch.count_nonzero(student.grad) > 0, "The student must receive a gradient.")
+    passed("distillation loss: right value, both limits hold, and only the student gets gradients")

@@ -130,3 +130,21 @@ def classify_text(text: str, model: nn.Module, tokenizer, device: torch.device, 
     model.eval()
     logits = _last_token_logits(model, torch.tensor([ids], device=device))
     return labels[int(logits.argmax(dim=-1).item())]
+
+
+def matthews_corrcoef(predicted: torch.Tensor, true: torch.Tensor) -> float:
+    """Matthews correlation of binary predictions: +1 perfect, 0 no better than chance, -1 inverted.
+    GLUE's metric for CoLA, where 70% of sentences are acceptable and accuracy alone flatters."""
+    p, t = predicted.long(), true.long()
+    tp = float(((p == 1) & (t == 1)).sum())
+    tn = float(((p == 0) & (t == 0)).sum())
+    fp = float(((p == 1) & (t == 0)).sum())
+    fn = float(((p == 0) & (t == 1)).sum())
+    denominator = ((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn)) ** 0.5
+    return (tp * tn - fp * fn) / denominator if denominator else 0.0
+
+
+def accuracy_and_mcc(loader: DataLoader, model: nn.Module, device: torch.device) -> tuple[float, float]:
+    """Accuracy and Matthews correlation over a whole loader."""
+    predicted, true = predictions(loader, model, device)
+    return (predicted == true).float().mean().item(), matthews_corrcoef(predicted, true)
