@@ -135,6 +135,28 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grade(args: argparse.Namespace) -> int:
+    from .grading.grade import DEFAULT_TESTS, grade, merge
+
+    if args.merge:
+        if not args.out:
+            raise ValueError("--merge needs --out grades.csv.")
+        rows = merge([Path(p) for p in args.merge], Path(args.out))
+    else:
+        if not args.submissions or not args.out:
+            raise ValueError("Usage: course grade SUBMISSIONS_DIR --out grades.csv")
+        rows = grade(Path(args.submissions), Path(args.out), notebooks=args.notebooks,
+                     feedback_dir=Path(args.feedback_dir) if args.feedback_dir else None,
+                     executed_dir=Path(args.executed_dir) if args.executed_dir else None,
+                     workers=args.workers, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
+                     profile=args.profile, shard=args.shard, tests_path=Path(args.tests or DEFAULT_TESTS))
+    totals = [r for r in rows if r["exercise"] == "TOTAL"]
+    for r in totals:
+        print(f"{r['student']:<24} {r['points']:>4} / {r['max_points']}")
+    print(f"wrote {args.out} ({len(totals)} students)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="course", description="LoRA fine-tuning of GPT-2: course tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("notebooks", nargs="*", help="names like 04_lora_layers (default: all)")
     p.add_argument("--root", default=None)
     p.set_defaults(func=cmd_execute_solutions)
+
+    p = sub.add_parser("grade", help="grade a folder of submissions with the hidden tests")
+    p.add_argument("submissions", nargs="?", help="SUBMISSIONS_DIR/<student>/<NN_name>.ipynb")
+    p.add_argument("--out", required=False, help="the gradebook CSV to write")
+    p.add_argument("--notebooks", nargs="+", default=None, help="e.g. 04_lora_layers (default: all graded notebooks)")
+    p.add_argument("--feedback-dir", default=None, help="default: feedback/ beside --out")
+    p.add_argument("--executed-dir", default=None, help="default: executed/ beside --out")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--cell-timeout", type=int, default=120, help="seconds per cell")
+    p.add_argument("--notebook-timeout", type=int, default=1200, help="seconds per notebook")
+    p.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    p.add_argument("--shard", default=None, help="K/N: grade only the K-th of N deterministic shards of students")
+    p.add_argument("--merge", nargs="+", default=None, metavar="CSV", help="merge shard gradebooks into --out")
+    p.add_argument("--tests", default=None, help="the hidden tests file (default: grading/hidden_tests.py)")
+    p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("experiment", help="fine-tune one classifier per trainable-layers strategy and compare")
     p.add_argument("--model-size", choices=list(MODEL_SIZES), default=None,
