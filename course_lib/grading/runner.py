@@ -109,7 +109,7 @@ def run_submission(path: Path, probes: dict[str, str], profile: str, cell_timeou
             client.km = client.create_kernel_manager()
             client.start_new_kernel(env=env, cwd=str(workdir))
             client.start_new_kernel_client()
-            client.execute_cell(nbformat.v4.new_code_cell(_preamble(workdir)), -1, store_history=False)
+            execute_extra(client, nbformat.v4.new_code_cell(_preamble(workdir)))
 
         def run_cell(index: int) -> bool:
             """False when the kernel has to be restarted."""
@@ -158,11 +158,20 @@ def run_submission(path: Path, probes: dict[str, str], profile: str, cell_timeou
     return run
 
 
+def execute_extra(client: NotebookClient, cell) -> None:
+    """Run a grader cell (preamble, probe) without it ever becoming part of the student's notebook."""
+    client.nb.cells.append(cell)
+    try:
+        client.execute_cell(cell, len(client.nb.cells) - 1, store_history=False)
+    finally:
+        client.nb.cells.pop()
+
+
 def _run_probe(client: CappedClient, body: str, run: Execution, restart) -> dict:
     seed, nonce = secrets.randbelow(2**31), secrets.token_hex(8)
     cell = nbformat.v4.new_code_cell(_probe_source(body, seed, nonce))
     try:
-        client.execute_cell(cell, -1, store_history=False)
+        execute_extra(client, cell)
     except (CellTimeoutError, DeadKernelError) as err:
         restart()
         return {"ok": False, "error": "timeout" if isinstance(err, CellTimeoutError) else "kernel died",
