@@ -1,0 +1,191 @@
+"""The course as a student meets it: JupyterLab in a real (headless) browser.
+
+Starts `jupyter lab` on 127.0.0.1 with its own settings, runtime and workspace folders, opens a
+student notebook and its solution in Debian's Chromium through Playwright, runs all cells from
+the Run menu, and checks what a person would see. Screenshots go to test-artifacts/e2e/.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("COURSE_ARTIFACTS_DIR", ROOT / "test-artifacts")) / "e2e"
+NOTEBOOK = "04_lora_layers.ipynb"  # the first notebook with a figure before its first TODO
+PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on screen, not a background tab
+REQUIRED = os.environ.get("COURSE_REQUIRE_E2E") == "1"  # .ci/run sets it: skipping is then a failure
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _need(condition: bool, reason: str) -> None:
+    if not condition:
+        if REQUIRED:
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api") if not REQUIRED else __import__(
+        "playwright.sync_api", fromlist=["sync_playwright"])
+    _need(Path(CHROMIUM).exists(), "Chromium is not installed (Debian: apt-get install chromium)")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server over a copy of the course (autosave must not touch the repository)."""
+    root = tmp_path_factory.mktemp("course")
+    for folder in ("notebooks", "solutions", "img"):
+        shutil.copytree(ROOT / folder, root / folder)
+    state = tmp_path_factory.mktemp("jupyter-state")
+    settings = {  # every cell in the DOM (no virtual scrolling), and no news pop-up over the page
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": '{"windowingMode": "none"}',
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": '{"fetchNews": "false"}',
+    }
+    for rel, text in settings.items():
+        (state / "settings" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (state / "settings" / rel).write_text(text)
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(state / "config"), JUPYTER_RUNTIME_DIR=str(state / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(state / "settings"), JUPYTERLAB_WORKSPACES_DIR=str(state / "workspaces"),
+               COURSE_PROFILE="smoke")
+    env.pop("MPLBACKEND", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--ServerApp.open_browser=False",
+         "--LabApp.news_url=", *(["--allow-root"] if os.geteuid() == 0 else [])],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=open(state / "server.log", "w"), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("jupyter lab did not start:\n" + (state / "server.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", token
+    finally:  # always stop the server (and its kernels) that this fixture started
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+def _open(browser, lab, path: str):
+    url, token = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # A workspace of its own, so that the other test's notebook is not restored beside this one.
+    page.goto(f"{url}/lab/workspaces/{Path(path).parent.name}/tree/{path}?reset&token={token}",
+              wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    # The kernel is ready when the toolbar's status says Idle.
+    page.wait_for_function("() => document.querySelector('.jp-Notebook') && "
+                           "[...document.querySelectorAll('.jp-Toolbar-kernelStatus, .jp-KernelStatus, "
+                           "[data-jp-item-name=\"kernelStatus\"]')].some(e => /Idle/.test(e.textContent || e.title || ''))"
+                           " || document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]') !== null",
+                           timeout=90_000)
+    return page
+
+
+def _menu(page, menu: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{menu}$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).first.click()
+
+
+def _run_all_and_wait(page, timeout_s: int = 300) -> None:
+    """Run all cells from the menu; return once something ran and nothing is running any more."""
+    _menu(page, "Run", "Run All Cells")
+    deadline, quiet_since = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        busy = any("*" in p for p in prompts)
+        ran = any(re.search(r"\[\d+\]", p) for p in prompts)
+        if ran and not busy:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since > 3:
+                return
+        else:
+            quiet_since = None
+        time.sleep(0.5)
+    raise AssertionError("the notebook was still running after the time limit")
+
+
+def _errors(page) -> list[str]:
+    return page.locator(f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']").all_inner_texts()
+
+
+def _screenshot(page, name: str, focus: str | None = None) -> Path:
+    """Save what the student sees, scrolled to ``focus`` (a selector) when it is on the page."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    if focus and page.locator(focus).count():
+        page.locator(focus).first.scroll_into_view_if_needed()
+        page.wait_for_timeout(300)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(browser, lab):
+    page = _open(browser, lab, f"notebooks/{NOTEBOOK}")
+    _run_all_and_wait(page)
+    page.wait_for_timeout(1000)
+    outputs = "\n".join(page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts())
+    try:
+        assert "Profile: smoke" in outputs, "the profile banner is not printed"
+        assert page.locator(f"{PANEL} .jp-OutputArea-output img").count() >= 1, "no figure was rendered as an image"
+        errors = _errors(page)
+        assert len(errors) == 1, f"expected exactly one error (the first TODO), got {len(errors)}: {errors}"
+        assert "NotImplementedError" in errors[0]
+        assert "create A (rank x in_dim" in errors[0], "the TODO's hint is not in the error"
+        assert "ModuleNotFoundError" not in outputs
+    finally:
+        _screenshot(page, "student_04_lora_layers.png",
+                    focus=f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        page.close()
+
+
+def test_solution_notebook_in_jupyterlab_runs_to_the_end_without_error(browser, lab):
+    page = _open(browser, lab, f"solutions/{NOTEBOOK}")
+    _menu(page, "Edit", "Clear Outputs of All Cells")
+    page.wait_for_timeout(500)
+    _run_all_and_wait(page)
+    page.wait_for_timeout(1000)
+    try:
+        assert _errors(page) == [], f"the solution raised: {_errors(page)}"
+        prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        assert prompts and all(re.search(r"\[\d+\]", p) for p in prompts), f"not every cell ran: {prompts}"
+        assert page.locator(f"{PANEL} .jp-OutputArea-output img").count() >= 1, "no figure was rendered as an image"
+        text = "\n".join(page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts())
+        assert "weight restored within 1e-6: True" in text  # the last code cell's output
+    finally:
+        _screenshot(page, "solution_04_lora_layers.png", focus=f"{PANEL} .jp-OutputArea-output img")
+        page.close()
