@@ -256,3 +256,19 @@ def check_kd_loss(fn: Callable) -> None:
            "No gradient may flow into the teacher: detach the teacher's logits.")
     expect(student.grad is not None and torch.count_nonzero(student.grad) > 0, "The student must receive a gradient.")
     passed("distillation loss: right value, both limits hold, and only the student gets gradients")
+
+
+# ----------------------------------------------------------------------------- 09
+def check_lora_config(config, count_trainable: Callable, model) -> None:
+    want = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "bias": "none"}
+    for key, value in want.items():
+        got = getattr(config, key, None)
+        expect(got == value, f"LoraConfig.{key} should be {value!r} (the seed's value), got {got!r}.")
+    expect(set(config.target_modules or []) == {"query", "value"},
+           f"target_modules should be ['query', 'value'], got {config.target_modules!r}.")
+    expect(str(getattr(config.task_type, "value", config.task_type)) == "SEQ_CLS",
+           f"task_type should be 'SEQ_CLS' (sequence classification), got {config.task_type!r}.")
+    got = count_trainable(model)
+    want_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    expect(got == want_count, f"count_trainable should count parameters with requires_grad: {want_count:,}, got {got!r}.")
+    passed("the LoraConfig is the seed's, and the trainable count is right")
