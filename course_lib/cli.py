@@ -50,16 +50,9 @@ def asset_status() -> list[tuple[str, bool]]:
     for size, repo in HF_REPOS.items():
         found = try_to_load_from_cache(repo_id=repo, filename="model.safetensors")
         rows.append((f"{size} weights ({repo})", isinstance(found, str)))
-    rows += _data_status()
-    return rows
+    from .data import dataset_status
 
-
-def _data_status() -> list[tuple[str, bool]]:
-    try:
-        from .data import dataset_status
-    except ImportError:
-        return []
-    return dataset_status()
+    return rows + dataset_status()
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -73,12 +66,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         folder = download_gpt2(size)
         settings, _ = load_gpt2_checkpoint(folder)  # verifies the files can be read
         print(f"  ok: {settings}")
-    try:
-        from .data import fetch_all_data
-    except ImportError:
-        return 0
-    fetch_all_data()
-    return 0
+    from .data import fetch_all_data
+
+    return 0 if fetch_all_data() else 1
 
 
 def _folders(args: argparse.Namespace) -> tuple[Path, Path]:

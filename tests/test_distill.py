@@ -76,14 +76,16 @@ def test_offline_without_mirror_names_the_official_url_and_course_mirror(tmp_pat
 
 
 def test_kd_loss_with_alpha_zero_is_plain_cross_entropy():
-    s, t = torch.randn(5, 2), torch.randn(5, 2)
+    gen = torch.Generator().manual_seed(1)
+    s, t = torch.randn(5, 2, generator=gen), torch.randn(5, 2, generator=gen)
     y = torch.tensor([0, 1, 0, 1, 1])
     assert torch.allclose(distillation_loss(s, t, y, 2.0, 0.0), F.cross_entropy(s, y))
 
 
 def test_kd_loss_with_equal_logits_has_zero_kl():
-    t = torch.randn(5, 2)
-    assert distillation_loss(t.clone(), t, torch.zeros(5, dtype=torch.long), 2.0, 1.0).abs().item() < 1e-7
+    t = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    # zero up to float32 rounding of log_softmax against softmax
+    assert distillation_loss(t.clone(), t, torch.zeros(5, dtype=torch.long), 2.0, 1.0).abs().item() < 1e-6
 
 
 def test_kd_loss_matches_a_hand_computed_value():

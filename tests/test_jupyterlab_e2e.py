@@ -122,21 +122,24 @@ def _menu(page, menu: str, item: str) -> None:
 
 
 def _run_all_and_wait(page, timeout_s: int = 300) -> None:
-    """Run all cells from the menu; return once something ran and nothing is running any more."""
+    """Run all cells from the menu; return once the kernel is idle again and either no cell is
+    still marked running or an error has stopped the run (cells queued after it may keep their
+    mark a moment longer)."""
     _menu(page, "Run", "Run All Cells")
-    deadline, quiet_since = time.monotonic() + timeout_s, None
+    deadline, quiet_since, prompts = time.monotonic() + timeout_s, None, []
     while time.monotonic() < deadline:
         prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
         busy = any("*" in p for p in prompts)
         ran = any(re.search(r"\[\d+\]", p) for p in prompts)
-        if ran and not busy:
+        idle = "Idle" in " ".join(page.locator(".jp-StatusBar-Widget").all_inner_texts())
+        if ran and idle and (not busy or _errors(page)):
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 3:
                 return
         else:
             quiet_since = None
         time.sleep(0.5)
-    raise AssertionError("the notebook was still running after the time limit")
+    raise AssertionError(f"the notebook was still running after {timeout_s} s; prompts: {prompts}")
 
 
 def _errors(page) -> list[str]:
@@ -156,10 +159,10 @@ def _screenshot(page, name: str, focus: str | None = None) -> Path:
 
 def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(browser, lab):
     page = _open(browser, lab, f"notebooks/{NOTEBOOK}")
-    _run_all_and_wait(page)
-    page.wait_for_timeout(1000)
-    outputs = "\n".join(page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts())
     try:
+        _run_all_and_wait(page)
+        page.wait_for_timeout(1000)
+        outputs = "\n".join(page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts())
         assert "Profile: smoke" in outputs, "the profile banner is not printed"
         assert page.locator(f"{PANEL} .jp-OutputArea-output img").count() >= 1, "no figure was rendered as an image"
         errors = _errors(page)
@@ -167,7 +170,7 @@ def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(brows
         assert "NotImplementedError" in errors[0]
         assert "create A (rank x in_dim" in errors[0], "the TODO's hint is not in the error"
         assert "ModuleNotFoundError" not in outputs
-    finally:
+    finally:  # the screenshot is kept whatever happened, as the test's artifact
         _screenshot(page, "student_04_lora_layers.png",
                     focus=f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         page.close()
@@ -175,11 +178,11 @@ def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(brows
 
 def test_solution_notebook_in_jupyterlab_runs_to_the_end_without_error(browser, lab):
     page = _open(browser, lab, f"solutions/{NOTEBOOK}")
-    _menu(page, "Edit", "Clear Outputs of All Cells")
-    page.wait_for_timeout(500)
-    _run_all_and_wait(page)
-    page.wait_for_timeout(1000)
     try:
+        _menu(page, "Edit", "Clear Outputs of All Cells")
+        page.wait_for_timeout(500)
+        _run_all_and_wait(page)
+        page.wait_for_timeout(1000)
         assert _errors(page) == [], f"the solution raised: {_errors(page)}"
         prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
         assert prompts and all(re.search(r"\[\d+\]", p) for p in prompts), f"not every cell ran: {prompts}"
