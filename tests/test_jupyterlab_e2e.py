@@ -121,11 +121,29 @@ def _menu(page, menu: str, item: str) -> None:
     page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).first.click()
 
 
+def _started(page) -> bool:
+    prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
+    return any("*" in p or re.search(r"\[\d+\]", p) for p in prompts)
+
+
+def _start_run_all(page, attempts: int = 3) -> None:
+    """Click Run > Run All Cells, with the notebook focused; a click that lands while JupyterLab
+    is still wiring the notebook up can be lost, so check that cells started and try again."""
+    for _ in range(attempts):
+        page.locator(f"{PANEL} .jp-Cell").first.click()
+        _menu(page, "Run", "Run All Cells")
+        for _ in range(40):
+            if _started(page):
+                return
+            time.sleep(0.5)
+    raise AssertionError("Run > Run All Cells did not start any cell")
+
+
 def _run_all_and_wait(page, timeout_s: int = 300) -> None:
     """Run all cells from the menu; return once the kernel is idle again and either no cell is
     still marked running or an error has stopped the run (cells queued after it may keep their
     mark a moment longer)."""
-    _menu(page, "Run", "Run All Cells")
+    _start_run_all(page)
     deadline, quiet_since, prompts = time.monotonic() + timeout_s, None, []
     while time.monotonic() < deadline:
         prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
