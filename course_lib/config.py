@@ -63,12 +63,3 @@ def settings_to_cfg(settings: Mapping[str, Any], drop_rate: float = 0.0,
     cfg["qkv_bias"] = qkv_bias
     return cfg
 
-
-def model_size_of(cfg: Mapping[str, Any]) -> str | None:
-    """The name in ``MODEL_SIZES`` whose shape matches ``cfg``, or None."""
-    for name in MODEL_SIZES:
-        ref = get_config(name)
-        if all(ref[k] == cfg.get(k) for k in ("vocab_size", "context_length", "emb_dim",
-                                               "n_layers", "n_heads")):
-            return name
-    return None

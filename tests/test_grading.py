@@ -1,7 +1,6 @@
 """course grade on fixture submissions made from the course itself, including hostile ones."""
 import copy
 import csv
-import shutil
 from pathlib import Path
 
 import nbformat

@@ -13,7 +13,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from course_lib.cli import main as course
-from course_lib.notebooks import SolutionMarkerError, make_student, stale_notebooks, strip_solution
+from course_lib.notebooks import SolutionMarkerError, stale_notebooks, strip_solution
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))

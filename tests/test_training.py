@@ -1,5 +1,4 @@
 import csv
-from pathlib import Path
 
 import pytest
 import torch
@@ -8,9 +7,8 @@ from course_lib.classifier import add_classification_head
 from course_lib.cli import main as course
 from course_lib.config import get_config
 from course_lib.data import create_dataloaders, prepare_sms_splits
-from course_lib.lora import count_parameters
 from course_lib.model import GPTModel
-from course_lib.profiles import get_profile, set_seed
+from course_lib.profiles import set_seed
 from course_lib.strategies import STRATEGIES, build_classifier, configure_trainable, load_checkpoint, save_checkpoint
 from course_lib.tokenizer import get_tokenizer
 from course_lib.training import (calc_accuracy_loader, calc_loss_batch, calc_loss_loader, classify_text,
@@ -88,7 +86,7 @@ def test_accuracy_and_spam_recall_are_fractions(loaders):
 def test_lora_checkpoint_reloads_into_a_fresh_base_with_identical_logits(tmp_path):
     set_seed(0)
     model = build_classifier(SMOKE, "lora", rank=4, alpha=8)
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             with torch.no_grad():
                 p.add_(torch.randn_like(p) * 0.05)

@@ -3,6 +3,7 @@ errors (recorded, execution goes on), infinite loops (cell timeout), kernel cras
 replay the cells that worked, skip the fatal one), floods of output (truncated)."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import secrets
@@ -45,7 +46,6 @@ class Execution:
 
     notebook: nbformat.NotebookNode
     events: list[str] = field(default_factory=list)   # notebook-level notes for the feedback
-    statuses: set[str] = field(default_factory=set)   # e.g. {"cell timeout", "kernel died"}
     probes: dict[str, dict] = field(default_factory=dict)
 
 
@@ -102,8 +102,7 @@ def run_submission(path: Path, probes: dict[str, str], profile: str, cell_timeou
                               interrupt_on_timeout=False, record_timing=False,
                               resources={"metadata": {"path": str(workdir)}})
         code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        fatal: set[int] = set()
-        done: list[int] = []
+        done: list[int] = []  # cells that ran without killing the kernel: replayed after a restart
 
         def start_kernel() -> None:
             client.km = client.create_kernel_manager()
@@ -117,44 +116,40 @@ def run_submission(path: Path, probes: dict[str, str], profile: str, cell_timeou
                 client.execute_cell(nb.cells[index], index)
                 return True
             except CellTimeoutError:
-                run.statuses.add("cell timeout")
                 run.events.append(f"Cell {index} was stopped after {cell_timeout} s (an endless loop?); "
                                   "the cells after it still ran.")
             except DeadKernelError:
-                run.statuses.add("kernel died")
                 run.events.append(f"Cell {index} crashed the Python kernel; it was restarted and the "
                                   "cells before it replayed, so the rest could still be graded.")
             except CellExecutionError:
                 return True
-            fatal.add(index)
             return False
 
         def restart() -> None:
             _shutdown(client)
             start_kernel()
             for index in list(done):
-                if not run_cell(index):
+                if not run_cell(index):  # fatal this time: drop it, so replays cannot loop for ever
+                    done.remove(index)
                     return restart()
 
         start_kernel()
         try:
             for index in code_cells:
                 if time.monotonic() > deadline:
-                    run.statuses.add("notebook timeout")
                     run.events.append(f"The notebook ran past {notebook_timeout} s; its remaining cells were skipped.")
                     break
                 if run_cell(index):
                     done.append(index)
                 else:
                     restart()
-            client.kept, client.truncated_before = 0, client.truncated
+            if client.truncated:
+                run.events.append(f"The notebook printed more than {OUTPUT_LIMIT:,} characters; the rest was not kept.")
+            client.kept = 0  # the probes' results get a fresh output budget
             for exercise, body in probes.items():
-                run.probes[exercise] = _run_probe(client, body, run, restart)
+                run.probes[exercise] = _run_probe(client, body, restart)
         finally:
             _shutdown(client)
-        if getattr(client, "truncated_before", False):
-            run.statuses.add("output truncated")
-            run.events.append(f"The notebook printed more than {OUTPUT_LIMIT:,} characters; the rest was not kept.")
     return run
 
 
@@ -167,7 +162,7 @@ def execute_extra(client: NotebookClient, cell) -> None:
         client.nb.cells.pop()
 
 
-def _run_probe(client: CappedClient, body: str, run: Execution, restart) -> dict:
+def _run_probe(client: CappedClient, body: str, restart) -> dict:
     seed, nonce = secrets.randbelow(2**31), secrets.token_hex(8)
     cell = nbformat.v4.new_code_cell(_probe_source(body, seed, nonce))
     try:
@@ -181,8 +176,6 @@ def _run_probe(client: CappedClient, body: str, run: Execution, restart) -> dict
     for out in cell.outputs:
         if out.get("output_type") == "execute_result":
             try:
-                import ast
-
                 payload = json.loads(ast.literal_eval(out["data"]["text/plain"]))
             except (ValueError, SyntaxError, KeyError, TypeError):
                 break
