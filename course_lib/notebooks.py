@@ -3,7 +3,8 @@
 A solution region is nbgrader's ``### BEGIN SOLUTION`` … ``### END SOLUTION``. The first line
 may carry a hint, ``### BEGIN SOLUTION: write the mapping``; in code cells the region becomes
 ``# TODO: <hint>`` and ``raise NotImplementedError("<hint>")``, in Markdown cells (written
-answers) a prompt to answer. Outputs and execution counts are stripped; the rest is kept.
+answers) a prompt to answer. Outputs, execution counts and the notebook metadata of the solution's run (widget state,
+papermill's record) are stripped; the rest is kept.
 """
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION(?::[ \t]*(?P<hint>.*?
 END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 DEFAULT_HINT = "your code here"
 ANSWER_PROMPT = "_Write your answer here._"
+# Notebook metadata a fresh notebook needs; everything else (widget state, papermill's record of a
+# run, timings) comes from running the solution and is dropped from the student copy.
+STUDENT_METADATA = ("kernelspec", "language_info")
 
 
 class SolutionMarkerError(ValueError):
@@ -51,14 +55,16 @@ def strip_solution(source: str, cell_type: str, where: str = "cell") -> str:
 
 
 def make_student_notebook(solution: nbformat.NotebookNode, name: str = "notebook") -> nbformat.NotebookNode:
-    """A student copy of ``solution``: regions replaced, outputs and counts stripped."""
+    """A student copy of ``solution``: regions replaced, outputs, counts and run metadata stripped."""
     nb = nbformat.from_dict(solution)
+    nb.metadata = nbformat.from_dict({k: v for k, v in nb.metadata.items() if k in STUDENT_METADATA})
     for i, cell in enumerate(nb.cells):
         cell.source = strip_solution(cell.source, cell.cell_type, where=f"{name} cell {i}")
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
         cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
     return nb
 
 

@@ -68,6 +68,26 @@ def test_student_notebooks_hold_no_solution_and_no_outputs():
                 assert cell.outputs == [] and cell.execution_count is None
 
 
+def test_student_notebooks_carry_no_metadata_from_the_solution_run():
+    for path in sorted(STUDENT.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert set(nb.metadata) <= {"kernelspec", "language_info"}, f"{path.name}: {sorted(nb.metadata)}"
+        for cell in nb.cells:
+            assert "execution" not in cell.metadata and "papermill" not in cell.metadata, path.name
+
+
+def test_make_student_drops_widget_state_and_run_records_but_keeps_the_kernel():
+    from course_lib.notebooks import make_student_notebook
+
+    solution = nbformat.read(SOLUTIONS[0], as_version=4)
+    solution.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"x": "99%"}}}
+    solution.metadata["papermill"] = {"duration": 1.5}
+    student = make_student_notebook(solution)
+    assert set(student.metadata) == {"kernelspec", "language_info"}
+    assert student.metadata["kernelspec"] == solution.metadata["kernelspec"]
+    assert "widgets" in solution.metadata  # the solution itself is not changed
+
+
 def test_every_solution_has_a_parameters_cell_first_and_exercise_metadata():
     for path in SOLUTIONS:
         nb = nbformat.read(path, as_version=4)
