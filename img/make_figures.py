@@ -23,9 +23,9 @@ STUDENT = "#d8f3dc"
 PNG_METADATA = {"Software": None}  # no version stamp: the file depends only on the drawing
 
 
-def save(fig: plt.Figure, name: str) -> None:
-    """Write ``fig`` to img/``name`` reproducibly and close it."""
-    fig.savefig(HERE / name, dpi=110, bbox_inches="tight", metadata=PNG_METADATA)
+def save(fig: plt.Figure, path: Path) -> None:
+    """Write ``fig`` to ``path`` reproducibly and close it."""
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata=PNG_METADATA)
     plt.close(fig)
 
 
@@ -46,7 +46,7 @@ def line(ax, xs, ys, color="#333", lw=1.2):
     ax.plot(xs, ys, color=color, lw=lw, solid_capstyle="butt")
 
 
-def gpt2_block() -> None:
+def gpt2_block(out: Path = HERE) -> None:
     """GPT-2 with one pre-LayerNorm block opened up: the residual stream, its two branches, the Linears."""
     fig, ax = plt.subplots(figsize=(9, 10))
     ax.set_xlim(0, 13.5)
@@ -110,10 +110,10 @@ def gpt2_block() -> None:
     box(ax, 0.2, 13.7, 4.0, 0.7, "out_head  768 -> 50257", "#adb5bd")
     ax.text(6.75, 15.1, "GPT-2: the residual stream (green) and one block's two branches;\n"
             "orange = nn.Linear layers inside the blocks (LoRA targets)", ha="center", fontsize=10)
-    save(fig, "gpt2_block.png")
+    save(fig, out / "gpt2_block.png")
 
 
-def lora_update() -> None:
+def lora_update(out: Path = HERE) -> None:
     """h = W x + (alpha / r) B A x: the frozen path and the low-rank path side by side."""
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.set_xlim(0, 12)
@@ -130,10 +130,10 @@ def lora_update() -> None:
     arrow(ax, 2.75, 4.7, 5.2, 5.6)
     arrow(ax, 8.75, 4.5, 6.8, 5.6)
     ax.text(8.9, 3.05, "rank r << in_dim, out_dim", fontsize=9, color="#555")
-    save(fig, "lora_update.png")
+    save(fig, out / "lora_update.png")
 
 
-def causal_mask_last_token() -> None:
+def causal_mask_last_token(out: Path = HERE) -> None:
     """A right-padded batch, the causal mask of one row, and the position that is classified."""
     lengths = (5, 3, 7)   # real tokens per message; the batch is padded on the right to 7
     t = 7
@@ -185,10 +185,10 @@ def causal_mask_last_token() -> None:
     right.set_xlim(0, t)
     fig.text(0.5, -0.02, "blue: allowed, real token   grey: allowed, padding   white: masked (future)",
              ha="center", fontsize=9)
-    save(fig, "causal_mask_last_token.png")
+    save(fig, out / "causal_mask_last_token.png")
 
 
-def softmax_temperature() -> None:
+def softmax_temperature(out: Path = HERE) -> None:
     """softmax(z / T) of the same logits z at several temperatures T."""
     logits = np.array([3.0, 1.5, 0.5, 0.0, -1.0])
     temps = (0.5, 1.0, 2.0, 5.0)
@@ -207,10 +207,10 @@ def softmax_temperature() -> None:
     ax.set_title("softmax(z / T) of the same logits z: a higher T spreads the probability")
     ax.legend(frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    save(fig, "softmax_temperature.png")
+    save(fig, out / "softmax_temperature.png")
 
 
-def distillation_flow() -> None:
+def distillation_flow(out: Path = HERE) -> None:
     """Teacher logits softened by T, student logits softened by T, KL between them, CE on the labels."""
     fig, ax = plt.subplots(figsize=(11, 5.2))
     ax.set_xlim(0, 16)
@@ -241,12 +241,18 @@ def distillation_flow() -> None:
     ax.text(14.45, 3.3, "only the student's\nweights get gradients", ha="center", fontsize=8.5, color="#555")
     ax.text(4.9, 4.55, "teacher logits computed once\nand cached (no gradient)", ha="center", fontsize=8.5,
             color="#555")
-    save(fig, "distillation_flow.png")
+    save(fig, out / "distillation_flow.png")
 
 
 FIGURES = (gpt2_block, lora_update, causal_mask_last_token, softmax_temperature, distillation_flow)
 
-if __name__ == "__main__":
+
+def main(out: Path = HERE) -> list[Path]:
+    """Draw every figure into ``out`` (img/ by default) and return the files written."""
     for draw in FIGURES:
-        draw()
-    print("wrote", ", ".join(p.name for p in sorted(HERE.glob("*.png"))))
+        draw(out)
+    return [out / f"{draw.__name__}.png" for draw in FIGURES]
+
+
+if __name__ == "__main__":
+    print("wrote", ", ".join(p.name for p in main()))
