@@ -86,13 +86,26 @@ def hf_config_to_settings(config: dict[str, Any]) -> dict[str, int]:
         raise ValueError(f"config.json is not a GPT-2 config (missing {err}); is this a GPT-2 checkpoint?") from err
 
 
+# Tensors a GPT-2 checkpoint may hold that are not weights: the hub's files (written by an older
+# transformers) keep each block's causal-mask buffer ``attn.bias`` and the constant ``attn.masked_bias``.
+# Our attention builds its own mask, so these are skipped; any other extra tensor is refused by name.
+IGNORED_SUFFIXES = ("attn.bias", "attn.masked_bias")
+
+
 def state_dict_to_params(state: dict[str, torch.Tensor], n_layer: int) -> Params:
-    """Turn flat Hugging Face keys (with or without ``transformer.``) into the params tree."""
+    """Turn flat Hugging Face keys (with or without ``transformer.``) into the params tree.
+
+    Refuses a checkpoint with a tensor it would not use (other than the buffers in
+    ``IGNORED_SUFFIXES`` and an ``lm_head.weight`` equal to ``wte``), naming it, so that nothing in
+    a file is dropped silently.
+    """
     flat = {k.removeprefix("transformer."): v for k, v in state.items()}
+    used: set[str] = set()
 
     def take(key: str) -> torch.Tensor:
         if key not in flat:
             raise KeyError(f"The checkpoint has no tensor {key!r}; is it a complete GPT-2 checkpoint?")
+        used.add(key)
         return flat[key]
 
     def linear(prefix: str) -> dict[str, torch.Tensor]:
@@ -111,49 +124,66 @@ def state_dict_to_params(state: dict[str, torch.Tensor], n_layer: int) -> Params
             "ln_2": norm(f"{p}.ln_2"),
         })
     ln_f = norm("ln_f")
-    return {"wte": take("wte.weight"), "wpe": take("wpe.weight"), "blocks": blocks,
-            "g": ln_f["g"], "b": ln_f["b"]}
+    wte, wpe = take("wte.weight"), take("wpe.weight")
+    head = flat.get("lm_head.weight")
+    if head is not None and head.shape == wte.shape and torch.equal(head, wte):
+        used.add("lm_head.weight")  # a tied output layer saved twice: it is wte
+    unexpected = sorted(k for k in flat if k not in used and not _ignored(k, n_layer))
+    if unexpected:
+        shown = ", ".join(repr(k) for k in unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise ValueError(f"The checkpoint has {len(unexpected)} tensor(s) a GPT-2 of {n_layer} blocks does not "
+                         f"use ({shown}); is it a GPT-2 checkpoint of this size?")
+    return {"wte": wte, "wpe": wpe, "blocks": blocks, "g": ln_f["g"], "b": ln_f["b"]}
+
+
+def _ignored(key: str, n_layer: int) -> bool:
+    """Is ``key`` one of the non-weight buffers of a block that exists (``h.3.attn.masked_bias``)?"""
+    head, _, rest = key.partition(".")
+    index, _, suffix = rest.partition(".")
+    return head == "h" and index.isdigit() and int(index) < n_layer and suffix in IGNORED_SUFFIXES
 
 
 # --------------------------------------------------------------------------- load
-def assign(name: str, target: torch.Tensor, value: torch.Tensor) -> torch.nn.Parameter:
-    """``value`` as a Parameter for ``target``, refusing a shape mismatch by naming both shapes."""
+def copy_into(name: str, target: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy ``value`` into the model's existing parameter ``target`` (same object, dtype and device),
+    refusing a shape mismatch by naming both shapes."""
     if tuple(target.shape) != tuple(value.shape):
         raise ValueError(f"Shape mismatch for {name}: the model expects {tuple(target.shape)} but the "
                          f"checkpoint has {tuple(value.shape)}; was it made for another model size?")
-    return torch.nn.Parameter(value.detach().clone().to(target.dtype))
+    with torch.no_grad():
+        target.copy_(value)
 
 
 def load_weights_into_gpt(gpt: GPTModel, params: Params) -> GPTModel:
-    """Copy ``params`` into ``gpt``: split c_attn into query/key/value, transpose Conv1D weights,
-    and tie ``out_head`` to the token embedding, as GPT-2 does."""
+    """Copy ``params`` into ``gpt``'s parameters: split c_attn into query/key/value, transpose
+    Conv1D weights, and tie ``out_head`` to the token embedding, as GPT-2 does."""
     if len(params["blocks"]) != len(gpt.trf_blocks):
         raise ValueError(f"The checkpoint has {len(params['blocks'])} blocks but the model has "
                          f"{len(gpt.trf_blocks)}; build the model from this checkpoint's settings.")
-    gpt.pos_emb.weight = assign("wpe", gpt.pos_emb.weight, params["wpe"])
-    gpt.tok_emb.weight = assign("wte", gpt.tok_emb.weight, params["wte"])
+    copy_into("wpe", gpt.pos_emb.weight, params["wpe"])
+    copy_into("wte", gpt.tok_emb.weight, params["wte"])
     for i, (block, p) in enumerate(zip(gpt.trf_blocks, params["blocks"])):
         att, ff = block.att, block.ff
         c_attn = p["attn"]["c_attn"]
         for proj, w, b in zip((att.W_query, att.W_key, att.W_value),
                               torch.chunk(c_attn["w"], 3, dim=-1), torch.chunk(c_attn["b"], 3, dim=-1)):
-            proj.weight = assign(f"blocks[{i}].attn.c_attn.w", proj.weight, w.T)
-            proj.bias = assign(f"blocks[{i}].attn.c_attn.b", proj.bias, b)
+            copy_into(f"blocks[{i}].attn.c_attn.w", proj.weight, w.T)
+            copy_into(f"blocks[{i}].attn.c_attn.b", proj.bias, b)
         _load_linear(att.out_proj, p["attn"]["c_proj"], f"blocks[{i}].attn.c_proj")
         _load_linear(ff.layers[0], p["mlp"]["c_fc"], f"blocks[{i}].mlp.c_fc")
         _load_linear(ff.layers[2], p["mlp"]["c_proj"], f"blocks[{i}].mlp.c_proj")
         for norm, key in ((block.norm1, "ln_1"), (block.norm2, "ln_2")):
-            norm.scale = assign(f"blocks[{i}].{key}.g", norm.scale, p[key]["g"])
-            norm.shift = assign(f"blocks[{i}].{key}.b", norm.shift, p[key]["b"])
-    gpt.final_norm.scale = assign("g", gpt.final_norm.scale, params["g"])
-    gpt.final_norm.shift = assign("b", gpt.final_norm.shift, params["b"])
+            copy_into(f"blocks[{i}].{key}.g", norm.scale, p[key]["g"])
+            copy_into(f"blocks[{i}].{key}.b", norm.shift, p[key]["b"])
+    copy_into("g", gpt.final_norm.scale, params["g"])
+    copy_into("b", gpt.final_norm.shift, params["b"])
     gpt.out_head.weight = gpt.tok_emb.weight  # weight tying: GPT-2 reuses wte as its output layer
     return gpt
 
 
 def _load_linear(layer: torch.nn.Linear, p: dict[str, torch.Tensor], name: str) -> None:
-    layer.weight = assign(f"{name}.w", layer.weight, p["w"].T)
-    layer.bias = assign(f"{name}.b", layer.bias, p["b"])
+    copy_into(f"{name}.w", layer.weight, p["w"].T)
+    copy_into(f"{name}.b", layer.bias, p["b"])
 
 
 def load_gpt2(model_size: str, drop_rate: float = 0.0,
@@ -175,13 +205,21 @@ def load_gpt2(model_size: str, drop_rate: float = 0.0,
     return model, settings
 
 
-# --------------------------------------------------------------------------- smoke checkpoint
+# --------------------------------------------------------------------------- generated checkpoints
 def write_smoke_checkpoint(folder: str | Path, seed: int = 123) -> Path:
     """Write a deterministic tiny GPT-2 in the hub's exact layout (keys without a prefix,
     Conv1D weights of shape (in, out)), so the smoke profile uses the real loading code."""
+    return write_random_checkpoint(folder, SMOKE_MODEL, seed=seed)
+
+
+def write_random_checkpoint(folder: str | Path, model_size: str, seed: int = 123,
+                            legacy_buffers: bool = False) -> Path:
+    """Write a randomly initialised GPT-2 of ``model_size`` as ``config.json`` + ``model.safetensors``
+    in the hub's layout; ``legacy_buffers`` adds each block's ``attn.bias`` and ``attn.masked_bias``
+    as the hub's files of ``openai-community/gpt2`` hold them (124M: 172 tensors)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = get_config(SMOKE_MODEL)
+    cfg = get_config(model_size)
     e, v, c, n = cfg["emb_dim"], cfg["vocab_size"], cfg["context_length"], cfg["n_layers"]
     gen = torch.Generator().manual_seed(seed)
 
@@ -203,6 +241,9 @@ def write_smoke_checkpoint(folder: str | Path, seed: int = 123) -> Path:
             f"{p}.mlp.c_fc.weight": normal(e, 4 * e), f"{p}.mlp.c_fc.bias": normal(4 * e),
             f"{p}.mlp.c_proj.weight": normal(4 * e, e), f"{p}.mlp.c_proj.bias": normal(e),
         })
+        if legacy_buffers:  # the causal mask and the masking constant older transformers saved
+            state[f"{p}.attn.bias"] = torch.tril(torch.ones(c, c)).view(1, 1, c, c)
+            state[f"{p}.attn.masked_bias"] = torch.tensor(-1e4)
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
               "vocab_size": v, "n_positions": c, "n_ctx": c, "n_embd": e, "n_head": cfg["n_heads"],
               "n_layer": n, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,
@@ -212,3 +253,16 @@ def write_smoke_checkpoint(folder: str | Path, seed: int = 123) -> Path:
     tmp.replace(folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
+
+
+def write_hub_cache_model(hub_cache: str | Path, model_size: str = "gpt2-small (124M)", seed: int = 123,
+                          revision: str = "0" * 40) -> Path:
+    """Put a random ``model_size`` into a Hugging Face hub cache (``HF_HUB_CACHE``) exactly where
+    ``hf_hub_download`` finds ``HF_REPOS[model_size]`` offline (``refs/main`` → ``snapshots/<rev>``),
+    legacy buffers included: a rehearsal of the full profile without downloading GPT-2."""
+    repo_dir = Path(hub_cache) / ("models--" + HF_REPOS[model_size].replace("/", "--"))
+    snapshot = write_random_checkpoint(repo_dir / "snapshots" / revision, model_size, seed=seed,
+                                       legacy_buffers=True)
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    return snapshot

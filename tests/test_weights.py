@@ -115,3 +115,50 @@ def test_real_gpt2_download_offline_fails_with_one_sentence(tmp_path, monkeypatc
 def test_smoke_config_json_describes_the_smoke_model(tmp_path):
     config = json.loads((write_smoke_checkpoint(tmp_path) / "config.json").read_text())
     assert (config["n_embd"], config["n_layer"], config["vocab_size"]) == (32, 2, 50257)
+
+
+def _add_tensors(folder: Path, extra: dict) -> None:
+    state = load_file(folder / "model.safetensors")
+    save_file({**state, **extra}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_hub_legacy_buffers_are_skipped_and_the_model_matches_transformers(tmp_path):
+    from course_lib.weights import write_random_checkpoint
+
+    folder = write_random_checkpoint(tmp_path, "gpt2-smoke (tiny)", legacy_buffers=True)
+    keys = set(load_file(folder / "model.safetensors"))
+    assert {"h.0.attn.bias", "h.1.attn.masked_bias"} <= keys and len(keys) == 4 + 2 * 14
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    ids = torch.arange(30).unsqueeze(0)
+    with torch.no_grad():
+        assert (hf(ids).logits - _ours(folder)(ids)).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("stray", ["h.0.attn.c_attn.lora_A", "score.weight", "h.7.attn.bias", "h.0.mlp.bias"])
+def test_a_tensor_the_model_would_not_use_is_named(tmp_path, stray):
+    folder = write_smoke_checkpoint(tmp_path)
+    _add_tensors(folder, {stray: torch.zeros(2, 2)})
+    with pytest.raises(ValueError, match=f"1 tensor\\(s\\) a GPT-2 of 2 blocks does not use \\('{stray}'\\)"):
+        load_gpt2_checkpoint(folder)
+
+
+def test_an_lm_head_equal_to_wte_loads_but_an_untied_one_is_refused(tmp_path):
+    folder = write_smoke_checkpoint(tmp_path)
+    wte = load_file(folder / "model.safetensors")["wte.weight"]
+    _add_tensors(folder, {"lm_head.weight": wte.clone()})
+    load_gpt2_checkpoint(folder)
+    _add_tensors(folder, {"lm_head.weight": wte + 1})
+    with pytest.raises(ValueError, match="'lm_head.weight'"):
+        load_gpt2_checkpoint(folder)
+
+
+def test_loading_copies_into_the_models_existing_parameters(tmp_path):
+    settings, params = load_gpt2_checkpoint(write_smoke_checkpoint(tmp_path))
+    model = GPTModel(settings_to_cfg(settings))
+    before = {name: p for name, p in model.named_parameters()}
+    load_weights_into_gpt(model, params)
+    after = dict(model.named_parameters())  # out_head.weight is now tok_emb.weight (tied)
+    assert set(after) == set(before) - {"out_head.weight"}
+    assert all(after[name] is before[name] for name in after)  # an optimizer built before still holds them
+    assert torch.equal(before["trf_blocks.0.norm1.scale"], params["blocks"][0]["ln_1"]["g"])
+    assert torch.equal(before["trf_blocks.1.att.W_query.weight"], params["blocks"][1]["attn"]["c_attn"]["w"][:, :32].T)
