@@ -111,13 +111,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     from .profiles import get_profile
 
     profile = get_profile(args.profile)
+    if args.max_examples is not None and args.max_examples < 1:
+        raise ValueError(f"--max-examples must be at least 1, got {args.max_examples}.")
+    if args.eval_freq < 1:
+        raise ValueError(f"--eval-freq must be at least 1, got {args.eval_freq}.")
     cfg = ExperimentConfig(
         profile=profile, model_size=args.model_size or profile.model_size, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, trainable_layers=tuple(args.trainable_layers),
-        num_epochs=args.num_epochs if args.num_epochs is not None else (20 if profile.name == "full" else profile.num_epochs),
+        num_epochs=args.num_epochs if args.num_epochs is not None else profile.num_epochs,
         batch_size=args.batch_size, eval_iter=args.eval_iter, eval_iter_val=args.eval_iter_val,
         learning_rate=args.learning_rate if args.learning_rate is not None else profile.learning_rate,
-        seed=args.seed, device=args.device, output_dir=Path(args.output_dir))
+        seed=args.seed, device=args.device, output_dir=Path(args.output_dir), eval_freq=args.eval_freq,
+        max_examples=args.max_examples, batching=args.batching,
+        precision=args.precision or ("auto" if profile.name == "full" else "fp32"))
     try:
         run_experiment(cfg)
     except KeyboardInterrupt:
@@ -127,6 +133,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_grade(args: argparse.Namespace) -> int:
     from .grading.grade import DEFAULT_TESTS, grade, merge
+    from .grading.sandbox import Limits
 
     if args.merge:
         if not args.out:
@@ -139,7 +146,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
                      feedback_dir=Path(args.feedback_dir) if args.feedback_dir else None,
                      executed_dir=Path(args.executed_dir) if args.executed_dir else None,
                      workers=args.workers, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
-                     profile=args.profile, shard=args.shard, tests_path=Path(args.tests or DEFAULT_TESTS))
+                     profile=args.profile, shard=args.shard, tests_path=Path(args.tests or DEFAULT_TESTS),
+                     use_sandbox=not args.no_sandbox,
+                     limits=Limits(memory_bytes=int(args.memory_gb * 1024**3), processes=args.max_processes))
     totals = [r for r in rows if r["exercise"] == "TOTAL"]
     for r in totals:
         print(f"{r['student']:<24} {r['points']:>4} / {r['max_points']}")
@@ -183,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", default=None, help="K/N: grade only the K-th of N deterministic shards of students")
     p.add_argument("--merge", nargs="+", default=None, metavar="CSV", help="merge shard gradebooks into --out")
     p.add_argument("--tests", default=None, help="the hidden tests file (default: grading/hidden_tests.py)")
+    p.add_argument("--no-sandbox", action="store_true",
+                   help="run submissions without the bubblewrap sandbox (trusted notebooks only; see README)")
+    p.add_argument("--memory-gb", type=float, default=8, help="address-space limit per sandboxed process (GiB)")
+    p.add_argument("--max-processes", type=int, default=256, help="processes and threads per sandbox")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("experiment", help="fine-tune one classifier per trainable-layers strategy and compare")
@@ -192,10 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-alpha", type=float, default=4)
     p.add_argument("--trainable-layers", nargs="+", default=["lora", "last_block", "last_layer", "all"],
                    choices=["lora", "last_block", "last_layer", "all"])
-    p.add_argument("--num-epochs", type=int, default=None, help="default: 20 in full, the profile's in smoke")
+    p.add_argument("--num-epochs", type=int, default=None,
+                   help="default: the profile's (5 in full, 1 in smoke); the original script's setting is 20")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--eval-iter", type=int, default=50)
-    p.add_argument("--eval-iter-val", type=int, default=5)
+    p.add_argument("--max-examples", type=int, default=None,
+                   help="use at most N examples of each split (default: all in full, 64 in smoke)")
+    p.add_argument("--eval-freq", type=int, default=50, help="measure the losses every N training steps")
+    p.add_argument("--eval-iter", type=int, default=50, help="batches for the final losses")
+    p.add_argument("--eval-iter-val", type=int, default=5, help="batches for the losses measured during training")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                   help="default: auto in full (bf16 where measured faster), fp32 in smoke")
+    p.add_argument("--batching", choices=["bucketed", "per_batch", "fixed"], default="bucketed",
+                   help="bucketed: similar lengths together, each batch padded to its longest message")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the profile's")
     p.add_argument("--profile", choices=["full", "smoke"], default=None)
     p.add_argument("--seed", type=int, default=123)

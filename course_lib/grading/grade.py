@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import hashlib
 import importlib.util
 import io
 import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -20,9 +24,12 @@ from types import ModuleType
 import nbformat
 
 from ..paths import repo_root
+from . import sandbox
+from .probe import STUB_ERROR
 
 FIELDS = ["student", "notebook", "exercise", "points", "max_points", "status", "message"]
 DEFAULT_TESTS = repo_root() / "grading" / "hidden_tests.py"
+PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
 
 
 def load_tests(path: Path = DEFAULT_TESTS) -> ModuleType:
@@ -129,11 +136,19 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
                     "`raise NotImplementedError` with your code."}
         if error == "NameError":
             return {**row, "status": "not found", "message": f"Running the hidden test failed: {message}."}
+        if error == "RuntimeError" and STUB_ERROR in message:
+            return {**row, "status": "not your own", "message": f"Your code uses the course's own solution: {message}"}
         if error in {"timeout", "kernel died"}:
             return {**row, "status": error, "message": f"The hidden test did not finish ({error}): look for an "
                     "endless loop or a crash in your code."}
+        if error == "malformed reply":
+            return {**row, "status": "error", "message": f"The hidden test could not be read back: {message}."}
         return {**row, "status": "error", "message": f"Your code raised {error}: {message}"}
-    expected = _expected(test, payload["seed"], tests)
+    try:
+        expected = _expected(test, payload["seed"], tests)
+    except Exception as err:  # the instructor's reference or probe is broken: nobody's fault here
+        return {**row, "status": "error", "message": f"The grader could not compute the expected answer "
+                f"({type(err).__name__}); tell your instructor."}
     if tests.same(payload["result"], expected, test.tolerance):
         return {**row, "points": test.points, "status": "passed", "message": "Correct on the hidden inputs."}
     return {**row, "status": "failed", "message": f"Wrong results on the hidden inputs ({test.explain}); "
@@ -141,35 +156,136 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
             "test your code on other sizes."}
 
 
+def _rows_for_all(hidden, status: str, message: str) -> list[dict]:
+    return [{"exercise": t.exercise, "points": 0, "max_points": t.points, "status": status, "message": message}
+            for t in hidden]
+
+
 def grade_one(job: dict) -> dict:
-    """Grade one student's notebook; runs in a worker process."""
-    from .runner import run_submission
+    """Grade one student's notebook (runs in a worker process); never raises."""
+    result = {"student": job["student"], "notebook": job["notebook"], "rows": [], "events": [], "executed": None}
+    try:
+        return _grade_one(job, result)
+    except Exception as err:  # one submission's failure must not stop the others
+        hidden = load_tests(Path(job["tests"])).tests_for(job["notebook"])
+        result["rows"] = _rows_for_all(hidden, "error", f"The grader could not grade this notebook "
+                                       f"({type(err).__name__}); tell your instructor.")
+        return result
+
+
+def _sandbox_for(job: dict, writable: list[Path], course_source: Path, cwd: Path, env: dict) -> list[str]:
+    """The command prefix that runs a process of this job inside its sandbox (or [] without one)."""
+    if not job["sandbox"]:
+        return []
+    course_dir = Path(job["course_dir"])
+    readonly = [(course_source, course_dir)]
+    data = course_dir.parent / "data"
+    if data.is_dir():
+        readonly.append((data, data))
+    for extra in job.get("readonly", []):
+        readonly.append((Path(extra), Path(extra)))
+    box = sandbox.Sandbox(writable=writable, readonly=readonly, env=env, cwd=cwd, limits=sandbox.Limits(**job["limits"]))
+    return box.command([])
+
+
+def _grade_one(job: dict, result: dict) -> dict:
+    from . import probe, runner
 
     tests = load_tests(Path(job["tests"]))
     path = Path(job["path"])
-    result = {"student": job["student"], "notebook": job["notebook"], "rows": [], "events": [], "executed": None}
     hidden = tests.tests_for(job["notebook"])
-
-    def all_rows(status: str, message: str) -> dict:
-        result["rows"] = [{"exercise": t.exercise, "points": 0, "max_points": t.points, "status": status,
-                           "message": message} for t in hidden]
-        return result
-
     if not path.is_file():
-        return all_rows("missing notebook", f"{job['notebook']}.ipynb was not submitted.")
+        result["rows"] = _rows_for_all(hidden, "missing notebook", f"{job['notebook']}.ipynb was not submitted.")
+        return result
     try:  # readable as a notebook is enough; minor schema slips (cell ids in 4.4) are not the student's fault
-        if not isinstance(nbformat.read(path, as_version=4).get("cells"), list):
+        nb = nbformat.read(path, as_version=4)
+        if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "source" in c
+                                                            for c in nb.cells):
             raise ValueError("no cells")
+        for cell in nb.cells:
+            cell.setdefault("metadata", nbformat.NotebookNode())
+            if cell.get("cell_type") == "code":
+                cell.setdefault("outputs", [])
     except Exception:
-        return all_rows("invalid notebook", f"{path.name} is not a readable Jupyter notebook; submit the .ipynb file "
-                        "saved by Jupyter.")
-    run = run_submission(path, {t.exercise: t.probe for t in hidden}, job["profile"], job["cell_timeout"],
-                         job["notebook_timeout"], Path(job["shared_cache"]), Path(job["mpl_dir"]))
-    submitted = nbformat.read(path, as_version=4)  # static checks read what the student handed in
-    result["rows"] = [_exercise_row(t, run.probes.get(t.exercise), submitted, tests) for t in hidden]
+        result["rows"] = _rows_for_all(hidden, "invalid notebook", f"{path.name} is not a readable Jupyter "
+                                       "notebook; submit the .ipynb file saved by Jupyter.")
+        return result
+    start = time.monotonic()
+    budget = job["notebook_timeout"]
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+        workdir, ipc = Path(tmp) / "work", Path(tmp) / "ipc"
+        shutil.copytree(path.parent, workdir, symlinks=True, ignore=shutil.ignore_patterns(".*"))
+        ipc.mkdir()
+        shutil.copytree(job["shared_cache"], workdir / ".course-cache", dirs_exist_ok=True)
+        shutil.copytree(job["mpl_dir"], workdir / ".matplotlib", dirs_exist_ok=True)
+        env = {"COURSE_PROFILE": job["profile"], "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
+               "HOME": str(workdir), "IPYTHONDIR": str(workdir / ".ipython"), "MPLCONFIGDIR": str(workdir / ".matplotlib"),
+               "JUPYTER_RUNTIME_DIR": str(ipc), "JUPYTER_PLATFORM_DIRS": "1", "TMPDIR": "/tmp"}
+        env = sandbox.sandboxed_env(env) if job["sandbox"] else {**os.environ, **env, "TMPDIR": tmp,
+                                                                   "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+        group = sandbox.pids_cgroup(job["limits"]["processes"]) if job["sandbox"] else None
+        try:
+            wrapper = sandbox.in_cgroup(group, _sandbox_for(job, [workdir, ipc], Path(job["course_dir"]), workdir, env))
+            run = runner.run_notebook(nb, workdir, wrapper, env, ipc if job["sandbox"] else None,
+                                      job["cell_timeout"], start + budget * PHASE1_SHARE)
+        finally:
+            sandbox.remove_cgroup(group)
+        executed_nb = nbformat.v4.new_notebook(cells=[c for i, c in enumerate(nb.cells) if i in set(run.executed)])
+        defs = probe.definitions(probe.executed_sources(nb, run.executed))
+        payloads = _run_probes(job, hidden, defs, Path(tmp), start + budget)
+    result["rows"] = [_exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
     result["events"] = run.events
     result["executed"] = nbformat.writes(run.notebook)
     return result
+
+
+def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: float) -> dict[str, dict]:
+    """Each exercise probed in a fresh sandboxed process holding only the notebook's definitions."""
+    from . import probe
+
+    groups: dict[str, list] = {}
+    for test in hidden:
+        groups.setdefault(job["probe_courses"][test.exercise], []).append(test)
+    payloads: dict[str, dict] = {}
+    for course_copy, group in groups.items():
+        pending = [group] if len(group) == 1 else [group] + [[t] for t in group]
+        for tests_now in pending:
+            tests_now = [t for t in tests_now if t.exercise not in payloads or not payloads[t.exercise].get("final")]
+            if not tests_now:
+                continue
+            seeds = {t.exercise: secrets.randbelow(2**31) for t in tests_now}
+            work = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp))
+            env = {"HOME": str(work), "MPLBACKEND": "Agg", "COURSE_PROFILE": job["profile"],
+                   "COURSE_CACHE_DIR": str(work / ".course-cache"), "MPLCONFIGDIR": str(work / ".matplotlib"),
+                   "TMPDIR": "/tmp"}
+            if job["sandbox"]:
+                command = _sandbox_for(job, [work], Path(course_copy), work, sandbox.sandboxed_env(env)) + \
+                    probe.probe_command()
+                env_arg = None
+            else:
+                command = probe.probe_command()
+                env_arg = {**os.environ, **env, "PYTHONPATH": str(Path(course_copy).parent)}
+            left = deadline - time.monotonic()
+            timeout = min(job["cell_timeout"] * len(tests_now), left)
+            group_id = sandbox.pids_cgroup(job["limits"]["processes"]) if job["sandbox"] else None
+            try:
+                state, raw = ("timeout", b"") if left <= 1 else probe.run_probe_process(
+                    sandbox.in_cgroup(group_id, command),
+                    {"definitions": defs, "probes": [[t.exercise, t.probe, seeds[t.exercise]] for t in tests_now]},
+                    timeout, env=env_arg, cwd=str(work))
+            finally:
+                sandbox.remove_cgroup(group_id)
+            exercises = [t.exercise for t in tests_now]
+            if state == "ok":
+                replies = probe.validate_reply(raw, exercises)
+            else:
+                error = "timeout" if state == "timeout" else "kernel died"
+                replies = {e: {"ok": False, "error": error, "message": "the hidden test did not finish"}
+                           for e in exercises}
+            final = state == "ok" or len(tests_now) == 1 or len(group) == 1
+            for e, reply in replies.items():
+                payloads[e] = {**reply, "seed": seeds[e], "final": final}
+    return payloads
 
 
 # --------------------------------------------------------------------------- outputs
@@ -231,14 +347,92 @@ def prepare_shared(profile: str, workdir: Path) -> tuple[Path, Path]:
     return cache, mpl
 
 
+def preload(tests_path: Path) -> ModuleType:
+    """Import everything grading needs before any submission runs (worker initialiser too), so that
+    nothing the grader executes is read from disk after student code has started."""
+    import IPython.core.inputtransformer2  # noqa: F401
+    import jupyter_client  # noqa: F401
+    import nbclient  # noqa: F401
+    import zmq  # noqa: F401
+
+    from . import probe, runner  # noqa: F401
+
+    tests = load_tests(tests_path)
+    for test in tests.TESTS:
+        try:
+            test.reference()
+        except Exception:
+            pass
+    return tests
+
+
+def _probe_courses(tests: ModuleType, workdir: Path) -> dict[str, str]:
+    """A copy of course_lib with the references stubbed, per set of names an exercise's probe may use."""
+    from .probe import ALLOWED, build_stripped_course
+
+    course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
+    made: dict[frozenset, str] = {}
+    out: dict[str, str] = {}
+    for test in tests.TESTS:
+        allowed = frozenset(ALLOWED.get(test.exercise, set()) | set(getattr(test, "allowed", ()) or ()))
+        if allowed not in made:
+            target = workdir / f"probe-course-{len(made)}" / "course_lib"
+            made[allowed] = str(build_stripped_course(course_dir, target, set(allowed)))
+        out[test.exercise] = made[allowed]
+    return out
+
+
+def _run_jobs(jobs: list[dict], workers: int, tests_path: Path, progress: bool) -> list[dict]:
+    """Every job's result, in job order; a worker that dies costs only its own jobs."""
+    from concurrent.futures import as_completed
+
+    from tqdm.std import tqdm
+
+    bar = tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress)
+    results: list[dict | None] = [None] * len(jobs)
+    if workers <= 1:
+        for i, job in enumerate(jobs):
+            results[i] = grade_one(job)
+            bar.update(1)
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=preload,
+                                 initargs=(tests_path,)) as pool:
+            futures = {pool.submit(grade_one, job): i for i, job in enumerate(jobs)}
+            for future in as_completed(futures):
+                i = futures[future]
+                try:
+                    results[i] = future.result()
+                except Exception:
+                    results[i] = None
+                bar.update(1)
+    bar.close()
+    tests = load_tests(tests_path)
+    for i, job in enumerate(jobs):
+        if results[i] is None:
+            results[i] = {"student": job["student"], "notebook": job["notebook"], "events": [], "executed": None,
+                          "rows": _rows_for_all(tests.tests_for(job["notebook"]), "error",
+                                                "The grader's worker stopped while grading this notebook; "
+                                                "tell your instructor.")}
+    return results  # type: ignore[return-value]
+
+
 def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feedback_dir: Path | None = None,
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
-          tests_path: Path = DEFAULT_TESTS, progress: bool = True) -> list[dict]:
-    """Grade every ``SUBMISSIONS/<student>/<notebook>.ipynb``; returns the gradebook rows."""
+          tests_path: Path = DEFAULT_TESTS, progress: bool = True, use_sandbox: bool = True,
+          limits: "sandbox.Limits | None" = None) -> list[dict]:
+    """Grade every ``SUBMISSIONS/<student>/<notebook>.ipynb``; returns the gradebook rows.
+
+    Each submission runs in its own bubblewrap sandbox (``use_sandbox=False`` only where the
+    notebooks are trusted); the gradebook, feedback and executed notebooks are written by this
+    process after every sandbox is gone."""
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
-    tests = load_tests(tests_path)
+    if use_sandbox:
+        sandbox.check_available()
+    else:
+        print(sandbox.NO_SANDBOX_WARNING, file=sys.stderr)
+    tests = preload(tests_path)
     names = notebooks or tests.notebooks()
     unknown = [n for n in names if n not in tests.notebooks()]
     if unknown:
@@ -246,25 +440,22 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     students = select_students(sorted(p.name for p in submissions.iterdir() if p.is_dir()), shard)
     feedback_dir = feedback_dir or out.parent / "feedback"
     executed_dir = executed_dir or out.parent / "executed"
+    limits = limits or sandbox.Limits()
+    course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
+    readonly = []
+    if profile != "smoke":
+        from huggingface_hub import constants
+
+        readonly = [p for p in {constants.HF_HUB_CACHE} if Path(p).is_dir()]
     with tempfile.TemporaryDirectory(prefix="course-grade-shared-") as tmp:
         cache, mpl = prepare_shared(profile, Path(tmp))
+        probe_courses = _probe_courses(tests, Path(tmp))
         jobs = [{"student": s, "notebook": n, "path": str(submissions / s / f"{n}.ipynb"), "tests": str(tests_path),
                  "profile": profile, "cell_timeout": cell_timeout, "notebook_timeout": notebook_timeout,
-                 "shared_cache": str(cache), "mpl_dir": str(mpl)} for s in students for n in names]
-        from tqdm.std import tqdm
-
-        bar = tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress)
-        results = []
-        if workers <= 1:
-            for job in jobs:
-                results.append(grade_one(job))
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                for result in pool.map(grade_one, jobs):
-                    results.append(result)
-                    bar.update(1)
-        bar.close()
+                 "shared_cache": str(cache), "mpl_dir": str(mpl), "sandbox": use_sandbox,
+                 "limits": dataclasses.asdict(limits), "course_dir": str(course_dir), "readonly": readonly,
+                 "probe_courses": probe_courses} for s in students for n in names]
+        results = _run_jobs(jobs, workers, tests_path, progress)
     rows = [{"student": r["student"], "notebook": r["notebook"], **row} for r in results for row in r["rows"]]
     write_gradebook(rows, out)
     for student in students:

@@ -1,43 +1,64 @@
-"""Execute one submission in its own kernel, cell by cell, surviving what students write:
-errors (recorded, execution goes on), infinite loops (cell timeout), kernel crashes (restart,
-replay the cells that worked, skip the fatal one), floods of output (truncated)."""
+"""Execute one submission in its own kernel, inside its own sandbox, cell by cell, surviving what
+students write: errors (recorded, execution goes on), endless loops (cell timeout), kernel crashes
+(restart, replay the cells that worked, skip the fatal one), floods of output (every message that
+carries output counts against one cap), and messages the grader cannot read (the kernel is
+restarted). Everything, replays included, stays within the notebook's wall-clock budget."""
 from __future__ import annotations
 
-import ast
 import json
-import os
-import secrets
-import shutil
-import tempfile
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
+from jupyter_core.utils import run_sync
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from traitlets import List, Unicode
 
-OUTPUT_LIMIT = 1_000_000  # characters of output kept per notebook
+OUTPUT_LIMIT = 1_000_000  # characters of output kept per notebook, all message kinds together
+MAX_RESTARTS = 3          # kernel restarts per notebook (crashes, timeouts, unreadable messages)
+OUTPUT_MESSAGES = {"stream", "display_data", "execute_result", "error", "update_display_data", "comm_open",
+                   "comm_msg", "clear_output"}
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel process starts inside ``wrapper`` (a bwrap command prefix)."""
+
+    wrapper = List(Unicode(), default_value=[]).tag(config=True)
+
+    def format_kernel_cmd(self, extra_arguments=None):
+        return list(self.wrapper) + super().format_kernel_cmd(extra_arguments)
 
 
 class CappedClient(NotebookClient):
-    """An nbclient that stops storing outputs after ``OUTPUT_LIMIT`` characters."""
+    """An nbclient that keeps at most ``OUTPUT_LIMIT`` characters of output of any kind."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.kept = 0
         self.truncated = False
 
-    def output(self, outs, msg, display_id, cell_index):
-        size = len(json.dumps(msg.get("content", {}), default=str))
-        if self.kept + size > OUTPUT_LIMIT:
-            if not self.truncated:
-                self.truncated = True
-                outs.append(nbformat.v4.new_output("stream", name="stderr",
-                                                   text="[grader: output truncated here]\n"))
-            return None
-        self.kept += size
-        return super().output(outs, msg, display_id, cell_index)
+    def process_message(self, msg, cell, cell_index):
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), dict):
+            raise UnreadableMessage("a message without content")
+        msg_type = msg.get("msg_type")
+        if msg_type in OUTPUT_MESSAGES:
+            size = len(json.dumps(msg["content"], default=str))
+            if self.kept + size > OUTPUT_LIMIT:
+                if not self.truncated:
+                    self.truncated = True
+                    cell.outputs.append(nbformat.v4.new_output("stream", name="stderr",
+                                                               text="[grader: output truncated here]\n"))
+                return None
+            self.kept += size
+        return super().process_message(msg, cell, cell_index)
+
+
+class UnreadableMessage(RuntimeError):
+    """The kernel sent something that is not a Jupyter message."""
 
 
 @dataclass
@@ -45,151 +66,116 @@ class Execution:
     """What happened while a submission ran."""
 
     notebook: nbformat.NotebookNode
-    events: list[str] = field(default_factory=list)   # notebook-level notes for the feedback
-    probes: dict[str, dict] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)     # notebook-level notes for the feedback
+    executed: list[int] = field(default_factory=list)   # code cells that started, in order
 
 
-def _preamble(workdir: Path) -> str:
-    # Heavy libraries load before the fence goes up (they use ctypes while importing).
-    return ("import torch, numpy, pandas, matplotlib, matplotlib.pyplot, tiktoken, json\n"
-            "import course_lib.grading.sandbox as __course_sandbox\n"
-            f"__course_sandbox.install({str(workdir)!r})\n"
-            "del __course_sandbox\n")
+def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], env: dict[str, str],
+                 ipc_dir: Path | None, cell_timeout: int, deadline: float) -> Execution:
+    """Run ``nb``'s code cells in a kernel started by ``wrapper`` (a sandbox command prefix).
 
-
-def _probe_source(body: str, seed: int, nonce: str) -> str:
-    indented = "\n".join("            " + line for line in body.strip("\n").split("\n"))
-    return "\n".join([
-        f"def __course_probe(SEED={seed}):",
-        "    import json as __json",
-        "    try:",
-        "        def __inner():",
-        indented,
-        f"        return __json.dumps({{'nonce': {nonce!r}, 'ok': True, 'result': __inner()}})",
-        "    except BaseException as __e:",
-        f"        return __json.dumps({{'nonce': {nonce!r}, 'ok': False, 'error': type(__e).__name__,"
-        " 'message': str(__e)[:300]})",
-        "__course_probe()",
-    ]) + "\n"
-
-
-def _kernel_env(workdir: Path, profile: str, shared_cache: Path, mpl_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "KERNEL_"))}
-    env.update({"COURSE_PROFILE": profile, "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
-                "HOME": str(workdir), "TMPDIR": str(workdir / ".tmp"), "IPYTHONDIR": str(workdir / ".ipython"),
-                "MPLCONFIGDIR": str(mpl_dir), "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
-                "PYTHONDONTWRITEBYTECODE": "1"})
-    (workdir / ".tmp").mkdir(exist_ok=True)
-    if shared_cache.is_dir():
-        shutil.copytree(shared_cache, workdir / ".course-cache", dirs_exist_ok=True)
-    return env
-
-
-def run_submission(path: Path, probes: dict[str, str], profile: str, cell_timeout: int,
-                   notebook_timeout: int, shared_cache: Path, mpl_dir: Path) -> Execution:
-    """Run the notebook at ``path`` in a temporary copy of its folder, then the probe snippets.
-
-    ``probes`` maps an exercise id to the kernel-side body of its hidden test.
-    """
-    nb = nbformat.read(path, as_version=4)
+    ``deadline`` (time.monotonic) bounds everything, replays after crashes included; with
+    ``ipc_dir`` the kernel talks over Unix sockets there (which work inside a network namespace)."""
     run = Execution(notebook=nb)
-    deadline = time.monotonic() + notebook_timeout
-    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
-        workdir = Path(tmp) / "work"
-        shutil.copytree(path.parent, workdir, ignore=shutil.ignore_patterns(".*"))
-        env = _kernel_env(workdir, profile, shared_cache, mpl_dir)
-        client = CappedClient(nb, timeout=cell_timeout, kernel_name="python3", allow_errors=True,
-                              interrupt_on_timeout=False, record_timing=False,
-                              resources={"metadata": {"path": str(workdir)}})
-        code_cells = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-        done: list[int] = []  # cells that ran without killing the kernel: replayed after a restart
+    def make_km() -> SandboxedKernelManager:
+        km = SandboxedKernelManager(kernel_name="python3", wrapper=wrapper)
+        if ipc_dir is not None:
+            km.transport, km.ip = "ipc", str(ipc_dir / "kernel")
+            km.connection_file = str(ipc_dir / "kernel.json")
+        return km
 
-        def start_kernel() -> None:
-            client.km = client.create_kernel_manager()
-            client.start_new_kernel(env=env, cwd=str(workdir))
+    client = CappedClient(nb, km=make_km(), timeout=cell_timeout, kernel_name="python3", allow_errors=True,
+                          interrupt_on_timeout=False, record_timing=False, store_widget_state=False,
+                          startup_timeout=120, resources={"metadata": {"path": str(workdir)}})
+    done: list[int] = []   # cells that ran without killing the kernel: replayed after a restart
+    restarts = 0
+
+    def left() -> float:
+        return deadline - time.monotonic()
+
+    def start_kernel() -> bool:
+        client.startup_timeout = int(max(1, min(120, left())))
+        client.km = client.km or make_km()
+        try:
+            client.start_new_kernel(env=env, cwd=str(workdir), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
             client.start_new_kernel_client()
-            execute_extra(client, nbformat.v4.new_code_cell(_preamble(workdir)))
-
-        def run_cell(index: int) -> bool:
-            """False when the kernel has to be restarted."""
-            try:
-                client.execute_cell(nb.cells[index], index)
-                return True
-            except CellTimeoutError:
-                run.events.append(f"Cell {index} was stopped after {cell_timeout} s (an endless loop?); "
-                                  "the cells after it still ran.")
-            except DeadKernelError:
-                run.events.append(f"Cell {index} crashed the Python kernel; it was restarted and the "
-                                  "cells before it replayed, so the rest could still be graded.")
-            except CellExecutionError:
-                return True
+            return True
+        except Exception:
+            run.events.append("The Python kernel could not be started for this notebook.")
             return False
 
-        def restart() -> None:
-            _shutdown(client)
-            start_kernel()
-            for index in list(done):
-                if not run_cell(index):  # fatal this time: drop it, so replays cannot loop for ever
-                    done.remove(index)
-                    return restart()
-
-        start_kernel()
+    def run_cell(index: int) -> str:
+        """``ok`` or why the kernel has to be restarted (``timeout``, ``died``, ``unreadable``)."""
+        client.timeout = int(max(1, min(cell_timeout, left())))
+        if index not in run.executed:
+            run.executed.append(index)
         try:
-            for index in code_cells:
-                if time.monotonic() > deadline:
-                    run.events.append(f"The notebook ran past {notebook_timeout} s; its remaining cells were skipped.")
-                    break
-                if run_cell(index):
-                    done.append(index)
-                else:
-                    restart()
-            if client.truncated:
-                run.events.append(f"The notebook printed more than {OUTPUT_LIMIT:,} characters; the rest was not kept.")
-            client.kept = 0  # the probes' results get a fresh output budget
-            for exercise, body in probes.items():
-                run.probes[exercise] = _run_probe(client, body, restart)
-        finally:
-            _shutdown(client)
-    return run
+            client.execute_cell(nb.cells[index], index)
+            return "ok"
+        except CellExecutionError:
+            return "ok"
+        except CellTimeoutError:
+            return "timeout"
+        except DeadKernelError:
+            return "died"
+        except Exception:
+            return "unreadable"
 
+    def restart() -> bool:
+        nonlocal restarts
+        _shutdown(client)
+        restarts += 1
+        if restarts > MAX_RESTARTS:
+            run.events.append(f"The kernel was restarted {MAX_RESTARTS} times; the remaining cells were skipped.")
+            return False
+        if left() <= 0 or not start_kernel():
+            return False
+        for index in list(done):
+            if left() <= 0:
+                return False
+            if run_cell(index) != "ok":   # fatal this time: drop it, so replays cannot loop for ever
+                done.remove(index)
+                return restart()
+        return True
 
-def execute_extra(client: NotebookClient, cell) -> None:
-    """Run a grader cell (preamble, probe) without it ever becoming part of the student's notebook."""
-    client.nb.cells.append(cell)
+    messages = {"timeout": f"was stopped after {cell_timeout} s (an endless loop?)",
+                "died": "crashed the Python kernel",
+                "unreadable": "made the kernel send messages the grader could not read"}
     try:
-        client.execute_cell(cell, len(client.nb.cells) - 1, store_history=False)
-    finally:
-        client.nb.cells.pop()
-
-
-def _run_probe(client: CappedClient, body: str, restart) -> dict:
-    seed, nonce = secrets.randbelow(2**31), secrets.token_hex(8)
-    cell = nbformat.v4.new_code_cell(_probe_source(body, seed, nonce))
-    try:
-        execute_extra(client, cell)
-    except (CellTimeoutError, DeadKernelError) as err:
-        restart()
-        return {"ok": False, "error": "timeout" if isinstance(err, CellTimeoutError) else "kernel died",
-                "message": "the hidden test did not finish", "seed": seed}
-    except CellExecutionError:
-        pass
-    for out in cell.outputs:
-        if out.get("output_type") == "execute_result":
-            try:
-                payload = json.loads(ast.literal_eval(out["data"]["text/plain"]))
-            except (ValueError, SyntaxError, KeyError, TypeError):
+        if not start_kernel():
+            return run
+        skip_tag = client.skip_cells_with_tag
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or skip_tag in cell.metadata.get("tags", []):
+                continue
+            if left() <= 0:
+                run.events.append("The notebook ran past its time budget; its remaining cells were skipped.")
                 break
-            if payload.get("nonce") == nonce:
-                payload["seed"] = seed
-                return payload
-    return {"ok": False, "error": "no result", "message": "the hidden test's result could not be read back "
-            "(was print, json or the display machinery replaced?)", "seed": seed}
+            state = run_cell(index)
+            if state == "ok":
+                done.append(index)
+                continue
+            run.events.append(f"Cell {index} {messages[state]}; the kernel was restarted and the cells before "
+                              "it replayed, so the rest could still be graded.")
+            if not restart():
+                break
+        if client.truncated:
+            run.events.append(f"The notebook printed more than {OUTPUT_LIMIT:,} characters; the rest was not kept.")
+    finally:
+        _shutdown(client)
+    return run
 
 
 def _shutdown(client: NotebookClient) -> None:
     try:
         client._cleanup_kernel()  # nbclient's own teardown: stops channels, shuts the kernel down
     except Exception:  # a dead kernel may refuse a polite shutdown
+        pass
+    try:
+        if client.km is not None and client.km.has_kernel:
+            run_sync(client.km.kill_kernel)()
+    except Exception:
         pass
     client.kc = None
     client.km = None

@@ -1,46 +1,186 @@
-"""Confinement installed in a submission's kernel before its first cell runs.
+"""An operating-system sandbox per submission, built with bubblewrap (``bwrap``).
 
-A CPython audit hook (it cannot be removed once added) refuses writes, deletions and renames
-outside the submission's working copy, starting processes, loading native code through ctypes,
-and walking the garbage collector to reach the hook itself. It is a Python-level fence, not an
-operating-system sandbox: see the README's threat model.
+Every process a submission starts runs inside new user, pid, network, IPC, UTS and mount
+namespaces, as an unprivileged uid, with ``--die-with-parent`` so that nothing outlives the
+grader. The sandbox sees the operating system and the Python environment read-only, the course
+library read-only (or a copy with the references taken out, for probes), and one writable
+folder: the fresh working copy of that one submission. It sees no network, no other
+submission, none of the instructor's folders and no hidden tests. Resource limits come from
+``prlimit`` and, where the grader may create one, a ``pids`` cgroup.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 
-WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-PATH_EVENTS = {"os.remove", "os.rename", "os.replace", "os.rmdir", "os.mkdir", "os.chmod", "os.chown",
-               "os.symlink", "os.link", "os.truncate", "os.utime", "shutil.rmtree", "shutil.move"}
-FORBIDDEN = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
-             "os.forkpty", "pty.spawn", "ctypes.dlopen", "ctypes.dlsym", "ctypes.string_at",
-             "ctypes.wstring_at", "ctypes.addressof", "gc.get_objects", "gc.get_referrers",
-             "gc.get_referents", "sys.addaudithook", "os.kill", "os.killpg"}
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`, Fedora: `dnf install bubblewrap`, "
+                "Arch: `pacman -S bubblewrap`) on a Linux machine that allows user namespaces, or pass --no-sandbox "
+                "to grade without it (see the README's threat model)")
+NO_SANDBOX_WARNING = ("warning: --no-sandbox: submissions run as ordinary processes of this user. They can read "
+                      "and write anything you can, reach the network, read the hidden tests and the reference "
+                      "implementations, and leave processes running. Use it only for notebooks you trust.")
+SANDBOX_UID = 65534
+BWRAP = "bwrap"      # the program looked up on PATH
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
 
 
-def install(workdir: str, _realpath=os.path.realpath, _fspath=os.fspath, _sep=os.sep) -> None:
-    """Confine this process's writes to ``workdir`` (and its subfolders) from now on."""
-    root = _realpath(workdir)
+class SandboxUnavailable(RuntimeError):
+    """bubblewrap is missing or cannot create namespaces on this machine."""
 
-    def inside(path) -> bool:
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-sandbox resource limits (prlimit, plus a pids cgroup where the grader may create one)."""
+
+    memory_bytes: int = 8 * 1024**3   # address space of each process
+    processes: int = 256              # processes and threads
+    open_files: int = 1024
+    file_bytes: int = 1024**3         # largest file a submission may write
+    cpu_seconds: int = 3600
+
+
+@dataclass
+class Sandbox:
+    """What one bwrap call binds, sets and limits."""
+
+    writable: list[Path] = field(default_factory=list)                  # bound read-write at the same path
+    readonly: list[tuple[Path, Path]] = field(default_factory=list)     # (source, path inside)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+    limits: Limits = Limits()
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` wrapped so that it runs inside this sandbox."""
+        bwrap = shutil.which(BWRAP)
+        if not bwrap:
+            raise SandboxUnavailable(f"`bwrap` was not found: {INSTALL_HINT}.")
+        args = [bwrap, "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+                "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"]
+        for d in _SYSTEM_DIRS:
+            if os.path.islink(d):
+                args += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                args += ["--ro-bind", d, d]
+        for prefix in python_dirs():
+            args += ["--ro-bind", prefix, prefix]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var/tmp"]
+        for source, target in self.readonly:
+            args += ["--ro-bind", str(source), str(target)]
+        for path in self.writable:
+            args += ["--bind", str(path), str(path)]
+        if self.cwd:
+            args += ["--chdir", str(self.cwd)]
+        args += ["--clearenv"]
+        for key, value in sorted(self.env.items()):
+            args += ["--setenv", key, value]
+        return limit_command(self.limits) + args + ["--", *argv]
+
+
+def python_dirs() -> list[str]:
+    """The folders the Python environment lives in (prefix, base prefix, site-packages), outermost first."""
+    import site
+    import sysconfig
+
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    dirs |= {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    dirs |= set(site.getsitepackages())
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        dirs.add(site.getusersitepackages())
+    real = sorted({os.path.realpath(d) for d in dirs if d and os.path.isdir(d)})
+    return [d for d in real if not any(d != o and d.startswith(o + os.sep) for o in real)]
+
+
+def limit_command(limits: Limits) -> list[str]:
+    """``prlimit`` applying ``limits`` to the command that follows (inherited by every child)."""
+    prlimit = shutil.which("prlimit")
+    if not prlimit:
+        return []
+    return [prlimit, f"--as={limits.memory_bytes}", f"--nproc={limits.processes}", f"--nofile={limits.open_files}",
+            f"--fsize={limits.file_bytes}", f"--cpu={limits.cpu_seconds}", "--core=0", "--"]
+
+
+def sandboxed_env(extra: dict[str, str]) -> dict[str, str]:
+    """A minimal environment for code inside the sandbox: nothing of the grader's leaks in."""
+    keep = {k: v for k, v in os.environ.items() if k in {"LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                          "TZ"}}
+    return {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1", **keep, **extra}
+
+
+# --------------------------------------------------------------------------- pids cgroup
+def pids_cgroup(limit: int) -> Path | None:
+    """A fresh ``pids`` cgroup capped at ``limit`` tasks, when this process may create one, else None.
+
+    RLIMIT_NPROC counts per real user and is not enforced for root, so a grader running as root
+    caps the processes of each sandbox with the kernel's pids controller instead."""
+    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
+        if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
+            continue
+        if root.name == "cgroup" and not (root / "cgroup.controllers").exists():
+            continue
         try:
-            p = _realpath(_fspath(path))
-        except TypeError:
-            return True  # a file descriptor: already open, nothing new is reached
-        return p == root or p.startswith(root + _sep)
+            group = root / f"course-grade-{os.getpid()}-{os.urandom(4).hex()}"
+            group.mkdir()
+            (group / "pids.max").write_text(str(limit))
+            return group
+        except OSError:
+            continue
+    return None
 
-    def hook(event: str, args: tuple) -> None:
-        if event == "open":
-            path, mode, flags = args
-            writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or bool(flags & WRITE_FLAGS)
-            if writing and path is not None and not inside(path):
-                raise PermissionError(f"grading sandbox: writing outside the submission folder is not allowed: {path}")
-        elif event in PATH_EVENTS:
-            for arg in args[:2]:
-                if isinstance(arg, (str, bytes, os.PathLike)) and not inside(arg):
-                    raise PermissionError(f"grading sandbox: {event} outside the submission folder is not allowed")
-        elif event in FORBIDDEN or event.startswith("os.exec") or event.startswith("os.spawn"):
-            raise PermissionError(f"grading sandbox: {event} is not allowed while grading")
 
-    sys.addaudithook(hook)
+def in_cgroup(group: Path | None, argv: list[str]) -> list[str]:
+    """``argv`` started from inside ``group`` (so that no child can escape it by forking early)."""
+    if group is None:
+        return argv
+    return ["/bin/sh", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$@"', "sh", *argv]
+
+
+def remove_cgroup(group: Path | None) -> None:
+    """Kill whatever is left in ``group`` and remove it."""
+    if group is None:
+        return
+    import signal
+    import time
+
+    for _ in range(50):
+        try:
+            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+        except OSError:
+            return
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    try:
+        group.rmdir()
+    except OSError:
+        pass
+
+
+# --------------------------------------------------------------------------- availability
+def check_available() -> None:
+    """Raise SandboxUnavailable, saying what to install, unless bwrap can build a sandbox here."""
+    if not sys.platform.startswith("linux"):
+        raise SandboxUnavailable(f"course grade sandboxes submissions with Linux namespaces, which "
+                                 f"{sys.platform} does not have: grade on Linux, or {INSTALL_HINT}.")
+    if not shutil.which(BWRAP):
+        raise SandboxUnavailable(f"course grade runs every submission in a bubblewrap sandbox and `bwrap` was "
+                                 f"not found: {INSTALL_HINT}.")
+    probe = Sandbox(env=sandboxed_env({})).command([sys.executable, "-c", "print('ok')"])
+    try:
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise SandboxUnavailable(f"bwrap could not start a sandbox here ({err}): {INSTALL_HINT}.") from None
+    if done.returncode != 0 or done.stdout.strip() != "ok":
+        reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise SandboxUnavailable(f"bwrap could not start a sandbox here ({reason}): {INSTALL_HINT}.")

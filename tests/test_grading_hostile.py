@@ -1,0 +1,391 @@
+"""A hostile class, graded beside honest students: every attack family the README's threat model
+covers, each in its own submission. Attacks that try to forge a pass must earn zero; attacks that
+try to reach outside (files, processes, other students, the course) must change nothing outside
+the working copies; malformed replies and floods cost only their own points; `course grade`
+always exits 0 with every student in the gradebook."""
+from __future__ import annotations
+
+import copy
+import csv
+import os
+import shutil
+import sysconfig
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_lib.cli import main as course
+from course_lib.grading import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+NB = "04_lora_layers"
+MARKER = "course-hostile-daemon-marker"
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap (apt-get install bubblewrap)")]
+
+
+def solution():
+    return nbformat.read(ROOT / "solutions" / f"{NB}.ipynb", as_version=4)
+
+
+def student():
+    return nbformat.read(ROOT / "notebooks" / f"{NB}.ipynb", as_version=4)
+
+
+def appended(nb, *sources, tags=None):
+    nb = copy.deepcopy(nb)
+    for i, source in enumerate(sources):
+        cell = nbformat.v4.new_code_cell(source)
+        if tags and tags[i]:
+            cell.metadata["tags"] = tags[i]
+        nb.cells.append(cell)
+    return nb
+
+
+def save(folder: Path, who: str, nb) -> None:
+    (folder / who).mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, folder / who / f"{NB}.ipynb")
+
+
+def marked_processes() -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if MARKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+REF = "import course_lib.lora as _ref\n"
+FORGERIES = {
+    # reuse of the reference, however it is named
+    "f_new_returns_reference": REF + "class LoRALayer(nn.Module):\n    def __new__(cls, *a, **k):\n"
+                                     "        return _ref.LoRALayer(*a, **k)\n"
+                                     "class LinearWithLoRA(nn.Module):\n    def __new__(cls, *a, **k):\n"
+                                     "        return _ref.LinearWithLoRA(*a, **k)\n",
+    "f_subclass_attribute": "import course_lib.lora as L\nclass LoRALayer(L.LoRALayer):\n    pass\n"
+                            "class LinearWithLoRA(L.LinearWithLoRA):\n    pass\n",
+    "f_capture_import": "%%capture\nfrom course_lib.lora import LoRALayer, LinearWithLoRA\n",
+    "f_exec_globals": "exec('from course_lib.lora import LoRALayer, LinearWithLoRA', globals())\n",
+    "f_delegate_state": REF + "class LoRALayer(nn.Module):\n    def __init__(self, *a, **k):\n"
+                              "        super().__init__()\n        self.__class__ = _ref.LoRALayer\n"
+                              "        _ref.LoRALayer.__init__(self, *a, **k)\n"
+                              "class LinearWithLoRA(nn.Module):\n    def __init__(self, *a, **k):\n"
+                              "        super().__init__()\n        self.__class__ = _ref.LinearWithLoRA\n"
+                              "        _ref.LinearWithLoRA.__init__(self, *a, **k)\n",
+    "f_reference_from_disk": (
+        "import importlib.util, pathlib, course_lib\n"
+        "def _load():\n"
+        "    path = pathlib.Path(course_lib.__file__).parent / 'lora.py'\n"
+        "    spec = importlib.util.spec_from_file_location('stolen_lora', path)\n"
+        "    module = importlib.util.module_from_spec(spec)\n"
+        "    spec.loader.exec_module(module)\n"
+        "    return module\n"
+        "class LoRALayer(nn.Module):\n    def __new__(cls, *a, **k):\n        return _load().LoRALayer(*a, **k)\n"
+        "class LinearWithLoRA(nn.Module):\n    def __new__(cls, *a, **k):\n"
+        "        return _load().LinearWithLoRA(*a, **k)\n"),
+    "f_reference_from_git": (
+        "import subprocess, pathlib, course_lib, types\n"
+        "def _load():\n"
+        "    root = pathlib.Path(course_lib.__file__).parents[1]\n"
+        "    src = subprocess.run(['git', '-C', str(root), 'show', 'HEAD:course_lib/lora.py'],\n"
+        "                         capture_output=True, text=True).stdout\n"
+        "    module = types.ModuleType('stolen'); module.__dict__['__name__'] = 'stolen'\n"
+        "    exec(src.replace('from .', 'from course_lib.'), module.__dict__)\n"
+        "    return module\n"
+        "class LoRALayer(nn.Module):\n    def __new__(cls, *a, **k):\n        return _load().LoRALayer(*a, **k)\n"
+        "class LinearWithLoRA(nn.Module):\n    def __new__(cls, *a, **k):\n"
+        "        return _load().LinearWithLoRA(*a, **k)\n"),
+    # kernel and messaging hooks that swap the reference in when the grader's code runs
+    "f_pre_run_cell_hook": REF + "def _swap(*a, **k):\n"
+                                 "    globals().update(LoRALayer=_ref.LoRALayer, LinearWithLoRA=_ref.LinearWithLoRA)\n"
+                                 "get_ipython().events.register('pre_run_cell', _swap)\n",
+    "f_input_transformer": ("def _inject(lines):\n"
+                            "    return ['from course_lib.lora import LoRALayer, LinearWithLoRA\\n'] + lines\n"
+                            "get_ipython().input_transformers_post.append(_inject)\n"),
+    "f_json_and_session": (
+        "import json, pathlib, course_lib\n"
+        "_real = json.dumps\n"
+        "try:\n"
+        "    HIDDEN = (pathlib.Path(course_lib.__file__).parents[1] / 'grading' / 'hidden_tests.py').read_text()\n"
+        "except OSError as e:\n"
+        "    HIDDEN = ''\n"
+        "print('hidden tests readable:', bool(HIDDEN))\n"
+        "def _forge(obj, *a, **k):\n"
+        "    if isinstance(obj, dict) and 'nonce' in obj:\n"
+        "        obj = dict(obj, ok=True, result=[])\n"
+        "    return _real(obj, *a, **k)\n"
+        "json.dumps = _forge\n"
+        "_kernel = get_ipython().kernel\n"
+        "_send = _kernel.session.send\n"
+        "def _send_forged(stream, msg, content=None, *a, **k):\n"
+        "    if isinstance(content, dict) and 'nonce' in str(content):\n"
+        "        content = {'data': {'text/plain': repr(_real({'ok': True, 'result': []}))}}\n"
+        "    return _send(stream, msg, content, *a, **k)\n"
+        "_kernel.session.send = _send_forged\n"),
+}
+
+
+def classmate_thief(classmate: Path) -> str:
+    """Reads an honest classmate's notebook (directly, through /proc and through the temp folder) and
+    runs its exercise cells; also at class-definition time, i.e. inside the probe process."""
+    return (
+        "import glob, json, os\n"
+        "def _steal(namespace):\n"
+        f"    candidates = [{str(classmate)!r}]\n"
+        "    for pid in os.listdir('/proc'):\n"
+        "        try:\n"
+        "            candidates += glob.glob(os.readlink(f'/proc/{pid}/cwd') + '/../*/*.ipynb')\n"
+        "        except OSError:\n"
+        "            pass\n"
+        "    candidates += glob.glob('/tmp/course-grade-*/work/*.ipynb') + glob.glob('/tmp/*/*/work/*.ipynb')\n"
+        "    for path in candidates:\n"
+        "        try:\n"
+        "            cells = json.load(open(path))['cells']\n"
+        "        except Exception:\n"
+        "            continue\n"
+        "        for cell in cells:\n"
+        "            src = ''.join(cell['source'])\n"
+        "            if cell['cell_type'] == 'code' and ('class LoRALayer' in src or 'class LinearWithLoRA' in src)\\\n"
+        "                    and 'NotImplementedError' not in src:\n"
+        "                exec(src, namespace)\n"
+        "    return namespace\n"
+        "_steal(globals())\n"
+        "class _Steal:\n"
+        "    _steal(globals())\n")
+
+
+WRITES = r'''
+import multiprocessing, os, sqlite3, subprocess, sys, torch, course_lib, sysconfig
+D, OUT = {victim_dir!r}, {out_dir!r}
+results = {{}}
+def attempt(name, fn):
+    try:
+        fn()
+        results[name] = "done"
+    except BaseException as e:
+        results[name] = type(e).__name__
+def dir_fd():
+    fd = os.open(D, os.O_RDONLY)
+    os.write(os.open("victim.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, dir_fd=fd), b"hacked")
+def rename_dir_fd():
+    open("mine.txt", "w").write("hacked")
+    os.rename("mine.txt", "victim.txt", dst_dir_fd=os.open(D, os.O_RDONLY))
+def race():
+    os.makedirs("safe", exist_ok=True)
+    for _ in range(50):
+        open("safe/f.txt", "w").write("x")
+        try:
+            os.symlink(D, "swap")
+            os.replace("swap", "safe2")
+        except OSError:
+            pass
+        open("safe2/raced.txt", "w").write("hacked") if os.path.isdir("safe2") else None
+def spawned():
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=open, args=(D + "/mp.txt", "w"))
+    p.start(); p.join()
+def posix_subprocess():
+    import _posixsubprocess
+    subprocess.run(["/bin/sh", "-c", f"echo hacked > {{D}}/shell.txt"], check=True)
+attempt("dir_fd", dir_fd)
+attempt("rename_dst_dir_fd", rename_dir_fd)
+attempt("sqlite", lambda: sqlite3.connect(D + "/db.sqlite").execute("create table t(x int)"))
+attempt("mkfifo", lambda: os.mkfifo(D + "/fifo"))
+attempt("subprocess", posix_subprocess)
+attempt("multiprocessing", spawned)
+attempt("torch_save", lambda: torch.save(torch.zeros(3), D + "/t.pt"))
+attempt("torch_from_file", lambda: torch.from_file(D + "/shared.bin", shared=True, size=16))
+attempt("symlink_race", race)
+attempt("course_lib", lambda: open(course_lib.__file__.replace("__init__", "lora"), "a").write("\nLoRALayer = None\n"))
+attempt("site_packages", lambda: open(sysconfig.get_paths()["purelib"] + "/sitecustomize.py", "w").write("x = 1"))
+attempt("gradebook", lambda: open(OUT + "/grades.csv", "w").write("hacked"))
+attempt("memory", lambda: bytearray(64 * 1024 ** 3))
+print(sorted(results.items()))
+'''
+
+DAEMON = r'''
+import subprocess, sys
+code = "import time, sys\ntime.sleep(8)\nopen(sys.argv[1], 'w').write('hacked')\n"
+for target in ({gradebook!r}, "late.txt"):
+    subprocess.Popen([sys.executable, "-c", code, target, "{marker}"], start_new_session=True,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+'''
+
+MALFORMED = {
+    "m_reply_list": b"[1, 2, 3]",
+    "m_reply_no_result": b'{"04-lora-layer": {"ok": true}, "04-linear-with-lora": {"ok": true}}',
+    "m_reply_deep": b"[" * 100_000 + b"]" * 100_000,
+    "m_reply_wrong_types": b'{"04-lora-layer": {"ok": "yes", "result": 1}, "04-linear-with-lora": []}',
+}
+
+
+def malformed(reply: bytes) -> str:
+    """Writes ``reply`` on every descriptor the probe process might answer on, then exits."""
+    return ("import os as _os\nclass _Hijack:\n"
+            f"    for _fd in range(3, 12):\n        try:\n            _os.write(_fd, {reply!r})\n"
+            "        except OSError:\n            pass\n    _os._exit(0)\n")
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    subs = tmp_path_factory.mktemp("subs")
+    victim_dir = tmp_path_factory.mktemp("elsewhere")
+    (victim_dir / "victim.txt").write_text("untouched")
+    out = tmp_path_factory.mktemp("out") / "grades.csv"
+    save(subs, "a_honest", solution())
+    save(subs, "b_untouched", student())
+    for who, source in FORGERIES.items():
+        save(subs, who, appended(student(), source))
+    save(subs, "f_skip_execution_decoy", appended(
+        student(), "from course_lib.lora import LoRALayer, LinearWithLoRA",
+        "class LoRALayer(nn.Module):\n    pass\nclass LinearWithLoRA(nn.Module):\n    pass",
+        tags=[None, ["skip-execution"]]))
+    save(subs, "f_classmate_thief", appended(student(), classmate_thief(subs / "a_honest" / f"{NB}.ipynb")))
+    save(subs, "w_writes_outside", appended(solution(), WRITES.format(victim_dir=str(victim_dir),
+                                                                       out_dir=str(out.parent))))
+    save(subs, "w_daemon", appended(solution(), DAEMON.format(gradebook=str(out), marker=MARKER)))
+    for who, reply in MALFORMED.items():
+        save(subs, who, appended(solution(), malformed(reply)))
+    victims_before = sorted(p.name for p in victim_dir.iterdir())
+    started = time.monotonic()
+    code = course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--cell-timeout", "60",
+                   "--workers", "2"])
+    elapsed = time.monotonic() - started
+    rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out))}
+    return {"code": code, "rows": rows, "subs": subs, "out": out, "victim_dir": victim_dir,
+            "victims_before": victims_before, "elapsed": elapsed}
+
+
+def test_grading_a_hostile_class_exits_0_with_everyone_in_the_gradebook(hostile):
+    assert hostile["code"] == 0
+    students = {s for s, _ in hostile["rows"]}
+    assert students == {p.name for p in hostile["subs"].iterdir()}
+
+
+def test_honest_students_get_full_marks_beside_the_attacks(hostile):
+    rows = hostile["rows"]
+    assert rows[("a_honest", "TOTAL")]["points"] == "7"
+    assert rows[("b_untouched", "TOTAL")]["points"] == "0"
+
+
+@pytest.mark.parametrize("who", sorted(FORGERIES) + ["f_skip_execution_decoy", "f_classmate_thief"])
+def test_every_forgery_earns_zero(hostile, who):
+    rows = hostile["rows"]
+    assert rows[(who, "TOTAL")]["points"] == "0", {k: v for k, v in rows.items() if k[0] == who}
+
+
+def test_hidden_tests_and_classmates_are_out_of_sight(hostile):
+    executed = (hostile["out"].parent / "executed" / "f_json_and_session" / f"{NB}.ipynb").read_text()
+    assert "hidden tests readable: False" in executed
+
+
+def test_writes_outside_the_copy_change_nothing(hostile):
+    rows = hostile["rows"]
+    assert rows[("w_writes_outside", "TOTAL")]["points"] == "7"   # the solution inside still counts
+    assert (hostile["victim_dir"] / "victim.txt").read_text() == "untouched"
+    assert sorted(p.name for p in hostile["victim_dir"].iterdir()) == hostile["victims_before"]
+    assert "LoRALayer = None" not in (ROOT / "course_lib" / "lora.py").read_text()
+    assert not Path(sysconfig.get_paths()["purelib"], "sitecustomize.py").exists()
+    executed = (hostile["out"].parent / "executed" / "w_writes_outside" / f"{NB}.ipynb").read_text()
+    for attack in ("dir_fd", "rename_dst_dir_fd", "sqlite", "mkfifo", "subprocess", "multiprocessing",
+                   "torch_save", "torch_from_file", "course_lib", "site_packages", "gradebook"):
+        assert f"('{attack}', 'done')" not in executed or attack in {"subprocess", "multiprocessing", "symlink_race"}
+    assert "('memory', 'MemoryError')" in executed           # the address-space limit holds
+    assert "('gradebook', 'done')" not in executed
+
+
+def test_no_process_outlives_the_grader_and_the_gradebook_stays_the_graders(hostile):
+    assert hostile["rows"][("w_daemon", "TOTAL")]["points"] == "7"
+    assert marked_processes() == []
+    time.sleep(10)   # the daemons would have written by now
+    assert hostile["out"].read_text().startswith("student,notebook")
+    assert not list(hostile["subs"].rglob("late.txt"))
+
+
+@pytest.mark.parametrize("who", sorted(MALFORMED))
+def test_malformed_probe_replies_cost_only_their_own_points(hostile, who):
+    rows = hostile["rows"]
+    for exercise in ("04-lora-layer", "04-linear-with-lora"):
+        assert rows[(who, exercise)]["status"] == "error", rows[(who, exercise)]
+    assert rows[(who, "TOTAL")]["points"] == "0"
+
+
+def budget_notebook() -> nbformat.NotebookNode:
+    """Instant cells the first time, slow ones on every replay after a crash, and a display flood."""
+    return appended(
+        solution(),
+        "import os, time\nif os.path.exists('ran-once'):\n    time.sleep(10_000)\nopen('ran-once', 'w').close()",
+        "from IPython.display import display\n"
+        "handles = [display('x', display_id=True) for _ in range(20)]\n"
+        "for h in handles:\n    h.update('y' * 2_000_000)",
+        "import os\nos._exit(1)",
+        "import os\nos._exit(1)")
+
+
+def test_budgets_hold_for_replays_and_display_floods(tmp_path):
+    subs = tmp_path / "subs"
+    save(subs, "replayer", budget_notebook())
+    save(subs, "honest", solution())
+    out = tmp_path / "grades.csv"
+    started = time.monotonic()
+    assert course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--cell-timeout", "15",
+                   "--notebook-timeout", "45"]) == 0
+    elapsed = time.monotonic() - started
+    assert elapsed < 2 * 45 + 40, elapsed          # two notebooks, each within its budget, plus set-up
+    rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out))}
+    assert rows[("honest", "TOTAL")]["points"] == "7"
+    executed = (tmp_path / "executed" / "replayer" / f"{NB}.ipynb").read_text()
+    assert len(executed) < 1_500_000, len(executed)
+
+
+def test_a_tiny_cell_timeout_grades_everyone(tmp_path):
+    subs = tmp_path / "subs"
+    save(subs, "honest", solution())
+    save(subs, "untouched", student())
+    out = tmp_path / "grades.csv"
+    assert course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--cell-timeout", "3"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert {r["student"] for r in rows} == {"honest", "untouched"}
+
+
+def test_without_bwrap_grading_refuses_in_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "BWRAP", "bwrap-not-installed-here")
+    (tmp_path / "subs" / "s").mkdir(parents=True)
+    assert course(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "g.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "apt-get install bubblewrap" in err and "--no-sandbox" in err
+    assert not (tmp_path / "g.csv").exists()
+
+
+def test_no_sandbox_says_what_is_then_not_guaranteed(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "BWRAP", "bwrap-not-installed-here")
+    subs = tmp_path / "subs"
+    save(subs, "honest", solution())
+    out = tmp_path / "g.csv"
+    assert course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--no-sandbox"]) == 0
+    err = capsys.readouterr().err
+    assert "--no-sandbox" in err and "hidden tests" in err and "network" in err
+    rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out))}
+    assert rows[("honest", "TOTAL")]["points"] == "7"
+
+
+def test_the_sandbox_sees_no_network_no_home_and_runs_unprivileged(tmp_path):
+    import subprocess
+    import sys
+
+    box = sandbox.Sandbox(writable=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}))
+    code = ("import os, socket\n"
+            "s = socket.socket(); s.settimeout(2)\n"
+            "try:\n    s.connect(('1.1.1.1', 80)); net = 'yes'\nexcept OSError:\n    net = 'no'\n"
+            "print(os.getuid(), net, os.path.exists(os.path.expanduser('~root/.bashrc')), os.getpid(),"
+            " os.path.exists(" + repr(str(ROOT / 'grading')) + "))")
+    done = subprocess.run(box.command([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60)
+    uid, net, home, pid, grading = done.stdout.split()
+    assert (uid, net, home, grading) == ("65534", "no", "False", "False"), done
+    assert int(pid) < 10   # its own pid namespace
