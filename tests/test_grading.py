@@ -10,7 +10,7 @@ import nbformat
 import pytest
 
 from course_lib.cli import main as course
-from course_lib.grading.grade import load_tests, own_definition, select_students, shard_of
+from course_lib.grading.grade import load_tests, model_answers, own_definition, select_students, shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
@@ -119,6 +119,10 @@ def test_each_hostile_case_is_reported_in_the_feedback(hostile_class):
     assert "crashed the Python kernel" in (feedback / "e_exit.md").read_text()
     assert "crashed the Python kernel" in (feedback / "f_segfault.md").read_text()
     assert "was not kept" in (feedback / "g_flood.md").read_text()
+    model = next(iter(model_answers(NB).values()))
+    untouched = (feedback / "b_untouched.md").read_text()
+    assert "Model answer" in untouched and model.split("\n")[0] in untouched and "(no answer)" in untouched
+    assert model.split("\n")[0] not in (ROOT / "notebooks" / f"{NB}.ipynb").read_text()
     executed = (out.parent / "executed" / "g_flood" / f"{NB}.ipynb").read_text()
     assert len(executed) < 3_000_000 and "output truncated" in executed
 

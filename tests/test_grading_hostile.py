@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
 MARKER = "course-hostile-daemon-marker"
 pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap (apt-get install bubblewrap)")]
+              pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
+                                 reason="needs bubblewrap (apt-get install bubblewrap)")]
 
 
 def solution():

@@ -235,6 +235,7 @@ def _grade_one(job: dict, result: dict) -> dict:
         payloads = _run_probes(job, hidden, defs, Path(tmp), start + budget)
     result["rows"] = [_exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
     result["events"] = run.events
+    result["written"] = {k: v[:5000] for k, v in written_answers(nb).items()}
     result["executed"] = nbformat.writes(run.notebook)
     return result
 
@@ -315,7 +316,45 @@ def write_gradebook(rows: list[dict], out: Path) -> None:
     out.write_text(buffer.getvalue())
 
 
+def written_answers(nb: nbformat.NotebookNode) -> dict[str, str]:
+    """Each written-answer cell's text, by exercise id (markdown cells carrying ``course`` metadata)."""
+    from ..notebooks import BEGIN, END
+
+    out: dict[str, str] = {}
+    for cell in nb.cells:
+        exercise = (cell.get("metadata", {}).get("course") or {}).get("exercise")
+        if cell.get("cell_type") != "markdown" or not isinstance(exercise, str):
+            continue
+        lines = cell.source.split("\n")
+        marked = [i for i, line in enumerate(lines) if BEGIN.match(line) or END.match(line)]
+        body = lines[marked[0] + 1:marked[1]] if len(marked) >= 2 else lines
+        out[exercise] = "\n".join(body).strip()
+    return out
+
+
+def model_answers(notebook: str) -> dict[str, str]:
+    """The model answers of ``notebook``'s written questions, from the instructor's solution copy."""
+    path = repo_root() / "solutions" / f"{notebook}.ipynb"
+    try:
+        return written_answers(nbformat.read(path, as_version=4))
+    except Exception:
+        return {}
+
+
+def _answer_block(student_answer: str, model: str) -> list[str]:
+    from ..notebooks import ANSWER_PROMPT
+
+    mine = student_answer.strip()
+    if not mine or ANSWER_PROMPT in mine:
+        mine = "(no answer)"
+    quote = lambda text: ["> " + line for line in text.split("\n")]  # noqa: E731
+    return ["  Your answer:", "", *["  " + q for q in quote(mine[:2000])], "", "  Model answer:", "",
+            *["  " + q for q in quote(model)], ""]
+
+
 def write_feedback(student: str, results: list[dict], folder: Path) -> None:
+    """``folder/<student>.md``: points and messages per exercise, notes, and the written answers
+    beside the model answers (students see those only here, after grading)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [r for res in results for r in res["rows"]]
     got, total = sum(r["points"] for r in rows), sum(r["max_points"] for r in rows)
@@ -327,6 +366,10 @@ def write_feedback(student: str, results: list[dict], folder: Path) -> None:
             lines.append(f"- {mark} **{r['exercise']}** ({r['points']}/{r['max_points']}): {r['message']}")
         for event in res["events"]:
             lines.append(f"- Note: {event}")
+        models = model_answers(res["notebook"])
+        for exercise, model in models.items():
+            lines += [f"- Written answer **{exercise}** (not scored):", ""]
+            lines += _answer_block(res.get("written", {}).get(exercise, ""), model)
         lines.append("")
     (folder / f"{student}.md").write_text("\n".join(lines))
 
