@@ -4,6 +4,7 @@ loses only the run in progress."""
 from __future__ import annotations
 
 import csv
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,18 +12,19 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from .data import create_dataloaders, prepare_sms_splits
+from .data import create_dataloaders, prepare_sms_splits, sequential_loader
 from .lora import count_parameters
 from .plots import plot_history
 from .profiles import Profile, pick_device, set_seed
 from .strategies import STRATEGIES, build_classifier, save_checkpoint
 from .tokenizer import get_tokenizer
-from .training import calc_accuracy_loader, calc_loss_loader, per_class_accuracy, train_classifier
+from .training import (autocast, calc_accuracy_loader, calc_loss_loader, per_class_accuracy, resolve_precision,
+                       train_classifier)
 
 COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "trainable_params",
            "total_params", "num_epochs", "seed", "device", "train_acc_before", "val_acc_before",
            "test_acc_before", "train_acc", "val_acc", "test_acc", "test_spam_recall", "train_loss",
-           "val_loss", "wall_time_s"]
+           "val_loss", "wall_time_s", "precision", "batching", "max_examples"]
 
 
 @dataclass
@@ -32,7 +34,7 @@ class ExperimentConfig:
     lora_rank: int = 4
     lora_alpha: float = 4
     trainable_layers: tuple[str, ...] = STRATEGIES
-    num_epochs: int = 20
+    num_epochs: int = 5
     batch_size: int = 8
     eval_iter: int = 50
     eval_iter_val: int = 5
@@ -40,6 +42,11 @@ class ExperimentConfig:
     seed: int = 123
     device: str | None = None
     output_dir: Path = Path("outputs")
+    eval_freq: int = 50
+    max_examples: int | None = None  # per split; None = the profile's (all in full)
+    precision: str = "fp32"
+    batching: str = "bucketed"
+    progress: bool | None = None  # None: shown unless TQDM_DISABLE is set
 
 
 def checkpoint_path(cfg: ExperimentConfig, strategy: str) -> Path:
@@ -56,8 +63,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def _accuracies(loaders, model, device) -> list[float]:
-    return [round(calc_accuracy_loader(loader, model, device), 4) for loader in loaders]
+def _accuracies(loaders, model, device, precision: str, progress: bool | None, when: str) -> list[float]:
+    names = ("training", "validation", "test")
+    with autocast(precision, device):
+        return [round(calc_accuracy_loader(loader, model, device, progress=_show(progress),
+                                           desc=f"{name} accuracy {when}"), 4)
+                for name, loader in zip(names, loaders)]
+
+
+def _show(progress: bool | None) -> bool:
+    return (not os.environ.get("TQDM_DISABLE")) if progress is None else progress
 
 
 def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.device) -> dict:
@@ -65,14 +80,21 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
     set_seed(cfg.seed)
     model = build_classifier(cfg.model_size, strategy, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).to(device)
     train_loader, val_loader, test_loader = loaders
-    before = _accuracies(loaders, model, device)
+    precision = resolve_precision(cfg.precision, device)
+    train_eval = sequential_loader(train_loader)
+    before = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "before training")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=0.1)
     start = time.perf_counter()
     history = train_classifier(model, train_loader, val_loader, optimizer, device, cfg.num_epochs,
-                               eval_freq=50, eval_iter=cfg.eval_iter_val)
+                               eval_freq=cfg.eval_freq, eval_iter=cfg.eval_iter_val, progress=cfg.progress,
+                               precision=precision)
     wall = time.perf_counter() - start
-    after = _accuracies(loaders, model, device)
+    after = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "after training")
+    with autocast(precision, device):
+        recall = per_class_accuracy(test_loader, model, device, progress=_show(cfg.progress))[1]
+        train_loss = calc_loss_loader(train_eval, model, device, cfg.eval_iter, progress=_show(cfg.progress))
+        val_loss = calc_loss_loader(val_loader, model, device, cfg.eval_iter, progress=_show(cfg.progress))
     count = count_parameters(model)
     row = {"model_size": cfg.model_size, "profile": cfg.profile.name, "trainable_layers": strategy,
            "lora_rank": cfg.lora_rank if strategy == "lora" else "", "lora_alpha": cfg.lora_alpha if strategy == "lora" else "",
@@ -80,10 +102,9 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
            "seed": cfg.seed, "device": str(device),
            "train_acc_before": before[0], "val_acc_before": before[1], "test_acc_before": before[2],
            "train_acc": after[0], "val_acc": after[1], "test_acc": after[2],
-           "test_spam_recall": round(per_class_accuracy(test_loader, model, device)[1], 4),
-           "train_loss": round(calc_loss_loader(train_loader, model, device, cfg.eval_iter), 4),
-           "val_loss": round(calc_loss_loader(val_loader, model, device, cfg.eval_iter), 4),
-           "wall_time_s": round(wall, 2)}
+           "test_spam_recall": round(recall, 4), "train_loss": round(train_loss, 4), "val_loss": round(val_loss, 4),
+           "wall_time_s": round(wall, 2), "precision": precision, "batching": cfg.batching,
+           "max_examples": cfg.max_examples or ""}
     save_checkpoint(model, checkpoint_path(cfg, strategy), cfg.model_size, strategy,
                     rank=cfg.lora_rank if strategy == "lora" else None,
                     alpha=cfg.lora_alpha if strategy == "lora" else None)
@@ -98,8 +119,10 @@ def write_summary(cfg: ExperimentConfig, rows: list[dict]) -> None:
     """summary.csv and summary.md comparing the finished strategies."""
     _write_csv(cfg.output_dir / "summary.csv", rows)
     shown = ["trainable_layers", "trainable_params", "test_acc_before", "train_acc", "val_acc", "test_acc",
-             "test_spam_recall", "train_loss", "val_loss", "wall_time_s"]
-    lines = [f"Profile `{cfg.profile.name}`, model `{cfg.model_size}`, {cfg.num_epochs} epoch(s), seed {cfg.seed}.",
+             "test_spam_recall", "train_loss", "val_loss", "wall_time_s", "precision", "batching", "max_examples"]
+    subset = f", at most {cfg.max_examples} examples per split" if cfg.max_examples else ""
+    lines = [f"Profile `{cfg.profile.name}`, model `{cfg.model_size}`, {cfg.num_epochs} epoch(s), seed {cfg.seed}, "
+             f"{rows[0]['precision'] if rows else cfg.precision}, {cfg.batching} batching{subset}.",
              "", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
     for row in rows:
         lines.append("| " + " | ".join(f"{row[c]:,}" if isinstance(row[c], int) else str(row[c]) for c in shown) + " |")
@@ -113,12 +136,17 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
             raise ValueError(f"Unknown trainable layers {strategy!r}; choose from {list(STRATEGIES)}.")
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.device, cfg.profile)
-    print(f"Profile {cfg.profile.name}, model {cfg.model_size}, device {device}", flush=True)
+    if cfg.max_examples is None:
+        cfg.max_examples = cfg.profile.max_examples
+    print(f"Profile {cfg.profile.name}, model {cfg.model_size}, device {device}, precision "
+          f"{resolve_precision(cfg.precision, device)}, {cfg.num_epochs} epoch(s)", flush=True)
+    if cfg.max_examples:
+        print(f"Using at most {cfg.max_examples} examples per split (a subset, not the full data).", flush=True)
     from .config import get_config
 
     loaders = create_dataloaders(prepare_sms_splits(seed=cfg.seed), get_tokenizer(), batch_size=cfg.batch_size,
                                  context_length=get_config(cfg.model_size)["context_length"],
-                                 max_examples=cfg.profile.max_examples, seed=cfg.seed)
+                                 max_examples=cfg.max_examples, seed=cfg.seed, batching=cfg.batching)
     rows: list[dict] = []
     try:
         for strategy in cfg.trainable_layers:

@@ -51,13 +51,18 @@ def build_classifier(model_size: str, strategy: str, rank: int = 4, alpha: float
 def save_checkpoint(model: nn.Module, path: str | Path, model_size: str, strategy: str,
                     rank: int | None = None, alpha: float | None = None,
                     target_modules: list[str] | None = None) -> Path:
-    """Save what ``strategy`` trained: for ``lora`` only the LoRA matrices and the head (with the
-    rank, alpha and targets to rebuild them), otherwise the full state."""
+    """Save what ``strategy`` trained, and only that: for ``lora`` the LoRA matrices and the head
+    (with the rank, alpha and targets to rebuild them), for ``last_layer`` the head, for
+    ``last_block`` the last block, final norm and head; for ``all`` the full state. A fresh
+    pretrained base model plus this file rebuilds the classifier (``load_checkpoint``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
     if strategy == "lora":
         state = {k: v for k, v in state.items() if ".lora." in k or k.startswith("out_head.")}
+    elif strategy != "all":
+        trained = {name for name, p in model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in state.items() if k in trained}
     meta = {"model_size": model_size, "strategy": strategy, "rank": rank, "alpha": alpha,
             "target_modules": target_modules, "num_classes": model.out_head.out_features
             if isinstance(model.out_head, nn.Linear) else None}
@@ -84,8 +89,8 @@ def load_checkpoint(path: str | Path, model_size: str, rank: int | None = None) 
         raise ValueError(f"{path.name} holds LoRA rank {meta['rank']}, not rank {rank}; use rank={meta['rank']}.")
     model = build_classifier(model_size, meta["strategy"], rank=meta["rank"] or 4, alpha=meta["alpha"] or 4,
                              num_classes=meta["num_classes"], target_modules=meta["target_modules"])
-    result = model.load_state_dict(saved["state_dict"], strict=meta["strategy"] != "lora")
-    if meta["strategy"] == "lora" and result.unexpected_keys:
+    result = model.load_state_dict(saved["state_dict"], strict=meta["strategy"] == "all")
+    if result.unexpected_keys:
         raise ValueError(f"{path.name} has tensors this model does not: {result.unexpected_keys[:3]}.")
     model.eval()
     return model

@@ -1,55 +1,112 @@
-"""Classification fine-tuning: loss and accuracy on the last token, the training loop, and
-custom messages. Names follow the notebooks (``calc_loss_batch``, ``train_classifier``, ...)."""
+"""Classification fine-tuning: loss and accuracy at each message's last real token, the training
+loop, and custom messages. Names follow the notebooks (``calc_loss_batch``, ``train_classifier``, ...).
+
+Batches are right-padded with ``PAD_TOKEN_ID``. GPT-2 is causal, so the position that has read the
+whole message is its last *real* token, not the last position of the padded row: every classifier
+here reads the logits at ``last_token_index`` (computed from where the padding starts, exactly what
+an attention mask would say), so a message's logits do not depend on how far it was padded.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .data import PAD_TOKEN_ID
+from .data import PAD_TOKEN_ID, sequential_loader
+
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
-def _last_token_logits(model: nn.Module, input_batch: torch.Tensor) -> torch.Tensor:
-    # GPT-2 is causal: only the last position has attended to the whole message.
+def last_token_index(input_batch: torch.Tensor, pad_token_id: int = PAD_TOKEN_ID) -> torch.Tensor:
+    """Index of each row's last non-pad token (0 for an all-pad row), for right-padded batches."""
+    positions = torch.arange(input_batch.shape[1], device=input_batch.device)
+    real = input_batch != pad_token_id
+    return torch.where(real, positions, torch.zeros_like(positions)).amax(dim=1)
+
+
+def pool_last_token(logits: torch.Tensor, input_batch: torch.Tensor, lengths: torch.Tensor | None = None,
+                    pad_token_id: int = PAD_TOKEN_ID) -> torch.Tensor:
+    """(batch, classes) logits at each message's last real position of (batch, seq, classes) logits.
+
+    ``lengths`` (real tokens per row) may be given; otherwise they are read from the padding. A model
+    whose output has one position (a (batch, classes) classifier wrapped as (batch, 1, classes)) is
+    read at that position.
+    """
+    if logits.shape[1] != input_batch.shape[1]:
+        return logits[:, -1, :]
+    if lengths is None:
+        index = last_token_index(input_batch, pad_token_id)
+    else:
+        index = (lengths.to(logits.device) - 1).clamp(min=0)
+    return logits[torch.arange(logits.shape[0], device=logits.device), index.to(logits.device)]
+
+
+def last_position_logits(model: nn.Module, input_batch: torch.Tensor) -> torch.Tensor:
+    """The logits at the last position of the padded row: what the original recipe read, and what is
+    wrong with it (for almost every message that position is a pad token)."""
     return model(input_batch)[:, -1, :]
+
+
+def classifier_logits(model: nn.Module, input_batch: torch.Tensor, lengths: torch.Tensor | None = None,
+                      pad_token_id: int = PAD_TOKEN_ID) -> torch.Tensor:
+    """(batch, classes) logits of a GPT classifier, read at each message's last real token."""
+    return pool_last_token(model(input_batch), input_batch, lengths, pad_token_id)
 
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
                     device: torch.device, class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of the last token's logits against the labels (optionally class-weighted)."""
+    """Cross-entropy of the last real token's logits against the labels (optionally class-weighted)."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     weight = class_weights.to(device) if class_weights is not None else None
-    return nn.functional.cross_entropy(_last_token_logits(model, input_batch), target_batch, weight=weight)
+    logits = classifier_logits(model, input_batch)
+    return nn.functional.cross_entropy(logits.float(), target_batch, weight=weight)
 
 
-def _batches(loader: DataLoader, num_batches: int | None):
+def _batches(loader: DataLoader, num_batches: int | None, progress: bool = False, desc: str = ""):
     n = len(loader) if num_batches is None else min(num_batches, len(loader))
+    bar = _bar(n, desc, progress)
     for i, batch in enumerate(loader):
         if i >= n:
             break
         yield batch
+        bar.update(1)
+    bar.close()
+
+
+def _bar(total: int, desc: str, progress: bool | None, leave: bool = False):
+    from tqdm.auto import tqdm
+
+    if progress is None:
+        progress = not os.environ.get("TQDM_DISABLE")
+    return tqdm(total=total, desc=desc, disable=not progress, leave=leave)
 
 
 @torch.no_grad()
 def calc_loss_loader(loader: DataLoader, model: nn.Module, device: torch.device,
-                     num_batches: int | None = None, class_weights: torch.Tensor | None = None) -> float:
+                     num_batches: int | None = None, class_weights: torch.Tensor | None = None,
+                     progress: bool = False, desc: str = "loss") -> float:
     """Mean batch loss over the first ``num_batches`` batches (all by default)."""
-    losses = [calc_loss_batch(x, y, model, device, class_weights).item() for x, y in _batches(loader, num_batches)]
+    losses = [calc_loss_batch(x, y, model, device, class_weights).item()
+              for x, y in _batches(loader, num_batches, progress, desc)]
     return sum(losses) / len(losses) if losses else float("nan")
 
 
 @torch.no_grad()
 def predictions(loader: DataLoader, model: nn.Module, device: torch.device,
-                num_batches: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted, true) labels over the first ``num_batches`` batches."""
+                num_batches: int | None = None, progress: bool = False,
+                desc: str = "predictions") -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) labels over the first ``num_batches`` batches (``progress``: a tqdm bar)."""
     was_training = model.training
     model.eval()
     predicted, true = [], []
-    for x, y in _batches(loader, num_batches):
-        predicted.append(_last_token_logits(model, x.to(device)).argmax(dim=-1).cpu())
+    for x, y in _batches(loader, num_batches, progress, desc):
+        predicted.append(classifier_logits(model, x.to(device)).argmax(dim=-1).cpu())
         true.append(y)
     model.train(was_training)
     if not predicted:
@@ -58,18 +115,84 @@ def predictions(loader: DataLoader, model: nn.Module, device: torch.device,
 
 
 def calc_accuracy_loader(loader: DataLoader, model: nn.Module, device: torch.device,
-                         num_batches: int | None = None) -> float:
+                         num_batches: int | None = None, progress: bool = False, desc: str = "accuracy") -> float:
     """Share of correctly classified examples."""
-    predicted, true = predictions(loader, model, device, num_batches)
+    predicted, true = predictions(loader, model, device, num_batches, progress, desc)
     return (predicted == true).float().mean().item() if len(true) else float("nan")
 
 
 def per_class_accuracy(loader: DataLoader, model: nn.Module, device: torch.device,
-                       num_classes: int = 2, num_batches: int | None = None) -> list[float]:
+                       num_classes: int = 2, num_batches: int | None = None, progress: bool = False,
+                       desc: str = "per-class accuracy") -> list[float]:
     """Accuracy within each true class (recall); for spam, class 1 is the share of spam caught."""
-    predicted, true = predictions(loader, model, device, num_batches)
+    predicted, true = predictions(loader, model, device, num_batches, progress, desc)
     return [((predicted == c) & (true == c)).sum().item() / max(1, (true == c).sum().item())
             for c in range(num_classes)]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 autocast runs on ``device`` (CUDA with bf16, or a CPU with native bf16 units)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(getattr(torch.backends.mkldnn, "is_available", lambda: False)()) and _cpu_has_bf16()
+    return False
+
+
+@lru_cache(maxsize=1)
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: let the measurement in resolve_precision decide
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@lru_cache(maxsize=8)
+def _bf16_is_faster(device_type: str, width: int = 768, tokens: int = 256) -> bool:
+    """Time a Linear layer forward and backward in fp32 and under bf16 autocast; True if bf16 wins by 20%."""
+    device = torch.device(device_type)
+    layer = nn.Linear(width, 4 * width).to(device)
+    x = torch.randn(tokens, width, device=device, requires_grad=True)
+
+    def run(enabled: bool) -> float:
+        best = float("inf")
+        for _ in range(5):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(3):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
+                    y = layer(x)
+                y.float().sum().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    run(True), run(False)  # warm-up
+    return run(True) * 1.2 < run(False)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: ``auto`` picks bf16 where it is supported and measured faster here."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}.")
+    device = torch.device(device)
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) and _bf16_is_faster(device.type) else "fp32"
+    if precision == "bf16" and not bf16_supported(device):
+        raise ValueError(f"bf16 is not supported on {device} here; use precision='fp32' (or 'auto').")
+    return precision
+
+
+def autocast(precision: str, device: torch.device):
+    """A context manager running the forward pass in ``precision`` (bf16 autocast, or nothing for fp32)."""
+    device = torch.device(device)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 @dataclass
@@ -82,53 +205,60 @@ class History:
     val_accs: list[float] = field(default_factory=list)
     examples_seen: int = 0
     eval_examples_seen: list[int] = field(default_factory=list)
+    precision: str = "fp32"
 
 
 def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                      optimizer: torch.optim.Optimizer, device: torch.device, num_epochs: int,
                      eval_freq: int = 50, eval_iter: int = 5, class_weights: torch.Tensor | None = None,
-                     progress: bool | None = None) -> History:
+                     progress: bool | None = None, precision: str = "fp32") -> History:
     """The fine-tuning loop: zero_grad, loss, backward, step; every ``eval_freq`` steps the loss on
-    ``eval_iter`` batches, and after each epoch the accuracy on ``eval_iter`` batches."""
-    from tqdm.std import tqdm
+    ``eval_iter`` batches, and after each epoch the accuracy on ``eval_iter`` batches.
 
-    if progress is None:
-        progress = not os.environ.get("TQDM_DISABLE")
-    history = History()
+    The training set is evaluated through its own non-shuffling loader, so evaluating never
+    consumes the training loader's shuffling: ``eval_freq`` does not change what the model sees.
+    ``precision``: ``fp32`` (default, exact), ``bf16`` (autocast) or ``auto`` (bf16 where faster).
+    """
+    history = History(precision=resolve_precision(precision, device))
+    train_eval_loader = sequential_loader(train_loader)
     step = -1
     for epoch in range(num_epochs):
         model.train()
-        # A bar updated by hand: wrapping the loader in tqdm would change its shuffling.
-        bar = tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}/{num_epochs}", disable=not progress, leave=False)
+        bar = _bar(len(train_loader), f"epoch {epoch + 1}/{num_epochs}", progress)
         for input_batch, target_batch in train_loader:
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device, class_weights)
+            with autocast(history.precision, device):
+                loss = calc_loss_batch(input_batch, target_batch, model, device, class_weights)
             loss.backward()
             optimizer.step()
             history.examples_seen += input_batch.shape[0]
             step += 1
             if step % eval_freq == 0:
                 model.eval()
-                history.train_losses.append(calc_loss_loader(train_loader, model, device, eval_iter, class_weights))
-                history.val_losses.append(calc_loss_loader(val_loader, model, device, eval_iter, class_weights))
+                with autocast(history.precision, device):
+                    history.train_losses.append(calc_loss_loader(train_eval_loader, model, device, eval_iter, class_weights))
+                    history.val_losses.append(calc_loss_loader(val_loader, model, device, eval_iter, class_weights))
                 history.eval_examples_seen.append(history.examples_seen)
                 model.train()
                 bar.set_postfix(train_loss=f"{history.train_losses[-1]:.3f}", val_loss=f"{history.val_losses[-1]:.3f}")
             bar.update(1)
         bar.close()
-        history.train_accs.append(calc_accuracy_loader(train_loader, model, device, eval_iter))
-        history.val_accs.append(calc_accuracy_loader(val_loader, model, device, eval_iter))
+        with autocast(history.precision, device):
+            history.train_accs.append(calc_accuracy_loader(train_eval_loader, model, device, eval_iter))
+            history.val_accs.append(calc_accuracy_loader(val_loader, model, device, eval_iter))
     return history
 
 
 @torch.no_grad()
-def classify_text(text: str, model: nn.Module, tokenizer, device: torch.device, max_length: int,
+def classify_text(text: str, model: nn.Module, tokenizer, device: torch.device, max_length: int | None = None,
                   labels: tuple[str, ...] = ("ham", "spam"), pad_token_id: int = PAD_TOKEN_ID) -> str:
-    """The predicted label of one message, tokenized and padded as in training."""
-    ids = tokenizer.encode(text)[:max_length]
-    ids += [pad_token_id] * (max_length - len(ids))
+    """The predicted label of one message, read at its last real token (truncated to ``max_length``;
+    padding it, as in training, changes nothing)."""
+    ids = tokenizer.encode(text)
+    if max_length is not None:
+        ids = ids[:max_length] + [pad_token_id] * (max_length - len(ids[:max_length]))
     model.eval()
-    logits = _last_token_logits(model, torch.tensor([ids], device=device))
+    logits = classifier_logits(model, torch.tensor([ids], device=device), pad_token_id=pad_token_id)
     return labels[int(logits.argmax(dim=-1).item())]
 
 

@@ -1,0 +1,112 @@
+"""Length-aware batching: per-batch padding, seeded length buckets, and evaluation that never
+changes what training sees."""
+import pytest
+import torch
+
+from course_lib.data import (LengthBucketSampler, SpamDataset, create_dataloaders, make_loader, pad_collate,
+                             prepare_sms_splits, sequential_loader)
+from course_lib.profiles import set_seed
+from course_lib.strategies import build_classifier
+from course_lib.tokenizer import get_tokenizer
+from course_lib.training import calc_loss_batch, train_classifier
+
+SMOKE = "gpt2-smoke (tiny)"
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.delenv("COURSE_MIRROR", raising=False)
+    return prepare_sms_splits(tmp_path_factory.mktemp("splits"))
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+@pytest.fixture(scope="module")
+def train_set(paths):
+    import pandas as pd
+
+    return SpamDataset(pd.read_csv(paths["train"]), get_tokenizer(), max_length=1024)
+
+
+def test_pad_collate_pads_to_the_longest_message_of_the_batch():
+    x, y = pad_collate([(torch.tensor([1, 2, 50256, 50256]), torch.tensor(0)), (torch.tensor([3, 50256, 50256, 50256]), 1)])
+    assert x.tolist() == [[1, 2], [3, 50256]] and y.tolist() == [0, 1]
+    x, _ = pad_collate([([4, 5, 6], 0), ([7], 1)])
+    assert x.tolist() == [[4, 5, 6], [7, 50256, 50256]]
+
+
+def test_buckets_are_deterministic_and_hold_every_message_once_per_epoch(train_set):
+    lengths = train_set.lengths
+    a, b = LengthBucketSampler(lengths, 8, seed=7), LengthBucketSampler(lengths, 8, seed=7)
+    epochs_a, epochs_b = [list(a) for _ in range(2)], [list(b) for _ in range(2)]
+    assert epochs_a == epochs_b
+    assert epochs_a[0] != epochs_a[1]  # a new order each epoch ...
+    assert list(LengthBucketSampler(lengths, 8, seed=8)) != epochs_a[0]  # ... and per seed
+    for batches in epochs_a:
+        flat = [i for batch in batches for i in batch]
+        assert sorted(flat) == list(range(len(lengths)))
+        assert len(batches) == len(a) == -(-len(lengths) // 8)
+        assert sum(len(batch) < 8 for batch in batches) <= 1
+
+
+def test_bucketed_epoch_processes_at_most_1_15_times_the_real_tokens(train_set):
+    real = sum(train_set.lengths)
+    assert len(train_set) == 1045
+    processed = sum(x.numel() for x, _ in make_loader(train_set, 8, "bucketed", seed=123))
+    fixed = sum(x.numel() for x, _ in DataLoaderFixed(train_set))
+    assert processed <= 1.15 * real, processed / real
+    assert fixed > 2 * real  # what padding every message to the longest one costs
+
+
+def DataLoaderFixed(ds):
+    return torch.utils.data.DataLoader(ds, batch_size=8)
+
+
+def test_batch_loss_is_the_mean_of_the_messages_own_losses(paths):
+    set_seed(0)
+    model = build_classifier(SMOKE, "last_layer").eval()
+    with torch.no_grad():
+        model.out_head.weight.mul_(30)
+    train, _, _ = create_dataloaders(paths, get_tokenizer(), batch_size=8, context_length=128, max_examples=64,
+                                     batching="bucketed")
+    device = torch.device("cpu")
+    with torch.no_grad():
+        for x, y in list(train)[:4]:
+            alone = []
+            for row, label in zip(x, y):
+                ids = row[row != 50256] if (row != 50256).any() else row[:1]
+                alone.append(calc_loss_batch(ids[None], label[None], model, device).item())
+            assert abs(calc_loss_batch(x, y, model, device).item() - sum(alone) / len(alone)) <= 1e-5
+
+
+@pytest.mark.parametrize("batching", ["bucketed", "fixed"])
+def test_eval_freq_does_not_change_training(paths, batching):
+    def run(eval_freq):
+        set_seed(123)
+        model = build_classifier(SMOKE, "lora", rank=2, alpha=4)
+        train, val, _ = create_dataloaders(paths, get_tokenizer(), batch_size=8, context_length=128, max_examples=32,
+                                           batching=batching)
+        seen = []
+        model.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()) if m.training else None)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        train_classifier(model, train, val, opt, torch.device("cpu"), num_epochs=2, eval_freq=eval_freq,
+                         eval_iter=2, progress=False)
+        return seen, model.state_dict()
+
+    seen_1, weights_1 = run(1)
+    seen_50, weights_50 = run(50)
+    assert len(seen_1) == len(seen_50) == 8
+    assert all(torch.equal(a, b) for a, b in zip(seen_1, seen_50))
+    assert all(torch.equal(weights_1[k], weights_50[k]) for k in weights_1)
+
+
+def test_sequential_loader_keeps_order_batch_size_and_padding(train_set):
+    loader = make_loader(train_set, 8, "bucketed", seed=1)
+    seq = sequential_loader(loader)
+    x, _ = next(iter(seq))
+    assert x.shape[0] == 8 and x.shape[1] == max(train_set.lengths[:8])
+    assert [i for i in seq.batch_sampler.sampler] == list(range(len(train_set)))

@@ -1,0 +1,66 @@
+"""course experiment: data limit, eval frequency, precision, progress bars, trainable-only checkpoints."""
+import csv
+
+import torch
+
+from course_lib import experiment
+from course_lib.cli import main as course
+from course_lib.profiles import set_seed
+from course_lib.strategies import build_classifier, load_checkpoint, save_checkpoint
+
+SMOKE = "gpt2-smoke (tiny)"
+
+
+def test_defaults_finish_on_a_cpu_and_the_original_setting_is_one_flag_away(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg: seen.append(cfg) or [])
+    assert course(["experiment", "--profile", "full", "--output-dir", str(tmp_path)]) == 0
+    assert course(["experiment", "--profile", "full", "--num-epochs", "20", "--output-dir", str(tmp_path)]) == 0
+    assert course(["experiment", "--profile", "smoke", "--output-dir", str(tmp_path)]) == 0
+    full, original, smoke = seen
+    assert (full.num_epochs, full.precision, full.batching, full.max_examples) == (5, "auto", "bucketed", None)
+    assert original.num_epochs == 20
+    assert (smoke.num_epochs, smoke.precision) == (1, "fp32")
+    assert course(["experiment", "--profile", "smoke", "--max-examples", "0"]) == 2
+
+
+def test_max_examples_eval_freq_and_progress_bars_reach_the_run(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    calls = []
+    real = experiment.train_classifier
+
+    def spy(model, train_loader, val_loader, optimizer, device, num_epochs, **kwargs):
+        calls.append((len(train_loader.dataset), len(val_loader.dataset), kwargs))
+        return real(model, train_loader, val_loader, optimizer, device, num_epochs, **kwargs)
+
+    monkeypatch.setattr(experiment, "train_classifier", spy)
+    out = tmp_path / "exp"
+    assert course(["experiment", "--profile", "smoke", "--max-examples", "16", "--eval-freq", "1", "--trainable-layers",
+                   "last_layer", "--output-dir", str(out)]) == 0
+    (n_train, n_val, kwargs), = calls
+    assert (n_train, n_val, kwargs["eval_freq"], kwargs["precision"]) == (16, 16, 1, "fp32")
+    row, = csv.DictReader(open(out / "tl_last_layer_results.csv"))
+    assert row["max_examples"] == "16" and row["batching"] == "bucketed" and row["precision"] == "fp32"
+    err = capsys.readouterr().err
+    for bar in ("training accuracy before training", "test accuracy before training", "epoch 1/1"):
+        assert bar in err, bar
+    assert "at most 16 examples per split" in (out / "summary.md").read_text()
+
+
+def test_checkpoints_hold_only_what_the_strategy_trained_and_reload(tmp_path):
+    for strategy, prefixes in [("last_layer", ("out_head.",)),
+                               ("last_block", ("out_head.", "final_norm.", "trf_blocks.1."))]:
+        set_seed(0)
+        model = build_classifier(SMOKE, strategy)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.05)
+        path = save_checkpoint(model, tmp_path / f"{strategy}.pth", SMOKE, strategy)
+        keys = set(torch.load(path, weights_only=True)["state_dict"])
+        assert keys and all(k.startswith(prefixes) for k in keys), keys
+        assert keys == {n for n, p in model.named_parameters() if p.requires_grad}
+        ids = torch.randint(0, 50257, (2, 9))
+        model.eval()
+        with torch.no_grad():
+            assert torch.equal(model(ids), load_checkpoint(path, SMOKE)(ids))
