@@ -66,12 +66,9 @@ def select_students(students: list[str], shard: str | None) -> list[str]:
 
 # --------------------------------------------------------------------------- static checks
 def _python_source(cell_source: str) -> str:
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
+    from .probe import _python
 
-        return TransformerManager().transform_cell(cell_source)
-    except Exception:
-        return cell_source
+    return _python(cell_source)
 
 
 def own_definition(nb: nbformat.NotebookNode, name: str) -> str | None:
@@ -264,7 +261,7 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
                     probe.probe_command()
                 env_arg = None
             else:
-                command = probe.probe_command()
+                command = probe.probe_command(isolated=False)
                 env_arg = {**os.environ, **env, "PYTHONPATH": str(Path(course_copy).parent)}
             left = deadline - time.monotonic()
             timeout = min(job["cell_timeout"] * len(tests_now), left)

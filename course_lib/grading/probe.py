@@ -20,7 +20,8 @@ from pathlib import Path
 import nbformat
 
 # The references of the graded exercises, and the course_lib code that computes the same answers.
-# Stubbed in every probe, except what an exercise's probe itself needs (ALLOWED).
+# Stubbed in every probe, except what an exercise's probe itself needs (ALLOWED). "*" stubs every
+# top-level definition of the module; "@trains" every one that calls .backward(), .step() or .zero_grad().
 HIDDEN: dict[str, set[str]] = {
     "config": {"settings_to_cfg"},
     "weights": {"*"},
@@ -29,8 +30,8 @@ HIDDEN: dict[str, set[str]] = {
              "unfreeze", "mark_only_lora_as_trainable", "merge_lora", "unmerge_lora", "lora_layers"},
     "strategies": {"*"},
     "experiment": {"*"},
-    "training": {"train_classifier"},
-    "distill": {"distillation_loss", "train_student"},
+    "training": {"train_classifier", "@trains"},
+    "distill": {"distillation_loss", "train_student", "@trains"},
     "bonus": {"*"},
     "checks": {"*"},
     "notebooks": {"*"},
@@ -65,6 +66,12 @@ def strip_module(source: str, names: set[str]) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
+def _trains(node: ast.AST) -> bool:
+    """Whether a definition runs an optimisation step (calls .backward(), .step() or .zero_grad())."""
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+               and n.func.attr in {"backward", "step", "zero_grad"} for n in ast.walk(node))
+
+
 def build_stripped_course(course_dir: Path, target: Path, allowed: set[str]) -> Path:
     """Copy ``course_dir`` (the course_lib package) to ``target`` with the references stubbed.
 
@@ -78,9 +85,12 @@ def build_stripped_course(course_dir: Path, target: Path, allowed: set[str]) -> 
         if not path.is_file():
             continue
         keep = {a.split(".", 1)[1] for a in allowed if a.startswith(module + ".")}
+        tree = ast.parse(path.read_text())
+        defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         if "*" in names:
-            tree = ast.parse(path.read_text())
-            names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+            names = {n.name for n in defs}
+        if "@trains" in names:
+            names = (names - {"@trains"}) | {n.name for n in defs if _trains(n)}
         path.write_text(strip_module(path.read_text(), names - keep))
     return target
 
@@ -166,8 +176,9 @@ os._exit(0)
 '''
 
 
-def probe_command(python: str = sys.executable) -> list[str]:
-    return [python, "-I", "-c", RUNNER]
+def probe_command(isolated: bool = True, python: str = sys.executable) -> list[str]:
+    """The probe process's command line; ``isolated`` (inside a sandbox) ignores PYTHON* variables."""
+    return [python, "-I" if isolated else "-s", "-c", RUNNER]
 
 
 def run_probe_process(command: list[str], job: dict, timeout: float, env: dict[str, str] | None = None,

@@ -124,13 +124,16 @@ def pids_cgroup(limit: int) -> Path | None:
             continue
         if root.name == "cgroup" and not (root / "cgroup.controllers").exists():
             continue
+        group = root / f"course-grade-{os.getpid()}-{os.urandom(4).hex()}"
         try:
-            group = root / f"course-grade-{os.getpid()}-{os.urandom(4).hex()}"
             group.mkdir()
             (group / "pids.max").write_text(str(limit))
             return group
         except OSError:
-            continue
+            try:
+                group.rmdir()
+            except OSError:
+                pass
     return None
 
 
