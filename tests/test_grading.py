@@ -58,8 +58,9 @@ def hostile_class(tmp_path_factory):
     save(subs, "a_solution", solution())
     save(subs, "b_untouched", student())
     part = student()
-    lora_cell = next(i for i, c in enumerate(part.cells) if c.metadata.get("course", {}).get("exercise") == "04-lora-layer")
-    part.cells[lora_cell] = solution().cells[lora_cell]
+    def cell_of(nb, exercise):
+        return next(i for i, c in enumerate(nb.cells) if c.metadata.get("course", {}).get("exercise") == exercise)
+    part.cells[cell_of(part, "04-lora-layer")] = solution().cells[cell_of(solution(), "04-lora-layer")]
     save(subs, "c_partial", part)
     save(subs, "d_loop", with_cell(solution(), "while True:\n    pass"))
     save(subs, "e_exit", with_cell(solution(), "import os\nos._exit(1)"))

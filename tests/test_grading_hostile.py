@@ -378,7 +378,7 @@ def test_the_sandbox_sees_no_network_no_home_and_runs_unprivileged(tmp_path):
     code = ("import os, socket\n"
             "s = socket.socket(); s.settimeout(2)\n"
             "try:\n    s.connect(('1.1.1.1', 80)); net = 'yes'\nexcept OSError:\n    net = 'no'\n"
-            "print(os.getuid(), net, os.path.exists(os.path.expanduser('~root/.bashrc')), os.getpid(),"
+            "print(os.getuid(), net, os.path.exists('/root/.bashrc') or os.path.exists('/etc/shadow'), os.getpid(),"
             " os.path.exists(" + repr(str(ROOT / 'grading')) + "))")
     done = subprocess.run(box.command([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60)
     uid, net, home, pid, grading = done.stdout.split()

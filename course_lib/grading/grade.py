@@ -71,10 +71,10 @@ def _python_source(cell_source: str) -> str:
     return _python(cell_source)
 
 
-def own_definition(nb: nbformat.NotebookNode, name: str) -> str | None:
-    """None if the notebook itself defines ``name`` (def or class) and keeps that definition;
-    otherwise a sentence saying what is wrong. Read from the submitted source, so nothing the
-    notebook does at run time can change the answer."""
+def own_definition(nb: nbformat.NotebookNode, name: str, value: bool = False) -> str | None:
+    """None if the notebook itself defines ``name`` (def or class; for a ``value``, an assignment that
+    uses nothing from course_lib) and keeps that definition; otherwise a sentence saying what is
+    wrong. Read from the cells that ran, so nothing the notebook does at run time changes the answer."""
     from_course_lib: set[str] = set()
     last = None
     for cell in nb.cells:
@@ -99,11 +99,13 @@ def own_definition(nb: nbformat.NotebookNode, name: str) -> str | None:
             elif isinstance(node, (ast.Assign, ast.AnnAssign)):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-                    last = ("assign", True)
+                    borrowed = node.value is None or "course_lib" in ast.unparse(node.value) or any(
+                        isinstance(n, ast.Name) and n.id in from_course_lib for n in ast.walk(node.value))
+                    last = ("value" if value else "assign", borrowed)
     if last is None:
         return f"`{name}` is not defined in the notebook (was its cell deleted?)."
     kind, borrowed = last
-    if kind == "def" and not borrowed:
+    if kind in ("def", "value") and not borrowed:
         return None
     return (f"`{name}` must be written in the notebook itself, not imported, assigned or subclassed from "
             "course_lib.")
@@ -121,7 +123,7 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
     row = {"exercise": test.exercise, "points": 0, "max_points": test.points}
     names = [test.name] + getattr(tests, "NOTEBOOK_NAMES", {}).get(test.exercise, [])
     for name in names:
-        problem = own_definition(nb, name)
+        problem = own_definition(nb, name, value=name in value_names(test, tests))
         if problem:
             status = "not found" if "not defined" in problem else "not your own"
             return {**row, "status": status, "message": problem}
@@ -151,6 +153,14 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
     return {**row, "status": "failed", "message": f"Wrong results on the hidden inputs ({test.explain}); "
             "your code passes the visible check only for the example it shows. Re-read the exercise and "
             "test your code on other sizes."}
+
+
+def value_names(test, tests: ModuleType) -> set[str]:
+    """The names an exercise defines as values rather than functions (e.g. 09's ``lora_config``):
+    those of its extra names whose reference is not callable."""
+    extra = getattr(tests, "EXTRA_NAMES", {}).get(test.exercise, {})
+    return {n for n in getattr(tests, "NOTEBOOK_NAMES", {}).get(test.exercise, [])
+            if n in extra and not callable(extra[n])}
 
 
 def _rows_for_all(hidden, status: str, message: str) -> list[dict]:
@@ -228,7 +238,8 @@ def _grade_one(job: dict, result: dict) -> dict:
         finally:
             sandbox.remove_cgroup(group)
         executed_nb = nbformat.v4.new_notebook(cells=[c for i, c in enumerate(nb.cells) if i in set(run.executed)])
-        defs = probe.definitions(probe.executed_sources(nb, run.executed))
+        values = set().union(*[value_names(t, tests) for t in hidden]) if hidden else set()
+        defs = probe.definitions(probe.executed_sources(nb, run.executed), values)
         payloads = _run_probes(job, hidden, defs, Path(tmp), start + budget)
     result["rows"] = [_exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
     result["events"] = run.events

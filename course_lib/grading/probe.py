@@ -119,8 +119,9 @@ def _is_constant(node: ast.AST) -> bool:
     return not any(isinstance(n, banned) for n in ast.walk(node))
 
 
-def definitions(sources: list[str]) -> list[str]:
-    """The top-level imports, functions, classes and call-free assignments of ``sources``, in order.
+def definitions(sources: list[str], values: set[str] = frozenset()) -> list[str]:
+    """The top-level imports, functions, classes and call-free assignments of ``sources``, in order,
+    and any assignment to one of ``values`` (exercises whose answer is a value, not a function).
 
     These are what a probe process executes: everything the student's definitions need, and none
     of the notebook's long-running work (training loops, downloads, plots)."""
@@ -133,7 +134,9 @@ def definitions(sources: list[str]) -> list[str]:
         for node in tree.body:
             keep = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
             if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-                keep = _is_constant(node.value)
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                named = {t.id for t in targets if isinstance(t, ast.Name)}
+                keep = _is_constant(node.value) or bool(named & set(values))
             if keep:
                 out.append(ast.unparse(node))
     return out

@@ -25,7 +25,10 @@ NO_SANDBOX_WARNING = ("warning: --no-sandbox: submissions run as ordinary proces
                       "implementations, and leave processes running. Use it only for notebooks you trust.")
 SANDBOX_UID = 65534
 BWRAP = "bwrap"      # the program looked up on PATH
-_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc")
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64")
+# Only what programs need from /etc: no shadow passwords, host keys or other machine secrets.
+_ETC = ("passwd", "group", "hosts", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime",
+        "ssl", "ca-certificates", "fonts", "alternatives", "mime.types", "matplotlibrc")
 
 
 class SandboxUnavailable(RuntimeError):
@@ -66,6 +69,8 @@ class Sandbox:
                 args += ["--symlink", os.readlink(d), d]
             elif os.path.isdir(d):
                 args += ["--ro-bind", d, d]
+        for name in _ETC:
+            args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for prefix in python_dirs():
             args += ["--ro-bind", prefix, prefix]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var/tmp"]
