@@ -25,14 +25,17 @@ class Profile:
     max_examples: int | None  # cap on examples per split; None = all
     learning_rate: float
     description: str
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where measured faster); smoke stays exact
+    eval_freq: int = 50  # training steps between loss measurements
 
 
 PROFILES: dict[str, Profile] = {
     "full": Profile("full", "gpt2-small (124M)", num_epochs=5, batch_size=8, max_examples=None,
-                    learning_rate=5e-5, description="pretrained GPT-2 weights and the full data sets"),
+                    learning_rate=5e-5, description="pretrained GPT-2 weights and the full data sets",
+                    precision="auto"),
     "smoke": Profile("smoke", SMOKE_MODEL, num_epochs=1, batch_size=8, max_examples=64,
                      learning_rate=1e-3, description="a tiny randomly initialised GPT-2-shaped model and a data "
-                                 "subset, for fast checks; its numbers are NOT what GPT-2 achieves"),
+                                 "subset, for fast checks; its numbers are NOT what GPT-2 achieves", eval_freq=2),
 }
 
 
@@ -55,6 +58,11 @@ def pick_device(preference: str | None = None, profile: Profile | None = None) -
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cpu_budget(profile: Profile, device: str | torch.device) -> bool:
+    """True when the full profile runs on a CPU: notebooks then choose defaults that finish in minutes."""
+    return profile.name == "full" and torch.device(device).type == "cpu"
 
 
 def set_seed(seed: int) -> None:
