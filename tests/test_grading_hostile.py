@@ -384,3 +384,24 @@ def test_the_sandbox_sees_no_network_no_home_and_runs_unprivileged(tmp_path):
     uid, net, home, pid, grading = done.stdout.split()
     assert (uid, net, home, grading) == ("65534", "no", "False", "False"), done
     assert int(pid) < 10   # its own pid namespace
+
+
+def test_a_sandbox_cannot_start_more_processes_than_its_limit(tmp_path):
+    import subprocess
+    import sys
+
+    limits = sandbox.Limits(processes=64)
+    group = sandbox.pids_cgroup(limits.processes)
+    if group is None and os.geteuid() == 0:
+        pytest.skip("running as root without a writable pids cgroup: RLIMIT_NPROC does not bind root")
+    box = sandbox.Sandbox(writable=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}), limits=limits)
+    code = ("import threading, time\nstarted = 0\n"
+            "try:\n    for _ in range(300):\n"
+            "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); started += 1\n"
+            "except RuntimeError:\n    pass\nprint(started)")
+    try:
+        done = subprocess.run(sandbox.in_cgroup(group, box.command([sys.executable, "-c", code])),
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        sandbox.remove_cgroup(group)
+    assert 0 < int(done.stdout.strip()) < 64, done
