@@ -43,6 +43,12 @@ def load_tests(path: Path = DEFAULT_TESTS) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     spec.loader.exec_module(module)
+    ids = [t.exercise for t in module.TESTS]
+    twice = sorted({e for e in ids if ids.count(e) > 1})
+    if twice:
+        del sys.modules[name]
+        raise ValueError(f"{path} has more than one hidden test for {twice[0]}; give each exercise one test "
+                         "(one probe may check several things).")
     return module
 
 
