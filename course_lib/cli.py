@@ -50,9 +50,10 @@ def asset_status() -> list[tuple[str, bool]]:
     for size, repo in HF_REPOS.items():
         found = try_to_load_from_cache(repo_id=repo, filename="model.safetensors")
         rows.append((f"{size} weights ({repo})", isinstance(found, str)))
+    from .bonus import bonus_asset_status
     from .data import dataset_status
 
-    return rows + dataset_status()
+    return rows + dataset_status() + bonus_asset_status()
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -68,7 +69,18 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         print(f"  ok: {settings}")
     from .data import fetch_all_data
 
-    return 0 if fetch_all_data() else 1
+    ok = fetch_all_data()
+    if profile.name == "full":  # notebook 09's full profile: roberta-base and AG News from the hub
+        from .bonus import fetch_bonus_assets
+        from .downloads import DownloadError
+
+        try:
+            for line in fetch_bonus_assets(profile.name):
+                print(line, flush=True)
+        except (DownloadError, ValueError) as err:
+            print(f"Notebook 09 (bonus): FAILED: {err}", flush=True)
+            ok = False
+    return 0 if ok else 1
 
 
 def _folders(args: argparse.Namespace) -> tuple[Path, Path]:

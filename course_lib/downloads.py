@@ -3,14 +3,27 @@ through pooch, and a one-sentence error when neither is reachable."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import traceback
 from pathlib import Path
 
 from .paths import cache_dir, mirror_dir
 
 
 class DownloadError(RuntimeError):
-    """An asset could not be fetched from the mirror or the network."""
+    """An asset could not be fetched from the mirror or the network.
+
+    In Jupyter it shows as its one sentence, without the chain of library exceptions behind it
+    (IPython asks ``_render_traceback_``); the chain stays on ``__cause__`` for code, and
+    ``COURSE_DEBUG=1`` shows it in the notebook too.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython prints for this error: one line, or the whole chain with ``COURSE_DEBUG=1``."""
+        if os.environ.get("COURSE_DEBUG"):
+            return "".join(traceback.format_exception(self)).splitlines()
+        return [f"{type(self).__name__}: {self}"]
 
 
 def sha256_of(path: Path) -> str:

@@ -1,13 +1,19 @@
-"""Bonus notebook 09's library: peft on a real pretrained encoder, offline."""
+"""Bonus notebook 09's library: peft on a real pretrained encoder, offline; the full profile's assets."""
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from course_lib import bonus
 from course_lib.downloads import DownloadError
 
+ROOT = Path(__file__).resolve().parent.parent
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
-pytestmark = pytest.mark.skipif(not (MIRROR / "ag-news").is_dir(), reason="the offline mirror is not beside the repository")
+needs_mirror = pytest.mark.skipif(not (MIRROR / "ag-news").is_dir(), reason="the offline mirror is not beside the repository")
 
 
 @pytest.fixture
@@ -24,6 +30,7 @@ def test_missing_packages_stop_with_one_sentence_naming_the_install(monkeypatch)
         bonus.require_bonus_dependencies()
 
 
+@needs_mirror
 def test_smoke_split_of_the_mirrored_test_set(offline_mirror):
     frames, origin = bonus.load_ag_news("smoke", seed=42, smoke_size=1500)
     assert [len(frames[k]) for k in ("train", "validation", "test")] == [1050, 150, 300]
@@ -38,6 +45,7 @@ def test_ag_news_offline_without_mirror_names_the_url_and_course_mirror(tmp_path
         bonus.load_ag_news("smoke")
 
 
+@needs_mirror
 def test_peft_and_course_lib_count_the_same_trainable_parameters(offline_mirror):
     path, _ = bonus.encoder_path("smoke")
     model = bonus.build_peft_model(path, bonus.SEED_LORA)
@@ -45,6 +53,7 @@ def test_peft_and_course_lib_count_the_same_trainable_parameters(offline_mirror)
     assert trainable == bonus.course_lora_trainable_count(path, bonus.SEED_LORA) == 75_268
 
 
+@needs_mirror
 @pytest.mark.slow
 def test_smoke_fine_tune_of_a_real_pretrained_encoder_is_well_above_chance(offline_mirror):
     from transformers import AutoTokenizer
@@ -66,3 +75,114 @@ def test_macro_f1_averages_the_classes():
     p, t = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
     # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 2, fp 0, fn 1 -> 4/5
     assert bonus.macro_f1(p, t, 2) == pytest.approx((2 / 3 + 4 / 5) / 2)
+
+
+# ----------------------------------------------------------------------------- the full profile's assets
+REV = "1" * 40
+
+
+def _hub_ag_news(hub: Path, train_rows: int = 120_000) -> None:
+    """AG News' two parquet files where huggingface_hub finds fancyzhx/ag_news offline (synthetic rows)."""
+    import pandas as pd
+
+    snapshot = hub / "datasets--fancyzhx--ag_news" / "snapshots" / REV
+    (snapshot / "data").mkdir(parents=True)
+    for split, rows in (("train", train_rows), ("test", 7_600)):
+        df = pd.DataFrame({"text": [f"{split} headline {i}" for i in range(rows)], "label": [i % 4 for i in range(rows)]})
+        df.to_parquet(snapshot / bonus.AG_HUB_FILES[split], index=False)
+    (hub / "datasets--fancyzhx--ag_news" / "refs").mkdir()
+    (hub / "datasets--fancyzhx--ag_news" / "refs" / "main").write_text(REV)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, offline (huggingface_hub's own flag)."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    return hub
+
+
+def test_full_profile_reads_ag_news_from_the_hub_cache_offline_and_takes_a_subset(offline_hub):
+    _hub_ag_news(offline_hub)
+    frames, origin = bonus.load_ag_news("full", seed=42, train_rows=100, eval_rows=30)
+    assert [len(frames[k]) for k in ("train", "validation", "test")] == [100, 30, 30]
+    assert "fancyzhx/ag_news" in origin and "100 train" in origin
+    assert frames["validation"]["text"].str.startswith("train").all()  # held out from the train split
+    assert not set(frames["train"]["text"]) & set(frames["validation"]["text"])
+    full, _ = bonus.load_ag_news("full", seed=42)
+    assert [len(full[k]) for k in ("train", "validation", "test")] == [108_000, 12_000, 7_600]
+
+
+def test_a_truncated_ag_news_in_the_cache_is_refused(offline_hub):
+    _hub_ag_news(offline_hub, train_rows=119_999)
+    with pytest.raises(ValueError, match="119,999 rows.*not 120,000 rows.*course fetch --profile full"):
+        bonus.load_ag_news("full")
+
+
+def test_offline_without_the_data_stops_with_one_sentence(offline_hub):
+    with pytest.raises(DownloadError) as info:
+        bonus.load_ag_news("full")
+    err = info.value
+    assert err.__cause__ is not None  # the chain is kept for code (and COURSE_DEBUG=1), not shown
+    lines = err._render_traceback_()  # what Jupyter shows
+    assert len(lines) == 1 and "HF_HUB_OFFLINE is set" in lines[0] and "course fetch --profile full" in lines[0]
+    assert str(err).count(". ") == 0 and str(err).endswith(".")
+
+
+@pytest.mark.parametrize("spelling", ["1", "true", "YES", "on"])
+def test_every_spelling_of_hf_hub_offline_that_huggingface_hub_accepts_is_offline(tmp_path, spelling):
+    code = ("from course_lib import bonus\n"
+            "try:\n    bonus.encoder_path('full')\n"
+            "except bonus.DownloadError as err:\n    print(err._render_traceback_()[0])\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": spelling, "HF_HUB_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "roberta-base's config.json is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
+
+
+def test_without_network_roberta_fails_fast_with_one_sentence(tmp_path, monkeypatch, no_network):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(DownloadError, match=r"Could not download roberta-base's config.json \(FacebookAI/roberta-base\)"):
+        bonus.encoder_path("full")
+    assert time.perf_counter() - start < 30
+
+
+def test_notebook_09_offline_without_data_shows_one_line_and_no_chain(tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    env = {"COURSE_PROFILE": "full", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),
+           "HF_HOME": str(tmp_path / "home"), "COURSE_CACHE_DIR": str(tmp_path / "cache")}
+    for key, value in env.items():  # the kernel inherits this process's environment
+        monkeypatch.setenv(key, value)
+    with pytest.raises(papermill.PapermillExecutionError):
+        papermill.execute_notebook(str(ROOT / "solutions" / "09_peft_and_tuning.ipynb"), str(tmp_path / "out.ipynb"),
+                                   cwd=str(ROOT / "solutions"), progress_bar=False, kernel_name="python3")
+    nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert len(errors) == 1
+    assert errors[0].traceback == [
+        "DownloadError: roberta-base's config.json is not in the Hugging Face cache and HF_HUB_OFFLINE is set: run "
+        "`course fetch --profile full` once with a network connection, or use COURSE_PROFILE=smoke, which runs offline."]
+
+
+def test_the_plan_runs_the_full_size_on_a_gpu_and_a_subset_on_a_cpu():
+    gpu, cpu, smoke = bonus.plan_for("full", "cuda"), bonus.plan_for("full", "cpu"), bonus.plan_for("smoke", "cpu")
+    assert (gpu.train_rows, gpu.eval_rows, gpu.epochs, gpu.n_trials, gpu.trial_rows) == (None, None, 3, 20, None)
+    assert cpu.train_rows and cpu.eval_rows and cpu.train_rows < 108_000 and "CPU subset" in cpu.note
+    assert smoke.smoke_rows == 1500 and "smoke" in smoke.note
+
+
+def test_course_info_lists_what_the_full_profile_of_notebook_09_needs(capsys):
+    from course_lib.cli import main as course
+
+    assert course(["info", "--profile", "full"]) == 0
+    out = capsys.readouterr().out
+    for name in ("roberta-base (FacebookAI/roberta-base", "AG News train (fancyzhx/ag_news", "AG News test (fancyzhx/ag_news"):
+        assert name in out
