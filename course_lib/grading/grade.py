@@ -30,6 +30,7 @@ from .probe import STUB_ERROR
 FIELDS = ["student", "notebook", "exercise", "points", "max_points", "status", "message"]
 DEFAULT_TESTS = repo_root() / "grading" / "hidden_tests.py"
 PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
+PROBE_STARTUP = 30   # seconds a probe process may take to start Python and import torch, beyond --cell-timeout
 
 
 def load_tests(path: Path = DEFAULT_TESTS) -> ModuleType:
@@ -281,7 +282,7 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
                 command = probe.probe_command(isolated=False)
                 env_arg = {**os.environ, **env, "PYTHONPATH": str(Path(course_copy).parent)}
             left = deadline - time.monotonic()
-            timeout = min(job["cell_timeout"] * len(tests_now), left)
+            timeout = min(job["cell_timeout"] * len(tests_now) + PROBE_STARTUP, left)
             group_id = sandbox.pids_cgroup(job["limits"]["processes"]) if job["sandbox"] else None
             try:
                 state, raw = ("timeout", b"") if left <= 1 else probe.run_probe_process(
