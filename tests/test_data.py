@@ -1,6 +1,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -111,3 +112,28 @@ def test_class_weights_are_inverse_frequency():
     assert torch.allclose(w, torch.tensor([8 / (2 * 6), 8 / (2 * 2)]))
     with pytest.raises(ValueError, match="at least one"):
         data.class_weights([0, 0, 0])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_class_weights_agree_with_scikit_learn_balanced(seed):
+    from sklearn.utils.class_weight import compute_class_weight
+
+    g = torch.Generator().manual_seed(seed)
+    k = 2 + seed % 3
+    labels = torch.randint(0, k, (30 + seed,), generator=g).tolist() + list(range(k))  # every class present
+    want = compute_class_weight("balanced", classes=np.arange(k), y=np.array(labels))
+    assert data.class_weights(labels, num_classes=k).tolist() == pytest.approx(want.tolist())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_macro_f1_agrees_with_scikit_learn(seed):
+    from sklearn.metrics import f1_score
+
+    from course_lib.bonus import macro_f1
+
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randint(0, 4, (50,), generator=g)
+    noisy = torch.where(torch.rand(50, generator=g) < 0.6, true, torch.randint(0, 4, (50,), generator=g))
+    for predicted in (noisy, true.clone(), torch.zeros(50, dtype=torch.long)):
+        want = f1_score(true.numpy(), predicted.numpy(), average="macro", labels=[0, 1, 2, 3], zero_division=0)
+        assert macro_f1(predicted, true, num_classes=4) == pytest.approx(want)

@@ -23,12 +23,16 @@ def test_blocks_have_separate_qkv_linear_layers_with_bias():
     assert model.out_head.bias is None
 
 
-@pytest.mark.parametrize("size,emb,layers,heads", [
-    ("gpt2-medium (355M)", 1024, 24, 16), ("gpt2-large (774M)", 1280, 36, 20), ("gpt2-xl (1558M)", 1600, 48, 25)])
-def test_bigger_configs_have_gpt2_shapes(size, emb, layers, heads):
+# Hugging Face's published parameter counts (tied head) of openai-community/gpt2-medium, -large and -xl.
+@pytest.mark.parametrize("size,published", [
+    ("gpt2-medium (355M)", 354_823_168), ("gpt2-large (774M)", 774_030_080), ("gpt2-xl (1558M)", 1_557_611_200)])
+def test_bigger_configs_build_the_published_architectures(size, published):
     cfg = get_config(size)
-    assert (cfg["emb_dim"], cfg["n_layers"], cfg["n_heads"], cfg["vocab_size"], cfg["context_length"]) == \
-        (emb, layers, heads, 50257, 1024)
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        model = GPTModel(cfg)
+    assert count_model_parameters(model, tied=True) == published
+    assert cfg["emb_dim"] // cfg["n_heads"] == 64 and cfg["emb_dim"] % cfg["n_heads"] == 0  # GPT-2's head size
+    assert len(model.trf_blocks) == cfg["n_layers"] and model.trf_blocks[0].att.num_heads == cfg["n_heads"]
 
 
 def test_unknown_model_size_is_refused_with_the_choices():
@@ -37,9 +41,14 @@ def test_unknown_model_size_is_refused_with_the_choices():
 
 
 def test_settings_to_cfg_renames_all_five_keys():
-    cfg = settings_to_cfg({"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12})
-    assert cfg == {"vocab_size": 50257, "context_length": 1024, "emb_dim": 768, "n_heads": 12,
-                   "n_layers": 12, "drop_rate": 0.0, "qkv_bias": True}
+    # every value distinct, so that a swapped pair of keys cannot pass
+    cfg = settings_to_cfg({"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1024, "n_head": 16, "n_layer": 24},
+                          drop_rate=0.1, qkv_bias=False)
+    assert cfg == {"vocab_size": 50257, "context_length": 1024, "emb_dim": 1024, "n_heads": 16,
+                   "n_layers": 24, "drop_rate": 0.1, "qkv_bias": False}
+    assert settings_to_cfg({"n_vocab": 7, "n_ctx": 5, "n_embd": 4, "n_head": 2, "n_layer": 3}) == {
+        "vocab_size": 7, "context_length": 5, "emb_dim": 4, "n_heads": 2, "n_layers": 3, "drop_rate": 0.0,
+        "qkv_bias": True}
 
 
 @pytest.mark.parametrize("settings,name", [
@@ -86,5 +95,9 @@ def test_generation_rejects_negative_temperature():
         generate(_tiny_model(), torch.tensor([[1]]), 1, 128, temperature=-1)
 
 
-def test_all_sizes_listed():
-    assert set(MODEL_SIZES) >= {"gpt2-small (124M)", "gpt2-medium (355M)", "gpt2-large (774M)", "gpt2-xl (1558M)"}
+def test_every_listed_size_builds():
+    assert {"gpt2-small (124M)", "gpt2-medium (355M)", "gpt2-large (774M)", "gpt2-xl (1558M)"} <= set(MODEL_SIZES)
+    for size in MODEL_SIZES:
+        with torch.device("meta"):
+            model = GPTModel(get_config(size))
+        assert model.tok_emb.weight.shape == (get_config(size)["vocab_size"], get_config(size)["emb_dim"])

@@ -36,21 +36,26 @@ def test_loss_uses_the_last_token_and_class_weights():
                           torch.nn.functional.cross_entropy(logits, y, weight=w))
 
 
-@pytest.mark.parametrize("strategy,expected", [
-    ("last_layer", {"out_head"}), ("last_block", {"out_head", "trf_blocks.1", "final_norm"}),
-    ("lora", {"out_head", "lora"}), ("all", None)])
-def test_strategies_train_exactly_their_layers(strategy, expected):
+@pytest.mark.parametrize("strategy", ["last_layer", "last_block", "lora", "all"])
+def test_strategies_train_exactly_their_layers(strategy):
     model = GPTModel(get_config(SMOKE))
     add_classification_head(model, 2)
     configure_trainable(model, strategy, rank=2, alpha=4)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    if expected is None:
-        assert all(p.requires_grad for p in model.parameters())
-        return
-    for name in trainable:
-        assert any(name.startswith(e + ".") or f".{e}." in name for e in expected), name
+    names = [n for n, _ in model.named_parameters()]
+    last = f"trf_blocks.{len(model.trf_blocks) - 1}."
+    expected = {
+        "last_layer": {n for n in names if n.startswith("out_head.")},
+        "last_block": {n for n in names if n.startswith(("out_head.", "final_norm.", last))},
+        "lora": {n for n in names if n.startswith("out_head.") or ".lora." in n},
+        "all": set(names),
+    }[strategy]
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == expected
+    assert {"out_head.weight", "out_head.bias"} <= trainable  # the new head always learns
     if strategy == "lora":
-        assert not any(n.startswith("trf_blocks") and ".lora." not in n for n in trainable)
+        wrapped = [m for m in model.modules() if hasattr(m, "lora")]
+        assert len(wrapped) == 6 * len(model.trf_blocks)  # every Linear of every block, not the head
+        assert len([n for n in trainable if ".lora." in n]) == 2 * len(wrapped)  # A and B of each
 
 
 def test_unknown_strategy_is_refused():
@@ -73,14 +78,40 @@ def test_training_lowers_the_training_loss_on_a_fixed_seed(loaders):
     assert len(history.train_losses) == len(history.eval_examples_seen) == 6
 
 
-def test_accuracy_and_spam_recall_are_fractions(loaders):
+def test_accuracy_and_spam_recall_agree_with_scikit_learn(loaders):
+    from sklearn.metrics import accuracy_score, recall_score
+
+    from course_lib.training import classifier_logits, predictions
+
+    set_seed(3)
     model = build_classifier(SMOKE, "last_layer")
+    with torch.no_grad():
+        model.out_head.bias.copy_(torch.tensor([0.0, 0.3]))  # not all one class, so every count matters
     _, val_loader, _ = loaders
     device = torch.device("cpu")
+    predicted, true = predictions(val_loader, model, device)
+    model.eval()
+    with torch.no_grad():
+        by_hand = torch.cat([classifier_logits(model, x).argmax(dim=-1) for x, _ in val_loader])
+    assert torch.equal(predicted, by_hand) and len(true) == len(val_loader.dataset)
+    assert 0 < int(predicted.sum()) < len(predicted), "the check needs both classes predicted"
     acc = calc_accuracy_loader(val_loader, model, device)
     recalls = per_class_accuracy(val_loader, model, device)
-    assert 0 <= acc <= 1 and all(0 <= r <= 1 for r in recalls)
+    assert acc == pytest.approx(accuracy_score(true.numpy(), predicted.numpy()))
+    assert recalls == pytest.approx(list(recall_score(true.numpy(), predicted.numpy(), average=None, labels=[0, 1])))
     assert classify_text("You won a free iPhone", model, get_tokenizer(), device, max_length=20) in {"ham", "spam"}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_matthews_corrcoef_agrees_with_scikit_learn(seed):
+    from sklearn.metrics import matthews_corrcoef as sk_mcc
+
+    from course_lib.training import matthews_corrcoef
+
+    g = torch.Generator().manual_seed(seed)
+    true = torch.randint(0, 2, (40,), generator=g)
+    for predicted in (torch.randint(0, 2, (40,), generator=g), true.clone(), 1 - true, torch.ones(40, dtype=torch.long)):
+        assert matthews_corrcoef(predicted, true) == pytest.approx(sk_mcc(true.numpy(), predicted.numpy()), abs=1e-12)
 
 
 def test_lora_checkpoint_reloads_into_a_fresh_base_with_identical_logits(tmp_path):
