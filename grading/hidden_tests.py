@@ -163,7 +163,7 @@ layer = LoRALayer(in_dim, out_dim, rank, alpha)
 bound = in_dim ** -0.5
 facts = [list(layer.A.shape), list(layer.B.shape), bool((layer.B == 0).all()), bool((layer.A != 0).all()),
          bool(layer.A.abs().max() <= bound + 1e-6), bool(layer.A.abs().max() > 0.8 * bound),
-         bool(0.45 * bound < layer.A.detach().std() < 0.7 * bound), sorted(n for n, _ in layer.named_parameters()),
+         bool(0.4 * bound < layer.A.detach().std() < 0.75 * bound), sorted(n for n, _ in layer.named_parameters()),
          bool(layer.A.requires_grad and layer.B.requires_grad)]
 with torch.no_grad():
     layer.A.copy_(torch.randn(rank, in_dim, generator=g))

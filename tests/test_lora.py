@@ -29,13 +29,24 @@ def test_lora_layer_shapes_init_and_scaling():
     assert layer.scaling == 2.0
 
 
+@pytest.mark.parametrize("rank,alpha", [(4, 6), (4, 3), (3, 8.0)])
+def test_lora_scaling_is_alpha_over_rank_when_not_an_integer(rank, alpha):
+    torch.manual_seed(0)
+    layer = LoRALayer(7, 5, rank=rank, alpha=alpha)
+    nn.init.normal_(layer.B)
+    x = torch.randn(2, 3, 7)  # (batch, tokens, features)
+    assert layer.scaling == pytest.approx(alpha / rank)
+    assert torch.allclose(layer(x), (alpha / rank) * x @ layer.A.T @ layer.B.T, atol=1e-6)
+
+
 def test_wrapped_linear_is_identical_at_init_and_frozen():
     torch.manual_seed(0)
     linear = nn.Linear(10, 6)
     x = torch.randn(3, 10)
     wrapped = LinearWithLoRA(linear, rank=2, alpha=4)
     assert torch.equal(wrapped(x), linear(x))
-    assert not linear.weight.requires_grad and wrapped.lora.A.requires_grad
+    assert not linear.weight.requires_grad and not linear.bias.requires_grad
+    assert {n for n, p in wrapped.named_parameters() if p.requires_grad} == {"lora.A", "lora.B"}
 
 
 def test_merge_matches_unmerged_and_unmerge_restores_the_weight():
@@ -46,8 +57,12 @@ def test_merge_matches_unmerged_and_unmerge_restores_the_weight():
     x = torch.randn(5, 16)
     unmerged = wrapped(x)
     wrapped.merge()
+    merged_weight = wrapped.linear.weight.detach().clone()
     assert (wrapped(x) - unmerged).abs().max() <= 1e-6
-    assert not torch.equal(wrapped.linear.weight, original)
+    assert torch.allclose(merged_weight, original + 2.0 * wrapped.lora.B @ wrapped.lora.A, atol=1e-6)
+    assert not wrapped.linear.weight.requires_grad  # merging keeps W frozen
+    wrapped.merge()  # a second merge adds nothing
+    assert torch.equal(wrapped.linear.weight, merged_weight) and (wrapped(x) - unmerged).abs().max() <= 1e-6
     wrapped.unmerge()
     assert (wrapped.linear.weight - original).abs().max() <= 1e-6
     assert (wrapped(x) - unmerged).abs().max() <= 1e-6
@@ -129,6 +144,7 @@ def test_only_lora_and_head_receive_gradients():
     model(torch.randint(0, 100, (2, 7)))[:, -1].sum().backward()
     with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
     assert with_grad and all(".lora." in n or n.startswith("out_head.") for n in with_grad)
+    assert {n for n in with_grad if n.endswith(".lora.B")} == {f"{name}.lora.B" for name in lora_layers(model)}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == with_grad
 
 
