@@ -6,8 +6,14 @@ import torch
 from torch.nn import functional as F
 
 from course_lib import cola
-from course_lib.distill import DistilRNN, distillation_loss, teacher_logits_for, train_student
+from course_lib.config import SMOKE_MODEL
+from course_lib.data import PAD_TOKEN_ID, SpamDataset, make_loader
+from course_lib.distill import (RUN_SIZES, DistilRNN, TeacherOutputs, choose_run_size, compare_kd,
+                                distillation_loss, length_sorted_loader, majority_baseline, mean_std,
+                                run_settings, teacher_logits_for, train_student)
 from course_lib.downloads import DownloadError
+from course_lib.strategies import build_classifier
+from course_lib.tokenizer import get_tokenizer
 from course_lib.training import matthews_corrcoef
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
@@ -118,25 +124,175 @@ def test_distil_rnn_ignores_padding_and_outputs_two_logits(rnn_type):
     assert torch.allclose(model(short), model(torch.tensor([[1, 2, 3]])), atol=1e-6)
 
 
-def test_distil_rnn_default_sizes_follow_the_seed():
+def test_distil_rnn_default_sizes_follow_the_original_experiment():
     model = DistilRNN()
     assert model.embedding.weight.shape == (50257, 768) and model.rnn.hidden_size == 768 and model.fc.out_features == 2
 
 
-def test_teacher_logits_are_computed_once_and_reused():
+SENTENCES = ["The writers didn't so believe the boy.", "The men were able to mine more gold.", "Go.",
+             "It is important to be more careful, the more you eat.", "John seems that is nice.",
+             "Mary sang.", "The more you read, the more books you want to read about cats.", "Him left."]
+
+
+def padded(rows, width):
+    return torch.tensor([r + [PAD_TOKEN_ID] * (width - len(r)) for r in rows])
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """A smoke GPT-2 + LoRA classifier whose LoRA matrices are not zero, so they matter."""
+    model = build_classifier(SMOKE_MODEL, "lora", rank=4, alpha=8, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".B"):
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+        model.out_head.weight.mul_(20)  # separate the positions clearly, so reading the wrong one shows
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def sentences_ds():
+    df = __import__("pandas").DataFrame({"Text": SENTENCES, "Label": [0, 1, 1, 1, 0, 1, 1, 0]})
+    return SpamDataset(df, get_tokenizer(), max_length=24)
+
+
+def _by_sentence(cached: TeacherOutputs) -> dict[tuple[int, ...], torch.Tensor]:
+    inputs, _, logits = cached.tensors
+    return {tuple(row[row != PAD_TOKEN_ID].tolist()): out for row, out in zip(inputs, logits)}
+
+
+def test_teacher_logits_do_not_depend_on_the_padding(teacher, sentences_ds):
+    # the same sentences padded to 24 tokens, to each batch's longest, in length order and in buckets
+    loaders = {"fixed": make_loader(sentences_ds, 3, "fixed", shuffle=False),
+               "per_batch": make_loader(sentences_ds, 3, "per_batch", shuffle=False),
+               "sorted": length_sorted_loader(sentences_ds, 3),
+               "bucketed": make_loader(sentences_ds, 3, "bucketed", shuffle=True, seed=5)}
+    runs = {name: _by_sentence(teacher_logits_for(teacher, loader, torch.device("cpu")))
+            for name, loader in loaders.items()}
+    reference = runs.pop("fixed")
+    assert len(reference) == len(SENTENCES)
+    spread = max((reference[k] - reference[j]).abs().max().item() for k in reference for j in reference)
+    assert spread > 0.1  # the teacher tells the sentences apart, so equal logits below mean something
+    for name, run in runs.items():
+        assert run.keys() == reference.keys(), name
+        for key, logits in run.items():
+            assert torch.allclose(logits, reference[key], atol=1e-5), name
+
+
+def test_teacher_logits_equal_each_sentence_alone(teacher, sentences_ds):
+    cached = teacher_logits_for(teacher, make_loader(sentences_ds, 4, "fixed", shuffle=False), torch.device("cpu"))
+    ids = [get_tokenizer().encode(s) for s in SENTENCES]
+    with torch.no_grad():
+        alone = torch.cat([teacher(torch.tensor([r]))[:, -1, :] for r in ids])
+    assert torch.allclose(cached.tensors[2], alone, atol=1e-5)
+    assert cached.lengths == [len(r) for r in ids]
+
+
+@pytest.mark.parametrize("rnn_type", ["rnn", "gru", "lstm"])
+def test_student_logits_do_not_depend_on_the_padding(rnn_type):
+    torch.manual_seed(0)
+    student = DistilRNN(vocab_size=PAD_TOKEN_ID + 1, emb_dim=16, hidden_dim=16, rnn_type=rnn_type).eval()
+    ids = [get_tokenizer().encode(s) for s in SENTENCES]
+    longest = max(map(len, ids))
+    with torch.no_grad():
+        alone = torch.cat([student(torch.tensor([r])) for r in ids])
+        outputs = [student(padded(ids, width)) for width in (longest, longest + 3, longest + 20)]
+    assert (alone[:, 0] - alone[:, 1]).std() > 1e-3  # different sentences, different logits
+    for out in outputs:
+        assert (out - alone).abs().max().item() <= 1e-5
+
+
+def _toy_cached(teacher_says: int, n: int = 64) -> TeacherOutputs:
+    """Sentences of 2 to 6 tokens, all labelled 0, and a teacher sure that every one is class ``teacher_says``."""
+    gen = torch.Generator().manual_seed(0)
+    rows = [torch.randint(0, 20, (int(torch.randint(2, 7, (1,), generator=gen)),), generator=gen).tolist()
+            for _ in range(n)]
+    logits = torch.zeros(n, 2)
+    logits[:, teacher_says] = 6.0
+    return TeacherOutputs(padded(rows, 6), torch.zeros(n, dtype=torch.long), logits)
+
+
+def _predicted_classes(student, cached):
+    with torch.no_grad():
+        return student.eval()(cached.tensors[0]).argmax(dim=-1)
+
+
+def test_train_student_learns_from_the_cached_teacher_logits():
+    cached = _toy_cached(teacher_says=1)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(cached.tensors[0], cached.tensors[1]),
+                                      batch_size=16)
+    students = {}
+    for use_kd in (False, True):
+        torch.manual_seed(0)
+        students[use_kd] = DistilRNN(vocab_size=PAD_TOKEN_ID + 1, emb_dim=8, hidden_dim=8)
+        train_student(students[use_kd], cached, val, torch.device("cpu"), num_epochs=15, batch_size=16,
+                      lr=1e-2, alpha=1.0, use_kd=use_kd)
+    # the labels say 0 everywhere, the teacher says 1: with alpha = 1 only the teacher is heard
+    assert (_predicted_classes(students[False], cached) == 0).all()
+    assert (_predicted_classes(students[True], cached) == 1).all()
+
+
+def test_without_kd_the_teacher_logits_change_nothing():
+    weights = []
+    for teacher_says in (0, 1):
+        cached = _toy_cached(teacher_says)
+        val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(cached.tensors[0], cached.tensors[1]))
+        torch.manual_seed(0)
+        student = DistilRNN(vocab_size=PAD_TOKEN_ID + 1, emb_dim=8, hidden_dim=8)
+        train_student(student, cached, val, torch.device("cpu"), num_epochs=2, batch_size=16, use_kd=False)
+        weights.append(student.fc.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_teacher_logits_for_runs_the_teacher_once_per_batch():
     calls = []
 
     class Teacher(torch.nn.Module):
         def forward(self, x):
-            calls.append(1)
+            calls.append(x.shape[0])
             return torch.zeros(x.shape[0], x.shape[1], 2)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(12, 3, dtype=torch.long),
                                                                         torch.zeros(12, dtype=torch.long)), batch_size=4)
     cached = teacher_logits_for(Teacher(), loader, torch.device("cpu"))
-    assert len(calls) == 3
-    student = DistilRNN(vocab_size=10, emb_dim=4, hidden_dim=4)
-    train_student(student, cached, loader, torch.device("cpu"), num_epochs=3, batch_size=4)
-    assert len(calls) == 3  # three student epochs, no further teacher passes
+    assert calls == [4, 4, 4] and len(cached) == 12 and cached.tensors[2].shape == (12, 2)
+
+
+def test_compare_kd_starts_both_variants_from_the_same_weights():
+    cached = _toy_cached(teacher_says=1, n=16)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(cached.tensors[0], cached.tensors[1]))
+    initial = []
+
+    def make_student():
+        student = DistilRNN(vocab_size=PAD_TOKEN_ID + 1, emb_dim=4, hidden_dim=4)
+        initial.append(student.fc.weight.detach().clone())
+        return student
+    rows = compare_kd(make_student, cached, val, torch.device("cpu"), seeds=[1, 2], num_epochs=1, batch_size=8)
+    assert [(r["seed"], r["kd"]) for r in rows] == [(1, False), (1, True), (2, False), (2, True)]
+    assert torch.equal(initial[0], initial[1]) and torch.equal(initial[2], initial[3])
+    assert not torch.equal(initial[0], initial[2])
+    assert all(r["accuracy"] == r["history"].val_accs[-1] and r["mcc"] == r["history"].val_mccs[-1] for r in rows)
+
+
+def test_mean_std_and_majority_baseline():
+    assert mean_std([0.1, 0.2, 0.3]) == pytest.approx((0.2, 0.1))
+    assert mean_std([0.5]) == (0.5, 0.0)
+    assert majority_baseline([1, 1, 0, 1]) == (1, 0.75)
+    assert majority_baseline(torch.tensor([0, 0, 1])) == pytest.approx((0, 2 / 3))
+    with pytest.raises(ValueError):
+        majority_baseline([])
+
+
+def test_run_sizes_and_overrides():
+    assert choose_run_size("smoke", torch.device("cuda")) == "smoke"
+    assert choose_run_size("full", torch.device("cpu")) == "cpu"
+    assert choose_run_size("full", torch.device("cuda")) == "full"
+    assert RUN_SIZES["full"]["max_train"] is None and RUN_SIZES["full"]["student_dim"] == 768
+    assert run_settings("cpu", max_train=None, kd_seeds=2) == {**RUN_SIZES["cpu"], "kd_seeds": 2}
+    with pytest.raises(ValueError, match="run_size must be one of"):
+        run_settings("huge")
+    with pytest.raises(ValueError, match="Unknown setting"):
+        run_settings("cpu", epochs=3)
 
 
 def test_matthews_correlation_limits():
@@ -144,3 +300,15 @@ def test_matthews_correlation_limits():
     assert matthews_corrcoef(y, y) == pytest.approx(1.0)
     assert matthews_corrcoef(1 - y, y) == pytest.approx(-1.0)
     assert matthews_corrcoef(torch.ones(5, dtype=torch.long), y) == 0.0
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_matthews_correlation_agrees_with_scikit_learn(case):
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    gen = torch.Generator().manual_seed(case)
+    true = torch.randint(0, 2, (200,), generator=gen)
+    predicted = {0: torch.randint(0, 2, (200,), generator=gen), 1: true.clone(), 2: 1 - true,
+                 3: torch.ones(200, dtype=torch.long), 4: torch.where(torch.rand(200, generator=gen) < 0.8, true, 1 - true),
+                 5: (torch.rand(200, generator=gen) < 0.9).long()}[case]
+    assert matthews_corrcoef(predicted, true) == pytest.approx(
+        sklearn_metrics.matthews_corrcoef(true.numpy(), predicted.numpy()), abs=1e-12)
