@@ -50,8 +50,8 @@ def test_bf16_training_reaches_the_accuracy_of_fp32_on_the_smoke_model(tmp_path,
     fp32, bf16 = histories["fp32"].train_losses, histories["bf16"].train_losses
     assert fp32 != bf16  # bf16 really ran
     assert all(abs(a - b) <= 0.15 for a, b in zip(fp32, bf16)), (fp32, bf16)  # bf16 rounding, Adam's sign-like 1st step
-    # 64 validation messages: one message is 1.6 points. On the full data (1,045 training, 149 validation
-    # messages, 2 epochs) both precisions reached the same validation accuracy (README, "bf16").
+    # 64 validation messages: one message is 1.6 points, and Adam's first steps amplify bf16 rounding on
+    # the tiny random model; so the tolerance here is 3 messages.
     assert abs(accs["bf16"] - accs["fp32"]) <= 3 / 64, accs
 
 

@@ -1,0 +1,209 @@
+"""One LoRA training epoch on the real SMS training messages and the GPT-2 124M architecture
+(random weights: timing does not depend on them): padding every message to 120 tokens vs padding
+each batch to its longest message vs length buckets, fp32 vs bf16, and our LoRA vs peft's under
+the same batching.
+
+Not a test. Per variant it counts the tokens an epoch processes (padding included), times a
+fixed number of training steps on batches spread over the epoch's range of lengths (interleaved
+round by round with the other variants, so a machine slowing down affects them all alike),
+projects the epoch and a 5-epoch run (with train_classifier's evaluations), and measures the peak
+memory in a fresh process. All ratios come from this one run.
+
+    python benchmarks/epoch_benchmark.py [--steps 8] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from course_lib.classifier import add_classification_head
+from course_lib.config import get_config
+from course_lib.data import SpamDataset, make_loader, prepare_sms_splits, sequential_loader
+from course_lib.lora import LinearWithLoRA, unfreeze
+from course_lib.model import GPTModel
+from course_lib.strategies import configure_trainable
+from course_lib.tokenizer import get_tokenizer
+from course_lib.training import autocast, bf16_supported, calc_loss_batch
+
+BATCH, RANK, ALPHA, EPOCHS, SEED = 8, 4, 4, 5, 123
+FIXED_LENGTH = 120  # the training set's longest message: what every message was padded to before
+EVAL_BATCHES_PER_EPOCH = 3 * 2 * 5 + 2 * 5  # train_classifier, eval_freq 50, eval_iter 5: 131 steps -> 3 evals
+
+
+def training_set() -> SpamDataset:
+    paths = prepare_sms_splits(seed=SEED)
+    return SpamDataset(pd.read_csv(paths["train"]), get_tokenizer(), max_length=FIXED_LENGTH)
+
+
+def epoch_batches(ds: SpamDataset, batching: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first epoch's batches exactly as training sees them."""
+    if batching == "fixed120":
+        return list(make_loader(ds, BATCH, "fixed", shuffle=True, seed=SEED, drop_last=True))
+    return list(make_loader(ds, BATCH, batching, shuffle=True, seed=SEED))
+
+
+def spread(batches: list, k: int) -> list:
+    """k batches at evenly spaced quantiles of width: their mean step time estimates the epoch's."""
+    ordered = sorted(batches, key=lambda b: b[0].shape[1])
+    return [ordered[min(len(ordered) - 1, int((i + 0.5) * len(ordered) / k))] for i in range(k)]
+
+
+def build(kind: str, device: torch.device) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = GPTModel(get_config("gpt2-small (124M)"))
+    add_classification_head(model, 2)
+    if kind == "ours":
+        configure_trainable(model, "lora", rank=RANK, alpha=ALPHA)
+    else:  # peft's LoRA on exactly the Linear layers ours wraps
+        import peft
+
+        ours = GPTModel(get_config("gpt2-small (124M)"))
+        add_classification_head(ours, 2)
+        configure_trainable(ours, "lora", rank=RANK, alpha=ALPHA)
+        targets = sorted({n.split("trf_blocks.")[1].split(".", 1)[1] for n, m in ours.named_modules()
+                          if isinstance(m, LinearWithLoRA)})
+        del ours
+        config = peft.LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=targets, bias="none")
+        model = peft.get_peft_model(model, config)
+        unfreeze(model.base_model.model.out_head)
+    return model.to(device)
+
+
+def make_step(model: torch.nn.Module, precision: str, device: torch.device):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+
+    def step(batch) -> None:
+        x, y = batch
+        optimizer.zero_grad()
+        with autocast(precision, device):
+            loss = calc_loss_batch(x, y, model, device)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def make_eval(model: torch.nn.Module, precision: str, device: torch.device):
+    def run(batch) -> None:
+        with torch.no_grad(), autocast(precision, device):
+            calc_loss_batch(batch[0], batch[1], model, device)
+    return run
+
+
+def timed(fn, batch, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn(batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def memory_child(variant: str, device_name: str) -> None:
+    """In a fresh process: two training steps on the epoch's widest batch; print the peak memory."""
+    device = torch.device(device_name)
+    kind, batching, precision = variant.split(":")
+    batch = max(epoch_batches(training_set(), batching), key=lambda b: b[0].shape[1])
+    step = make_step(build(kind, device), precision, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(2):
+        step(batch)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        status = open("/proc/self/status").read()
+        peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+    print(json.dumps({"peak": peak}))
+
+
+def peak_memory(variant: str, device: torch.device) -> int:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--device", str(device)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps per variant")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-peft", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.device)
+        return
+    device = torch.device(args.device)
+    precisions = ["fp32"] + (["bf16"] if bf16_supported(device) else [])
+    ds = training_set()
+    real = sum(ds.lengths)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; "
+          f"{len(ds)} training messages, {real:,} real tokens (mean {real / len(ds):.1f}); batch {BATCH}; "
+          f"GPT-2 124M architecture, random weights; LoRA rank {RANK}; {args.steps} timed steps per variant")
+
+    batchings = ["fixed120", "per_batch", "bucketed"]
+    variants = [f"ours:{b}:{p}" for b in batchings for p in precisions]
+    if not args.no_peft:
+        variants += [f"peft:bucketed:{p}" for p in precisions]
+    epochs = {b: epoch_batches(ds, b) for b in batchings}
+    tokens = {b: sum(x.numel() for x, _ in epochs[b]) for b in batchings}
+    eval_batches = list(sequential_loader(make_loader(ds, BATCH, "bucketed", seed=SEED)))
+    models = {k: build(k, device) for k in {v.split(":")[0] for v in variants}}
+    fns = {v: make_step(models[v.split(":")[0]], v.split(":")[2], device) for v in variants}
+    fns.update({f"eval:{p}": make_eval(models["ours"], p, device) for p in precisions})
+    samples = {v: spread(epochs[v.split(":")[1]], args.steps) for v in variants}
+    samples.update({f"eval:{p}": spread(eval_batches, args.steps) for p in precisions})
+    for v in fns:  # warm-up
+        fns[v](samples[v][0])
+    times: dict[str, list[float]] = {v: [] for v in fns}
+    names = list(fns)
+    for r in range(args.steps):
+        for v in names[r % len(names):] + names[:r % len(names)]:
+            times[v].append(timed(fns[v], samples[v][r], device))
+    del models, fns
+    memory = {} if args.no_memory else {v: peak_memory(v, device) for v in variants}
+
+    rows = {}
+    print("\n| variant | tokens/epoch | x real | s/step (mean) | s/epoch (projected) | 5 epochs, min (projected) "
+          "| peak memory MiB |\n|---|---|---|---|---|---|---|")
+    for v in variants:
+        kind, batching, precision = v.split(":")
+        step = statistics.mean(times[v])
+        epoch = step * len(epochs[batching])
+        eval_epoch = statistics.mean(times[f"eval:{precision}"]) * EVAL_BATCHES_PER_EPOCH
+        five = EPOCHS * (epoch + eval_epoch) / 60
+        rows[v] = (step, epoch, five)
+        mem = f"{memory[v] / 2**20:,.0f}" if v in memory else "-"
+        print(f"| {kind} LoRA, {batching}, {precision} | {tokens[batching]:,} | {tokens[batching] / real:.2f} | "
+              f"{step:.3f} | {epoch:.0f} | {five:.1f} | {mem} |")
+
+    best = min((v for v in variants if v.startswith("ours")), key=lambda v: rows[v][2])
+    print("\n| ratio (this run) | measured | target |\n|---|---|---|")
+    print(f"| tokens/epoch, bucketed / real | {tokens['bucketed'] / real:.3f} | <= 1.15 |")
+    print(f"| tokens/epoch, fixed-120 / real | {tokens['fixed120'] / real:.3f} | (before) |")
+    print(f"| epoch time, fixed-120 / bucketed (fp32) | {rows['ours:fixed120:fp32'][1] / rows['ours:bucketed:fp32'][1]:.2f} | |")
+    if "bf16" in precisions:
+        for b in batchings:
+            print(f"| epoch time, fp32 / bf16 ({b}) | {rows[f'ours:{b}:fp32'][1] / rows[f'ours:{b}:bf16'][1]:.2f} | >= 1.5 |")
+    if not args.no_peft:
+        for p in precisions:
+            print(f"| epoch time, ours / peft (bucketed, {p}) | "
+                  f"{rows[f'ours:bucketed:{p}'][1] / rows[f'peft:bucketed:{p}'][1]:.3f} | <= 1.0 |")
+    print(f"| 5-epoch LoRA run, fastest ({best.split(':', 1)[1]}), projected min | {rows[best][2]:.1f} | <= 8 |")
+    print(f"| 5-epoch LoRA run, fixed-120 fp32 (before), projected min | {rows['ours:fixed120:fp32'][2]:.1f} | |")
+
+
+if __name__ == "__main__":
+    main()

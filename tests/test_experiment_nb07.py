@@ -1,0 +1,49 @@
+"""Notebook 07 leaves nothing behind, and papermill sees every one of its parameters."""
+import ast
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+ROOT = Path(__file__).resolve().parent.parent
+NB07 = ROOT / "solutions" / "07_classification_training.ipynb"
+
+
+def parameters_cell(path: Path):
+    nb = nbformat.read(path, as_version=4)
+    return next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+
+
+def test_papermill_sees_every_parameter_of_07():
+    assigned = [t.id for node in ast.parse(parameters_cell(NB07).source).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    seen = set(papermill.inspect_notebook(str(NB07)))
+    assert assigned and not set(assigned) - seen, set(assigned) - seen
+
+
+def tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_two_runs_of_07_leave_no_temp_folder_and_no_files_behind(tmp_path, monkeypatch):
+    tmp, cache = tmp_path / "tmp", tmp_path / "cache"
+    tmp.mkdir()
+    for key, value in {"COURSE_PROFILE": "smoke", "TMPDIR": str(tmp), "COURSE_CACHE_DIR": str(cache),
+                       "TQDM_DISABLE": "1", "MPLCONFIGDIR": str(tmp_path / "mpl")}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("COURSE_MIRROR", raising=False)
+    snapshots = []
+    for run in range(2):
+        papermill.execute_notebook(str(NB07), str(tmp_path / f"out{run}.ipynb"), cwd=str(NB07.parent),
+                                   parameters={"max_examples": 16}, progress_bar=False, kernel_name="python3")
+        snapshots.append((tree(tmp), tree(cache)))
+    (tmp_after_1, cache_after_1), (tmp_after_2, cache_after_2) = snapshots
+    assert tmp_after_2 == tmp_after_1, set(tmp_after_2) - set(tmp_after_1)
+    assert cache_after_2 == cache_after_1, set(cache_after_2) - set(cache_after_1)
+    assert not [p for p in tmp.rglob("*") if p.name.startswith("nb07")]
+    assert not (cache / "nb07-strategies").exists()
+    assert not any(str(p).endswith(".pth") for p in tmp_after_2)
