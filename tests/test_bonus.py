@@ -186,3 +186,15 @@ def test_course_info_lists_what_the_full_profile_of_notebook_09_needs(capsys):
     out = capsys.readouterr().out
     for name in ("roberta-base (FacebookAI/roberta-base", "AG News train (fancyzhx/ag_news", "AG News test (fancyzhx/ag_news"):
         assert name in out
+
+
+@needs_mirror
+def test_course_fetch_full_also_fetches_notebook_09s_assets_and_says_what_is_missing(offline_hub, tmp_path,
+                                                                                     monkeypatch, capsys):
+    from course_lib.cli import main as course
+
+    monkeypatch.setenv("COURSE_MIRROR", str(MIRROR))
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
+    assert course(["fetch", "--profile", "full", "--model-size", "gpt2-smoke (tiny)"]) == 1
+    out = capsys.readouterr().out
+    assert "Notebook 09 (bonus): FAILED: roberta-base's config.json is not in the Hugging Face cache" in out
