@@ -93,12 +93,20 @@ tree = {"wte": torch.zeros(1), "blocks": [{"attn": {"w": torch.zeros(2), "b": to
         "empty": {}, "none": []}
 got = [count_tensors(tree), count_tensors(torch.zeros(3)), count_tensors({"x": [[torch.ones(1)], [], [torch.ones(2), {}]]}),
        count_tensors([torch.zeros(4, 4)] * (1 + SEED % 3)), count_tensors({"a": {"b": {"c": torch.zeros(5)}}})]
+import random
+rng = random.Random(SEED)
+def grow(depth):   # a random tree drawn from the whole seed: its count cannot be looked up in a table
+    if depth == 0 or rng.random() < 0.25:
+        return torch.zeros(rng.randint(1, 3))
+    kids = [grow(depth - 1) for _ in range(rng.randint(0, 4))]
+    return {f"k{i}": k for i, k in enumerate(kids)} if rng.random() < 0.5 else kids
+got += [count_tensors(grow(5)) for _ in range(3)]
 return [[type(v) is int, v] for v in got]
 ''', lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists; the count is an int"),
 
     HiddenTest("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg", r'''
 n_head = 2 + SEED % 3
-s = {"n_vocab": 100 + SEED % 50, "n_ctx": 64 + SEED % 7, "n_embd": 16 * (1 + SEED % 4), "n_head": n_head,
+s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1 + SEED % 64), "n_head": n_head,
      "n_layer": n_head + 1 + SEED % 4}
 given = dict(s)
 out = [sorted([k, v] for k, v in settings_to_cfg(given).items()), given == s]
@@ -150,6 +158,9 @@ return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(defau
     HiddenTest("03-num-batches", "03_data_balancing", 1, "num_batches", r'''
 cases = [(1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True), (1000 + SEED % 97, 3 + SEED % 11, False),
          (1000 + SEED % 97, 3 + SEED % 11, True)]
+import random
+rng = random.Random(SEED)
+cases += [(rng.randint(1, 10**6), rng.randint(1, 999), rng.random() < 0.5) for _ in range(6)]
 return [[type(v) is int, v] for v in (num_batches(n, b, d) for n, b, d in cases)]
 ''', _lib("course_lib.data", "num_batches"), explain="exact multiples, a single example, and drop_last"),
 
@@ -227,8 +238,32 @@ c = make()
 everything = replace_linear_with_lora(c, rank, 2.0, exclude=())
 nested = [n for n, mod in a.named_modules() if isinstance(mod, LinearWithLoRA) and isinstance(mod.linear, LinearWithLoRA)]
 wrapped = a.get_submodule("W_query")
+import random
+rng = random.Random(SEED)
+names = ["W_query", "W_key", "W_value", "out_proj", "fc", "proj", "out_head", "gate"]
+def grow(depth):   # a random model drawn from the whole seed: which names get wrapped cannot be tabled
+    m = nn.Module()
+    for i in range(rng.randint(1, 4)):
+        kind = rng.random()
+        name = f"{rng.choice(names)}{i}" if rng.random() < 0.5 else rng.choice(names)
+        if depth and kind < 0.35:
+            m.add_module(name, grow(depth - 1))
+        elif kind < 0.8:
+            m.add_module(name, nn.Linear(rng.randint(1, 5), rng.randint(1, 5)))
+        else:
+            m.add_module(name, nn.ReLU())
+    return m
+r = grow(3)
+r.add_module("last", nn.Linear(2, 3))
+random_all = sorted(replace_linear_with_lora(r, rank, 1.0 + SEED % 5))
+r2 = grow(3)
+r2.add_module(rng.choice(names) + "_x", nn.Linear(3, 2))
+present = sorted({n.split(".")[-1] for n, mod in r2.named_modules() if isinstance(mod, nn.Linear)} - {"out_head"})
+targets = sorted(rng.sample(present, min(2, len(present))))
+random_targets = sorted(replace_linear_with_lora(r2, rank, 2.0, target_modules=targets)) if targets else []
 return [sorted(first), second, sorted(only), sorted(everything), nested, sorted(excluded_wins), type(a.out_head).__name__,
-        type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling)]
+        type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
+        random_targets]
 ''', _lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets, whole-name matching, a nested excluded name, rank and alpha passed on, and an empty exclude"),
 
@@ -243,7 +278,23 @@ after_unfreeze = [p.requires_grad for p in m.parameters()]
 unfreeze(m[1])
 freeze_model(m[2])
 freeze_model(m[2])
-return [after_freeze, after_unfreeze, [p.requires_grad for p in m.parameters()]]
+import random
+rng = random.Random(SEED)
+def grow(depth):   # a random model drawn from the whole seed, some parts frozen and unfrozen at random
+    layers = []
+    for _ in range(rng.randint(1, 4)):
+        if depth and rng.random() < 0.4:
+            layers.append(grow(depth - 1))
+        else:
+            layers.append(rng.choice([nn.Linear(2, 2), nn.Linear(2, 2, bias=False), nn.LayerNorm(2), nn.ReLU()]))
+    return nn.Sequential(*layers)
+r = grow(3)
+modules = list(r.modules())
+freeze_model(r)
+for _ in range(3):
+    unfreeze(rng.choice(modules))
+random_model = [p.requires_grad for p in r.parameters()]
+return [after_freeze, after_unfreeze, [p.requires_grad for p in m.parameters()], random_model]
 ''', lambda: freeze_model, explain="a nested model, unfreezing a sub-module with a LayerNorm and biases, calling each twice"),
 
     HiddenTest("06-lora-grads", "06_gradient_checks", 3, "lora_grads", r'''

@@ -403,5 +403,5 @@ def test_a_sandbox_cannot_start_more_processes_than_its_limit(tmp_path):
         done = subprocess.run(sandbox.in_cgroup(group, box.command([sys.executable, "-c", code])),
                               capture_output=True, text=True, timeout=120)
     finally:
-        sandbox.remove_cgroup(group)
+        sandbox.remove_cgroups(group)
     assert 0 < int(done.stdout.strip()) < 64, done

@@ -25,11 +25,12 @@ import nbformat
 
 from ..paths import repo_root
 from . import sandbox
-from .probe import STUB_ERROR
+from .probe import STUB_ERROR, parse_cell, printable
 
 FIELDS = ["student", "notebook", "exercise", "points", "max_points", "status", "message"]
 DEFAULT_TESTS = repo_root() / "grading" / "hidden_tests.py"
 PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
+MAX_NOTEBOOK_BYTES = 20_000_000   # a submitted notebook larger than this is refused unread
 PROBE_STARTUP = 30   # seconds a probe process may take to start Python and import torch, beyond --cell-timeout
 
 
@@ -72,10 +73,15 @@ def select_students(students: list[str], shard: str | None) -> list[str]:
 
 
 # --------------------------------------------------------------------------- static checks
-def _python_source(cell_source: str) -> str:
-    from .probe import _python
-
-    return _python(cell_source)
+def _statements(body: list[ast.stmt]):
+    """Top-level statements, looking inside ``if``/``try``/``with`` blocks (where definitions may sit)."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.With)):
+            yield from _statements(node.body + getattr(node, "orelse", []))
+        elif isinstance(node, ast.Try):
+            yield from _statements(node.body + node.orelse + node.finalbody +
+                                   [s for h in node.handlers for s in h.body])
 
 
 def own_definition(nb: nbformat.NotebookNode, name: str, value: bool = False) -> str | None:
@@ -87,11 +93,10 @@ def own_definition(nb: nbformat.NotebookNode, name: str, value: bool = False) ->
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        try:
-            tree = ast.parse(_python_source(cell.source))
-        except SyntaxError:
+        tree = parse_cell(cell.source)
+        if tree is None:
             continue
-        for node in tree.body:
+        for node in _statements(tree.body):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 module = getattr(node, "module", None) or ""
                 for alias in node.names:
@@ -170,6 +175,11 @@ def value_names(test, tests: ModuleType) -> set[str]:
             if n in extra and not callable(extra[n])}
 
 
+def _utf8(text: str) -> str:
+    """``text`` that can be written as UTF-8 (a lone surrogate from a notebook becomes ``\\udXXX``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _rows_for_all(hidden, status: str, message: str) -> list[dict]:
     return [{"exercise": t.exercise, "points": 0, "max_points": t.points, "status": status, "message": message}
             for t in hidden]
@@ -208,8 +218,16 @@ def _grade_one(job: dict, result: dict) -> dict:
     tests = load_tests(Path(job["tests"]))
     path = Path(job["path"])
     hidden = tests.tests_for(job["notebook"])
+    if path.is_symlink() or path.parent.is_symlink():
+        result["rows"] = _rows_for_all(hidden, "invalid notebook", f"{path.name} is a link, not a file; submit the "
+                                       ".ipynb file itself.")
+        return result
     if not path.is_file():
         result["rows"] = _rows_for_all(hidden, "missing notebook", f"{job['notebook']}.ipynb was not submitted.")
+        return result
+    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+        result["rows"] = _rows_for_all(hidden, "invalid notebook", f"{path.name} is larger than "
+                                       f"{MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear its outputs and submit it again.")
         return result
     try:  # readable as a notebook is enough; minor schema slips (cell ids in 4.4) are not the student's fault
         nb = nbformat.read(path, as_version=4)
@@ -237,20 +255,20 @@ def _grade_one(job: dict, result: dict) -> dict:
                "JUPYTER_RUNTIME_DIR": str(ipc), "JUPYTER_PLATFORM_DIRS": "1", "TMPDIR": "/tmp"}
         env = sandbox.sandboxed_env(env) if job["sandbox"] else {**os.environ, **env, "TMPDIR": tmp,
                                                                    "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-        group = sandbox.pids_cgroup(job["limits"]["processes"]) if job["sandbox"] else None
+        group = sandbox.sandbox_cgroups(sandbox.Limits(**job["limits"])) if job["sandbox"] else []
         try:
             wrapper = sandbox.in_cgroup(group, _sandbox_for(job, [workdir, ipc], Path(job["course_dir"]), workdir, env))
             run = runner.run_notebook(nb, workdir, wrapper, env, ipc if job["sandbox"] else None,
                                       job["cell_timeout"], start + budget * PHASE1_SHARE)
         finally:
-            sandbox.remove_cgroup(group)
+            sandbox.remove_cgroups(group)
         executed_nb = nbformat.v4.new_notebook(cells=[c for i, c in enumerate(nb.cells) if i in set(run.executed)])
         values = set().union(*[value_names(t, tests) for t in hidden]) if hidden else set()
         defs = probe.definitions(probe.executed_sources(nb, run.executed), values)
         payloads = _run_probes(job, hidden, defs, Path(tmp), start + budget)
     result["rows"] = [_exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
     result["events"] = run.events
-    result["written"] = {k: v[:5000] for k, v in written_answers(nb).items()}
+    result["written"] = {printable(str(k), 100): _utf8(v[:5000]) for k, v in written_answers(nb).items()}
     result["executed"] = nbformat.writes(run.notebook)
     return result
 
@@ -283,14 +301,14 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
                 env_arg = {**os.environ, **env, "PYTHONPATH": str(Path(course_copy).parent)}
             left = deadline - time.monotonic()
             timeout = min(job["cell_timeout"] * len(tests_now) + PROBE_STARTUP, left)
-            group_id = sandbox.pids_cgroup(job["limits"]["processes"]) if job["sandbox"] else None
+            group_id = sandbox.sandbox_cgroups(sandbox.Limits(**job["limits"])) if job["sandbox"] else []
             try:
                 state, raw = ("timeout", b"") if left <= 1 else probe.run_probe_process(
                     sandbox.in_cgroup(group_id, command),
                     {"definitions": defs, "probes": [[t.exercise, t.probe, seeds[t.exercise]] for t in tests_now]},
                     timeout, env=env_arg, cwd=str(work))
             finally:
-                sandbox.remove_cgroup(group_id)
+                sandbox.remove_cgroups(group_id)
             exercises = [t.exercise for t in tests_now]
             if state == "ok":
                 replies = probe.validate_reply(raw, exercises)
@@ -328,7 +346,7 @@ def write_gradebook(rows: list[dict], out: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: r[k] for k in FIELDS} for r in with_totals(rows))
-    out.write_text(buffer.getvalue())
+    out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
 
 
 def written_answers(nb: nbformat.NotebookNode) -> dict[str, str]:
@@ -386,7 +404,7 @@ def write_feedback(student: str, results: list[dict], folder: Path) -> None:
             lines += [f"- Written answer **{exercise}** (not scored):", ""]
             lines += _answer_block(res.get("written", {}).get(exercise, ""), model)
         lines.append("")
-    (folder / f"{student}.md").write_text("\n".join(lines))
+    (folder / f"{student}.md").write_text("\n".join(lines), encoding="utf-8", errors="backslashreplace")
 
 
 def prepare_shared(profile: str, workdir: Path) -> tuple[Path, Path]:
@@ -522,7 +540,10 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         if r["executed"]:
             target = executed_dir / r["student"] / f"{r['notebook']}.ipynb"
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(r["executed"])
+            try:
+                target.write_text(r["executed"], encoding="utf-8", errors="backslashreplace")
+            except (OSError, ValueError) as err:  # one unwritable notebook must not stop the others
+                print(f"warning: could not write {target}: {err}", file=sys.stderr)
     return with_totals(rows)
 
 

@@ -42,6 +42,7 @@ STUB_ERROR = "is course_lib's reference and is not available while your exercise
 REPLY_LIMIT = 4_000_000      # bytes of JSON a probe process may send back
 MAX_DEPTH = 24
 CELL_MAGICS_TO_UNWRAP = ("%%capture", "%%time", "%%timeit", "%%prun")
+STATEMENT_SECONDS = 5.0      # per top-level statement the probe process re-runs
 
 
 # --------------------------------------------------------------------------- stripped course_lib
@@ -96,20 +97,36 @@ def build_stripped_course(course_dir: Path, target: Path, allowed: set[str]) -> 
 
 
 # --------------------------------------------------------------------------- the student's definitions
-def _unwrap(source: str) -> str:
-    first, _, rest = source.lstrip().partition("\n")
-    if first.split()[:1] and first.split()[0] in CELL_MAGICS_TO_UNWRAP:
-        return rest
-    return source
+MAX_CELL_SOURCE = 200_000   # characters of one cell the grader analyses; longer cells are ignored
 
 
 def _python(source: str) -> str:
-    from IPython.core.inputtransformer2 import TransformerManager
+    """A cell's source as plain Python for analysis: a leading cell magic that runs its body
+    (``%%capture``, ``%%time``, ...) is unwrapped, line magics and shell escapes become ``pass``.
+    Deliberately simple and linear-time: the grader parses untrusted cells outside any sandbox."""
+    if len(source) > MAX_CELL_SOURCE:
+        return ""
+    lines = source.split("\n")
+    first = lines[0].strip().split()
+    if first and first[0] in CELL_MAGICS_TO_UNWRAP:
+        lines = lines[1:]
+    elif first and first[0].startswith("%%"):
+        return ""                                    # another language or a writefile: not Python
+    out = []
+    for line in lines:
+        stripped = line.lstrip()
+        if stripped.startswith(("%", "!")):
+            line = line[:len(line) - len(stripped)] + "pass"
+        out.append(line)
+    return "\n".join(out)
 
+
+def parse_cell(source: str) -> ast.Module | None:
+    """The cell parsed as Python, or None (syntax errors, absurd nesting, oversized cells)."""
     try:
-        return TransformerManager().transform_cell(_unwrap(source))
-    except Exception:
-        return _unwrap(source)
+        return ast.parse(_python(source))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def _is_constant(node: ast.AST) -> bool:
@@ -119,25 +136,22 @@ def _is_constant(node: ast.AST) -> bool:
     return not any(isinstance(n, banned) for n in ast.walk(node))
 
 
-def definitions(sources: list[str], values: set[str] = frozenset()) -> list[str]:
-    """The top-level imports, functions, classes and call-free assignments of ``sources``, in order,
-    and any assignment to one of ``values`` (exercises whose answer is a value, not a function).
+DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
+            ast.AnnAssign, ast.AugAssign, ast.If, ast.Try, ast.With, ast.Global)
 
-    These are what a probe process executes: everything the student's definitions need, and none
-    of the notebook's long-running work (training loops, downloads, plots)."""
+
+def definitions(sources: list[str], values: set[str] = frozenset()) -> list[str]:
+    """The top-level statements of ``sources`` that can define names, in the order they ran:
+    imports, functions, classes, assignments and the ``if``/``try``/``with`` blocks around them.
+    Bare expressions and loops (training, plots, prints) are left out; the probe process runs each
+    statement under a short time limit, so a slow assignment costs only itself."""
     out: list[str] = []
     for source in sources:
-        try:
-            tree = ast.parse(_python(source))
-        except SyntaxError:
+        tree = parse_cell(source)
+        if tree is None:
             continue
         for node in tree.body:
-            keep = isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
-                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-                named = {t.id for t in targets if isinstance(t, ast.Name)}
-                keep = _is_constant(node.value) or bool(named & set(values))
-            if keep:
+            if isinstance(node, DEFINING):
                 out.append(ast.unparse(node))
     return out
 
@@ -153,29 +167,37 @@ def executed_sources(nb: nbformat.NotebookNode, executed: list[int]) -> list[str
 
 # --------------------------------------------------------------------------- the probe process
 RUNNER = r'''
-import json, os, sys
-reply = os.fdopen(os.dup(1), "w")
-null = os.open(os.devnull, os.O_WRONLY)
-os.dup2(null, 1)
-job = json.loads(sys.stdin.read())
-namespace = {"__name__": "__main__"}
-for source in job["definitions"]:
-    try:
-        exec(compile(source, "<notebook>", "exec"), namespace)
-    except BaseException:
-        pass
-results = {}
-for exercise, body, seed in job["probes"]:
-    indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
-    try:
-        exec(compile("def __course_probe(SEED):\n" + indented + "\n", "<hidden test>", "exec"), namespace)
-        value = namespace["__course_probe"](seed)
-        results[exercise] = {"ok": True, "result": json.loads(json.dumps(value))}
-    except BaseException as error:
-        results[exercise] = {"ok": False, "error": type(error).__name__, "message": str(error)[:300]}
-reply.write(json.dumps(results))
-reply.flush()
-os._exit(0)
+def _main():
+    import json, os, signal, sys
+    reply = os.fdopen(os.dup(1), "w")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    job = json.loads(sys.stdin.read())
+    dumps, loads = json.dumps, json.loads
+    def _alarm(*args):
+        raise TimeoutError("took too long while the probe loaded the notebook's definitions")
+    signal.signal(signal.SIGALRM, _alarm)
+    namespace = {"__name__": "__main__"}
+    for source in job.pop("definitions"):
+        try:
+            signal.setitimer(signal.ITIMER_REAL, job["statement_seconds"])
+            exec(compile(source, "<notebook>", "exec"), namespace)
+        except BaseException:
+            pass
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    results = {}
+    for exercise, body, seed in job.pop("probes"):
+        indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
+        try:
+            exec(compile("def __course_probe(SEED):\n" + indented + "\n", "<hidden test>", "exec"), namespace)
+            results[exercise] = {"ok": True, "result": loads(dumps(namespace.pop("__course_probe")(seed)))}
+        except BaseException as error:
+            results[exercise] = {"ok": False, "error": type(error).__name__, "message": str(error)[:200]}
+    reply.write(dumps(results))
+    reply.flush()
+    os._exit(0)
+_main()
 '''
 
 
@@ -186,33 +208,58 @@ def probe_command(isolated: bool = True, python: str = sys.executable) -> list[s
 
 def run_probe_process(command: list[str], job: dict, timeout: float, env: dict[str, str] | None = None,
                       cwd: str | None = None) -> tuple[str, bytes]:
-    """Run a probe process; returns (state, stdout bytes) with state ``ok``, ``timeout`` or ``crashed``."""
+    """Run a probe process; returns (state, reply bytes) with state ``ok``, ``timeout`` or ``crashed``.
+
+    The reply is read with a bound: a process that sends more than ``REPLY_LIMIT`` bytes is
+    stopped, so no submission can make the grader hold more than that in memory."""
     import os
     import signal
+    import threading
 
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                 env=env, cwd=cwd, start_new_session=True)
     except OSError:
         return "crashed", b""
+    payload = json.dumps({**job, "statement_seconds": STATEMENT_SECONDS}).encode()
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(payload)
+            proc.stdin.close()
+        except OSError:
+            pass
+
+    chunks: list[bytes] = []
+    size = [0]
+
+    def drain() -> None:
+        fd = proc.stdout.fileno()
+        while size[0] <= REPLY_LIMIT:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return
+            chunks.append(chunk)
+            size[0] += len(chunk)
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=drain, daemon=True)]
+    for t in threads:
+        t.start()
+    threads[1].join(max(1.0, timeout))
+    timed_out = threads[1].is_alive()       # still reading: the process neither answered nor ended
     try:
-        out, _ = proc.communicate(json.dumps(job).encode(), timeout=max(1.0, timeout))
+        os.killpg(proc.pid, signal.SIGKILL)   # the probe and anything it left behind in its session
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except OSError:
-            pass
         proc.kill()
-        proc.communicate()
+    if timed_out:
         return "timeout", b""
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)   # anything the probe left behind in its session
-        except OSError:
-            pass
-    if proc.returncode != 0:
-        return "crashed", out[:REPLY_LIMIT]
-    return "ok", out[:REPLY_LIMIT + 1]
+    if size[0] <= REPLY_LIMIT and proc.returncode not in (0, -signal.SIGKILL):
+        return "crashed", b""
+    return "ok", b"".join(chunks)[:REPLY_LIMIT + 1]
 
 
 # --------------------------------------------------------------------------- untrusted replies
@@ -229,6 +276,12 @@ def _plain(value, depth: int = 0) -> bool:
     if isinstance(value, dict):
         return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
     return False
+
+
+def printable(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters of printable text (no lone surrogates, no control codes)."""
+    text = text[:limit].encode("utf-8", "backslashreplace").decode("utf-8")
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 def validate_reply(raw: bytes, exercises: list[str]) -> dict[str, dict]:
@@ -257,5 +310,5 @@ def validate_reply(raw: bytes, exercises: list[str]) -> dict[str, dict]:
             if not isinstance(error, str) or not isinstance(message, str):
                 out[exercise] = dict(bad)
             else:
-                out[exercise] = {"ok": False, "error": error[:100], "message": message[:300]}
+                out[exercise] = {"ok": False, "error": printable(error, 60), "message": printable(message, 200)}
     return out

@@ -12,22 +12,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+import zmq
+import zmq.asyncio
+from jupyter_client.asynchronous import AsyncKernelClient
 from jupyter_client.manager import AsyncKernelManager
-from nbclient import NotebookClient
 from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
-from traitlets import List, Unicode
+from traitlets import List, Type, Unicode
 
 OUTPUT_LIMIT = 1_000_000  # characters of output kept per notebook, all message kinds together
+MESSAGE_LIMIT = 16_000_000  # bytes of one message part from the kernel; a larger one disconnects it
 MAX_RESTARTS = 3          # kernel restarts per notebook (crashes, timeouts, unreadable messages)
 OUTPUT_MESSAGES = {"stream", "display_data", "execute_result", "error", "update_display_data", "comm_open",
                    "comm_msg", "clear_output"}
+
+
+class CappedKernelClient(AsyncKernelClient):
+    """A kernel client whose sockets refuse any single message part over ``MESSAGE_LIMIT`` bytes
+    (ZMQ disconnects such a sender), so a kernel cannot make the grader hold gigabytes."""
+
+    def _context_default(self) -> zmq.asyncio.Context:
+        self._created_context = True
+        context = zmq.asyncio.Context()
+        context.setsockopt(zmq.MAXMSGSIZE, MESSAGE_LIMIT)
+        return context
 
 
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel process starts inside ``wrapper`` (a bwrap command prefix)."""
 
     wrapper = List(Unicode(), default_value=[]).tag(config=True)
+    client_factory = Type(CappedKernelClient)
 
     def format_kernel_cmd(self, extra_arguments=None):
         return list(self.wrapper) + super().format_kernel_cmd(extra_arguments)

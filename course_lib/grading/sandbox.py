@@ -44,6 +44,7 @@ class Limits:
     open_files: int = 1024
     file_bytes: int = 1024**3         # largest file a submission may write
     cpu_seconds: int = 3600
+    tmpfs_bytes: int = 512 * 1024**2  # each of /tmp, /run and /var/tmp inside the sandbox
 
 
 @dataclass
@@ -73,7 +74,9 @@ class Sandbox:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         for prefix in python_dirs():
             args += ["--ro-bind", prefix, prefix]
-        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--tmpfs", "/var/tmp"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for folder in ("/tmp", "/run", "/var/tmp"):   # in memory: sized, and charged to the memory cgroup
+            args += ["--size", str(self.limits.tmpfs_bytes), "--tmpfs", folder]
         for source, target in self.readonly:
             args += ["--ro-bind", str(source), str(target)]
         for path in self.writable:
@@ -118,61 +121,104 @@ def sandboxed_env(extra: dict[str, str]) -> dict[str, str]:
             "TQDM_DISABLE": "1", **keep, **extra}
 
 
-# --------------------------------------------------------------------------- pids cgroup
-def pids_cgroup(limit: int) -> Path | None:
-    """A fresh ``pids`` cgroup capped at ``limit`` tasks, when this process may create one, else None.
-
-    RLIMIT_NPROC counts per real user and is not enforced for root, so a grader running as root
-    caps the processes of each sandbox with the kernel's pids controller instead."""
-    for root in (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup")):
-        if not (root / "cgroup.procs").exists() or not os.access(root, os.W_OK):
-            continue
-        if root.name == "cgroup" and not (root / "cgroup.controllers").exists():
-            continue
-        group = root / f"course-grade-{os.getpid()}-{os.urandom(4).hex()}"
-        try:
-            group.mkdir()
-            (group / "pids.max").write_text(str(limit))
-            return group
-        except OSError:
-            try:
-                group.rmdir()
-            except OSError:
-                pass
+# --------------------------------------------------------------------------- cgroups
+def _own_cgroup(controller: str) -> Path | None:
+    """The folder of this process's cgroup for ``controller`` (v1), or of its unified cgroup (v2)."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(","):
+            folder = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+            if folder.is_dir():
+                return folder
+    for line in lines:
+        if line.startswith("0::"):
+            folder = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+            if (folder / "cgroup.controllers").exists():
+                return folder
     return None
 
 
-def in_cgroup(group: Path | None, argv: list[str]) -> list[str]:
-    """``argv`` started from inside ``group`` (so that no child can escape it by forking early)."""
-    if group is None:
+def sandbox_cgroups(limits: Limits) -> list[Path]:
+    """Fresh child cgroups of this process's own, capping the sandbox's tasks (``pids``) and memory
+    (``memory``, which also counts its in-memory /tmp), where the host lets the grader create them.
+
+    RLIMIT_NPROC counts per real user and does not bind root, and RLIMIT_AS is per process: the
+    kernel's cgroup controllers bound the whole sandbox instead."""
+    wanted = {"pids": [("pids.max", limits.processes)],
+              "memory": [("memory.limit_in_bytes", limits.memory_bytes), ("memory.max", limits.memory_bytes)]}
+    groups: list[Path] = []
+    for controller, files in wanted.items():
+        parent = _own_cgroup(controller)
+        if parent is None or not os.access(parent, os.W_OK):
+            continue
+        group = parent / f"course-grade-{os.getpid()}-{os.urandom(4).hex()}"
+        try:
+            group.mkdir()
+        except OSError:
+            continue
+        written = False
+        for name, value in files:
+            try:
+                if (group / name).exists():
+                    (group / name).write_text(str(value))
+                    written = True
+            except OSError:
+                pass
+        if written:
+            groups.append(group)
+        else:
+            remove_cgroups([group])
+    return groups
+
+
+def pids_cgroup(limit: int) -> Path | None:
+    """Only a ``pids`` child cgroup capped at ``limit`` tasks, or None where none can be made."""
+    groups = sandbox_cgroups(Limits(processes=limit))
+    pids = [g for g in groups if (g / "pids.max").exists()]
+    remove_cgroups([g for g in groups if g not in pids])
+    return pids[0] if pids else None
+
+
+def in_cgroup(groups, argv: list[str]) -> list[str]:
+    """``argv`` started from inside ``groups`` (so that no child can escape them by forking early)."""
+    groups = [groups] if isinstance(groups, Path) else [g for g in (groups or []) if g is not None]
+    if not groups:
         return argv
-    return ["/bin/sh", "-c", f'echo $$ > "{group}/cgroup.procs" && exec "$@"', "sh", *argv]
+    joins = " && ".join(f'echo $$ > "{g}/cgroup.procs"' for g in groups)
+    return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *argv]
 
 
-def remove_cgroup(group: Path | None) -> None:
-    """Kill whatever is left in ``group`` and remove it."""
-    if group is None:
-        return
+def remove_cgroups(groups) -> None:
+    """Kill whatever is left in ``groups`` and remove them."""
     import signal
     import time
 
-    for _ in range(50):
-        try:
-            pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
-        except OSError:
-            return
-        if not pids:
-            break
-        for pid in pids:
+    groups = [groups] if isinstance(groups, Path) else [g for g in (groups or []) if g is not None]
+    for group in groups:
+        for _ in range(50):
             try:
-                os.kill(pid, signal.SIGKILL)
+                pids = [int(p) for p in (group / "cgroup.procs").read_text().split()]
             except OSError:
-                pass
-        time.sleep(0.05)
-    try:
-        group.rmdir()
-    except OSError:
-        pass
+                break
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        try:
+            group.rmdir()
+        except OSError:
+            pass
+
+
+remove_cgroup = remove_cgroups
 
 
 # --------------------------------------------------------------------------- availability
