@@ -42,7 +42,7 @@ REHEARSAL: list[tuple[str, dict]] = [
 NEEDS_MIRROR = {"08_distillation": "cola"}  # CoLA may not be redistributed: CI reads it from the mirror
 
 
-LIBRARY_CACHES = ("torchinductor_",)  # torch's own compile cache, shared by every run: not a leftover
+LIBRARY_CACHES = ("torchinductor_", "data-gym-cache")  # torch's compile cache, tiktoken's: shared, not leftovers
 
 
 def _leftovers(folder: Path) -> list[str]:
