@@ -221,9 +221,37 @@ for target in ({gradebook!r}, "late.txt"):
 MALFORMED = {
     "m_reply_list": b"[1, 2, 3]",
     "m_reply_no_result": b'{"04-lora-layer": {"ok": true}, "04-linear-with-lora": {"ok": true}}',
-    "m_reply_deep": b"[" * 100_000 + b"]" * 100_000,
+    "m_reply_deep": b"[" * 30_000 + b"]" * 30_000,
     "m_reply_wrong_types": b'{"04-lora-layer": {"ok": "yes", "result": 1}, "04-linear-with-lora": []}',
 }
+
+
+FLOODS = {
+    # a reply far over the limit: the grader reads at most 4 MB of it
+    "m_reply_flood": ("import os as _os\nclass _Flood:\n    for _fd in range(3, 12):\n        try:\n"
+                      "            for _ in range(400):\n                _os.write(_fd, b'x' * 1_000_000)\n"
+                      "        except OSError:\n            pass\n"),
+    # one kernel message over the message cap, and a /tmp filled past its size
+    "m_big_message_and_tmp": ("k = get_ipython().kernel\n"
+                              "k.session.send(k.iopub_socket, 'stream', {'name': 'stdout', 'text': 'y' * 40_000_000})\n"
+                              "try:\n    with open('/tmp/fill', 'wb') as f:\n"
+                              "        for _ in range(700):\n            f.write(b'z' * 1_048_576)\n"
+                              "    print('tmp filled')\nexcept OSError as e:\n    print('tmp refused:', e.strerror)\n"),
+    # an error message that is not valid UTF-8 once decoded (a lone surrogate)
+    "m_surrogate_error": "class LoRALayer(nn.Module):\n    def __init__(self, *a, **k):\n        raise RuntimeError('\\ud800')\n",
+}
+
+
+def honest_but_unusual() -> nbformat.NotebookNode:
+    """A correct solution written unusually: a constant computed with a call, a class inside ``if``."""
+    nb = solution()
+    cells = {c.metadata.get("course", {}).get("exercise"): c for c in nb.cells}
+    lora, linear = cells["04-lora-layer"], cells["04-linear-with-lora"]
+    assert "math.sqrt(5)" in lora.source
+    lora.source = lora.source.replace("math.sqrt(5)", "SQRT5")
+    nb.cells.insert(nb.cells.index(lora), nbformat.v4.new_code_cell("SQRT5 = math.sqrt(5)"))
+    linear.source = "if True:\n" + "\n".join("    " + line for line in linear.source.split("\n"))
+    return nb
 
 
 def malformed(reply: bytes) -> str:
@@ -253,6 +281,14 @@ def hostile(tmp_path_factory):
     save(subs, "w_daemon", appended(solution(), DAEMON.format(gradebook=str(out), marker=MARKER)))
     for who, reply in MALFORMED.items():
         save(subs, who, appended(solution(), malformed(reply)))
+    for who, source in FLOODS.items():
+        save(subs, who, appended(solution() if who != "m_surrogate_error" else student(), source))
+    save(subs, "a_honest_unusual", honest_but_unusual())
+    raw = nbformat.writes(appended(solution(), "x = 1")).replace('"x = 1"', '"x = 1  # \\ud800"')
+    (subs / "m_surrogate_source").mkdir()
+    (subs / "m_surrogate_source" / f"{NB}.ipynb").write_text(raw)
+    (subs / "m_symlink").mkdir()
+    (subs / "m_symlink" / f"{NB}.ipynb").symlink_to(ROOT / "solutions" / f"{NB}.ipynb")
     victims_before = sorted(p.name for p in victim_dir.iterdir())
     started = time.monotonic()
     code = course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--cell-timeout", "60",
@@ -272,6 +308,8 @@ def test_grading_a_hostile_class_exits_0_with_everyone_in_the_gradebook(hostile)
 def test_honest_students_get_full_marks_beside_the_attacks(hostile):
     rows = hostile["rows"]
     assert rows[("a_honest", "TOTAL")]["points"] == "7"
+    assert rows[("a_honest_unusual", "TOTAL")]["points"] == "7", {k: v for k, v in rows.items()
+                                                                  if k[0] == "a_honest_unusual"}
     assert rows[("b_untouched", "TOTAL")]["points"] == "0"
 
 
@@ -315,6 +353,19 @@ def test_malformed_probe_replies_cost_only_their_own_points(hostile, who):
     for exercise in ("04-lora-layer", "04-linear-with-lora"):
         assert rows[(who, exercise)]["status"] == "error", rows[(who, exercise)]
     assert rows[(who, "TOTAL")]["points"] == "0"
+
+
+def test_floods_and_odd_text_cost_only_their_own_points(hostile):
+    rows = hostile["rows"]
+    assert rows[("m_reply_flood", "04-lora-layer")]["status"] == "error"
+    assert rows[("m_big_message_and_tmp", "TOTAL")]["points"] == "7"
+    executed = (hostile["out"].parent / "executed" / "m_big_message_and_tmp" / f"{NB}.ipynb").read_text()
+    assert "tmp refused" in executed and "y" * 1_000_000 not in executed
+    assert rows[("m_surrogate_error", "TOTAL")]["points"] == "0"
+    assert "\\ud800" in rows[("m_surrogate_error", "04-lora-layer")]["message"]
+    assert rows[("m_surrogate_source", "TOTAL")]["points"] == "7"
+    assert rows[("m_symlink", "04-lora-layer")]["status"] == "invalid notebook"
+    assert rows[("m_symlink", "TOTAL")]["points"] == "0"
 
 
 def budget_notebook() -> nbformat.NotebookNode:
