@@ -34,7 +34,7 @@ REHEARSAL: list[tuple[str, dict]] = [
     ("03_data_balancing", {}),
     ("04_lora_layers", {}),
     ("05_lora_injection", {}),
-    ("06_gradient_checks", {}),
+    ("06_gradient_checks", {"svd_steps": 2}),
     ("07_classification_training", {"num_epochs": 1, "max_examples": 8, "compare_epochs": 1, "compare_examples": 8,
                                     "imbalance_examples": 16, "imbalance_epochs": 1}),
     ("08_distillation", {"max_train": 16, "teacher_epochs": 1, "student_epochs": 1, "kd_seeds": 1}),
