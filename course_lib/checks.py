@@ -707,11 +707,11 @@ def check_kd_loss(fn: Callable) -> None:
 
 # ----------------------------------------------------------------------------- 09
 def check_lora_config(config, count_trainable: Callable, model) -> None:
-    """The seed's LoraConfig field by field, and count_trainable on the model and on a half-frozen toy."""
+    """The original experiment's LoraConfig field by field, and count_trainable on the model and on a half-frozen toy."""
     want = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "bias": "none"}
     for key, value in want.items():
         got = getattr(config, key, None)
-        expect(got == value, f"LoraConfig.{key} should be {value!r} (the seed's value), got {got!r}.")
+        expect(got == value, f"LoraConfig.{key} should be {value!r} (the original experiment's value), got {got!r}.")
     expect(set(config.target_modules or []) == {"query", "value"},
            f"target_modules should be ['query', 'value'], got {config.target_modules!r}.")
     expect(str(getattr(config.task_type, "value", config.task_type)) == "SEQ_CLS",
@@ -724,4 +724,4 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
         expect(_is_int(got) and got == want_count,
                f"count_trainable on {what} should be {want_count:,}, got {got!r}: sum p.numel() over the "
                "parameters with requires_grad.")
-    passed("the LoraConfig is the seed's, and the trainable count is right")
+    passed("the LoraConfig is the original experiment's, and the trainable count is right")

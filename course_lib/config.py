@@ -28,7 +28,7 @@ HF_REPOS: dict[str, str] = {
 
 SMOKE_MODEL = "gpt2-smoke (tiny)"
 
-# The seeds' `settings` keys (OpenAI's hparams.json) and the cfg keys they become.
+# The `settings` keys of the original project (OpenAI's hparams.json) and the cfg keys they become.
 SETTINGS_TO_CFG: dict[str, str] = {
     "n_vocab": "vocab_size",
     "n_ctx": "context_length",

@@ -57,7 +57,7 @@ def download_gpt2(model_size: str, models_dir: str | Path | None = None) -> Path
 
 # --------------------------------------------------------------------------- read
 def load_gpt2_checkpoint(folder: str | Path) -> tuple[dict[str, int], Params]:
-    """Read a Hugging Face GPT-2 folder into the seeds' ``(settings, params)``."""
+    """Read a Hugging Face GPT-2 folder into the original project's ``(settings, params)``."""
     folder = Path(folder)
     for name in FILES:
         if not (folder / name).is_file():

@@ -71,7 +71,7 @@ def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# The seed's LoraConfig, as the plain fields the 09 probe reads (so the grader needs no peft).
+# The original experiment's LoraConfig, as the plain fields the 09 probe reads (so the grader needs no peft).
 LORA_CONFIG = SimpleNamespace(r=8, lora_alpha=16, lora_dropout=0.15, target_modules=["query", "value"], bias="none",
                               task_type="SEQ_CLS")
 
