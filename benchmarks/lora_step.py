@@ -20,6 +20,9 @@ import time
 
 import torch
 
+import _peak
+from _peak import peak_bytes
+
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
 from course_lib.lora import freeze_model, mark_only_lora_as_trainable, merge_lora, replace_linear_with_lora, unfreeze
@@ -102,18 +105,11 @@ def peak_memory_child(variant: str, device_name: str) -> None:
         torch.cuda.reset_peak_memory_stats()
     for _ in range(2):
         step()
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-    else:  # VmHWM: this process's peak resident memory (ru_maxrss would include the parent's at fork)
-        status = open("/proc/self/status").read()
-        peak = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
-    print(json.dumps({"peak": peak}))
+    print(json.dumps({"peak": peak_bytes(device)}))
 
 
 def peak_memory(variant: str, device: torch.device) -> int:
-    out = subprocess.run([sys.executable, __file__, "--memory-child", variant, "--device", str(device)],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+    return _peak.peak_memory(__file__, variant, device)
 
 
 def main() -> None:

@@ -218,7 +218,6 @@ def remove_cgroups(groups) -> None:
             pass
 
 
-remove_cgroup = remove_cgroups
 
 
 # --------------------------------------------------------------------------- availability
