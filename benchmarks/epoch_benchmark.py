@@ -14,14 +14,11 @@ memory in a fresh process. All ratios come from this one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import platform
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -36,7 +33,7 @@ from course_lib.lora import LinearWithLoRA, unfreeze
 from course_lib.model import GPTModel
 from course_lib.strategies import configure_trainable
 from course_lib.tokenizer import get_tokenizer
-from course_lib.training import autocast, bf16_supported, calc_loss_batch
+from course_lib.training import autocast, bf16_supported, calc_loss_batch, frozen_weights_as
 
 BATCH, RANK, ALPHA, EPOCHS, SEED = 8, 4, 4, 5, 123
 FIXED_LENGTH = 120  # the training set's longest message: what every message was padded to before
@@ -117,11 +114,13 @@ def memory_child(variant: str, device_name: str) -> None:
     device = torch.device(device_name)
     kind, batching, precision = variant.split(":")
     batch = max(epoch_batches(training_set(), batching), key=lambda b: b[0].shape[1])
-    step = make_step(build(kind, device), precision, device)
+    model = build(kind, device)
+    step = make_step(model, precision, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(2):
-        step(batch)
+    with frozen_weights_as(model, precision):
+        for _ in range(2):
+            step(batch)
     print(json.dumps({"peak": peak_bytes(device)}))
 
 
@@ -156,9 +155,14 @@ def main() -> None:
     epochs = {b: epoch_batches(ds, b) for b in batchings}
     tokens = {b: sum(x.numel() for x, _ in epochs[b]) for b in batchings}
     eval_batches = list(sequential_loader(make_loader(ds, BATCH, "bucketed", seed=SEED)))
-    models = {k: build(k, device) for k in {v.split(":")[0] for v in variants}}
-    fns = {v: make_step(models[v.split(":")[0]], v.split(":")[2], device) for v in variants}
-    fns.update({f"eval:{p}": make_eval(models["ours"], p, device) for p in precisions})
+    # one model per (LoRA, precision), held as train_classifier holds it (frozen weights in bf16 for bf16)
+    stack = contextlib.ExitStack()
+    models = {}
+    for kind, precision in {tuple(v.split(":")[::2]) for v in variants}:
+        models[kind, precision] = build(kind, device)
+        stack.enter_context(frozen_weights_as(models[kind, precision], precision))
+    fns = {v: make_step(models[v.split(":")[0], v.split(":")[2]], v.split(":")[2], device) for v in variants}
+    fns.update({f"eval:{p}": make_eval(models["ours", p], p, device) for p in precisions})
     samples = {v: spread(epochs[v.split(":")[1]], args.steps) for v in variants}
     samples.update({f"eval:{p}": spread(eval_batches, args.steps) for p in precisions})
     for v in fns:  # warm-up
@@ -168,6 +172,7 @@ def main() -> None:
     for r in range(args.steps):
         for v in names[r % len(names):] + names[:r % len(names)]:
             times[v].append(timed(fns[v], samples[v][r], device))
+    stack.close()
     del models, fns
     memory = {} if args.no_memory else {v: peak_memory(v, device) for v in variants}
 

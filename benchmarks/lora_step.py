@@ -14,8 +14,6 @@ import copy
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 
 import torch

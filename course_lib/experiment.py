@@ -18,8 +18,8 @@ from .plots import plot_history
 from .profiles import Profile, pick_device, set_seed
 from .strategies import STRATEGIES, build_classifier, save_checkpoint
 from .tokenizer import get_tokenizer
-from .training import (autocast, calc_accuracy_loader, calc_loss_loader, per_class_accuracy, resolve_precision,
-                       train_classifier)
+from .training import (autocast, calc_accuracy_loader, calc_loss_loader, frozen_weights_as, per_class_accuracy,
+                       resolve_precision, train_classifier)
 
 COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "trainable_params",
            "total_params", "num_epochs", "seed", "device", "train_acc_before", "val_acc_before",
@@ -65,7 +65,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _accuracies(loaders, model, device, precision: str, progress: bool | None, when: str) -> list[float]:
     names = ("training", "validation", "test")
-    with autocast(precision, device):
+    with frozen_weights_as(model, precision), autocast(precision, device):
         return [round(calc_accuracy_loader(loader, model, device, progress=_show(progress),
                                            desc=f"{name} accuracy {when}"), 4)
                 for name, loader in zip(names, loaders)]
@@ -91,7 +91,7 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
                                precision=precision)
     wall = time.perf_counter() - start
     after = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "after training")
-    with autocast(precision, device):
+    with frozen_weights_as(model, precision), autocast(precision, device):
         recall = per_class_accuracy(test_loader, model, device, progress=_show(cfg.progress))[1]
         train_loss = calc_loss_loader(train_eval, model, device, cfg.eval_iter, progress=_show(cfg.progress))
         val_loss = calc_loss_loader(val_loader, model, device, cfg.eval_iter, progress=_show(cfg.progress))

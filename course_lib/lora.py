@@ -34,7 +34,8 @@ class LoRALayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scaling * (self.dropout(x) @ self.A.T @ self.B.T)
+        # (alpha / rank) scales the rank-wide intermediate: rank numbers per token, not out_dim
+        return (self.dropout(x) @ self.A.T * self.scaling) @ self.B.T
 
     def delta_weight(self) -> torch.Tensor:
         """The update this layer adds to a (out_dim × in_dim) weight: (alpha / rank) · B A."""

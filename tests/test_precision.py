@@ -67,3 +67,45 @@ def test_default_precision_is_exact_fp32(tmp_path, monkeypatch):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     history = train_classifier(model, train, val, opt, CPU, num_epochs=1, eval_freq=10, eval_iter=1, progress=False)
     assert history.precision == "fp32" and set(seen) == {torch.float32}
+
+
+def _lora_smoke_model():
+    set_seed(7)
+    return build_classifier("gpt2-smoke (tiny)", "lora", rank=4, alpha=8)
+
+
+@needs_bf16
+def test_frozen_weights_in_bf16_give_bit_identical_losses_and_gradients_and_are_restored_exactly():
+    from course_lib.training import calc_loss_batch, frozen_weights_as
+
+    x = torch.randint(0, 50257, (4, 12))
+    y = torch.tensor([0, 1, 1, 0])
+    results = []
+    for hold in (False, True):
+        model = _lora_smoke_model()
+        frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+        with frozen_weights_as(model, "bf16" if hold else "fp32"):
+            if hold:  # every frozen Linear weight is held in bf16, nothing trainable is touched
+                linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+                assert {m.weight.dtype for m in linears if not m.weight.requires_grad} == {torch.bfloat16}
+                assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+            with autocast("bf16", CPU):
+                loss = calc_loss_batch(x, y, model, CPU)
+            loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        after = dict(model.named_parameters())
+        assert all(after[n].dtype == torch.float32 and torch.equal(after[n], v) for n, v in frozen.items())
+        results.append((loss.item(), grads))
+    assert results[0][0] == results[1][0]
+    assert all(torch.equal(results[0][1][n], results[1][1][n]) for n in results[0][1])
+
+
+def test_frozen_weights_are_restored_when_the_step_fails():
+    from course_lib.training import frozen_weights_as
+
+    model = _lora_smoke_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError):
+        with frozen_weights_as(model, "bf16"):
+            raise RuntimeError("a failing step")
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in model.named_parameters())
