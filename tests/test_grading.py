@@ -11,7 +11,9 @@ import nbformat
 import pytest
 
 from course_lib.cli import main as course
-from course_lib.grading.grade import load_tests, model_answers, own_definition, select_students, shard_of
+from course_lib.grading.grade import (load_tests, model_answers, own_definition, select_students, shard_of,
+                                      threads_per_worker)
+from stored_outputs import differences
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
@@ -158,9 +160,12 @@ def test_workers_and_shards_give_byte_identical_gradebooks(tmp_path):
     subs = tmp_path / "subs"
     for i in range(4):
         save(subs, f"s{i}", solution() if i % 2 else student())
+    save(subs, "s1", with_cell(solution(), "import torch\nprint('threads', torch.get_num_threads())"))
     one, two = tmp_path / "w1.csv", tmp_path / "w2.csv"
-    grade(subs, one, "--workers", "1")
-    grade(subs, two, "--workers", "2")
+    for csv_file, workers in ((one, 1), (two, 2)):
+        grade(subs, csv_file, "--workers", str(workers), "--executed-dir", str(tmp_path / f"executed-w{workers}"))
+        executed = (tmp_path / f"executed-w{workers}" / "s1" / f"{NB}.ipynb").read_text()
+        assert f"threads {threads_per_worker(workers)}" in executed  # the cores shared among the workers
     assert one.read_bytes() == two.read_bytes()
     parts = []
     for k in (1, 2):
@@ -170,6 +175,16 @@ def test_workers_and_shards_give_byte_identical_gradebooks(tmp_path):
     merged = tmp_path / "merged.csv"
     assert course(["grade", "--merge", *parts, "--out", str(merged)]) == 0
     assert merged.read_bytes() == one.read_bytes()
+
+
+def test_workers_share_the_cores_and_an_instructors_thread_count_wins(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert [threads_per_worker(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert threads_per_worker(2) == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "zero")
+    assert threads_per_worker(2) == 4
 
 
 def test_sharding_is_deterministic_and_covers_everyone():
@@ -203,7 +218,11 @@ def test_hidden_tests_are_not_in_the_student_notebooks():
     assert tests.TESTS and all(t.probe.strip()[:60] not in text for t in tests.TESTS)
 
 
-def test_every_solution_gets_full_marks_and_every_student_notebook_zero(tmp_path):
+def test_every_solution_gets_full_marks_and_every_student_notebook_zero(tmp_path, monkeypatch):
+    """Also the thread-count check of the stored outputs: the grader runs every solution again on one
+    thread (nbval ran it on all cores), and its outputs must equal the stored ones as strictly as nbval
+    compares them."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     subs = tmp_path / "subs"
     tests = load_tests()
     for name in tests.notebooks():
@@ -219,3 +238,6 @@ def test_every_solution_gets_full_marks_and_every_student_notebook_zero(tmp_path
             assert r["status"] == "passed" and r["points"] == r["max_points"], r
         else:
             assert r["status"] == "not implemented" and r["points"] == "0", r
+    for name in tests.notebooks():
+        executed = nbformat.read(tmp_path / "executed" / "solutions" / f"{name}.ipynb", as_version=4)
+        assert not differences(solution(name), executed), (name, differences(solution(name), executed))

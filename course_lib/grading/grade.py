@@ -253,7 +253,7 @@ def _grade_one(job: dict, result: dict) -> dict:
         ipc.mkdir()
         shutil.copytree(job["shared_cache"], workdir / ".course-cache", dirs_exist_ok=True)
         shutil.copytree(job["mpl_dir"], workdir / ".matplotlib", dirs_exist_ok=True)
-        env = {"COURSE_PROFILE": job["profile"], "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
+        env = {**_thread_env(job), "COURSE_PROFILE": job["profile"], "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
                "HOME": str(workdir), "IPYTHONDIR": str(workdir / ".ipython"), "MPLCONFIGDIR": str(workdir / ".matplotlib"),
                "JUPYTER_RUNTIME_DIR": str(ipc), "JUPYTER_PLATFORM_DIRS": "1", "TMPDIR": "/tmp"}
         env = sandbox.sandboxed_env(env) if job["sandbox"] else {**os.environ, **env, "TMPDIR": tmp,
@@ -265,7 +265,7 @@ def _grade_one(job: dict, result: dict) -> dict:
                                       job["cell_timeout"], start + budget * PHASE1_SHARE)
         finally:
             sandbox.remove_cgroups(group)
-        executed_nb = nbformat.v4.new_notebook(cells=[c for i, c in enumerate(nb.cells) if i in set(run.executed)])
+        executed_nb = nbformat.from_dict({**nb, "cells": [c for i, c in enumerate(nb.cells) if i in set(run.executed)]})
         values = set().union(*[value_names(t, tests) for t in hidden]) if hidden else set()
         defs = probe.definitions(probe.executed_sources(nb, run.executed), values)
         payloads = _run_probes(job, hidden, defs, Path(tmp), start + budget)
@@ -292,7 +292,7 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
                 continue
             seeds = {t.exercise: secrets.randbelow(2**31) for t in tests_now}
             work = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp))
-            env = {"HOME": str(work), "MPLBACKEND": "Agg", "COURSE_PROFILE": job["profile"],
+            env = {**_thread_env(job), "HOME": str(work), "MPLBACKEND": "Agg", "COURSE_PROFILE": job["profile"],
                    "COURSE_CACHE_DIR": str(work / ".course-cache"), "MPLCONFIGDIR": str(work / ".matplotlib"),
                    "TMPDIR": "/tmp"}
             if job["sandbox"]:
@@ -411,8 +411,9 @@ def write_feedback(student: str, results: list[dict], folder: Path) -> None:
 
 
 def prepare_shared(profile: str, workdir: Path) -> tuple[Path, Path]:
-    """Assets every kernel gets a copy of (smoke checkpoint, data splits), and a warmed-up
-    matplotlib configuration folder, so that kernels never need to write outside their copy."""
+    """Assets every kernel gets a copy of (smoke checkpoint, data splits, CoLA and AG News' test split
+    where they can be had) and a warmed-up matplotlib configuration folder, so that kernels never
+    need to write outside their copy or reach the network."""
     cache, mpl = workdir / "cache", workdir / "mpl"
     env = {**os.environ, "COURSE_CACHE_DIR": str(cache), "MPLCONFIGDIR": str(mpl), "COURSE_PROFILE": profile}
     script = ("from course_lib.weights import download_gpt2; from course_lib.profiles import get_profile\n"
@@ -421,7 +422,8 @@ def prepare_shared(profile: str, workdir: Path) -> tuple[Path, Path]:
               "p = get_profile()\n"
               "download_gpt2(p.model_size) if p.name == 'smoke' else None\n"
               "prepare_sms_splits()\n"
-              "try:\n    from course_lib.cola import download_cola; download_cola()\nexcept Exception:\n    pass\n")
+              "try:\n    from course_lib.cola import download_cola; download_cola()\nexcept Exception:\n    pass\n"
+              "try:\n    from course_lib.bonus import load_ag_news; load_ag_news('smoke')\nexcept Exception:\n    pass\n")
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
     return cache, mpl
 
@@ -495,6 +497,22 @@ def _run_jobs(jobs: list[dict], workers: int, tests_path: Path, progress: bool) 
     return results  # type: ignore[return-value]
 
 
+def threads_per_worker(workers: int) -> int:
+    """CPU threads for each submission's kernel and probes: this machine's cores shared among the
+    workers, at least one (``OMP_NUM_THREADS`` set for the grader wins). Workers that each start
+    one thread per core would oversubscribe the CPU, and OpenMP then slows down many times."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, workers))
+
+
+def _thread_env(job: dict) -> dict[str, str]:
+    threads = str(job.get("threads", 1))
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
 def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feedback_dir: Path | None = None,
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
@@ -533,7 +551,8 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                  "profile": profile, "cell_timeout": cell_timeout, "notebook_timeout": notebook_timeout,
                  "shared_cache": str(cache), "mpl_dir": str(mpl), "sandbox": use_sandbox,
                  "limits": dataclasses.asdict(limits), "course_dir": str(course_dir), "readonly": readonly,
-                 "probe_courses": probe_courses} for s in students for n in names]
+                 "probe_courses": probe_courses, "threads": threads_per_worker(workers)}
+                for s in students for n in names]
         results = _run_jobs(jobs, workers, tests_path, progress)
     rows = [{"student": r["student"], "notebook": r["notebook"], **row} for r in results for row in r["rows"]]
     write_gradebook(rows, out)
