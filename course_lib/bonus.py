@@ -105,20 +105,38 @@ def hub_offline() -> bool:
 def hub_file(repo_id: str, filename: str, repo_type: str, what: str) -> Path:
     """``filename`` of a hub repository through huggingface_hub's cache (verified by the hub's
     checksums, resumable, ``HF_ENDPOINT``); offline, only what is cached. One sentence if neither."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    cached = try_to_load_from_cache(repo_id=repo_id, filename=filename, repo_type=repo_type)
+    if not isinstance(cached, str) and not hub_offline():
+        unreachable = _hub_unreachable()  # huggingface_hub would retry for about 23 s before giving up
+        if unreachable is not None:
+            raise DownloadError(_download_failed(what, repo_id, unreachable)) from unreachable
     try:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, repo_type=repo_type))
     except Exception as err:  # offline and not cached, no network, missing file: one sentence
-        if hub_offline():
-            message = (f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: run "
-                       "`course fetch --profile full` once with a network connection, or use "
-                       "COURSE_PROFILE=smoke, which runs offline.")
-        else:
-            message = (f"Could not download {what} ({repo_id}) from the Hugging Face hub ({type(err).__name__}): "
-                       "connect to the internet or set HF_ENDPOINT to a mirror of the hub, or use "
-                       "COURSE_PROFILE=smoke, which runs offline.")
-        raise DownloadError(message) from err
+        raise DownloadError(_download_failed(what, repo_id, err)) from err
+
+
+def _hub_unreachable() -> Exception | None:
+    """The error of one quick request to the hub's endpoint (no retries), or None if it answered."""
+    from huggingface_hub import constants, get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)
+    except Exception as err:
+        return err
+    return None
+
+
+def _download_failed(what: str, repo_id: str, err: Exception) -> str:
+    if hub_offline():
+        return (f"{what} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: run "
+                "`course fetch --profile full` once with a network connection, or use "
+                "COURSE_PROFILE=smoke, which runs offline.")
+    return (f"Could not download {what} ({repo_id}) from the Hugging Face hub ({type(err).__name__}): "
+            "connect to the internet or set HF_ENDPOINT to a mirror of the hub, or use "
+            "COURSE_PROFILE=smoke, which runs offline.")
 
 
 def encoder_path(profile_name: str) -> tuple[str, str]:
