@@ -1,7 +1,7 @@
-"""Wall time of `course grade` on 10 submissions of notebook 04 with --workers 2, today's grader
-against an earlier commit's, one after the other on the same machine, in one run.
+"""Wall time of `course grade` on 10 submissions of notebook 04 (or --notebook) with --workers 2, today's
+grader against an earlier commit's, one after the other on the same machine, in one run.
 
-    python benchmarks/grading_time.py --baseline cd91f86
+    python benchmarks/grading_time.py --baseline cd91f86 [--notebook 07_classification_training --submissions 4]
 
 The baseline is checked out into a temporary git worktree and run with PYTHONPATH pointing at it, so
 both graders grade the same submissions with the same Python. Prints both times and their ratio."""
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
 
 
-def grade_once(code_root: Path, subs: Path, out: Path, env: dict[str, str]) -> float:
+def grade_once(code_root: Path, subs: Path, out: Path, env: dict[str, str], notebook: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "course_lib.cli", "grade", str(subs), "--out", str(out), "--notebooks", NB,
+    subprocess.run([sys.executable, "-m", "course_lib.cli", "grade", str(subs), "--out", str(out), "--notebooks", notebook,
                     "--workers", "2"], cwd=code_root, env=env, check=True, capture_output=True)
     return time.perf_counter() - started
 
@@ -31,14 +31,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default=None, help="a commit to compare with (e.g. cd91f86)")
     parser.add_argument("--submissions", type=int, default=10)
+    parser.add_argument("--notebook", default=NB, help=f"the graded notebook (default {NB})")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="grading-bench-") as tmp:
         tmp = Path(tmp)
         subs = tmp / "subs"
         for i in range(args.submissions):
             (subs / f"s{i:02d}").mkdir(parents=True)
-            source = ROOT / ("solutions" if i % 2 == 0 else "notebooks") / f"{NB}.ipynb"
-            shutil.copy(source, subs / f"s{i:02d}" / f"{NB}.ipynb")
+            source = ROOT / ("solutions" if i % 2 == 0 else "notebooks") / f"{args.notebook}.ipynb"
+            shutil.copy(source, subs / f"s{i:02d}" / f"{args.notebook}.ipynb")
         env = {**os.environ, "COURSE_PROFILE": "smoke", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1",
                "COURSE_CACHE_DIR": str(tmp / "cache")}
         results = {}
@@ -48,12 +49,12 @@ def main() -> None:
                            check=True, capture_output=True)
             try:
                 results[f"baseline {args.baseline}"] = grade_once(base, subs, tmp / "base" / "grades.csv",
-                                                                  {**env, "PYTHONPATH": str(base)})
+                                                                  {**env, "PYTHONPATH": str(base)}, args.notebook)
             finally:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
                                capture_output=True)
-        results["current (sandboxed)"] = grade_once(ROOT, subs, tmp / "now" / "grades.csv", env)
-    print(f"{args.submissions} submissions of {NB} (half solutions, half untouched), --workers 2, "
+        results["current (sandboxed)"] = grade_once(ROOT, subs, tmp / "now" / "grades.csv", env, args.notebook)
+    print(f"{args.submissions} submissions of {args.notebook} (half solutions, half untouched), --workers 2, "
           f"{os.cpu_count()} CPUs")
     for name, seconds in results.items():
         print(f"| {name} | {seconds:.1f} s |")
