@@ -7,7 +7,8 @@ Not a test. Per variant it counts the tokens an epoch processes (padding include
 fixed number of training steps on batches spread over the epoch's range of lengths (interleaved
 round by round with the other variants, so a machine slowing down affects them all alike),
 projects the epoch and a 5-epoch run (with train_classifier's evaluations), and measures the peak
-memory in a fresh process. All ratios come from this one run.
+memory in a fresh process. In bf16 each model holds its frozen Linear weights in bf16, as
+train_classifier does (``frozen_weights_as``), ours and peft's alike. All ratios come from this one run.
 
     python benchmarks/epoch_benchmark.py [--steps 8] [--device cuda]
 """

@@ -4,7 +4,9 @@ grader against an earlier commit's, one after the other on the same machine, in 
     python benchmarks/grading_time.py --baseline cd91f86 [--notebook 07_classification_training --submissions 4]
 
 The baseline is checked out into a temporary git worktree and run with PYTHONPATH pointing at it, so
-both graders grade the same submissions with the same Python. Prints both times and their ratio."""
+both graders grade the same submissions with the same Python. Prints both times and their ratio.
+Caveat: a sandboxed baseline's kernels do not see PYTHONPATH and import the installed course_lib, so
+compare only on a notebook whose graded code both versions share (04 is; 07 was not at b170c2e)."""
 from __future__ import annotations
 
 import argparse
