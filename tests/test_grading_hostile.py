@@ -456,3 +456,52 @@ def test_a_sandbox_cannot_start_more_processes_than_its_limit(tmp_path):
     finally:
         sandbox.remove_cgroups(group)
     assert 0 < int(done.stdout.strip()) < 64, done
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (by parent links in /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_killing_the_grader_takes_its_workers_and_their_kernels_with_it(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    subs = tmp_path / "subs"
+    for who in ("a", "b"):
+        save(subs, who, appended(solution(), "while True:\n    pass"))
+    grader = subprocess.Popen([sys.executable, "-m", "course_lib.cli", "grade", str(subs), "--out",
+                               str(tmp_path / "grades.csv"), "--notebooks", NB, "--workers", "2", "--cell-timeout", "600"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any("ipykernel" in Path(f"/proc/{p}/cmdline").read_bytes().decode(
+            errors="replace") for p in _descendants(grader.pid) if _alive(p)):
+        time.sleep(0.5)
+    below = _descendants(grader.pid)
+    assert below, "the grader started no worker"
+    grader.send_signal(signal.SIGKILL)
+    grader.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in below):
+        time.sleep(0.5)
+    assert not [p for p in below if _alive(p)], "workers or kernels outlived the grader"

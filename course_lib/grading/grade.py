@@ -476,8 +476,8 @@ def _run_jobs(jobs: list[dict], workers: int, tests_path: Path, progress: bool) 
             results[i] = grade_one(job)
             bar.update(1)
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=preload,
-                                 initargs=(tests_path,)) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_start,
+                                 initargs=(tests_path, os.getpid())) as pool:
             futures = {pool.submit(grade_one, job): i for i, job in enumerate(jobs)}
             for future in as_completed(futures):
                 i = futures[future]
@@ -495,6 +495,19 @@ def _run_jobs(jobs: list[dict], workers: int, tests_path: Path, progress: bool) 
                                                 "The grader's worker stopped while grading this notebook; "
                                                 "tell your instructor.")}
     return results  # type: ignore[return-value]
+
+
+def _worker_start(tests_path: Path, grader_pid: int) -> None:
+    """A worker dies with the grader (killed or interrupted), then imports what grading needs."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != grader_pid:  # the grader died before the line above took effect
+        os._exit(1)
+    preload(tests_path)
 
 
 def threads_per_worker(workers: int) -> int:
