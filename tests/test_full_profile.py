@@ -132,3 +132,35 @@ def test_notebook_runs_in_the_full_profile(name, parameters, full_profile, tmp_p
     assert "Profile: full" in text and MODEL in text, f"{name} did not say it runs the full profile on {MODEL}"
     leftovers = _leftovers(tmp_path / "tmp")
     assert not leftovers, f"{name} left {leftovers} in the temporary folder"
+
+
+REHEARSAL_09 = {"train_rows": 32, "eval_rows": 16, "max_length": 32, "epochs": 1, "n_trials": 1, "trial_rows": 16}
+RANDOM_WEIGHTS_FAIL = "fine-tuning should get well above chance (25%)"  # the one check random weights cannot pass
+
+
+def test_notebook_09_runs_in_the_full_profile_on_roberta_and_ag_news_from_the_hub(hub_cache, full_profile, tmp_path):
+    """09's full profile (hub parquet files, roberta-base through the hub cache, the CPU plan) on a random
+    RoBERTa-base; every cell must run except the above-chance check, which random weights fail."""
+    pytest.importorskip("transformers")
+    if not (MIRROR / "ag-news").is_dir():
+        pytest.skip("09's rehearsal builds AG News from the offline mirror: set COURSE_MIRROR (CI does)")
+    from course_lib.rehearsal import write_ag_news, write_roberta
+
+    write_roberta(hub_cache)
+    write_ag_news(hub_cache, MIRROR)
+    path = ROOT / "solutions" / "09_peft_and_tuning.ipynb"
+    assert not set(REHEARSAL_09) - set(papermill.inspect_notebook(str(path))), "update REHEARSAL_09"
+    out = tmp_path / "09.ipynb"
+    start = time.perf_counter()
+    with pytest.raises(papermill.PapermillExecutionError, match="well above chance"):
+        papermill.execute_notebook(str(path), str(out), parameters=REHEARSAL_09, cwd=str(ROOT / "solutions"),
+                                   progress_bar=False, kernel_name="python3", execution_timeout=900, allow_errors=True)
+    print(f"09_peft_and_tuning: {time.perf_counter() - start:.0f} s in the full profile with {REHEARSAL_09}")
+    nb = nbformat.read(out, as_version=4)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert [(e.ename, e.evalue) for e in errors] == [("AssertionError", RANDOM_WEIGHTS_FAIL)]
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "Profile: full" in text and "roberta-base" in text and "fancyzhx/ag_news" in text, text[:2000]
+    assert "1 trials, 0 pruned" in text  # the Optuna search ran its one trial
+    leftovers = _leftovers(tmp_path / "tmp")
+    assert not leftovers, f"09 left {leftovers} in the temporary folder"
