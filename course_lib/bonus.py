@@ -118,15 +118,23 @@ def hub_file(repo_id: str, filename: str, repo_type: str, what: str) -> Path:
         raise DownloadError(_download_failed(what, repo_id, err)) from err
 
 
-def _hub_unreachable() -> Exception | None:
-    """The error of one quick request to the hub's endpoint (no retries), or None if it answered."""
+def _hub_unreachable(tries: int = 2) -> Exception | None:
+    """The error of quick requests to the hub's endpoint (one retry after a second, for a blip),
+    or None as soon as it answers with any status."""
+    import time
+
     from huggingface_hub import constants, get_session
 
-    try:
-        get_session().head(constants.ENDPOINT, timeout=10)
-    except Exception as err:
-        return err
-    return None
+    error: Exception | None = None
+    for attempt in range(tries):
+        try:
+            get_session().head(constants.ENDPOINT, timeout=10)
+            return None
+        except Exception as err:
+            error = err
+            if attempt + 1 < tries:
+                time.sleep(1)
+    return error
 
 
 def _download_failed(what: str, repo_id: str, err: Exception) -> str:

@@ -2,9 +2,10 @@
 exactly where ``hf_hub_download`` finds it offline: the rehearsal of notebook 09 (the GPT-2 one is
 ``weights.write_hub_cache_model``). Random weights time like trained ones; their accuracies mean nothing.
 
-RoBERTa-base gets ``FacebookAI/roberta-base``'s configuration and a tokenizer whose tokens are
-RoBERTa's (GPT-2's byte-level BPE, ids shifted by the four special tokens, ``madeupword`` fillers and
-``<mask>`` at 50264, as in the real vocabulary), so texts have their real lengths. AG News gets the
+RoBERTa-base gets ``FacebookAI/roberta-base``'s configuration and a tokenizer with RoBERTa's tokens
+(GPT-2's byte-level BPE and merges), so texts have their real lengths; the ids are GPT-2's shifted past
+the four special tokens, not fairseq's frequency order, and only the size (50,265) and ``<mask>`` at
+50264 match the real vocabulary. AG News gets the
 hub's parquet layout; offline only the 7,600-row test split exists (the mirror), so the 120,000-row
 train file repeats those rows: real headlines and real lengths.
 """
@@ -36,8 +37,7 @@ def _snapshot(hub: Path, repo_id: str, repo_type: str) -> Path:
 
 
 def write_roberta(hub: Path | str) -> None:
-    """A random RoBERTa-base with a tokenizer whose tokens are RoBERTa's (GPT-2's BPE, ids shifted by
-    the four special tokens, ``madeupword`` fillers and ``<mask>`` at 50264, as in the real vocab)."""
+    """A random RoBERTa-base and a tokenizer with RoBERTa's tokens (see the module's docstring)."""
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
 
     from .bonus import ROBERTA_REPO

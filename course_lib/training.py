@@ -201,20 +201,26 @@ def frozen_weights_as(model: nn.Module, precision: str):
 
     Autocast caches its bf16 copies only of trainable weights, so without this every step casts all
     frozen weights again (124M numbers for GPT-2 small, most of a LoRA step's memory traffic). The
-    results are bit for bit what autocast computes anyway: it multiplies in bf16 either way.
+    results are bit for bit what autocast computes anyway: it multiplies in bf16 either way. Writing
+    into a held weight meanwhile (``merge()``, ``load_state_dict``) is refused on exit, not lost silently.
     """
     saved = []
-    if precision == "bf16":
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, nn.Linear) and weight.dtype == torch.float32 and not weight.requires_grad:
-                saved.append((weight, weight.data))
-                weight.data = weight.data.to(torch.bfloat16)
     try:
+        if precision == "bf16":
+            for module in model.modules():
+                weight = getattr(module, "weight", None)
+                if isinstance(module, nn.Linear) and weight.dtype == torch.float32 and not weight.requires_grad:
+                    original, held = weight.data, weight.data.to(torch.bfloat16)
+                    weight.data = held
+                    saved.append((weight, original, weight._version))
         yield
     finally:
-        for weight, data in saved:
+        changed = [weight for weight, _, version in saved if weight._version != version]
+        for weight, data, _ in saved:
             weight.data = data
+    if changed:
+        raise RuntimeError(f"{len(changed)} frozen weight(s) were changed while training held them in bf16 "
+                           "(merge LoRA or load weights after training, not during it); they are back as before.")
 
 
 @dataclass

@@ -152,7 +152,7 @@ def test_without_network_roberta_fails_fast_with_one_sentence(tmp_path, monkeypa
     start = time.perf_counter()
     with pytest.raises(DownloadError, match=r"Could not download roberta-base's config.json \(FacebookAI/roberta-base\)"):
         bonus.encoder_path("full")
-    assert time.perf_counter() - start < 5  # one request, not huggingface_hub's 23 s of retries
+    assert time.perf_counter() - start < 5  # two quick requests, not huggingface_hub's 23 s of retries
 
 
 def test_notebook_09_offline_without_data_shows_one_line_and_no_chain(tmp_path, monkeypatch):

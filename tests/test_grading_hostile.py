@@ -475,6 +475,13 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it has just exited
+        return b""
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -494,8 +501,7 @@ def test_killing_the_grader_takes_its_workers_and_their_kernels_with_it(tmp_path
                                str(tmp_path / "grades.csv"), "--notebooks", NB, "--workers", "2", "--cell-timeout", "600"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not any("ipykernel" in Path(f"/proc/{p}/cmdline").read_bytes().decode(
-            errors="replace") for p in _descendants(grader.pid) if _alive(p)):
+    while time.monotonic() < deadline and not any(b"ipykernel" in _cmdline(p) for p in _descendants(grader.pid)):
         time.sleep(0.5)
     below = _descendants(grader.pid)
     assert below, "the grader started no worker"

@@ -109,3 +109,39 @@ def test_frozen_weights_are_restored_when_the_step_fails():
         with frozen_weights_as(model, "bf16"):
             raise RuntimeError("a failing step")
     assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_writing_into_a_held_weight_is_refused_not_lost():
+    from course_lib.lora import LinearWithLoRA
+    from course_lib.training import frozen_weights_as
+
+    model = _lora_smoke_model()
+    layer = next(m for m in model.modules() if isinstance(m, LinearWithLoRA))
+    before = layer.linear.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="merge LoRA or load weights after training"):
+        with frozen_weights_as(model, "bf16"):
+            with torch.no_grad():
+                layer.lora.B.fill_(0.5)
+            layer.merge()  # would write W + BA into the bf16 copy, then be thrown away on restore
+    assert layer.linear.weight.dtype == torch.float32 and torch.equal(layer.linear.weight, before)
+
+
+def test_held_weights_come_back_when_holding_them_fails_halfway(monkeypatch):
+    from course_lib.training import frozen_weights_as
+
+    model = _lora_smoke_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    real_to, calls = torch.Tensor.to, []
+
+    def failing_to(self, *args, **kwargs):
+        if torch.bfloat16 in args:
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("out of memory")
+        return real_to(self, *args, **kwargs)
+    monkeypatch.setattr(torch.Tensor, "to", failing_to)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with frozen_weights_as(model, "bf16"):
+            pass
+    monkeypatch.undo()
+    assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in model.named_parameters())

@@ -564,7 +564,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                  "profile": profile, "cell_timeout": cell_timeout, "notebook_timeout": notebook_timeout,
                  "shared_cache": str(cache), "mpl_dir": str(mpl), "sandbox": use_sandbox,
                  "limits": dataclasses.asdict(limits), "course_dir": str(course_dir), "readonly": readonly,
-                 "probe_courses": probe_courses, "threads": threads_per_worker(workers)}
+                 "probe_courses": probe_courses, "threads": threads_per_worker(min(workers, len(students) * len(names)))}
                 for s in students for n in names]
         results = _run_jobs(jobs, workers, tests_path, progress)
     rows = [{"student": r["student"], "notebook": r["notebook"], **row} for r in results for row in r["rows"]]
