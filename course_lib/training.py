@@ -203,6 +203,8 @@ def frozen_weights_as(model: nn.Module, precision: str):
     frozen weights again (124M numbers for GPT-2 small, most of a LoRA step's memory traffic). The
     results are bit for bit what autocast computes anyway: it multiplies in bf16 either way. Writing
     into a held weight meanwhile (``merge()``, ``load_state_dict``) is refused on exit, not lost silently.
+    For untied models such as the course's GPTModel: a frozen Linear weight tied to an embedding would
+    make that embedding's output bf16 too.
     """
     saved = []
     try:
