@@ -48,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="full-profile-") as tmp:
         tmp = Path(tmp)
         hub = tmp / "hub"
-        from course_lib.weights import write_hub_cache_model
+        from course_lib.rehearsal import write_hub_cache_model
 
         write_hub_cache_model(hub, "gpt2-small (124M)")
         if "09_peft_and_tuning" in args.notebooks:

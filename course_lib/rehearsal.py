@@ -1,11 +1,11 @@
 """What the full profile downloads, randomly initialised, written into a Hugging Face hub cache
-exactly where ``hf_hub_download`` finds it offline: the rehearsal of notebook 09 (the GPT-2 one is
-``weights.write_hub_cache_model``). Random weights time like trained ones; their accuracies mean nothing.
+exactly where ``hf_hub_download`` finds it offline: a rehearsal of the full profile without a download.
+Random weights time like trained ones; their accuracies mean nothing.
 
-RoBERTa-base gets ``FacebookAI/roberta-base``'s configuration and a tokenizer with RoBERTa's tokens
-(GPT-2's byte-level BPE and merges), so texts have their real lengths; the ids are GPT-2's shifted past
-the four special tokens, not fairseq's frequency order, and only the size (50,265) and ``<mask>`` at
-50264 match the real vocabulary. AG News gets the
+GPT-2 gets the hub's exact layout, legacy buffers included. RoBERTa-base gets ``FacebookAI/roberta-base``'s
+configuration and a tokenizer with RoBERTa's tokens (GPT-2's byte-level BPE and merges), so texts have
+their real lengths; the ids are GPT-2's shifted past the four special tokens, not fairseq's frequency
+order, and only the size (50,265) and ``<mask>`` at 50264 match the real vocabulary. AG News gets the
 hub's parquet layout; offline only the 7,600-row test split exists (the mirror), so the 120,000-row
 train file repeats those rows: real headlines and real lengths.
 """
@@ -34,6 +34,14 @@ def _snapshot(hub: Path, repo_id: str, repo_type: str) -> Path:
     folder = repo / "snapshots" / REVISION
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def write_hub_cache_model(hub_cache: str | Path, model_size: str = "gpt2-small (124M)", seed: int = 123) -> Path:
+    """A random ``model_size`` GPT-2 as ``HF_REPOS[model_size]``, legacy buffers included; its folder."""
+    from .weights import HF_REPOS, write_random_checkpoint
+
+    folder = _snapshot(Path(hub_cache), HF_REPOS[model_size], "model")
+    return write_random_checkpoint(folder, model_size, seed=seed, legacy_buffers=True)
 
 
 def write_roberta(hub: Path | str) -> None:

@@ -253,16 +253,3 @@ def write_random_checkpoint(folder: str | Path, model_size: str, seed: int = 123
     tmp.replace(folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return folder
-
-
-def write_hub_cache_model(hub_cache: str | Path, model_size: str = "gpt2-small (124M)", seed: int = 123,
-                          revision: str = "0" * 40) -> Path:
-    """Put a random ``model_size`` into a Hugging Face hub cache (``HF_HUB_CACHE``) exactly where
-    ``hf_hub_download`` finds ``HF_REPOS[model_size]`` offline (``refs/main`` → ``snapshots/<rev>``),
-    legacy buffers included: a rehearsal of the full profile without downloading GPT-2."""
-    repo_dir = Path(hub_cache) / ("models--" + HF_REPOS[model_size].replace("/", "--"))
-    snapshot = write_random_checkpoint(repo_dir / "snapshots" / revision, model_size, seed=seed,
-                                       legacy_buffers=True)
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(revision)
-    return snapshot

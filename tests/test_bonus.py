@@ -155,6 +155,26 @@ def test_without_network_roberta_fails_fast_with_one_sentence(tmp_path, monkeypa
     assert time.perf_counter() - start < 5  # two quick requests, not huggingface_hub's 23 s of retries
 
 
+def test_a_hub_that_answers_is_not_refused_even_after_one_blip(tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    answers = iter([OSError("a DNS blip"), 404])  # any status means the hub is reachable
+
+    class Session:
+        def head(self, url, timeout):
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+    monkeypatch.setattr(huggingface_hub, "get_session", lambda: Session())
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: str(tmp_path / kw["filename"]))
+    assert bonus.hub_file("FacebookAI/roberta-base", "config.json", "model", "roberta-base's config.json") == \
+        tmp_path / "config.json"
+
+
 def test_notebook_09_offline_without_data_shows_one_line_and_no_chain(tmp_path, monkeypatch):
     papermill = pytest.importorskip("papermill")
     env = {"COURSE_PROFILE": "full", "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub"),

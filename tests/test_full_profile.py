@@ -53,7 +53,7 @@ def _leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory) -> Path:
     """A Hugging Face hub cache holding a random GPT-2 124M as ``openai-community/gpt2``."""
-    from course_lib.weights import write_hub_cache_model
+    from course_lib.rehearsal import write_hub_cache_model
 
     cache = tmp_path_factory.mktemp("hf") / "hub"
     write_hub_cache_model(cache, MODEL)

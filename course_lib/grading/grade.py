@@ -522,7 +522,7 @@ def threads_per_worker(workers: int) -> int:
 
 
 def _thread_env(job: dict) -> dict[str, str]:
-    threads = str(job.get("threads", 1))
+    threads = str(job["threads"])
     return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
 
@@ -560,12 +560,12 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     with tempfile.TemporaryDirectory(prefix="course-grade-shared-") as tmp:
         cache, mpl = prepare_shared(profile, Path(tmp))
         probe_courses = _probe_courses(tests, Path(tmp))
+        threads = threads_per_worker(min(workers, len(students) * len(names)))
         jobs = [{"student": s, "notebook": n, "path": str(submissions / s / f"{n}.ipynb"), "tests": str(tests_path),
                  "profile": profile, "cell_timeout": cell_timeout, "notebook_timeout": notebook_timeout,
                  "shared_cache": str(cache), "mpl_dir": str(mpl), "sandbox": use_sandbox,
                  "limits": dataclasses.asdict(limits), "course_dir": str(course_dir), "readonly": readonly,
-                 "probe_courses": probe_courses, "threads": threads_per_worker(min(workers, len(students) * len(names)))}
-                for s in students for n in names]
+                 "probe_courses": probe_courses, "threads": threads} for s in students for n in names]
         results = _run_jobs(jobs, workers, tests_path, progress)
     rows = [{"student": r["student"], "notebook": r["notebook"], **row} for r in results for row in r["rows"]]
     write_gradebook(rows, out)

@@ -218,8 +218,6 @@ def remove_cgroups(groups) -> None:
             pass
 
 
-
-
 # --------------------------------------------------------------------------- availability
 def check_available() -> None:
     """Raise SandboxUnavailable, saying what to install, unless bwrap can build a sandbox here."""
