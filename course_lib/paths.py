@@ -24,6 +24,21 @@ def mirror_dir() -> Path | None:
     return path
 
 
+def _is_course_folder(path: Path) -> bool:
+    return (path / "solutions").is_dir() and (path / "data").is_dir()
+
+
 def repo_root() -> Path:
-    """The course repository (the folder above course_lib)."""
-    return Path(__file__).resolve().parent.parent
+    """The course folder (``solutions/``, ``data/``, ``grading/``): ``COURSE_ROOT`` if set, else the folder
+    above ``course_lib`` when it is one (a clone, an editable install), else the current folder or the
+    nearest one above it that is (a non-editable install used from inside a clone)."""
+    if os.environ.get("COURSE_ROOT"):
+        return Path(os.environ["COURSE_ROOT"]).expanduser().resolve()
+    beside_package = Path(__file__).resolve().parent.parent
+    if _is_course_folder(beside_package):
+        return beside_package
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if _is_course_folder(folder):
+            return folder
+    return beside_package

@@ -1,0 +1,85 @@
+"""A non-editable `pip install .` into a virtual environment under the temporary folder gives a working
+`course` command and a library that finds the course's data from inside a clone; and the code passes ruff."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _copy_of_the_course(target: Path) -> Path:
+    """The files git would put in a fresh clone (tracked and untracked-but-not-ignored), copied."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A clone's copy, and a venv under the temporary folder holding course_lib installed from it (not editable)."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout to know which files a clone has")
+    base = tmp_path_factory.mktemp("install")
+    clone = _copy_of_the_course(base / "clone")
+    venv = base / "venv"
+    # The venv sees the installed dependencies and build tools (no download); course_lib itself goes into it.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+           "--no-index", str(clone)]
+    subprocess.run(pip, check=True, cwd=base, capture_output=True)
+    return clone, venv
+
+
+def _run(venv: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "COURSE_MIRROR", "COURSE_ROOT"}}
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_the_installed_package_is_a_copy_in_the_venv_not_the_clone(installed):
+    clone, venv = installed
+    out = _run(venv, [str(venv / "bin" / "python"), "-c", "import course_lib; print(course_lib.__file__)"],
+               clone / "notebooks")
+    assert out.returncode == 0, out.stderr
+    assert str(venv) in out.stdout and str(clone) not in out.stdout and str(ROOT) not in out.stdout
+
+
+@pytest.mark.slow
+def test_course_info_runs_from_a_non_editable_install(installed):
+    clone, venv = installed
+    out = _run(venv, [str(venv / "bin" / "course"), "info"], clone / "notebooks")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "profile" in out.stdout.lower()
+
+
+@pytest.mark.slow
+def test_a_notebook_folder_of_the_clone_finds_the_shipped_data_and_tokenizer(installed):
+    clone, venv = installed
+    code = ("from course_lib.data import download_sms_spam, load_sms_spam\n"
+            "from course_lib.tokenizer import get_tokenizer\n"
+            "path, where = download_sms_spam('shipped'); print(path); print(len(load_sms_spam(path)))\n"
+            "print(get_tokenizer().encode('Hello, world'))\n")
+    out = _run(venv, [str(venv / "bin" / "python"), "-c", code], clone / "notebooks")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(str(clone / "data" / "sms_spam"))
+    assert lines[1] == "5574" and lines[2] == "[15496, 11, 995]"
+
+
+def test_the_library_passes_ruff():
+    """The linter configured in pyproject.toml finds nothing in the Python files."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -r requirements-dev.txt)")
+    out = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
