@@ -113,19 +113,10 @@ def execute_notebook(path: Path, timeout: int = 1200, profile: str = "smoke") ->
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    env = {**KERNEL_ENV, "COURSE_PROFILE": profile}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the kernel inherits this process's environment
-    try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                                resources={"metadata": {"path": str(path.parent)}})
-        client.execute()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    env = {**os.environ, **KERNEL_ENV, "COURSE_PROFILE": profile}  # the kernel's own, not this process's
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute(env=env)
     return nb
 
 
