@@ -231,20 +231,6 @@ def fetch_bonus_assets(profile_name: str) -> list[str]:
     return lines
 
 
-def bonus_asset_status() -> list[tuple[str, bool]]:
-    """(asset, cached here?) for ``course info``: roberta-base and AG News in the hub's cache."""
-    from huggingface_hub import try_to_load_from_cache
-
-    def cached(repo_id: str, filename: str, repo_type: str) -> bool:
-        return isinstance(try_to_load_from_cache(repo_id=repo_id, filename=filename, repo_type=repo_type), str)
-
-    rows = [(f"roberta-base ({ROBERTA_REPO}, notebook 09 full)",
-             all(cached(ROBERTA_REPO, name, "model") for name in ROBERTA_FILES))]
-    rows += [(f"AG News {split} ({AG_REPO}, notebook 09 full)", cached(AG_REPO, name, "dataset"))
-             for split, name in AG_HUB_FILES.items()]
-    return rows
-
-
 def macro_f1(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:
     """The mean over classes of F1 = 2·precision·recall / (precision + recall)."""
     scores = []

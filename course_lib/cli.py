@@ -7,7 +7,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .config import HF_REPOS, MODEL_SIZES
+from .assets import data_assets, gpt2_asset, registry
+from .config import MODEL_SIZES
 from .paths import cache_dir, mirror_dir, repo_root
 
 VERSIONED = ("torch", "tiktoken", "safetensors", "huggingface_hub", "pandas", "matplotlib",
@@ -35,50 +36,26 @@ def cmd_info(args: argparse.Namespace) -> int:
     mirror = mirror_dir()
     print(f"mirror:   {mirror if mirror else 'not set (COURSE_MIRROR)'}")
     print("assets:")
-    for name, cached in asset_status():
-        print(f"  [{'x' if cached else ' '}] {name}")
+    for asset in registry():
+        print(f"  [{'x' if asset.is_cached() else ' '}] {asset.name}")
     return 0
 
 
-def asset_status() -> list[tuple[str, bool]]:
-    """(asset, is it cached here?) for everything the course can download."""
-    from huggingface_hub import try_to_load_from_cache
-
-    rows = [("GPT-2 tokenizer (shipped in course_lib)", True)]
-    smoke = cache_dir() / "models" / "gpt2-smoke" / "model.safetensors"
-    rows.append(("gpt2-smoke (tiny) checkpoint (generated)", smoke.is_file()))
-    for size, repo in HF_REPOS.items():
-        found = try_to_load_from_cache(repo_id=repo, filename="model.safetensors")
-        rows.append((f"{size} weights ({repo})", isinstance(found, str)))
-    from .bonus import bonus_asset_status
-    from .data import dataset_status
-
-    return rows + dataset_status() + bonus_asset_status()
-
-
 def cmd_fetch(args: argparse.Namespace) -> int:
+    """Fetch and verify the chosen GPT-2 sizes (a failure there stops with exit 2) and the profile's data."""
+    from .downloads import DownloadError
     from .profiles import get_profile
-    from .weights import download_gpt2, load_gpt2_checkpoint
 
     profile = get_profile(args.profile)
-    sizes = args.model_size or [profile.model_size]
-    for size in sizes:
+    for size in args.model_size or [profile.model_size]:
         print(f"Fetching {size} ...", flush=True)
-        folder = download_gpt2(size)
-        settings, _ = load_gpt2_checkpoint(folder)  # verifies the files can be read
-        print(f"  ok: {settings}")
-    from .data import fetch_all_data
-
-    ok = fetch_all_data()
-    if profile.name == "full":  # notebook 09's full profile: roberta-base and AG News from the hub
-        from .bonus import fetch_bonus_assets
-        from .downloads import DownloadError
-
+        print(f"  ok: {gpt2_asset(size).fetch()}", flush=True)
+    ok = True
+    for asset in data_assets(profile.name):
         try:
-            for line in fetch_bonus_assets(profile.name):
-                print(line, flush=True)
-        except (DownloadError, ValueError) as err:
-            print(f"Notebook 09 (bonus): FAILED: {err}", flush=True)
+            print(f"{asset.name}: ok ({asset.fetch()})", flush=True)
+        except (DownloadError, ValueError, FileNotFoundError) as err:
+            print(f"{asset.name}: FAILED: {err}", flush=True)
             ok = False
     return 0 if ok else 1
 
@@ -132,7 +109,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, trainable_layers=tuple(args.trainable_layers),
         num_epochs=args.num_epochs if args.num_epochs is not None else profile.num_epochs,
         batch_size=args.batch_size, eval_iter=args.eval_iter, eval_iter_val=args.eval_iter_val,
-        learning_rate=args.learning_rate if args.learning_rate is not None else profile.learning_rate,
+        learning_rate=args.learning_rate,  # None: each strategy's own rate (profiles.learning_rate_for)
         seed=args.seed, device=args.device, output_dir=Path(args.output_dir), eval_freq=args.eval_freq,
         max_examples=args.max_examples, batching=args.batching,
         precision=args.precision or ("auto" if profile.name == "full" else "fp32"))
@@ -229,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: auto in full (bf16 where measured faster), fp32 in smoke")
     p.add_argument("--batching", choices=["bucketed", "per_batch", "fixed"], default="bucketed",
                    help="bucketed: similar lengths together, each batch padded to its longest message")
-    p.add_argument("--learning-rate", type=float, default=None, help="default: the profile's")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help="one rate for every strategy (the original script's: 5e-5); default: each strategy's own")
     p.add_argument("--profile", choices=["full", "smoke"], default=None)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: picked automatically)")

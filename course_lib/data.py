@@ -289,32 +289,3 @@ def class_weights(labels, num_classes: int = 2) -> torch.Tensor:
     if (counts == 0).any():
         raise ValueError(f"Every class needs at least one example to weight it; counts are {counts.tolist()}.")
     return counts.sum() / (num_classes * counts)
-
-
-def dataset_status() -> list[tuple[str, bool]]:
-    """(asset, available here?) for ``course info``."""
-    cache = cache_dir()
-    return [("SMS Spam Collection (shipped in data/)", shipped_sms_spam().is_file()),
-            ("CoLA 1.1 (downloaded)", (cache / "cola" / "cola_public_1.1.zip").is_file()),
-            ("AG News test split (downloaded)", (cache / "ag-news" / "test.csv").is_file())]
-
-
-def fetch_all_data() -> bool:
-    """Download and verify every data set the course uses (``course fetch``); False if one failed."""
-    from .cola import download_cola, load_cola
-
-    ok = True
-    steps = [("SMS Spam Collection", lambda: download_sms_spam(source="download" if mirror_dir() else "auto")[1]),
-             ("CoLA 1.1", lambda: (load_cola(download_cola()[0]), "verified")[1])]
-    try:
-        from .bonus import load_ag_news
-        steps.append(("AG News (bonus notebook)", lambda: load_ag_news("smoke")[1]))
-    except ImportError:
-        pass
-    for name, step in steps:
-        try:
-            print(f"{name}: ok ({step()})", flush=True)
-        except (DownloadError, ValueError, FileNotFoundError) as err:
-            print(f"{name}: FAILED: {err}", flush=True)
-            ok = False
-    return ok
