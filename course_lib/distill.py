@@ -2,7 +2,16 @@
 
 The student matches the teacher's softened probabilities (temperature T) as well as the true
 labels: loss = alpha · T² · KL(p_teacher^T ‖ p_student^T) + (1 − alpha) · CE(student, labels).
-The T² keeps the soft term's gradients on the same scale as the hard term's (Hinton et al., 2015).
+
+Why T² (Hinton, Vinyals and Dean, 2015, "Distilling the Knowledge in a Neural Network", §2 and
+§2.1, eqs. 2–4): with q = softmax(z/T) the student's and p = softmax(v/T) the teacher's softened
+probabilities, the soft term's gradient with respect to a student logit is (1/T)(q_i − p_i). One 1/T
+is the chain rule through z/T. The second comes from the probabilities themselves: when T is large
+beside the logits, exp(x/T) ≈ 1 + x/T, and with logits of zero mean over the N classes
+q_i − p_i ≈ (z_i − v_i)/(N·T), so the gradient is about (z_i − v_i)/(N·T²). Multiplying the soft
+term by T² therefore keeps the *relative* contributions of the soft and hard terms roughly unchanged
+when T is changed; it does not make the two terms equally large. With two classes, as on CoLA, a
+softened distribution is one number, sigmoid((z_1 − z_0)/T): the teacher's confidence, nothing else.
 
 Teacher and student read the same batches: each padded on the right only to its longest sentence
 (``course_lib.data.pad_collate``), the teacher's logits taken at each sentence's last real token
@@ -214,20 +223,45 @@ def train_student(student: nn.Module, cached: TeacherOutputs, val_loader: DataLo
     return history
 
 
+def _train_seeded(make_student: Callable[[], nn.Module], cached: TeacherOutputs, val_loader: DataLoader,
+                  device: torch.device, seed: int, num_epochs: int, use_kd: bool, **train_kwargs
+                  ) -> tuple[nn.Module, StudentHistory]:
+    """A student built and trained from ``seed``: the same seed gives the same initial weights and batches."""
+    from .profiles import set_seed
+
+    set_seed(seed)
+    student = make_student()
+    history = train_student(student, cached, val_loader, device, num_epochs, use_kd=use_kd, seed=seed,
+                            **train_kwargs)
+    return student, history
+
+
 def compare_kd(make_student: Callable[[], nn.Module], cached: TeacherOutputs, val_loader: DataLoader,
                device: torch.device, seeds: list[int], num_epochs: int, **train_kwargs) -> list[dict]:
     """Train one student without and one with distillation for each seed (same initial weights
     and batches within a seed); one row per run: seed, kd, history, final validation acc and MCC."""
-    from .profiles import set_seed
-
     rows = []
     for seed in seeds:
         for use_kd in (False, True):
-            set_seed(seed)
-            student = make_student()
-            history = train_student(student, cached, val_loader, device, num_epochs, use_kd=use_kd,
-                                    seed=seed, **train_kwargs)
+            student, history = _train_seeded(make_student, cached, val_loader, device, seed, num_epochs, use_kd,
+                                             **train_kwargs)
             rows.append({"seed": seed, "kd": use_kd, "student": student, "history": history,
+                         "accuracy": history.val_accs[-1], "mcc": history.val_mccs[-1]})
+    return rows
+
+
+def kd_sweep(make_student: Callable[[], nn.Module], cached: TeacherOutputs, val_loader: DataLoader,
+             device: torch.device, seeds: list[int], num_epochs: int, settings: list[tuple[float, float]],
+             **train_kwargs) -> list[dict]:
+    """One distilled student per (temperature, alpha) in ``settings`` and per seed, each started as
+    ``compare_kd`` starts the same seed, so it pairs with that seed's student trained without
+    distillation. One row per run: temperature, alpha, seed, final validation accuracy and MCC."""
+    rows = []
+    for temperature, alpha in settings:
+        for seed in seeds:
+            _, history = _train_seeded(make_student, cached, val_loader, device, seed, num_epochs, True,
+                                       temperature=temperature, alpha=alpha, **train_kwargs)
+            rows.append({"temperature": temperature, "alpha": alpha, "seed": seed,
                          "accuracy": history.val_accs[-1], "mcc": history.val_mccs[-1]})
     return rows
 
@@ -245,6 +279,99 @@ def majority_baseline(labels) -> tuple[int, float]:
         raise ValueError("majority_baseline needs at least one label.")
     counts = torch.bincount(labels)
     return int(counts.argmax()), counts.max().item() / labels.numel()
+
+
+@dataclass(frozen=True)
+class BaselineCheck:
+    """How a classifier's predictions compare with always answering the majority class."""
+
+    n: int
+    majority_class: int
+    majority_accuracy: float     # accuracy of always answering the majority class
+    accuracy: float
+    mcc: float
+    predicted_majority: float    # share of predictions that are the majority class
+    chance_mcc: float            # |MCC| that label-independent predictions stay below ~95% of the time
+
+    @property
+    def constant(self) -> bool:
+        """Every prediction is the same class."""
+        return self.predicted_majority in (0.0, 1.0)
+
+    @property
+    def beats_baseline(self) -> bool:
+        """Its MCC is above what predictions independent of the labels reach by chance."""
+        return not self.constant and self.mcc > self.chance_mcc
+
+    def describe(self, who: str = "the teacher", class_names: tuple[str, ...] = ("unacceptable", "acceptable")) -> str:
+        """Plain sentences saying whether ``who`` sits at the majority baseline, and what follows."""
+        name = class_names[self.majority_class]
+        facts = (f"{who} answers '{name}' for {self.predicted_majority:.1%} of the {self.n} sentences; accuracy "
+                 f"{self.accuracy:.1%} against the majority baseline's {self.majority_accuracy:.1%}; MCC "
+                 f"{self.mcc:+.3f}, where label-independent guessing stays within ±{self.chance_mcc:.3f} "
+                 "about 95% of the time.")
+        if self.constant:
+            return (f"AT THE BASELINE: {facts} It predicts one class for every sentence, so its MCC is undefined "
+                    "(0/0, reported as 0): it has learned nothing a constant could not say, and a student "
+                    "distilled from it can learn only that constant.")
+        if not self.beats_baseline:
+            return (f"AT THE BASELINE: {facts} Its MCC is within what chance produces, so there is no evidence "
+                    "that it has learned the task: a comparison of students distilled from it shows noise.")
+        return f"ABOVE THE BASELINE: {facts} Its MCC is beyond chance: it has something to teach."
+
+
+def check_baseline(predicted: torch.Tensor, true: torch.Tensor) -> BaselineCheck:
+    """Compare binary predictions with the majority-class baseline of ``true`` (see BaselineCheck)."""
+    from .stats import chance_mcc
+    from .training import matthews_corrcoef
+
+    predicted, true = torch.as_tensor(predicted).long().flatten(), torch.as_tensor(true).long().flatten()
+    if predicted.shape != true.shape:
+        raise ValueError(f"got {predicted.numel()} predictions for {true.numel()} labels; pass one per sentence.")
+    majority, majority_accuracy = majority_baseline(true)
+    return BaselineCheck(n=true.numel(), majority_class=majority, majority_accuracy=majority_accuracy,
+                         accuracy=(predicted == true).float().mean().item(),
+                         mcc=matthews_corrcoef(predicted, true),
+                         predicted_majority=(predicted == majority).float().mean().item(),
+                         chance_mcc=chance_mcc(true.numel()))
+
+
+@dataclass(frozen=True)
+class ParameterShare:
+    """A model's parameters: all, trainable, and those in its embedding tables (token and position)."""
+
+    total: int
+    trainable: int
+    embedding: int
+
+    @property
+    def embedding_share(self) -> float:
+        return self.embedding / self.total
+
+
+def parameter_share(model: nn.Module) -> ParameterShare:
+    """Count ``model``'s parameters (each shared tensor once) and how many sit in ``nn.Embedding`` tables."""
+    unique = {id(p): p for p in model.parameters()}
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False)}
+    return ParameterShare(total=sum(p.numel() for p in unique.values()),
+                          trainable=sum(p.numel() for p in unique.values() if p.requires_grad),
+                          embedding=sum(unique[i].numel() for i in embedding))
+
+
+def architecture_shares(model_size: str, lora_rank: int, lora_alpha: float, student_dim: int,
+                        rnn_type: str = "rnn") -> dict[str, ParameterShare]:
+    """Teacher (``model_size`` GPT-2 with a 2-class head and LoRA on every block's Linear) and
+    ``DistilRNN`` student, built on PyTorch's meta device: exact counts with no weights, memory or download."""
+    from .config import get_config
+    from .model import GPTModel
+    from .strategies import add_classification_head, configure_trainable
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):  # the caller's random state stays as it was
+        teacher = GPTModel(get_config(model_size))
+        add_classification_head(teacher, 2)
+        configure_trainable(teacher, "lora", lora_rank, lora_alpha)
+        student = DistilRNN(emb_dim=student_dim, hidden_dim=student_dim, rnn_type=rnn_type)
+    return {"teacher": parameter_share(teacher), "student": parameter_share(student)}
 
 
 class _LastTokenAdapter(nn.Module):

@@ -8,9 +8,11 @@ from torch.nn import functional as F
 from course_lib import cola
 from course_lib.config import SMOKE_MODEL
 from course_lib.data import PAD_TOKEN_ID, SpamDataset, make_loader
-from course_lib.distill import (RUN_SIZES, DistilRNN, TeacherOutputs, choose_run_size, compare_kd,
-                                distillation_loss, length_sorted_loader, majority_baseline, mean_std,
-                                run_settings, teacher_logits_for, train_student)
+from course_lib import stats
+from course_lib.distill import (RUN_SIZES, DistilRNN, ParameterShare, TeacherOutputs, architecture_shares, check_baseline,
+                                choose_run_size, compare_kd, distillation_loss, kd_sweep, length_sorted_loader,
+                                majority_baseline, mean_std, parameter_share, run_settings, teacher_logits_for,
+                                train_student)
 from course_lib.downloads import DownloadError
 from course_lib.strategies import build_classifier
 from course_lib.tokenizer import get_tokenizer
@@ -312,3 +314,126 @@ def test_matthews_correlation_agrees_with_scikit_learn(case):
                  5: (torch.rand(200, generator=gen) < 0.9).long()}[case]
     assert matthews_corrcoef(predicted, true) == pytest.approx(
         sklearn_metrics.matthews_corrcoef(true.numpy(), predicted.numpy()), abs=1e-12)
+
+
+def test_kd_sweep_runs_pair_with_compare_kds_runs_of_the_same_seed():
+    cached = _toy_cached(teacher_says=1, n=16)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(cached.tensors[0], cached.tensors[1]))
+    make = lambda: DistilRNN(vocab_size=PAD_TOKEN_ID + 1, emb_dim=4, hidden_dim=4)
+    kwargs = dict(seeds=[1, 2], num_epochs=2, batch_size=8, lr=1e-2)
+    compared = compare_kd(make, cached, val, torch.device("cpu"), temperature=3.0, alpha=0.7, **kwargs)
+    swept = kd_sweep(make, cached, val, torch.device("cpu"), settings=[(3.0, 0.7), (1.0, 1.0)], **kwargs)
+    assert [(r["temperature"], r["alpha"], r["seed"]) for r in swept] == [(3.0, 0.7, 1), (3.0, 0.7, 2),
+                                                                        (1.0, 1.0, 1), (1.0, 1.0, 2)]
+    with_kd = [r for r in compared if r["kd"]]
+    for sweep_row, kd_row in zip(swept[:2], with_kd):   # same seed, same setting: the same run
+        assert sweep_row["seed"] == kd_row["seed"]
+        assert sweep_row["mcc"] == kd_row["mcc"] and sweep_row["accuracy"] == kd_row["accuracy"]
+    # each setting reaches the loss: the labels say 0, the teacher says 1; alpha 1 hears only the teacher
+    heard = kd_sweep(make, cached, val, torch.device("cpu"), seeds=[1], num_epochs=15, batch_size=16, lr=1e-2,
+                     settings=[(1.0, 1.0), (1.0, 0.0)])
+    assert [r["accuracy"] for r in heard] == [0.0, 1.0]
+
+
+# --------------------------------------------------------------------------- statistics of a few seeds
+def test_t_critical_table_is_scipys_to_three_decimals():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df, tabled in enumerate(stats.T_975, start=1):
+        assert tabled == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=6e-4)
+        assert stats.t_critical(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), rel=1e-12)
+    assert stats.t_critical(2) == pytest.approx(4.303, abs=1e-3)   # 3 seeds: the issue's critical value
+
+
+def test_t_critical_without_scipy_reads_the_table(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_scipy(name, *args, **kwargs):
+        if name == "scipy.stats" or name.startswith("scipy"):
+            raise ImportError("no scipy here")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_scipy)
+    assert stats.t_critical(2) == 4.303 and stats.t_critical(4) == 2.776
+    assert stats.t_critical(100) == stats.T_975[-1]   # past the table: its last value, a little too wide
+    with pytest.raises(ValueError, match="pip install scipy"):
+        stats.t_critical(4, confidence=0.9)
+
+
+def test_paired_difference_is_scipys_paired_t_interval():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    treated, control = [0.31, 0.27, 0.40, 0.35, 0.29], [0.30, 0.20, 0.33, 0.36, 0.21]
+    result = stats.paired_difference(treated, control)
+    reference = scipy_stats.ttest_rel(treated, control).confidence_interval(0.95)
+    assert (result.low, result.high) == pytest.approx((reference.low, reference.high), rel=1e-9)
+    assert result.mean == pytest.approx(0.044) and result.n == 5
+    diffs = [a - b for a, b in zip(treated, control)]
+    assert result.standard_error == pytest.approx(mean_std(diffs)[1] / 5 ** 0.5)
+
+
+def test_a_gain_larger_than_its_spread_can_still_be_inconclusive():
+    # three seeds, differences 0.02, 0.05, 0.08: mean 0.05 > standard deviation 0.03 (the rule
+    # "gain larger than its spread" says gain), but t = 0.05 / (0.03 / sqrt 3) = 2.89 < 4.30
+    result = stats.paired_difference([0.12, 0.15, 0.18], [0.10, 0.10, 0.10])
+    assert result.mean > mean_std([0.02, 0.05, 0.08])[1]
+    assert result.low < 0 < result.high and result.verdict == "inconclusive"
+    assert "inconclusive" in result.describe("with KD minus without KD")
+    assert stats.paired_difference([0.2, 0.21, 0.22], [0.1, 0.1, 0.1]).verdict == "higher"
+    assert stats.paired_difference([0.0, 0.01, 0.02], [0.1, 0.1, 0.1]).verdict == "lower"
+    assert "excludes 0" in stats.paired_difference([0.2, 0.21, 0.22], [0.1, 0.1, 0.1]).describe()
+
+
+def test_paired_difference_refuses_one_seed_and_unpaired_runs():
+    with pytest.raises(ValueError, match="at least 2 paired runs"):
+        stats.paired_difference([0.3], [0.2])
+    with pytest.raises(ValueError, match="come in pairs"):
+        stats.paired_difference([0.3, 0.2], [0.2])
+
+
+def test_chance_mcc_is_the_chi_square_test_of_a_two_by_two_table():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    gen = torch.Generator().manual_seed(3)
+    true = torch.randint(0, 2, (527,), generator=gen)
+    predicted = torch.where(torch.rand(527, generator=gen) < 0.55, true, 1 - true)
+    table = [[int(((predicted == a) & (true == b)).sum()) for b in (0, 1)] for a in (0, 1)]
+    chi2 = scipy_stats.chi2_contingency(table, correction=False)[0]
+    assert 527 * matthews_corrcoef(predicted, true) ** 2 == pytest.approx(chi2, rel=1e-9)
+    assert stats.chance_mcc(527) == pytest.approx(1.96 / 527 ** 0.5)
+    assert scipy_stats.chi2.sf(stats.chance_mcc(527) ** 2 * 527, 1) == pytest.approx(0.05, abs=1e-3)
+
+
+def test_check_baseline_names_a_constant_teacher_and_one_within_chance():
+    true = torch.tensor([1] * 365 + [0] * 162)
+    constant = check_baseline(torch.ones(527, dtype=torch.long), true)
+    assert constant.constant and not constant.beats_baseline and constant.mcc == 0.0
+    assert constant.accuracy == pytest.approx(365 / 527) == constant.majority_accuracy
+    assert "AT THE BASELINE" in constant.describe() and "undefined" in constant.describe()
+    weak = true.clone()
+    weak[:3], weak[365:368] = 0, 1                     # 3 errors each way: nearly constant but not quite
+    weak = torch.where(torch.arange(527) % 2 == 0, torch.ones_like(true), weak)   # half always 'acceptable'
+    weak_check = check_baseline(weak, true)
+    assert not weak_check.constant and weak_check.mcc > 0
+    perfect = check_baseline(true, true)
+    assert perfect.beats_baseline and perfect.mcc == pytest.approx(1.0) and "ABOVE" in perfect.describe()
+    chance = check_baseline(torch.tensor([1, 0] * 263 + [1]), true)   # alternating: unrelated to the labels
+    assert abs(chance.mcc) < chance.chance_mcc and not chance.beats_baseline
+    assert "AT THE BASELINE" in chance.describe() and "within what chance" in chance.describe()
+    with pytest.raises(ValueError, match="one per sentence"):
+        check_baseline(torch.ones(3), true)
+
+
+def test_parameter_share_counts_a_shared_tensor_once():
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight               # tied, as GPT-2's out_head and tok_emb
+    model[0].weight.requires_grad_(False)
+    assert parameter_share(model) == ParameterShare(total=40, trainable=0, embedding=40)
+
+
+def test_full_scale_shares_teacher_31_percent_embedding_student_97():
+    shares = architecture_shares("gpt2-small (124M)", lora_rank=4, lora_alpha=8, student_dim=768)
+    teacher, student = shares["teacher"], shares["student"]
+    assert teacher.trainable == 665_090                    # 0.67M, the count notebook 08 prints
+    assert student.total == 50257 * 768 + 2 * (768 * 768 + 768) + 768 * 2 + 2
+    assert round(teacher.embedding_share, 2) == 0.31 and round(student.embedding_share, 2) == 0.97
+    assert 3.0 < teacher.total / student.total < 3.3
+    assert architecture_shares("gpt2-medium (355M)", 4, 8, 768)["teacher"].trainable == 1_771_522
