@@ -189,24 +189,33 @@ def causal_mask_last_token(out: Path = HERE) -> None:
 
 
 def softmax_temperature(out: Path = HERE) -> None:
-    """softmax(z / T) of the same logits z at several temperatures T."""
-    logits = np.array([3.0, 1.5, 0.5, 0.0, -1.0])
+    """softmax(z / T) of the same logits z at several temperatures T: five classes, and two (CoLA's case)."""
     temps = (0.5, 1.0, 2.0, 5.0)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(temps)
     cmap = plt.get_cmap("viridis")
-    for i, temp in enumerate(temps):
-        z = logits / temp
-        p = np.exp(z - z.max())
-        p /= p.sum()
-        ax.bar(np.arange(len(logits)) + (i - (len(temps) - 1) / 2) * width, p, width,
-               label=f"T = {temp:g}", color=cmap(i / (len(temps) - 1) * 0.85))
-    ax.set_xticks(range(len(logits)), [f"class {i}\nz = {v:g}" for i, v in enumerate(logits)])
-    ax.set_ylabel("probability")
-    ax.set_ylim(0, 1)
-    ax.set_title("softmax(z / T) of the same logits z: a higher T spreads the probability")
-    ax.legend(frameon=False)
-    ax.spines[["top", "right"]].set_visible(False)
+    fig, (many, two) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [5, 2.6]})
+
+    def bars(ax, logits, names):
+        width = 0.8 / len(temps)
+        for i, temp in enumerate(temps):
+            z = logits / temp
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            ax.bar(np.arange(len(logits)) + (i - (len(temps) - 1) / 2) * width, p, width,
+                   label=f"T = {temp:g}", color=cmap(i / (len(temps) - 1) * 0.85))
+        ax.set_xticks(range(len(logits)), [f"{name}\nz = {v:g}" for name, v in zip(names, logits)])
+        ax.set_ylim(0, 1)
+        ax.spines[["top", "right"]].set_visible(False)
+
+    bars(many, np.array([3.0, 1.5, 0.5, 0.0, -1.0]), [f"class {i}" for i in range(5)])
+    many.set_ylabel("probability")
+    many.set_title("five classes: a higher T spreads the probability,\nand the ranking of the wrong classes shows")
+    many.legend(frameon=False)
+    bars(two, np.array([0.0, 2.0]), ["unacceptable", "acceptable"])
+    two.set_title("two classes (CoLA): one number per sentence,\np(acceptable) = sigmoid((z1 - z0) / T)")
+    two.axhline(0.5, color="#999", lw=0.8, ls="--")
+    two.text(0.27, 0.9, "the other bar is 1 minus it;\nT only moves it towards 0.5;\nno other classes to rank",
+             transform=two.transAxes, ha="center", va="top", fontsize=8.5, color="#555")
+    fig.tight_layout()
     save(fig, out / "softmax_temperature.png")
 
 
