@@ -1,8 +1,12 @@
 """LoRA: a frozen weight W plus a trainable low-rank update (alpha / rank) · B A.
 
-``A`` (rank × in_dim) starts Kaiming-uniform and ``B`` (out_dim × rank) starts at zero, so a
-freshly wrapped layer computes exactly what the original did. The names and the initialisation
-follow Hu et al. (2021) and Hugging Face peft, so weights can be compared one to one.
+``B`` (out_dim × rank) starts at zero, so B A = 0 and a freshly wrapped layer computes exactly what
+the original did. ``A`` (rank × in_dim) starts random: Kaiming-uniform with a = √5, as peft
+initialises ``lora_A`` by default and as ``nn.Linear`` initialises its weight (Hu et al. 2021,
+Section 4.1, draw A from a random Gaussian instead; the start is the same either way, B A = 0).
+Which factor is zero is not a free choice: B = 0 tolerates larger learning rates than A = 0 (Hayou
+et al. 2024, "The Impact of Initialization on LoRA Finetuning Dynamics", NeurIPS). The names (A, B,
+alpha, scaling = alpha / rank) follow Hu et al. and peft, so weights can be compared one to one.
 """
 from __future__ import annotations
 
