@@ -43,20 +43,94 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) 
     except (CheckFailed, NotImplementedError):  # a TODO not written yet speaks for itself
         raise
     except Exception as err:  # the learner's code failed: say where, and what to look at
-        raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {hint}".strip()) from err
+        extra = _explain_error(err)
+        raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {extra or hint}".strip()) from err
 
 
 def _is_int(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
 
+XOR_HINT = "In Python `^` is bitwise XOR, not a power: write `x ** 2` for x squared."
+
+
+def _explain_error(err: BaseException) -> str:
+    """A sentence for an exception whose cause is a common slip we can name."""
+    if isinstance(err, TypeError) and "^" in str(err):
+        return XOR_HINT
+    return ""
+
+
+def answer_shape(expected: str) -> Callable[[Callable], Callable]:
+    """Decorate a check so that whatever the learner's answer is, the learner reads a sentence.
+
+    A wrong answer can make the check's own inspection fail (indexing a non-list, reading an
+    attribute a wrong object lacks); that is the learner's mistake, so it becomes a
+    :class:`CheckFailed` saying what the check expected, never a traceback from inside the check."""
+    import functools
+
+    def wrap(check: Callable) -> Callable:
+        @functools.wraps(check)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return check(*args, **kwargs)
+            except (CheckFailed, NotImplementedError):
+                raise
+            except Exception as err:  # the answer is not of the expected kind
+                raise CheckFailed(f"{expected} Checking your answer failed with {type(err).__name__}: "
+                                  f"{str(err)[:200]}.") from None
+        return run
+    return wrap
+
+
+def snapshot(value: Any) -> Any:
+    """A deep copy of the tensors, DataFrames, dicts and lists in ``value``, to tell later whether the
+    learner's code changed its inputs in place (which would break the notebook cells after it)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(snapshot(v) for v in value)
+    if hasattr(value, "copy") and hasattr(value, "equals"):  # a pandas DataFrame or Series
+        return value.copy(deep=True)
+    return value
+
+
+def unchanged(before: Any, after: Any) -> bool:
+    """Whether ``after`` still equals the :func:`snapshot` ``before`` (same structure, values, dtypes)."""
+    if isinstance(before, torch.Tensor):
+        return (isinstance(after, torch.Tensor) and before.shape == after.shape and before.dtype == after.dtype
+                and bool(torch.equal(before, after.detach())))
+    if isinstance(before, dict):
+        return isinstance(after, dict) and list(before) == list(after) and all(unchanged(before[k], after[k])
+                                                                               for k in before)
+    if isinstance(before, (list, tuple)):
+        return (type(before) is type(after) and len(before) == len(after)
+                and all(unchanged(a, b) for a, b in zip(before, after)))
+    if hasattr(before, "equals"):
+        return (type(before) is type(after) and list(getattr(before, "columns", [])) == list(getattr(after, "columns", []))
+                and before.equals(after))
+    return before == after
+
+
+def expect_unchanged(before: Any, after: Any, what: str) -> None:
+    """Fail with a sentence when the learner's code changed ``what`` (an input) in place."""
+    expect(unchanged(before, after), f"Your code changed {what} in place; the caller still needs it as it was. "
+                                     "Work on a new object (x * s, df.copy(), ...) instead of x *= s, inplace=True, "
+                                     "or assigning into the caller's object.")
+
+
 # ----------------------------------------------------------------------------- 01
+@answer_shape("count_tensors should return a plain int for every tree.")
 def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> None:
-    """Several trees: a bare tensor, flat and nested dicts and lists, empty containers, params."""
+    """Several trees: a bare tensor, flat and nested dicts and lists, empty containers, one tensor
+    reached twice, params. The trees must come back unchanged."""
     t = torch.zeros
+    shared = torch.ones(2)
     cases = [
         ("a single tensor", t(3), 1),
-        ("{'a': t, 'b': t}", {"a": t(2), "b": t(5)}, 2),
+        ("{'a': w, 'b': w} (one tensor in two places, like tied weights)", {"a": shared, "b": shared}, 2),
         ("[t, t, t] (a list)", [t(1), t(4), t(2)], 3),
         ("{'a': t, 'b': [{'c': t, 'd': t}, {'e': t}]}",
          {"a": t(2), "b": [{"c": t(1), "d": torch.ones(3)}, {"e": t(1)}]}, 4),
@@ -64,8 +138,10 @@ def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> Non
         ("{'empty': {}, 'none': [], 'w': t} (empty containers hold no tensors)", {"empty": {}, "none": [], "w": t(2)}, 1),
     ]
     for what, tree, want in cases:
+        before = snapshot(tree)
         got = attempt(f"count_tensors({what})", count_tensors, tree,
                       hint="A tree is a tensor, a dict of trees or a list of trees.")
+        expect_unchanged(before, tree, f"the tree {what}")
         expect(_is_int(got), f"count_tensors({what}) returned {got!r} of type {type(got).__name__}: return a plain "
                              "int (start your sum at 0, not 0.0, and do not divide).")
         if got != want:
@@ -73,6 +149,10 @@ def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> Non
             if got == numbers and numbers != want:
                 raise CheckFailed(f"count_tensors({what}) should be {want}, got {got}: that is the number of "
                                   "*numbers* (numel) in the tensors; count each tensor as 1.")
+            if "tied" in what and got < want:
+                raise CheckFailed(f"count_tensors({what}) should be {want}, got {got}: count every place a tensor "
+                                  "appears in the tree, even when two places hold the same tensor (do not "
+                                  "de-duplicate by id or in a set).")
             raise CheckFailed(f"count_tensors({what}) should be {want}, got {got}: a tensor counts 1, a dict is "
                               "the sum over its values, a list the sum over its items (recursively, at every depth).")
     n_layer = len(params["blocks"])
@@ -90,6 +170,11 @@ def _numel(tree: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- 02
+_SETTINGS_KEYS = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": "emb_dim", "n_head": "n_heads",
+                  "n_layer": "n_layers"}
+
+
+@answer_shape("settings_to_cfg should return a dict with the model's seven keys.")
 def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict]) -> None:
     """GPT-2 small and medium (16 heads, 24 layers), other drop_rate and qkv_bias, bad keys."""
     small = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
@@ -111,9 +196,17 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
                 if key in ("drop_rate", "qkv_bias"):
                     raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}, got {got[key]!r}: use the "
                                       f"function's {key} argument instead of a fixed value.")
-                swapped = [k for k, v in want.items() if v == got[key] and k != key]
-                extra = f" (that is the value of {swapped[0]!r}: check which settings key maps to which)" if swapped else ""
-                raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}, got {got[key]!r}{extra}.")
+                source = {v: k for k, v in _SETTINGS_KEYS.items()}.get(key)
+                origin = f" (settings[{source!r}])" if source else ""
+                # Another settings key holds the value they wrote only when it is an int equal to exactly one of them.
+                others = [s_key for s_key, s_value in settings.items() if s_key != source and _is_int(got[key])
+                          and _is_int(s_value) and s_value == got[key]]
+                if len(others) == 1:
+                    extra = (f": that is settings[{others[0]!r}], which belongs in cfg[{_SETTINGS_KEYS[others[0]]!r}]; "
+                             "check which settings key maps to which")
+                else:
+                    extra = f": copy it from settings[{source!r}] rather than computing or fixing it" if source else ""
+                raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}{origin}, got {got[key]!r}{extra}.")
         extra = set(got) - set(want)
         expect(not extra, f"The cfg has keys the model does not use: {sorted(extra)}.")
     for bad, what in ((dict(small, n_foo=1), "unknown key 'n_foo'"),
@@ -133,13 +226,16 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
            "qkv_bias, and refuses missing or unknown keys")
 
 
+@answer_shape("split_c_attn should return two tuples of three tensors: (weights, biases).")
 def check_split_c_attn(fn: Callable, emb_dim: int = 6) -> None:
     """Distinct values in every position, two sizes, so that order, axis and transpose all matter."""
     for e in (emb_dim, 4):
         w = torch.arange(e * 3 * e, dtype=torch.float32).reshape(e, 3 * e)
         b = torch.arange(3 * e, dtype=torch.float32) + 1000
+        before = snapshot((w, b))
         out = attempt(f"split_c_attn on a ({e}, {3 * e}) weight", fn, w, b,
                       hint="Chunk along the last dimension (dim=-1).")
+        expect_unchanged(before, (w, b), "the checkpoint's c_attn weight or bias")
         expect(isinstance(out, (tuple, list)) and len(out) == 2, "Return two tuples: (weights, biases).")
         weights, biases = out
         expect(len(weights) == 3 and len(biases) == 3, "Return three weights (q, k, v) and three biases.")
@@ -173,8 +269,10 @@ def _labelled_frame(n_ham: int, n_spam: int):
     return pd.DataFrame(rows, columns=["Label", "Text"])
 
 
+@answer_shape("create_balanced_dataset should return a DataFrame with the columns Label (0 or 1) and Text.")
 def check_balanced(fn: Callable, df, reference: Callable) -> None:
-    """The SMS table and a small table whose texts say their class, with two seeds."""
+    """The SMS table and a small table whose texts say their class, with two seeds; the table given
+    must come back unchanged (the notebook uses it again later)."""
     small = _labelled_frame(30, 9)
     for what, frame, seed in (("a table of 30 ham and 9 spam, seed 1", small, 1),
                               ("a table of 30 ham and 9 spam, seed 2", small, 2),
@@ -182,29 +280,49 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
         given = frame.copy()
         got = attempt(f"create_balanced_dataset on {what}", fn, given, seed=seed,
                       hint="Draw as many ham messages as there are spam messages.")
+        expect(unchanged(frame, given), f"create_balanced_dataset changed the DataFrame it was given ({what}): its "
+                                        "'Label' column must still hold 'ham' and 'spam' for the cells that use it later. "
+                                        "Map the labels on the new, balanced table, not on the caller's.")
+        expect(hasattr(got, "columns") and "Label" in got.columns and "Text" in got.columns,
+               f"On {what} the result should be a DataFrame with the columns Label and Text, got "
+               f"{type(got).__name__}.")
         want = reference(frame.copy(), seed=seed)
         labels = list(got["Label"])
         expect(all(_is_int(x) or (hasattr(x, "dtype") and x.dtype.kind in "iu") for x in labels),
                f"On {what} the labels should be the integers 0 and 1, got {labels[:3]} "
-               f"({type(labels[0]).__name__}): map 'ham' to 0 and 'spam' to 1.")
+               f"({type(labels[0]).__name__ if labels else 'nothing'}): map 'ham' to 0 and 'spam' to 1.")
         n = int((frame["Label"] == "spam").sum())
         counts = {int(k): int(v) for k, v in got["Label"].value_counts().items()}
         expect(counts == {0: n, 1: n}, f"On {what} the result should have {n} ham (0) and {n} spam (1); it has "
                                        f"{counts}: keep every spam message and draw as many ham messages.")
         truth = dict(zip(frame["Text"], frame["Label"]))
-        wrong = [(t, int(lab)) for t, lab in zip(got["Text"], got["Label"]) if {"ham": 0, "spam": 1}[truth[t]] != lab]
+        wrong = [(t, int(lab)) for t, lab in zip(got["Text"], got["Label"])
+                 if {"ham": 0, "spam": 1}.get(truth.get(t)) != lab]
         if wrong:
             raise CheckFailed(f"On {what} the message {wrong[0][0]!r} is labelled {wrong[0][1]}: 'ham' must become 0 "
                               "and 'spam' 1 (check the direction of your mapping).")
         if list(got["Text"]) != list(want["Text"]):
-            expect(sorted(got["Text"]) != sorted(want["Text"]),
-                   f"On {what} you drew the right rows in another order: put all ham rows first, then all spam rows.")
-            raise CheckFailed(f"On {what} the ham rows differ from the reference: draw them with "
-                              "`.sample(n_spam, random_state=seed)`, using the function's seed argument.")
+            _explain_balanced_order(what, list(got["Text"]), list(got["Label"]), list(want["Text"]), n)
     passed("create_balanced_dataset: as many ham as spam, ham 0 and spam 1, the same rows as the reference "
            "for three tables and seeds")
 
 
+def _explain_balanced_order(what: str, got: list, labels: list, want: list, n: int) -> None:
+    """Say how a balanced table with the right labels differs from the reference's rows and order."""
+    ham_first = all(int(x) == 0 for x in labels[:n])
+    if sorted(got[:n] if ham_first else [t for t, y in zip(got, labels) if int(y) == 0]) != sorted(want[:n]):
+        raise CheckFailed(f"On {what} the ham rows differ from the reference: draw them with "
+                          "`.sample(n_spam, random_state=seed)`, using the function's seed argument.")
+    if not ham_first:
+        raise CheckFailed(f"On {what} you drew the right rows in another order: put all ham rows first, then all "
+                          "spam rows.")
+    if got[:n] != want[:n]:
+        raise CheckFailed(f"On {what} the ham rows are the right ones but in another order: keep them in the order "
+                          "`.sample` returns them (no sorting or shuffling afterwards).")
+    raise CheckFailed(f"On {what} the spam rows are in another order: keep them in the table's order, after the ham rows.")
+
+
+@answer_shape("random_split should return three DataFrames (train, validation, test) with the table's columns.")
 def check_split(fn: Callable, df, reference: Callable) -> None:
     """The balanced SMS table with the defaults, and small tables with other fractions and seeds."""
     import pandas as pd
@@ -215,8 +333,14 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
                                  {"train_frac": 0.5, "validation_frac": 0.3, "seed": 7}),
                                 ("57 rows with train_frac=0.5, validation_frac=0.3, seed 8", small,
                                  {"train_frac": 0.5, "validation_frac": 0.3, "seed": 8})):
-        parts = attempt(f"random_split on {what}", fn, frame.copy(), **kwargs)
-        expect(isinstance(parts, (tuple, list)) and len(parts) == 3, "Return three DataFrames: train, validation, test.")
+        given = frame.copy()
+        parts = attempt(f"random_split on {what}", fn, given, **kwargs)
+        expect(unchanged(frame, given), f"random_split changed the DataFrame it was given ({what}); the caller "
+                                        "still needs it as it was: shuffle into a new DataFrame (df.sample returns "
+                                        "one) and do not add columns or reorder the caller's table in place.")
+        expect(isinstance(parts, (tuple, list)) and len(parts) == 3 and all(hasattr(p, "columns") for p in parts),
+               f"Return three DataFrames: train, validation, test; got {type(parts).__name__}"
+               + (f" of {[type(p).__name__ for p in parts][:3]}." if isinstance(parts, (tuple, list)) else "."))
         want = reference(frame.copy(), **kwargs)
         sizes = tuple(len(p) for p in parts)
         want_sizes = tuple(len(p) for p in want)
@@ -234,6 +358,7 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
     passed("random_split: right sizes and rows for the defaults and for other fractions and seeds")
 
 
+@answer_shape("num_batches should return an int.")
 def check_num_batches(fn: Callable, loaders: dict) -> None:
     """Exact multiples, a single example, drop_last on and off, and the notebook's loaders."""
     for n, b, drop, want in ((10, 3, False, 4), (10, 3, True, 3), (9, 3, False, 3), (9, 3, True, 3),
@@ -265,6 +390,7 @@ def _uniform_kaiming(A: torch.Tensor, in_dim: int, what: str) -> None:
            f"{a.std().item():.3f}: use nn.init.kaiming_uniform_(A, a=math.sqrt(5)).")
 
 
+@answer_shape("LoRALayer should be an nn.Module with parameters A and B whose forward returns a tensor.")
 def check_lora_layer(cls: type) -> None:
     """Shapes, initialisation, trainability, and forward for α/r = 2, 1.5 and 0.75, on 2-D and 3-D inputs."""
     torch.manual_seed(0)
@@ -289,11 +415,14 @@ def check_lora_layer(cls: type) -> None:
         s = alpha / rank
         base = x @ layer.A.detach().T @ layer.B.detach().T
         want = s * base
+        x_before = x.clone()
         got = attempt(case, layer, x, hint="The input may have any number of leading dimensions, e.g. "
                                            "(batch, tokens, features): use @ (or F.linear), not torch.mm.")
         expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
                f"{case}: the output should have shape {tuple(want.shape)}, got {tuple(getattr(got, 'shape', ()))}.")
+        expect_unchanged(x_before, x, f"the input x ({case})")
         if close(got, want, atol=1e-4):
+            _expect_lora_gradients(layer, got, x, s, case)
             continue
         for wrong, why in ((float(alpha // rank) * base, "rounds alpha / rank down to an integer (alpha // rank or "
                                                          "int(...)): keep the scaling a float"),
@@ -306,11 +435,40 @@ def check_lora_layer(cls: type) -> None:
     passed("LoRALayer: shapes, initialisation and forward are right, for α/r = 2, 1.5, 0.75 and 1.25 and 3-D inputs")
 
 
+def _expect_lora_gradients(lora: nn.Module, out: torch.Tensor, x: torch.Tensor, s: float, case: str,
+                           frozen: nn.Module | None = None) -> None:
+    """Backpropagate a fixed upstream gradient through ``out`` and compare A's and B's gradients with
+    autograd on the formula s · x Aᵀ Bᵀ: a forward that reads A.data or B.data, detaches, or runs
+    under torch.no_grad() computes the right output, yet LoRA would never train."""
+    A, B = lora.A, lora.B
+    A.grad = B.grad = None
+    upstream = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    expect(out.requires_grad, f"{case}: the output does not depend on A and B for autograd (no gradient can flow "
+                              "back): use self.A and self.B themselves in forward, not .data, .detach() or "
+                              "torch.no_grad().")
+    out.backward(upstream)
+    a_ref = A.detach().clone().requires_grad_(True)
+    b_ref = B.detach().clone().requires_grad_(True)
+    (s * (x.detach() @ a_ref.T @ b_ref.T)).backward(upstream)
+    for name, param, ref in (("A", A, a_ref), ("B", B, b_ref)):
+        expect(param.grad is not None, f"{case}: after backward, {name} has no gradient: the forward pass must use "
+                                       f"self.{name} itself (not self.{name}.data, .detach() or torch.no_grad()), "
+                                       "or LoRA never trains.")
+        expect(close(param.grad, ref.grad, atol=1e-4), f"{case}: {name}'s gradient differs from autograd's on "
+                                                       f"(alpha / rank) · x Aᵀ Bᵀ: compute the output from self.A and "
+                                                       "self.B so that gradients flow through both.")
+    if frozen is not None:
+        stray = [n for n, p in frozen.named_parameters() if p.grad is not None and torch.count_nonzero(p.grad) > 0]
+        expect(not stray, f"{case}: the frozen layer's {stray} received gradients: freeze its parameters.")
+    A.grad = B.grad = None
+
+
 def _lora_linear(in_dim: int, out_dim: int, seed: int) -> nn.Linear:
     torch.manual_seed(seed)
     return nn.Linear(in_dim, out_dim)  # with a bias, like GPT-2's layers
 
 
+@answer_shape("LinearWithLoRA should be an nn.Module with .linear, .lora (A and B), forward, merge() and unmerge().")
 def check_linear_with_lora(cls: type) -> None:
     """Identity at init, a frozen base (bias too), trainable A and B, merge (twice), unmerge, W stays frozen."""
     linear = _lora_linear(10, 6, 0)
@@ -338,9 +496,13 @@ def check_linear_with_lora(cls: type) -> None:
     s = 1.5
     delta = s * wrapped.lora.B.detach() @ wrapped.lora.A.detach()
     want = x @ (w0 + delta).T + b0
+    x_before = x.clone()
     unmerged = attempt("The wrapped layer's forward", wrapped, x)
+    expect_unchanged(x_before, x, "the input x of the wrapped layer's forward")
     expect(not close(unmerged, linear(x)), "After B changes, the output should change: add self.lora(x).")
     expect(close(unmerged, want, atol=1e-4), "forward(x) should be linear(x) + lora(x), with lora's scaling alpha / rank.")
+    _expect_lora_gradients(wrapped.lora, unmerged, x, s, "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)",
+                           frozen=linear)
     expect(close(wrapped(x3), x3 @ (w0 + delta).T + b0, atol=1e-4),
            "forward must work on (batch, tokens, features) inputs as well.")
     wrapped.unmerge()
@@ -379,17 +541,33 @@ def check_linear_with_lora(cls: type) -> None:
 
 # ----------------------------------------------------------------------------- 05
 def _nested_model() -> nn.Module:
+    """Names that test matching: `subquery` ends with 'query' but not with '.query', `aux_out_head` ends
+    with 'out_head' but is not an out_head, and `head.out_head` is excluded by 'out_head' and by the
+    dotted 'head.out_head', which must not exclude the top-level `out_head`."""
     m = nn.Module()
     m.encoder = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 4)))
     m.query_proj = nn.Linear(4, 4)
+    m.subquery = nn.Linear(4, 4)
     m.head = nn.Module()
     m.head.out_head = nn.Linear(4, 3)
+    m.aux_out_head = nn.Linear(4, 2)
     m.out_head = nn.Linear(4, 2)
     return m
 
 
+_NESTED = "a model with layers encoder.0, encoder.2.0, encoder.2.1, query_proj, subquery, head.out_head, " \
+          "aux_out_head and out_head"
+_MATCH_RULE = "a name matches a key when it equals the key or ends with '.' + key (the key's dot included)"
+
+
+def _wrapped(model: nn.Module, wrapper: type) -> list[str]:
+    return sorted(n for n, m in model.named_modules() if isinstance(m, wrapper))
+
+
+@answer_shape("replace_linear_with_lora should return the list of the dotted names it wrapped.")
 def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
-    """The smoke GPT and a nested model: names, exclusion, targets by suffix, rank and alpha, idempotence."""
+    """The smoke GPT and a nested model: names, exclusion, targets by suffix, rank and alpha, idempotence,
+    and names that end in a key without its dot."""
     model = make_model()
     replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4)
     expect(isinstance(replaced, list), "Return the list of the full, dotted names of the layers you wrapped.")
@@ -424,27 +602,40 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     expect(len(dotted) == 2 and all(n.endswith(".att.W_key") for n in dotted),
            f"A target may be a dotted suffix: target_modules=['att.W_key'] should wrap the 2 W_key layers, got "
            f"{dotted}: match against the full dotted name.")
-    m = _nested_model()
-    got = sorted(attempt("replace_linear_with_lora on a nested model", fn, m, rank=1, alpha=1))
-    want = ["encoder.0", "encoder.2.0", "encoder.2.1", "query_proj"]
-    expect(got == want, f"On a model with layers encoder.0, encoder.2.0, encoder.2.1, query_proj, head.out_head "
-                        f"and out_head, the default exclude=('out_head',) should wrap {want}, got {got}: 'out_head' "
-                        "also excludes 'head.out_head' (a name matches when it is the key or ends with '.' + key).")
-    got = sorted(fn(_nested_model(), rank=1, alpha=1, target_modules=["query"]))
-    expect(got == [], f"target_modules=['query'] should wrap nothing in that model (no layer is named 'query' or "
-                      f"ends with '.query'), got {got}: compare whole names, not substrings.")
-    got = sorted(fn(_nested_model(), rank=1, alpha=1, target_modules=["out_head", "query_proj"]))
-    expect(got == ["query_proj"], f"With target_modules=['out_head', 'query_proj'] and the default exclude, only "
-                                  f"query_proj should be wrapped, got {got}: `exclude` wins over `target_modules`.")
-    got = sorted(fn(_nested_model(), rank=1, alpha=1, exclude=()))
-    expect(len(got) == 6, f"With exclude=() every Linear layer (6) should be wrapped, got {got}.")
+    for kwargs, want, why in (
+            ({}, ["aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "query_proj", "subquery"],
+             "with the default exclude=('out_head',), 'out_head' also excludes 'head.out_head', but not "
+             "'aux_out_head'"),
+            ({"target_modules": ["query"]}, [],
+             "target_modules=['query'] matches no layer there: 'subquery' and 'query_proj' are other names"),
+            ({"exclude": ("head.out_head",)},
+             ["aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "out_head", "query_proj", "subquery"],
+             "exclude=('head.out_head',) leaves out only head.out_head, not the top-level out_head"),
+            ({"target_modules": ["out_head", "query_proj"]}, ["query_proj"],
+             "with target_modules=['out_head', 'query_proj'] and the default exclude, `exclude` wins over "
+             "`target_modules`"),
+            ({"exclude": ()}, ["aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "head.out_head", "out_head",
+                               "query_proj", "subquery"], "with exclude=() every Linear layer is wrapped")):
+        m = _nested_model()
+        got = attempt(f"replace_linear_with_lora on {_NESTED}, {kwargs or 'the defaults'}", fn, m, rank=1, alpha=1,
+                      **kwargs)
+        expect(isinstance(got, list), "Return the list of the full, dotted names of the layers you wrapped.")
+        actual = _wrapped(m, wrapper)
+        if actual != want:
+            extra, missing = sorted(set(actual) - set(want)), sorted(set(want) - set(actual))
+            raise CheckFailed(f"On {_NESTED}, {why}: it should wrap {want}, it wrapped {actual} "
+                              f"({'also ' + str(extra) if extra else ''}{'; not ' + str(missing) if missing else ''}). "
+                              f"Compare whole names: {_MATCH_RULE}; do not match substrings, a bare suffix "
+                              "(name.endswith(key)) or only the child's own name.")
+        expect(sorted(got) == want, f"On {_NESTED}, the returned names should be {want}, got {sorted(got)}.")
     passed("replace_linear_with_lora: all 12 block layers, not out_head, idempotent, targets and exclusions "
            "by dotted suffix")
 
 
 # ----------------------------------------------------------------------------- 06
+@answer_shape("freeze_model and unfreeze should change requires_grad on the model's parameters.")
 def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> None:
-    """The smoke GPT with the 2-class head (it has a bias), and a nested model with a LayerNorm."""
+    """The smoke GPT with the 2-class head (it has a bias), a model four levels deep, and a leaf LayerNorm."""
     from .classifier import add_classification_head
 
     model = make_model()
@@ -458,16 +649,29 @@ def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> 
     expect(trainable == ["out_head.bias", "out_head.weight"],
            f"unfreeze(model.out_head) should make exactly out_head.weight and out_head.bias trainable, got "
            f"{trainable[:4]}: loop over every parameter of the module (its bias too).")
-    m = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), nn.Linear(2, 2))
-    freeze(m)
-    unfreeze(m[1])
+    # Four levels deep: m[1] = Sequential(Linear, Sequential(LayerNorm, Sequential(Linear))).
+    m = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.Sequential(
+        nn.LayerNorm(2), nn.Sequential(nn.Linear(2, 2)))), nn.Linear(2, 2))
+    attempt("freeze_model on a model four levels deep", freeze, m)
+    left = [n for n, p in m.named_parameters() if p.requires_grad]
+    expect(not left, f"freeze_model should freeze every parameter at every depth; still trainable: {left[:3]}.")
+    attempt("unfreeze(m[1])", unfreeze, m[1])
     trainable = sorted(n for n, p in m.named_parameters() if p.requires_grad)
-    expect(trainable == ["1.0.bias", "1.0.weight", "1.1.bias", "1.1.weight"],
-           f"Unfreezing the sub-module m[1] = Sequential(Linear, LayerNorm) should make its 4 parameters "
-           f"trainable, got {trainable}: use module.parameters(), which walks every depth.")
-    unfreeze(m[1])
-    expect(sum(p.requires_grad for p in m.parameters()) == 4, "Calling unfreeze twice must leave the parameters "
+    want = ["1.0.bias", "1.0.weight", "1.1.0.bias", "1.1.0.weight", "1.1.1.0.bias", "1.1.1.0.weight"]
+    expect(trainable == want,
+           f"Unfreezing the sub-module m[1] = Sequential(Linear, Sequential(LayerNorm, Sequential(Linear))) should "
+           f"make its 6 parameters trainable, at every depth, got {trainable}: use module.parameters(), which "
+           "walks every depth.")
+    attempt("unfreeze(m[1]) a second time", unfreeze, m[1])
+    expect(sum(p.requires_grad for p in m.parameters()) == 6, "Calling unfreeze twice must leave the parameters "
                                                                "trainable: set requires_grad to True, do not toggle it.")
+    fresh = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.Sequential(nn.LayerNorm(2))))
+    freeze(fresh)
+    attempt("unfreeze on a single LayerNorm (a module without children)", unfreeze, fresh[1][1][0])
+    trainable = sorted(n for n, p in fresh.named_parameters() if p.requires_grad)
+    expect(trainable == ["1.1.0.bias", "1.1.0.weight"],
+           f"unfreeze(m[1][1][0]), a LayerNorm with no children, should make its weight and bias trainable, got "
+           f"{trainable}: a module's own parameters count too (module.parameters() includes them).")
     freeze(m)
     freeze(m)
     expect(not any(p.requires_grad for p in m.parameters()), "Calling freeze_model twice must leave everything frozen: "
@@ -475,6 +679,7 @@ def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> 
     passed("freeze_model and unfreeze set exactly the parameters they should, bias and nested modules included")
 
 
+@answer_shape("lora_grads should return the pair of tensors (dA, dB).")
 def check_lora_grads(fn: Callable) -> None:
     """Two shapes and scalings in float64, compared with autograd."""
     for n, d_in, d_out, r, s in ((5, 7, 4, 3, 1.5), (2, 3, 6, 1, 0.25)):
@@ -485,7 +690,10 @@ def check_lora_grads(fn: Callable) -> None:
         g = torch.randn(n, d_out, generator=gen, dtype=torch.float64)
         (s * x @ A.T @ B.T).backward(g)
         case = f"For x of shape ({n}, {d_in}), rank {r}, s = {s}"
-        out = attempt(f"lora_grads ({case})", fn, x, A.detach().clone(), B.detach().clone(), s, g)
+        given = (x, A.detach().clone(), B.detach().clone(), g)
+        before = snapshot(given)
+        out = attempt(f"lora_grads ({case})", fn, given[0], given[1], given[2], s, given[3])
+        expect_unchanged(before, given, "x, A, B or the upstream gradient g")
         expect(isinstance(out, (tuple, list)) and len(out) == 2, "Return the pair (dA, dB).")
         dA, dB = out
         expect(isinstance(dA, torch.Tensor) and isinstance(dB, torch.Tensor), "dA and dB should be tensors.")
@@ -525,7 +733,9 @@ class _OwnDropout(nn.Module):
 
 
 class _TinyClassifier(nn.Module):
-    """A GPT-shaped toy: ids → (batch, tokens, 2) logits, with dropout so that train/eval mode matters."""
+    """A GPT-shaped toy: ids → (batch, tokens, 2) logits, with dropout so that train/eval mode matters.
+    The pad token (50256) has its own embedding, so the logits at a padded position differ from those
+    at the message's last real token."""
 
     def __init__(self, drop: float, seed: int = 0) -> None:
         super().__init__()
@@ -534,7 +744,16 @@ class _TinyClassifier(nn.Module):
         self.out = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.drop(self.emb(x).cumsum(dim=1)))
+        return self.out(self.drop(self.emb(x.clamp(max=29)).cumsum(dim=1)))
+
+
+def _padded_ids(n: int, width: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` right-padded rows of ``width`` ids: every row ends in at least one pad token."""
+    from .data import PAD_TOKEN_ID
+
+    x = torch.randint(0, 29, (n, width), generator=g)
+    lengths = torch.randint(1, width, (n,), generator=g)
+    return torch.where(torch.arange(width) < lengths[:, None], x, torch.full_like(x, PAD_TOKEN_ID))
 
 
 def _tiny_run(fn: Callable, drop: float, seed: int, num_epochs: int, eval_freq: int, eval_iter: int):
@@ -543,9 +762,12 @@ def _tiny_run(fn: Callable, drop: float, seed: int, num_epochs: int, eval_freq: 
     torch.manual_seed(seed)
     model = _TinyClassifier(drop, seed)
     g = torch.Generator().manual_seed(seed)
-    x, y = torch.randint(0, 30, (26, 6), generator=g), torch.randint(0, 2, (26,), generator=g)
-    # Own generators and no shuffling: how often the loop iterates a loader cannot change what it sees.
-    train = DataLoader(TensorDataset(x[:14], y[:14]), batch_size=3, drop_last=True, generator=torch.Generator())
+    x, y = _padded_ids(26, 6, g), torch.randint(0, 2, (26,), generator=g)
+    # A shuffled training loader with its own generator, as in the notebook: evaluating on it (instead of on
+    # train_eval_loader) consumes its shuffling and changes what training sees. Padded rows: a loss read at
+    # the last position of the row, instead of the last real token, gives other numbers.
+    train = DataLoader(TensorDataset(x[:14], y[:14]), batch_size=3, drop_last=True, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed + 7))
     val = DataLoader(TensorDataset(x[14:], y[14:]), batch_size=4, generator=torch.Generator())
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
     return fn(model, train, val, opt, torch.device("cpu"), num_epochs=num_epochs,
@@ -558,6 +780,57 @@ def _reference_loop(model, train_loader, val_loader, optimizer, device, num_epoc
     h = train_classifier(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                          progress=False)
     return h.train_losses, h.val_losses, h.train_accs, h.val_accs, h.examples_seen
+
+
+def _variant_loop(kind: str) -> Callable:
+    """The reference loop with one catalogued mistake, so that a message can name it:
+    ``last_position`` (the loss reads the padded row's last position) or ``train_loader_eval``
+    (the training set is evaluated on the shuffled train_loader instead of train_eval_loader)."""
+    from .data import sequential_loader
+    from .training import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
+
+    def loop(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter):
+        tl, vl, ta, va, seen, step = [], [], [], [], 0, -1
+        train_eval = train_loader if kind == "train_loader_eval" else sequential_loader(train_loader)
+        for _ in range(num_epochs):
+            model.train()
+            for xb, yb in train_loader:
+                optimizer.zero_grad()
+                if kind == "last_position":
+                    loss = nn.functional.cross_entropy(model(xb)[:, -1, :], yb)
+                else:
+                    loss = calc_loss_batch(xb, yb, model, device)
+                loss.backward()
+                optimizer.step()
+                seen += xb.shape[0]
+                step += 1
+                if step % eval_freq == 0:
+                    model.eval()
+                    tl.append(calc_loss_loader(train_eval, model, device, num_batches=eval_iter))
+                    vl.append(calc_loss_loader(val_loader, model, device, num_batches=eval_iter))
+                    model.train()
+            ta.append(calc_accuracy_loader(train_eval, model, device, num_batches=eval_iter))
+            va.append(calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter))
+        return tl, vl, ta, va, seen
+    return loop
+
+
+_VARIANT_MESSAGES = {
+    "last_position": "your loss reads the logits at the last position of the padded row, which is a pad token: "
+                     "compute it with calc_loss_batch, which reads each message's last real token.",
+    "train_loader_eval": "you evaluate the training set on the shuffled train_loader: iterating it for evaluation "
+                         "consumes its shuffling and changes the order training sees; evaluate on train_eval_loader.",
+}
+
+
+def _name_variant(tl: list[float], case: tuple) -> str | None:
+    """The catalogued mistake whose losses equal ``tl`` on this case, if one does."""
+    _, drop, seed, epochs, freq, it = case
+    for kind, message in _VARIANT_MESSAGES.items():
+        v_tl = _tiny_run(_variant_loop(kind), drop, seed, epochs, freq, it)[0]
+        if _same(tl, [float(v) for v in v_tl]):
+            return message
+    return None
 
 
 def _floats(values: Any, what: str) -> list[float]:
@@ -576,13 +849,15 @@ def _same(a: list[float], b: list[float], tol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(abs(x - y) <= tol for x, y in zip(a, b))
 
 
+@answer_shape("train_classifier_simple should return (train_losses, val_losses, train_accs, val_accs, examples_seen).")
 def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> None:
-    """Compare with course_lib's loop on a toy classifier, without and with dropout; then run the
-    notebook's set-up once. Loaders are not shuffled, so extra passes over them change nothing."""
+    """Compare with course_lib's loop on a toy classifier with padded rows and a shuffled training
+    loader, without and with dropout; then run the notebook's set-up once."""
     cases = [("1 epoch, eval_freq=1, no dropout", 0.0, 1, 1, 1, 2),
              ("2 epochs, eval_freq=3, eval_iter=2, no dropout", 0.0, 2, 2, 3, 2),
              ("2 epochs, eval_freq=2, eval_iter=3, dropout 0.5", 0.5, 3, 2, 2, 3)]
-    for what, drop, seed, epochs, freq, it in cases:
+    for case in cases:
+        what, drop, seed, epochs, freq, it = case
         out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it)
         expect(isinstance(out, (tuple, list)) and len(out) == 5,
                "Return (train_losses, val_losses, train_accs, val_accs, examples_seen).")
@@ -600,6 +875,9 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
                f"With {what}: expected one training and one validation accuracy per epoch ({epochs}), got "
                f"{len(ta)} and {len(va)}.")
         if not _same(tl, r_tl):
+            named = _name_variant(tl, case)
+            if named:
+                raise CheckFailed(f"With {what}: {named}")
             if drop == 0.0:
                 first_bad = next(i for i, (a, b) in enumerate(zip(tl, r_tl)) if abs(a - b) > 1e-5)
                 if all(abs(a - tl[0]) < 1e-7 for a in tl) and len(set(round(v, 6) for v in r_tl)) > 1:
@@ -607,8 +885,8 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
                                       "loss.backward() on every batch.")
                 if first_bad == 0:
                     raise CheckFailed(f"With {what}: the first training loss differs: evaluate after the step (step 0), "
-                                      f"on eval_iter batches of train_loader with calc_loss_loader; expected {r_tl[0]:.5f}, "
-                                      f"got {tl[0]:.5f}.")
+                                      f"on eval_iter batches of train_eval_loader with calc_loss_loader; expected "
+                                      f"{r_tl[0]:.5f}, got {tl[0]:.5f}.")
                 raise CheckFailed(f"With {what}: the training losses agree at first and then drift (evaluation "
                                   f"{first_bad}): call optimizer.zero_grad() on every step, so gradients do not add up "
                                   "across batches, then loss.backward() and optimizer.step().")
@@ -620,9 +898,9 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
             if drop > 0:
                 raise CheckFailed(f"With {what}: the validation losses differ with dropout on: evaluate in "
                                   "model.eval() mode.")
-            raise CheckFailed(f"With {what}: the validation losses differ: append calc_loss_loader(val_loader, model, "
-                              "device, num_batches=eval_iter) each time you evaluate.")
-        for name, got, want, loader in (("training", ta, r_ta, "train_loader"), ("validation", va, r_va, "val_loader")):
+            raise CheckFailed(f"With {what}: the validation losses differ: each time you evaluate, append the loss "
+                              "computed on val_loader, calc_loss_loader(val_loader, model, device, num_batches=eval_iter).")
+        for name, got, want, loader in (("training", ta, r_ta, "train_eval_loader"), ("validation", va, r_va, "val_loader")):
             if not _same(got, want, 1e-6):
                 other = r_va if name == "training" else r_ta
                 expect(not (_same(got, other, 1e-6) and not _same(other, want, 1e-6)),
@@ -671,8 +949,10 @@ def _kd_variants(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, a:
     ]
 
 
+@answer_shape("distillation_loss should return the loss as a 0-dimensional tensor.")
 def check_kd_loss(fn: Callable) -> None:
-    """The limits alpha = 0 and 1, several temperatures and alphas, and no gradient into the teacher."""
+    """The limits alpha = 0 and 1, several temperatures (an integer one too) and alphas, the gradient the
+    student receives (equal to the reference's), none into the teacher, and inputs left unchanged."""
     from .distill import distillation_loss
 
     gen = torch.Generator().manual_seed(0)
@@ -682,46 +962,247 @@ def check_kd_loss(fn: Callable) -> None:
     got0 = attempt("distillation_loss(alpha=0)", fn, student, teacher, labels, temperature=2.0, alpha=0.0)
     expect(isinstance(got0, torch.Tensor) and got0.dim() == 0, "Return the loss as a 0-dimensional tensor "
                                                                "(a mean over the batch), so that .backward() works.")
-    for T, a in ((2.0, 0.7), (3.0, 0.5), (1.0, 0.4), (4.0, 1.0), (2.0, 0.0)):
+    for T, a in ((2.0, 0.7), (3.0, 0.5), (1.0, 0.4), (4.0, 1.0), (2.0, 0.0), (3, 0.6)):
         want = distillation_loss(student, teacher, labels, temperature=T, alpha=a)
+        before = snapshot((student, teacher, labels))
         got = attempt(f"distillation_loss(temperature={T}, alpha={a})", fn, student, teacher, labels,
                       temperature=T, alpha=a)
+        expect_unchanged(before, (student, teacher, labels), "the student's logits, the teacher's logits or the labels")
+        expect(isinstance(got, torch.Tensor) and got.numel() == 1, f"For T = {T}, alpha = {a}: return the loss as a "
+                                                                   "0-dimensional tensor.")
         if torch.allclose(got, want, atol=1e-5):
             continue
         for wrong, why in _kd_variants(student, teacher, labels, T, a):
             if torch.allclose(got, wrong, atol=1e-5):
                 raise CheckFailed(f"For T = {T}, alpha = {a}: {why}")
+        if isinstance(T, int):
+            xor = a * (T ^ 2) * nn.functional.kl_div(nn.functional.log_softmax(student / T, dim=-1),
+                                                    nn.functional.softmax(teacher / T, dim=-1), reduction="batchmean")
+            if torch.allclose(got, xor + (1 - a) * nn.functional.cross_entropy(student, labels), atol=1e-5):
+                raise CheckFailed(f"For T = {T}, alpha = {a}: the soft term is multiplied by T ^ 2 = {T ^ 2}. "
+                                  f"{XOR_HINT}")
         raise CheckFailed(f"For T = {T}, alpha = {a} the loss should be {want.item():.4f}, got {got.item():.4f}: "
                           "alpha · T² · KL(softened teacher ‖ softened student) + (1 − alpha) · cross-entropy.")
     same = fn(teacher.detach(), teacher.detach(), labels, temperature=3.0, alpha=1.0)
     expect(abs(same.item()) < 1e-6, f"When student and teacher logits are equal the KL term is 0; with alpha = 1 "
                                     f"the loss should be 0, got {same.item():.4f}: the soft term is KL(teacher ‖ student) "
                                     "of the softened distributions, nothing else.")
+    for T, a in ((2.0, 0.7), (4.0, 1.0)):
+        student.grad = teacher.grad = None
+        attempt(f"loss.backward() on distillation_loss(temperature={T}, alpha={a})",
+                lambda: fn(student, teacher, labels, temperature=T, alpha=a).backward())
+        expect(teacher.grad is None or torch.count_nonzero(teacher.grad) == 0,
+               "No gradient may flow into the teacher: detach the teacher's logits.")
+        expect(student.grad is not None and torch.count_nonzero(student.grad) > 0,
+               f"For T = {T}, alpha = {a} the student receives no gradient: compute the loss from student_logits "
+               "itself (not .detach(), .data or under torch.no_grad()), or distillation cannot train it.")
+        s_ref = student.detach().clone().requires_grad_(True)
+        distillation_loss(s_ref, teacher, labels, temperature=T, alpha=a).backward()
+        expect(close(student.grad, s_ref.grad, atol=1e-5),
+               f"For T = {T}, alpha = {a} the loss has the right value but the student's gradient is not the "
+               "formula's: the soft term must reach the student too (no torch.no_grad(), .detach() or .item() on the "
+               "student's side of the KL term).")
     student.grad = teacher.grad = None
-    fn(student, teacher, labels, temperature=2.0, alpha=0.7).backward()
-    expect(teacher.grad is None or torch.count_nonzero(teacher.grad) == 0,
-           "No gradient may flow into the teacher: detach the teacher's logits.")
-    expect(student.grad is not None and torch.count_nonzero(student.grad) > 0, "The student must receive a gradient.")
     passed("distillation loss: right value, both limits hold, and only the student gets gradients")
 
 
 # ----------------------------------------------------------------------------- 09
+ORIGINAL_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "target_modules": ["query", "value"], "bias": "none",
+                 "task_type": "SEQ_CLS"}
+
+
+def tiny_encoder(seed: int = 0, layers: int = 2) -> nn.Module:
+    """A randomly initialised BERT classifier a few thousand parameters big, named like the notebook's
+    encoders (``...attention.self.query``): what a LoraConfig does to a model can be seen on it in
+    milliseconds."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=16, max_position_embeddings=16, num_labels=4)
+    return BertForSequenceClassification(cfg)
+
+
+def lora_behaviour(config: Any, seed: int = 0, layers: int = 2) -> dict:
+    """What ``config`` does to :func:`tiny_encoder`: the trainable parameters (names and shapes), their
+    count, and for each module that gets LoRA its rank, scaling and dropout. Two configs that build the
+    same model (``["query", "value"]`` and ``["attention.self.query", "attention.self.value"]``) agree."""
+    import copy
+
+    from peft import get_peft_model
+
+    model = get_peft_model(tiny_encoder(seed, layers), copy.deepcopy(config))
+    trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
+    lora = {}
+    for name, module in model.named_modules():
+        ranks = getattr(module, "r", None)
+        if isinstance(ranks, dict) and "default" in ranks and hasattr(module, "lora_A"):
+            drop = module.lora_dropout["default"] if hasattr(module, "lora_dropout") else None
+            lora[name] = [int(ranks["default"]), float(module.scaling["default"]), float(getattr(drop, "p", 0.0))]
+    return {"trainable": trainable, "count": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "lora": lora}
+
+
+def _reference_lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(**ORIGINAL_LORA)
+
+
+def _field(config: Any, key: str) -> Any:
+    value = getattr(config, key, None)
+    if key == "task_type":
+        return str(getattr(value, "value", value))
+    if key == "target_modules" and isinstance(value, (set, list, tuple)):
+        return sorted(value)
+    return value
+
+
+def _diagnose_config(config: Any, got: dict | None, want: dict) -> str:
+    """One sentence naming what makes ``config`` build another model than the original experiment's
+    (``got`` is None when peft could not build one from it; then only the fields are compared)."""
+    if getattr(config, "inference_mode", False):
+        return ("inference_mode=True freezes every LoRA matrix (nothing would train): leave inference_mode at its "
+                "default, False.")
+    if getattr(config, "use_dora", False):
+        return ("use_dora=True adds DoRA's trainable magnitude vectors: the original experiment is plain LoRA, "
+                "leave use_dora at False.")
+    if getattr(config, "use_rslora", False):
+        return ("use_rslora=True scales the update by lora_alpha / sqrt(r) instead of lora_alpha / r: the original "
+                "experiment uses plain LoRA's scaling, leave use_rslora at False.")
+    for key in ("r", "lora_alpha", "lora_dropout", "bias", "task_type"):
+        if _field(config, key) != ORIGINAL_LORA[key] and (key != "task_type" or got is None):
+            return (f"LoraConfig.{key} should be {ORIGINAL_LORA[key]!r} (the original experiment's value), "
+                    f"got {_field(config, key)!r}.")
+    if got is None:
+        return ""
+    if sorted(got["lora"]) != sorted(want["lora"]):
+        short = sorted({n.split(".")[-1] for n in got["lora"]})
+        return (f"target_modules={getattr(config, 'target_modules', None)!r} puts LoRA on the layers named {short}; "
+                "the original experiment puts it on the attention's query and value projections only.")
+    if set(got["trainable"]) != set(want["trainable"]):
+        missing = sorted(set(want["trainable"]) - set(got["trainable"]))
+        if any("classifier" in n for n in missing):
+            return (f"task_type should make peft keep the new classification head trainable (task_type='SEQ_CLS'), "
+                    f"got {getattr(config, 'task_type', None)!r}: the head would stay random.")
+        extra = sorted(set(got["trainable"]) - set(want["trainable"]))
+        return (f"Your config trains other parameters than the original experiment's: also {extra[:3]}, "
+                f"not {missing[:3]}.")
+    return ("Your config builds another model than the original experiment's (rank, scaling or dropout of its LoRA "
+            "layers differ): set only the six settings listed at the top.")
+
+
+@answer_shape("lora_config should be a peft LoraConfig, and count_trainable(model) should return an int.")
 def check_lora_config(config, count_trainable: Callable, model) -> None:
-    """The original experiment's LoraConfig field by field, and count_trainable on the model and on a half-frozen toy."""
-    want = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "bias": "none"}
-    for key, value in want.items():
-        got = getattr(config, key, None)
-        expect(got == value, f"LoraConfig.{key} should be {value!r} (the original experiment's value), got {got!r}.")
-    expect(set(config.target_modules or []) == {"query", "value"},
-           f"target_modules should be ['query', 'value'], got {config.target_modules!r}.")
-    expect(str(getattr(config.task_type, "value", config.task_type)) == "SEQ_CLS",
-           f"task_type should be 'SEQ_CLS' (sequence classification), got {config.task_type!r}.")
+    """What the learner's LoraConfig builds on a tiny BERT (trainable names and count, each LoRA layer's
+    rank, scaling and dropout) against what the original experiment's config builds; count_trainable
+    against the count of what that intended config trains, on the notebook's model, and on a
+    half-frozen toy."""
+    from peft import PeftConfig
+
+    expect(isinstance(config, PeftConfig), f"lora_config should be a peft LoraConfig, got {type(config).__name__}.")
+    reference = _reference_lora_config()
+    want = lora_behaviour(reference)
+    try:
+        got = lora_behaviour(config)
+    except Exception as err:  # peft could not build a classifier from it: say which setting, if one is off
+        raise CheckFailed(_diagnose_config(config, None, want) or
+                          f"get_peft_model(a tiny BERT, lora_config) raised {type(err).__name__}: {str(err)[:200]}. "
+                          "Set only the six settings listed at the top.") from None
+    if got != want:
+        raise CheckFailed(_diagnose_config(config, got, want))
+    intended = want["count"]
+    from peft import get_peft_model
+
+    ref_model = get_peft_model(tiny_encoder(0), _reference_lora_config())
     toy = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
     toy[0].requires_grad_(False)
-    for what, m in (("a toy model with Linear(5, 4) frozen and Linear(4, 3) trainable", toy), ("the peft model", model)):
-        got = attempt(f"count_trainable on {what}", count_trainable, m)
-        want_count = sum(p.numel() for p in m.parameters() if p.requires_grad)
-        expect(_is_int(got) and got == want_count,
-               f"count_trainable on {what} should be {want_count:,}, got {got!r}: sum p.numel() over the "
+    for what, m, want_count in (
+            ("a toy model with Linear(5, 4) frozen and Linear(4, 3) trainable", toy, 15),
+            ("a tiny BERT with the original experiment's LoRA (what that config trains)", ref_model, intended),
+            ("the peft model", model, sum(p.numel() for p in model.parameters() if p.requires_grad))):
+        got_count = attempt(f"count_trainable on {what}", count_trainable, m)
+        expect(_is_int(got_count) and got_count == want_count,
+               f"count_trainable on {what} should be {want_count:,}, got {got_count!r}: sum p.numel() over the "
                "parameters with requires_grad.")
     passed("the LoraConfig is the original experiment's, and the trainable count is right")
+
+
+# ----------------------------------------------------------------------------- 07 · the last real token
+def _last_real(rows: list[list[int]], pad: int) -> list[int]:
+    """Each row's last position whose token is not ``pad``, by a plain loop (0 when there is none)."""
+    out = []
+    for row in rows:
+        real = [i for i, t in enumerate(row) if t != pad]
+        out.append(real[-1] if real else 0)
+    return out
+
+
+def _last_token_mistake(got: list[int], rows: list[list[int]], pad: int) -> str:
+    """What a wrong answer of last_token_index most likely did, in words; '' when nothing matches."""
+    want, width = _last_real(rows, pad), len(rows[0])
+    counted = [sum(t != pad for t in row) - 1 for row in rows]
+    first_pad = [row.index(pad) - 1 if pad in row else -1 for row in rows]
+    if any(v < 0 or v >= width for v in got):
+        full = [i for i, row in enumerate(rows) if pad not in row]
+        why = (f" Row {full[0]} fills the width (it has no pad token): there (x == pad).argmax() is 0, and 0 - 1 = -1."
+               if full and got[full[0]] < 0 else "")
+        return (f"returned {got}, but every index must lie in 0..{width - 1} (torch.gather and the lengths computed "
+                f"from it need that).{why}")
+    if got == [width - 1] * len(rows) and want != got:
+        return ("returned the last position of the padded row for every message: that is a pad token for every "
+                "message shorter than the batch. Find where each message's real tokens end.")
+    if got == [v + 1 for v in want]:
+        return "is one too far (off by one): that is the first pad position, or the length; the index is the length - 1."
+    if got == [v - 1 for v in want]:
+        return "is one too short (off by one): the last real token's position is the number of tokens up to it - 1."
+    if got == counted and counted != want:
+        return ("counted the non-pad tokens: a token equal to the pad id inside a message is part of the message "
+                "(with pad_token_id=0, every '!' is token 0); only the trailing run of pad tokens is padding.")
+    if [g if f < 0 else f for g, f in zip(got, first_pad)] == got and got != want and any(pad in r[:v + 1] for r, v in
+                                                                                          zip(rows, want)):
+        return ("stopped at the first pad token: a token equal to the pad id inside a message is part of it; only "
+                "the trailing run of pad tokens is padding. Find the last position that is not padding.")
+    if got == [0] * len(rows):
+        return "returned 0 for every row: that is the first token's position; the last real token comes later."
+    return ""
+
+
+def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_token_id: int = 50256) -> None:
+    """Right-padded batches: several lengths, a message that fills the width, a batch of one, a pad id
+    that also occurs inside messages, and the notebook's own batch; the input must stay unchanged."""
+    P = 50256
+    cases = [
+        ("a batch padded with 50256 ([[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]])",
+         [[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]], P),
+        ("a batch of one ([[3, 1, 4, 1, 5, 9, P, P]])", [[3, 1, 4, 1, 5, 9, P, P]], P),
+        ("a batch of one message that fills the width ([[3, 1, 4]])", [[3, 1, 4]], P),
+        ("pad_token_id=0, with token 0 ('!') also inside the messages ([[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], "
+         "[1, 0, 3, 4, 5]])", [[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], [1, 0, 3, 4, 5]], 0),
+        ("a batch of width 1 ([[7], [8]])", [[7], [8]], P),
+    ]
+    if batch is not None:
+        cases.append((f"your {tuple(batch.shape)} batch of training messages", batch.tolist(), pad_token_id))
+    for what, rows, pad in cases:
+        x = torch.tensor(rows)
+        before = x.clone()
+        got = attempt(f"last_token_index on {what}", fn, x, pad,
+                      hint="Compare the batch with pad_token_id, then find each row's last position that is not padding.")
+        expect(torch.equal(x, before), f"last_token_index changed the batch it was given ({what}): compute a mask "
+                                       "(x != pad_token_id) instead of writing into input_batch.")
+        expect(isinstance(got, torch.Tensor), f"last_token_index on {what} returned a {type(got).__name__}: return a "
+                                              "tensor of indices, one per row.")
+        expect(not got.dtype.is_floating_point and not got.dtype.is_complex and got.dtype != torch.bool,
+               f"last_token_index on {what} returned {got.dtype} values: indices must be integers (torch.long).")
+        expect(tuple(got.shape) == (len(rows),), f"last_token_index on {what} returned shape {tuple(got.shape)}: "
+                                                 f"return one index per row, shape ({len(rows)},) (reduce over dim=1).")
+        want = _last_real(rows, pad)
+        values = got.tolist()
+        if values != want:
+            if pad != P and values == _last_real(rows, P):
+                raise CheckFailed(f"On {what} you looked for token 50256: use the pad_token_id argument, not a fixed id.")
+            why = _last_token_mistake(values, rows, pad)
+            raise CheckFailed(f"last_token_index on {what} should be {want}, got {values}" + (f": it {why}" if why else
+                              ": each entry is the position of the row's last token that is not padding."))
+    passed("last_token_index finds the last real token with right-padding, full-width rows, a batch of one and a "
+           "pad id inside messages, and leaves the batch unchanged")
