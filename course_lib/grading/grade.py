@@ -6,6 +6,7 @@ import ast
 import csv
 import dataclasses
 import hashlib
+import html
 import importlib.util
 import io
 import json
@@ -123,6 +124,117 @@ def own_definition(nb: nbformat.NotebookNode, name: str, value: bool = False) ->
             "course_lib.")
 
 
+# --------------------------------------------------------------------------- what is the student's own
+IMPLEMENTATIONS = ("peft", "loralib")   # installed packages that implement the exercises (LoRA)
+FLAG_FIELDS = ["student", "notebook", "exercise", "reason"]
+SIMILAR = 0.9          # difflib ratio of normalised source above which a definition is flagged
+MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is checked
+
+
+def installed_implementations() -> list[str]:
+    """The folders of installed packages that implement a graded exercise (peft's LoRA, loralib):
+    each probe's sandbox covers them with an empty folder, so no definition can delegate to them."""
+    out = []
+    for name in IMPLEMENTATIONS:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            if os.path.isdir(folder):
+                out.append(os.path.realpath(folder))
+    return sorted(set(out))
+
+
+def _normalised(source: str) -> str:
+    """``source`` re-printed from its syntax tree without docstrings or comments."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _decoded_blobs(source: str) -> list[str]:
+    """Text hidden in a cell's long string or bytes constants (base64, base85 or hex, optionally
+    zlib-, gzip-, bz2- or lzma-compressed), each decompressed to at most ``MAX_DECODED`` bytes."""
+    import base64
+    import binascii
+    import bz2
+    import lzma
+    import zlib
+
+    tree = parse_cell(source)
+    if tree is None:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        value = getattr(node, "value", None) if isinstance(node, ast.Constant) else None
+        if not isinstance(value, (str, bytes)) or len(value) < 200:
+            continue
+        raw = value.encode("latin-1", "ignore") if isinstance(value, str) else value
+        candidates = [raw]
+        for decode in (base64.b64decode, base64.b85decode, binascii.unhexlify):
+            try:
+                candidates.append(decode(raw))
+            except (ValueError, binascii.Error):
+                pass
+        for blob in candidates:
+            for decompress in (lambda b: zlib.decompressobj(47).decompress(b, MAX_DECODED),
+                               lambda b: bz2.BZ2Decompressor().decompress(b, MAX_DECODED),
+                               lambda b: lzma.LZMADecompressor().decompress(b, MAX_DECODED)):
+                try:
+                    out.append(decompress(blob).decode("utf-8", "replace"))
+                except (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error):
+                    pass
+            if blob is not raw:
+                out.append(blob[:MAX_DECODED].decode("utf-8", "replace"))
+    return out
+
+
+def plagiarism_flags(nb: nbformat.NotebookNode, hidden: list, tests: ModuleType) -> list[dict]:
+    """For the instructor, not the grade: each exercise whose definition in the cells that ran (or
+    in text they carry encoded or compressed) is, once docstrings and layout are set aside, at
+    least ``SIMILAR`` alike to the course library's reference."""
+    import difflib
+    import inspect
+
+    sources = [c.source for c in nb.cells if c.get("cell_type") == "code"]
+    texts = sources + [t for src in sources for t in _decoded_blobs(src)]
+    flags = []
+    for test in hidden:
+        try:
+            reference = _normalised(inspect.getsource(test.reference()))
+        except (TypeError, OSError, Exception):
+            continue
+        if not reference:
+            continue
+        for text in texts:
+            tree = parse_cell(text)
+            mine = [ast.unparse(n) for n in (tree.body if tree else [])
+                    if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == test.name]
+            if any(difflib.SequenceMatcher(None, _normalised(m), reference).ratio() >= SIMILAR for m in mine):
+                flags.append({"exercise": test.exercise, "reason": f"`{test.name}` matches course_lib's "
+                              "implementation (a signal to look at, not a grade)."})
+                break
+    return flags
+
+
+def write_flags(flags: list[dict], out: Path) -> None:
+    """``out``: one row per flagged exercise, for the instructor's eyes only (students never see it)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FLAG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell(f[k]) for k in FLAG_FIELDS}
+                     for f in sorted(flags, key=lambda f: (f["student"], f["notebook"], f["exercise"])))
+    out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
+
+
 # --------------------------------------------------------------------------- one job
 def _expected(test, seed: int, tests: ModuleType):
     namespace = {test.name: test.reference(), **getattr(tests, "EXTRA_NAMES", {}).get(test.exercise, {})}
@@ -200,8 +312,12 @@ def grade_one(job: dict) -> dict:
         return result
 
 
-def _sandbox_for(job: dict, writable: list[Path], course_source: Path, cwd: Path, env: dict) -> list[str]:
-    """The command prefix that runs a process of this job inside its sandbox (or [] without one)."""
+def _sandbox_for(job: dict, writable: list[Path], course_source: Path, cwd: Path, env: dict,
+                 private: Path | None = None, hidden: list[Path] | None = None,
+                 also_readonly: list[Path] = ()) -> list[str]:
+    """The command prefix that runs a process of this job inside its sandbox (or [] without one).
+    ``private`` (a folder no sandbox sees) receives bwrap's options, so that they are not on the
+    sandbox's command line; ``hidden`` folders are covered by an empty tmpfs inside."""
     if not job["sandbox"]:
         return []
     course_dir = Path(job["course_dir"])
@@ -209,10 +325,20 @@ def _sandbox_for(job: dict, writable: list[Path], course_source: Path, cwd: Path
     data = course_dir.parent / "data"
     if data.is_dir():
         readonly.append((data, data))
-    for extra in job.get("readonly", []):
+    for extra in [*job.get("readonly", []), *also_readonly]:
         readonly.append((Path(extra), Path(extra)))
-    box = sandbox.Sandbox(writable=writable, readonly=readonly, env=env, cwd=cwd, limits=sandbox.Limits(**job["limits"]))
-    return box.command([])
+    box = sandbox.Sandbox(writable=writable, readonly=readonly, env=env, cwd=cwd, limits=sandbox.Limits(**job["limits"]),
+                          hidden=hidden or [])
+    args_file = Path(tempfile.mkstemp(prefix="bwrap-args-", dir=private)[1]) if private else None
+    if args_file:
+        args_file.unlink()
+    return box.command([], args_file=args_file)
+
+
+def _sandbox_env(job: dict, extra: dict[str, str]) -> dict[str, str]:
+    """The environment inside a sandbox: minimal, with the course library's folder on PYTHONPATH
+    (where the sandbox binds it), so a library found only through the grader's PYTHONPATH works."""
+    return sandbox.sandboxed_env({**extra, "PYTHONPATH": str(Path(job["course_dir"]).parent)})
 
 
 def _grade_one(job: dict, result: dict) -> dict:
@@ -247,33 +373,55 @@ def _grade_one(job: dict, result: dict) -> dict:
         return result
     start = time.monotonic()
     budget = job["notebook_timeout"]
-    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
-        workdir, ipc = Path(tmp) / "work", Path(tmp) / "ipc"
-        shutil.copytree(path.parent, workdir, symlinks=True, ignore=shutil.ignore_patterns(".*"))
+    tmp = Path(tempfile.mkdtemp(prefix="job-", dir=job.get("scratch")))
+    try:
+        workdir, ipc, private = tmp / "work", tmp / "ipc", tmp / "grader"
+        skipped = sandbox.copy_submission(path.parent, workdir)
         ipc.mkdir()
+        private.mkdir(mode=0o700)
+        (private / "conn").mkdir()
         shutil.copytree(job["shared_cache"], workdir / ".course-cache", dirs_exist_ok=True)
         shutil.copytree(job["mpl_dir"], workdir / ".matplotlib", dirs_exist_ok=True)
         env = {**_thread_env(job), "COURSE_PROFILE": job["profile"], "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
                "HOME": str(workdir), "IPYTHONDIR": str(workdir / ".ipython"), "MPLCONFIGDIR": str(workdir / ".matplotlib"),
                "JUPYTER_RUNTIME_DIR": str(ipc), "JUPYTER_PLATFORM_DIRS": "1", "TMPDIR": "/tmp"}
-        env = sandbox.sandboxed_env(env) if job["sandbox"] else {**os.environ, **env, "TMPDIR": tmp,
-                                                                   "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
-        group = sandbox.sandbox_cgroups(sandbox.Limits(**job["limits"])) if job["sandbox"] else []
+        env = _sandbox_env(job, env) if job["sandbox"] else {**os.environ, **env, "TMPDIR": str(tmp),
+                                                              "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+        group = _cgroups(job)
         try:
-            wrapper = sandbox.in_cgroup(group, _sandbox_for(job, [workdir, ipc], Path(job["course_dir"]), workdir, env))
+            # the connection file's folder: readable inside, writable only by the grader
+            wrapper = sandbox.in_cgroup(group, _sandbox_for(job, [workdir, ipc], Path(job["course_dir"]), workdir,
+                                                            env, private, also_readonly=[private / "conn"]))
             run = runner.run_notebook(nb, workdir, wrapper, env, ipc if job["sandbox"] else None,
-                                      job["cell_timeout"], start + budget * PHASE1_SHARE)
+                                      job["cell_timeout"], start + budget * PHASE1_SHARE,
+                                      grader_dir=private if job["sandbox"] else None)
         finally:
             sandbox.remove_cgroups(group)
+        run.events[:0] = skipped
+        if not run.started:
+            result["rows"] = _rows_for_all(hidden, "error", "error: could not start the Python kernel for this "
+                                           "notebook, so nothing was graded; tell your instructor.")
+            result["events"] = run.events
+            return result
         executed_nb = nbformat.from_dict({**nb, "cells": [c for i, c in enumerate(nb.cells) if i in set(run.executed)]})
         values = set().union(*[value_names(t, tests) for t in hidden]) if hidden else set()
         defs = probe.definitions(probe.executed_sources(nb, run.executed), values)
-        payloads = _run_probes(job, hidden, defs, Path(tmp), start + budget)
+        payloads = _run_probes(job, hidden, defs, tmp, start + budget)
+    finally:
+        sandbox.remove_tree(tmp)
     result["rows"] = [_exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
     result["events"] = run.events
     result["written"] = {printable(str(k), 100): _utf8(v[:5000]) for k, v in written_answers(nb).items()}
+    result["flags"] = [{"student": job["student"], "notebook": job["notebook"], **f}
+                       for f in plagiarism_flags(executed_nb, hidden, tests)]
     result["executed"] = nbformat.writes(run.notebook)
     return result
+
+
+def _cgroups(job: dict) -> list[Path]:
+    if not job["sandbox"]:
+        return []
+    return sandbox.sandbox_cgroups(sandbox.Limits(**job["limits"]), owner=job.get("grader_pid"))
 
 
 def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: float) -> dict[str, dict]:
@@ -296,15 +444,16 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
                    "COURSE_CACHE_DIR": str(work / ".course-cache"), "MPLCONFIGDIR": str(work / ".matplotlib"),
                    "TMPDIR": "/tmp"}
             if job["sandbox"]:
-                command = _sandbox_for(job, [work], Path(course_copy), work, sandbox.sandboxed_env(env)) + \
-                    probe.probe_command()
+                command = _sandbox_for(job, [work], Path(course_copy), work, _sandbox_env(job, env), tmp / "grader",
+                                       hidden=[Path(h) for h in job.get("hide_in_probes", [])]) + \
+                    _probe_command(Path(job["course_dir"]).parent)
                 env_arg = None
             else:
                 command = probe.probe_command(isolated=False)
                 env_arg = {**os.environ, **env, "PYTHONPATH": str(Path(course_copy).parent)}
             left = deadline - time.monotonic()
             timeout = min(job["cell_timeout"] * len(tests_now) + PROBE_STARTUP, left)
-            group_id = sandbox.sandbox_cgroups(sandbox.Limits(**job["limits"])) if job["sandbox"] else []
+            group_id = _cgroups(job)
             try:
                 state, raw = ("timeout", b"") if left <= 1 else probe.run_probe_process(
                     sandbox.in_cgroup(group_id, command),
@@ -325,6 +474,18 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
     return payloads
 
 
+def _probe_command(library_parent: Path) -> list[str]:
+    """The probe process's command inside a sandbox: isolated (``-I`` ignores every PYTHON*
+    variable), with the folder where the sandbox binds the course library first on ``sys.path``,
+    and PyTorch imported before any definition runs (an import that takes seconds on a loaded
+    machine must not count against the per-statement time limit of the notebook's definitions)."""
+    from . import probe
+
+    command = probe.probe_command()
+    return command[:-1] + [f"import sys; sys.path.insert(0, {str(library_parent)!r})\n"
+                           "try:\n    import torch, torch.nn\nexcept ImportError:\n    pass\n" + command[-1]]
+
+
 # --------------------------------------------------------------------------- outputs
 def _sorted_rows(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["student"], r["notebook"], r["exercise"]))
@@ -343,12 +504,45 @@ def with_totals(rows: list[dict]) -> list[dict]:
     return out
 
 
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "|", "%")
+
+
+def csv_cell(value):
+    """``value`` safe for a spreadsheet: text that a spreadsheet would read as a formula (starting
+    with ``=``, ``+``, ``-``, ``@``, a tab, ...) gets a leading apostrophe (OWASP's advice on CSV
+    injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def display_name(folder: str) -> str:
+    """A student's folder name as every output shows it: printable, on one line, at most 80
+    characters. A name that had to change gets ``~`` and 8 hex digits of its hash, so two folders
+    never share a name in the gradebook."""
+    shown = " ".join(printable(folder, 1000).split())
+    if shown == folder and 0 < len(shown) <= 80 and not shown.startswith(("'", "~")):
+        return shown
+    return f"{shown[:70]}~{hashlib.sha256(folder.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def file_name(name: str) -> str:
+    """``name`` (a display name) as a file name: no ``/``, no leading dot, at most 120 bytes."""
+    safe = name.replace("/", "_").replace("\0", "_")
+    if safe.startswith("."):
+        safe = "_" + safe
+    if len(safe.encode("utf-8", "surrogateescape")) > 120:
+        digest = hashlib.sha256(safe.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        safe = safe.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore") + "~" + digest
+    return safe
+
+
 def write_gradebook(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: r[k] for k in FIELDS} for r in with_totals(rows))
+    writer.writerows({k: csv_cell(r[k]) for k in FIELDS} for r in with_totals(rows))
     out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
 
 
@@ -383,7 +577,7 @@ def _answer_block(student_answer: str, model: str) -> list[str]:
     mine = student_answer.strip()
     if not mine or ANSWER_PROMPT in mine:
         mine = "(no answer)"
-    quote = lambda text: ["> " + line for line in text.split("\n")]  # noqa: E731
+    quote = lambda text: ["> " + html.escape(line, quote=False) for line in text.split("\n")]  # noqa: E731
     return ["  Your answer:", "", *["  " + q for q in quote(mine[:2000])], "", "  Model answer:", "",
             *["  " + q for q in quote(model)], ""]
 
@@ -394,20 +588,21 @@ def write_feedback(student: str, results: list[dict], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rows = [r for res in results for r in res["rows"]]
     got, total = sum(r["points"] for r in rows), sum(r["max_points"] for r in rows)
-    lines = [f"# Feedback for {student}", "", f"**{got} of {total} points.**", ""]
+    text = lambda value: html.escape(printable(str(value), 2000), quote=False)  # noqa: E731  one line, no HTML
+    lines = [f"# Feedback for {text(student)}", "", f"**{got} of {total} points.**", ""]
     for res in sorted(results, key=lambda r: r["notebook"]):
         lines += [f"## {res['notebook']}", ""]
         for r in res["rows"]:
             mark = "✓" if r["status"] == "passed" else "✗"
-            lines.append(f"- {mark} **{r['exercise']}** ({r['points']}/{r['max_points']}): {r['message']}")
+            lines.append(f"- {mark} **{r['exercise']}** ({r['points']}/{r['max_points']}): {text(r['message'])}")
         for event in res["events"]:
-            lines.append(f"- Note: {event}")
+            lines.append(f"- Note: {text(event)}")
         models = model_answers(res["notebook"])
         for exercise, model in models.items():
             lines += [f"- Written answer **{exercise}** (not scored):", ""]
             lines += _answer_block(res.get("written", {}).get(exercise, ""), model)
         lines.append("")
-    (folder / f"{student}.md").write_text("\n".join(lines), encoding="utf-8", errors="backslashreplace")
+    (folder / f"{file_name(student)}.md").write_text("\n".join(lines), encoding="utf-8", errors="backslashreplace")
 
 
 def prepare_shared(profile: str, workdir: Path) -> tuple[Path, Path]:
@@ -464,36 +659,53 @@ def _probe_courses(tests: ModuleType, workdir: Path) -> dict[str, str]:
 
 
 def _run_jobs(jobs: list[dict], workers: int, tests_path: Path, progress: bool) -> list[dict]:
-    """Every job's result, in job order; a worker that dies costs only its own jobs."""
+    """Every job's result, in job order; a worker that dies costs only its own job.
+
+    Jobs run in a pool of ``workers`` processes. When a worker dies (the OOM killer, a signal),
+    the pool breaks and every job it had not finished is run again, each in a process of its own:
+    there, a death is that job's alone, and the job is reported as stopped."""
     from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from tqdm.std import tqdm
 
     bar = tqdm(total=len(jobs), desc="grading", unit="notebook", disable=not progress)
     results: list[dict | None] = [None] * len(jobs)
-    if workers <= 1:
-        for i, job in enumerate(jobs):
+
+    def pool_run(indices: list[int], size: int) -> bool:
+        """Run ``indices`` in one pool of ``size`` workers; False if the pool broke."""
+        with ProcessPoolExecutor(max_workers=size, mp_context=get_context("spawn"), initializer=_worker_start,
+                                 initargs=(tests_path, os.getpid())) as pool:
+            futures = {pool.submit(grade_one, jobs[i]): i for i in indices}
+            broke = False
+            for future in as_completed(futures):
+                try:
+                    results[futures[future]] = future.result()
+                    bar.update(1)
+                except BrokenProcessPool:
+                    broke = True
+                except Exception:
+                    pass
+        return not broke
+
+    if workers <= 1 and not any(j["sandbox"] for j in jobs):
+        for i, job in enumerate(jobs):   # trusted notebooks without a sandbox: in this process
             results[i] = grade_one(job)
             bar.update(1)
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_start,
-                                 initargs=(tests_path, os.getpid())) as pool:
-            futures = {pool.submit(grade_one, job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                i = futures[future]
-                try:
-                    results[i] = future.result()
-                except Exception:
-                    results[i] = None
-                bar.update(1)
+    elif not pool_run(list(range(len(jobs))), max(1, workers)):
+        left = [i for i in range(len(jobs)) if results[i] is None]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as alone:   # one process per job from here on
+            list(alone.map(lambda i: pool_run([i], 1), left))
     bar.close()
     tests = load_tests(tests_path)
     for i, job in enumerate(jobs):
         if results[i] is None:
             results[i] = {"student": job["student"], "notebook": job["notebook"], "events": [], "executed": None,
                           "rows": _rows_for_all(tests.tests_for(job["notebook"]), "error",
-                                                "The grader's worker stopped while grading this notebook; "
-                                                "tell your instructor.")}
+                                                "The grader's worker stopped while grading this notebook (it "
+                                                "ran out of memory or was killed); tell your instructor.")}
     return results  # type: ignore[return-value]
 
 
@@ -510,15 +722,16 @@ def _worker_start(tests_path: Path, grader_pid: int) -> None:
     preload(tests_path)
 
 
-def threads_per_worker(workers: int) -> int:
-    """CPU threads for each submission's kernel and probes: this machine's cores shared among the
-    workers, at least one (``OMP_NUM_THREADS`` set for the grader wins). Workers that each start
-    one thread per core would oversubscribe the CPU, and OpenMP then slows down many times."""
+def threads_per_notebook() -> int:
+    """CPU threads for each submission's kernel and probes: one, or ``OMP_NUM_THREADS`` when the
+    instructor sets it. Fixed, whatever the class size or ``--workers``, because the thread count
+    changes PyTorch's reductions (and timings), so the same submission must always get the same.
+    One thread per kernel also keeps workers from oversubscribing the CPU (measured in
+    docs/instructors.md: OpenMP then slows everything down many times)."""
     given = os.environ.get("OMP_NUM_THREADS", "")
     if given.isdigit() and int(given) > 0:
         return int(given)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, workers))
+    return 1
 
 
 def _thread_env(job: dict) -> dict[str, str]:
@@ -532,14 +745,18 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
           tests_path: Path = DEFAULT_TESTS, progress: bool = True, use_sandbox: bool = True,
           limits: "sandbox.Limits | None" = None) -> list[dict]:
     """Grade every ``SUBMISSIONS/<student>/<notebook>.ipynb``; returns the gradebook rows.
+    Folders whose names start with ``.`` are not students; names are shown as :func:`display_name` makes them.
 
     Each submission runs in its own bubblewrap sandbox (``use_sandbox=False`` only where the
     notebooks are trusted); the gradebook, feedback and executed notebooks are written by this
     process after every sandbox is gone."""
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
+    limits = limits or sandbox.Limits()
+    course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
     if use_sandbox:
-        sandbox.check_available()
+        sandbox.check_available(course_dir)
+        workers, limits = _limits_here(limits, workers)
     else:
         print(sandbox.NO_SANDBOX_WARNING, file=sys.stderr)
     tests = preload(tests_path)
@@ -547,39 +764,76 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     unknown = [n for n in names if n not in tests.notebooks()]
     if unknown:
         raise ValueError(f"No hidden tests for {unknown[0]!r}; choose from {tests.notebooks()}.")
-    students = select_students(sorted(p.name for p in submissions.iterdir() if p.is_dir()), shard)
+    folders = select_students(sorted(p.name for p in submissions.iterdir()
+                                     if p.is_dir() and not p.name.startswith(".")), shard)
+    shown = {folder: display_name(folder) for folder in folders}
+    students = sorted(shown.values())
     feedback_dir = feedback_dir or out.parent / "feedback"
     executed_dir = executed_dir or out.parent / "executed"
-    limits = limits or sandbox.Limits()
-    course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
     readonly = []
     if profile != "smoke":
         from huggingface_hub import constants
 
         readonly = [p for p in {constants.HF_HUB_CACHE} if Path(p).is_dir()]
-    with tempfile.TemporaryDirectory(prefix="course-grade-shared-") as tmp:
-        cache, mpl = prepare_shared(profile, Path(tmp))
-        probe_courses = _probe_courses(tests, Path(tmp))
-        threads = threads_per_worker(min(workers, len(students) * len(names)))
-        jobs = [{"student": s, "notebook": n, "path": str(submissions / s / f"{n}.ipynb"), "tests": str(tests_path),
-                 "profile": profile, "cell_timeout": cell_timeout, "notebook_timeout": notebook_timeout,
-                 "shared_cache": str(cache), "mpl_dir": str(mpl), "sandbox": use_sandbox,
-                 "limits": dataclasses.asdict(limits), "course_dir": str(course_dir), "readonly": readonly,
-                 "probe_courses": probe_courses, "threads": threads} for s in students for n in names]
+    tmp = Path(tempfile.mkdtemp(prefix="course-grade-shared-"))
+    try:
+        cache, mpl = prepare_shared(profile, tmp)
+        probe_courses = _probe_courses(tests, tmp)
+        scratch = tmp / "jobs"
+        scratch.mkdir(mode=0o700)
+        jobs = [{"student": shown[f], "notebook": n, "path": str(submissions / f / f"{n}.ipynb"),
+                 "tests": str(tests_path), "profile": profile, "cell_timeout": cell_timeout,
+                 "notebook_timeout": notebook_timeout, "shared_cache": str(cache), "mpl_dir": str(mpl),
+                 "sandbox": use_sandbox, "limits": dataclasses.asdict(limits), "course_dir": str(course_dir),
+                 "readonly": readonly, "probe_courses": probe_courses, "threads": threads_per_notebook(),
+                 "scratch": str(scratch), "grader_pid": os.getpid(), "hide_in_probes": installed_implementations()}
+                for f in folders for n in names]
         results = _run_jobs(jobs, workers, tests_path, progress)
+    finally:
+        sandbox.remove_owned_cgroups(os.getpid())   # a dead worker's groups, if any
+        sandbox.remove_tree(tmp)                    # and its working folders
     rows = [{"student": r["student"], "notebook": r["notebook"], **row} for r in results for row in r["rows"]]
     write_gradebook(rows, out)
+    write_flags([f for r in results for f in r.get("flags", [])], out.parent / f"{out.stem}-flags.csv")
     for student in students:
-        write_feedback(student, [r for r in results if r["student"] == student], feedback_dir)
+        try:   # one student's failure to write costs only that student's feedback
+            write_feedback(student, [r for r in results if r["student"] == student], feedback_dir)
+        except (Exception, MemoryError) as err:
+            print(f"warning: could not write the feedback of {student}: {type(err).__name__}", file=sys.stderr)
     for r in results:
         if r["executed"]:
-            target = executed_dir / r["student"] / f"{r['notebook']}.ipynb"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
+            target = executed_dir / file_name(r["student"]) / f"{r['notebook']}.ipynb"
+            try:   # one unwritable notebook must not stop the others
+                target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(r["executed"], encoding="utf-8", errors="backslashreplace")
-            except (OSError, ValueError) as err:  # one unwritable notebook must not stop the others
-                print(f"warning: could not write {target}: {err}", file=sys.stderr)
+            except (Exception, MemoryError) as err:
+                print(f"warning: could not write the executed notebook of {r['student']}: {type(err).__name__}",
+                      file=sys.stderr)
     return with_totals(rows)
+
+
+def _limits_here(limits: "sandbox.Limits", workers: int) -> tuple[int, "sandbox.Limits"]:
+    """The number of workers and the limits to use, after saying what this host cannot enforce
+    per sandbox.
+
+    Without a ``pids`` and a ``memory`` cgroup per sandbox (an unprivileged grader whose cgroup is
+    not delegated), ``RLIMIT_NPROC`` counts every process of the grading user and ``RLIMIT_AS``
+    binds each process alone: one sandbox could then starve the others of processes. The grader
+    then runs one submission at a time and says so, rather than promising limits it cannot keep;
+    the process limit is raised by the tasks the user already runs, so that it counts the
+    sandbox's own. (It does not bind root at all: measured, 100 threads under ``--nproc=40``.)"""
+    have = sandbox.cgroups_available(limits)
+    missing = sorted({"pids", "memory"} - have)
+    if not missing:
+        return workers, limits
+    if "pids" in missing and os.getuid() != 0:
+        limits = dataclasses.replace(limits, nproc_base=sandbox.user_tasks() + 64)
+    print(f"warning: no per-sandbox {' and '.join(missing)} cgroup can be created here (run as root, or in a "
+          "delegated cgroup, e.g. `systemd-run --user --scope -p Delegate=yes course grade ...`): the process "
+          f"limit ({limits.processes}) then counts every process of this user together, and the memory limit "
+          f"({limits.memory_bytes / 1024**3:g} GiB) binds each process of a sandbox, not the sandbox."
+          + (" Grading one submission at a time." if workers > 1 else ""), file=sys.stderr)
+    return 1, limits
 
 
 def merge(parts: list[Path], out: Path) -> list[dict]:

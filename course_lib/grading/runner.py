@@ -1,12 +1,24 @@
 """Execute one submission in its own kernel, inside its own sandbox, cell by cell, surviving what
 students write: errors (recorded, execution goes on), endless loops (cell timeout), kernel crashes
-(restart, replay the cells that worked, skip the fatal one), floods of output (every message that
-carries output counts against one cap), and messages the grader cannot read (the kernel is
-restarted). Everything, replays included, stays within the notebook's wall-clock budget."""
+(restart, replay the cells that worked, skip the fatal one), floods of output (what would be
+written into the notebook counts against one cap), floods of messages (every byte the kernel sends,
+on any channel, counts against one budget per notebook), and messages the grader cannot read (the
+kernel is restarted). Everything, replays included, stays within the notebook's wall-clock budget.
+
+With a sandbox, the grader's ZMQ sockets never touch the sandbox's folder: they connect to a
+:class:`KernelRelay` listening in a folder only the grader can reach, which forwards bytes to the
+kernel's sockets after checking that whoever listens there is this kernel's own process."""
 from __future__ import annotations
 
 import json
+import os
+import selectors
+import signal
+import socket
+import stat
+import struct
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +35,9 @@ from traitlets import List, Type, Unicode
 
 OUTPUT_LIMIT = 1_000_000  # characters of output kept per notebook, all message kinds together
 MESSAGE_LIMIT = 16_000_000  # bytes of one message part from the kernel; a larger one disconnects it
+RECEIVE_LIMIT = 128_000_000  # bytes the kernel may send the grader per notebook, every channel together
+RECEIVE_HWM = 64          # messages a grader socket queues before ZMQ stops reading from the kernel
+PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "hb_port": 4, "control_port": 5}
 MAX_RESTARTS = 3          # kernel restarts per notebook (crashes, timeouts, unreadable messages)
 OUTPUT_MESSAGES = {"stream", "display_data", "execute_result", "error", "update_display_data", "comm_open",
                    "comm_msg", "clear_output"}
@@ -34,23 +49,186 @@ class CappedKernelClient(AsyncKernelClient):
 
     def _context_default(self) -> zmq.asyncio.Context:
         self._created_context = True
-        context = zmq.asyncio.Context()
-        context.setsockopt(zmq.MAXMSGSIZE, MESSAGE_LIMIT)
-        return context
+        return _capped_context()
+
+    def start_channels(self, shell: bool = True, iopub: bool = True, stdin: bool = True, hb: bool = True,
+                       control: bool = True) -> None:
+        """Every channel but stdin: the grader never answers ``input()``, so it does not listen
+        there (a kernel could otherwise fill that unread queue)."""
+        super().start_channels(shell=shell, iopub=iopub, stdin=False, hb=hb, control=control)
+
+
+def _capped_context() -> zmq.asyncio.Context:
+    """A ZMQ context whose sockets refuse message parts over ``MESSAGE_LIMIT`` and queue at most
+    ``RECEIVE_HWM`` messages (ZMQ's caps are per part and per message count, not per byte:
+    :class:`KernelRelay` caps the bytes)."""
+    context = zmq.asyncio.Context()
+    context.setsockopt(zmq.MAXMSGSIZE, MESSAGE_LIMIT)
+    context.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+    return context
 
 
 class SandboxedKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernel process starts inside ``wrapper`` (a bwrap command prefix)."""
+    """A kernel manager whose kernel process starts inside ``wrapper`` (a bwrap command prefix).
+
+    With ``kernel_ip`` the kernel binds its sockets at that path (inside the sandbox) while the
+    grader's own sockets, the control socket included, connect to ``ip`` (the relay's path)."""
 
     wrapper = List(Unicode(), default_value=[]).tag(config=True)
+    kernel_ip = Unicode("").tag(config=True)
     client_factory = Type(CappedKernelClient)
+
+    def _context_default(self) -> zmq.asyncio.Context:
+        self._created_context = True
+        return _capped_context()
 
     def format_kernel_cmd(self, extra_arguments=None):
         return list(self.wrapper) + super().format_kernel_cmd(extra_arguments)
 
+    def write_connection_file(self, **kwargs) -> None:
+        if not self.kernel_ip:
+            return super().write_connection_file(**kwargs)
+        relay_ip, self.ip = self.ip, self.kernel_ip
+        try:
+            super().write_connection_file(**kwargs)
+        finally:
+            self.ip = relay_ip
+
+    def _reconcile_connection_info(self, info) -> None:
+        if not self.kernel_ip:   # the file deliberately names the kernel's path, not the grader's
+            super()._reconcile_connection_info(info)
+
+
+class KernelRelay:
+    """Forwards bytes between the grader's sockets (listening in ``grader_dir``) and the kernel's
+    (in ``kernel_dir``, which the sandbox can write), counting what the kernel sends.
+
+    A connection to the kernel side is made only to a socket file (never a link) whose listening
+    process descends from ``owner`` (the kernel's sandbox); anything else is refused. Once the
+    kernel has sent ``limit`` bytes on all channels together, every connection is closed and
+    ``owner`` is killed: no kernel can make the grader hold more than that."""
+
+    def __init__(self, grader_dir: Path, kernel_dir: Path, limit: int = RECEIVE_LIMIT) -> None:
+        self.grader_dir, self.kernel_dir, self.limit = grader_dir, kernel_dir, limit
+        self.received = 0
+        self.flooded = False
+        self.refused = 0
+        self.owner: int | None = None
+        self._selector = selectors.DefaultSelector()
+        self._peer: dict[socket.socket, socket.socket] = {}
+        self._lock = threading.Lock()
+        self._stop = False
+        for port in PORTS.values():
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(str(grader_dir / f"kernel-{port}"))
+            listener.listen(16)
+            listener.setblocking(False)
+            self._selector.register(listener, selectors.EVENT_READ, ("listen", port))
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="kernel-relay")
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        for key in list(self._selector.get_map().values()):
+            key.fileobj.close()
+        self._selector.close()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            for key, _ in self._selector.select(0.2):
+                kind, data = key.data
+                try:
+                    if kind == "listen":
+                        self._accept(key.fileobj, data)
+                    else:
+                        self._forward(key.fileobj, from_kernel=(kind == "kernel"))
+                except OSError:
+                    self._drop(key.fileobj)
+
+    def _accept(self, listener: socket.socket, port: int) -> None:
+        grader_side, _ = listener.accept()
+        kernel_side = self._connect_kernel(port)
+        if kernel_side is None or self.flooded:
+            grader_side.close()
+            return
+        for sock, kind in ((grader_side, "grader"), (kernel_side, "kernel")):
+            sock.settimeout(30)   # a peer that stops reading cannot hold the relay for longer
+            self._selector.register(sock, selectors.EVENT_READ, (kind, port))
+        self._peer[grader_side], self._peer[kernel_side] = kernel_side, grader_side
+
+    def _connect_kernel(self, port: int) -> socket.socket | None:
+        path = self.kernel_dir / f"kernel-{port}"
+        owner = self.owner
+        try:
+            if owner is None or not stat.S_ISSOCK(os.lstat(path).st_mode):
+                return None
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(5)
+            sock.connect(str(path))
+        except OSError:
+            return None
+        pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        if not _descends_from(pid, owner):
+            self.refused += 1
+            sock.close()
+            return None
+        return sock
+
+    def _forward(self, sock: socket.socket, from_kernel: bool) -> None:
+        data = sock.recv(1 << 16)
+        if not data:
+            self._drop(sock)
+            return
+        if from_kernel:
+            self.received += len(data)
+            if self.received > self.limit:
+                self._flood()
+                return
+        self._peer[sock].sendall(data)
+
+    def _drop(self, sock: socket.socket) -> None:
+        for s in (sock, self._peer.pop(sock, None)):
+            if s is None:
+                continue
+            self._peer.pop(s, None)
+            try:
+                self._selector.unregister(s)
+            except (KeyError, ValueError):
+                pass
+            s.close()
+
+    def _flood(self) -> None:
+        self.flooded = True
+        for sock in list(self._peer):
+            self._drop(sock)
+        if self.owner:
+            try:
+                os.kill(self.owner, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is ``ancestor`` or one of its descendants (read from /proc)."""
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
 
 class CappedClient(NotebookClient):
-    """An nbclient that keeps at most ``OUTPUT_LIMIT`` characters of output of any kind."""
+    """An nbclient that writes at most ``OUTPUT_LIMIT`` characters of output into the notebook.
+
+    What is counted is what would be written, not what arrives: a display update is written into
+    every output that shares its ``display_id``, so it counts once per output; an
+    ``execution_count`` that is not a plain small number (from any message) is not written."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -60,9 +238,20 @@ class CappedClient(NotebookClient):
     def process_message(self, msg, cell, cell_index):
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), dict):
             raise UnreadableMessage("a message without content")
+        content = msg["content"]
+        if "execution_count" in content and not _plain_count(content["execution_count"]):
+            content["execution_count"] = None
         msg_type = msg.get("msg_type")
         if msg_type in OUTPUT_MESSAGES:
-            size = len(json.dumps(msg["content"], default=str))
+            transient = content.get("transient")
+            display_id = transient.get("display_id") if isinstance(transient, dict) else None
+            copies = 1
+            if display_id is not None:
+                try:
+                    copies += sum(len(v) for v in self._display_id_map.get(display_id, {}).values())
+                except TypeError:   # an unhashable display_id: not a message Jupyter writes
+                    raise UnreadableMessage("an unhashable display_id") from None
+            size = len(json.dumps(content, default=str)) * copies
             if self.kept + size > OUTPUT_LIMIT:
                 if not self.truncated:
                     self.truncated = True
@@ -71,6 +260,10 @@ class CappedClient(NotebookClient):
                 return None
             self.kept += size
         return super().process_message(msg, cell, cell_index)
+
+
+def _plain_count(value) -> bool:
+    return value is None or (type(value) is int and 0 <= value < 10**9)
 
 
 class UnreadableMessage(RuntimeError):
@@ -84,20 +277,35 @@ class Execution:
     notebook: nbformat.NotebookNode
     events: list[str] = field(default_factory=list)     # notebook-level notes for the feedback
     executed: list[int] = field(default_factory=list)   # code cells that started, in order
+    started: bool = False                                # a kernel started at least once
+    flooded: bool = False                                # the kernel sent more than RECEIVE_LIMIT bytes
 
 
 def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], env: dict[str, str],
-                 ipc_dir: Path | None, cell_timeout: int, deadline: float) -> Execution:
+                 ipc_dir: Path | None, cell_timeout: int, deadline: float, grader_dir: Path | None = None,
+                 receive_limit: int = RECEIVE_LIMIT) -> Execution:
     """Run ``nb``'s code cells in a kernel started by ``wrapper`` (a sandbox command prefix).
 
-    ``deadline`` (time.monotonic) bounds everything, replays after crashes included; with
-    ``ipc_dir`` the kernel talks over Unix sockets there (which work inside a network namespace)."""
+    ``deadline`` (time.monotonic) bounds everything, replays after crashes included. With
+    ``ipc_dir`` the kernel talks over Unix sockets there (which work inside a network namespace);
+    with ``grader_dir`` too (a folder the sandbox cannot see) the connection file lives in its
+    ``conn/`` (which the sandbox must bind read-only) and the grader reaches the kernel only through
+    a :class:`KernelRelay` whose sockets are in its ``relay/``."""
     run = Execution(notebook=nb)
+    relay = None
+    if ipc_dir is not None and grader_dir is not None:
+        (grader_dir / "relay").mkdir(mode=0o700)
+        relay = KernelRelay(grader_dir / "relay", ipc_dir, receive_limit)
+
     def make_km() -> SandboxedKernelManager:
         km = SandboxedKernelManager(kernel_name="python3", wrapper=wrapper)
         if ipc_dir is not None:
             km.transport, km.ip = "ipc", str(ipc_dir / "kernel")
-            km.connection_file = str(ipc_dir / "kernel.json")
+            km.connection_file = str(grader_dir / "conn" / "kernel.json" if grader_dir else ipc_dir / "kernel.json")
+            if relay is not None:
+                km.ip, km.kernel_ip = str(grader_dir / "relay" / "kernel"), str(ipc_dir / "kernel")
+                for name, port in PORTS.items():
+                    setattr(km, name, port)
         return km
 
     client = CappedClient(nb, km=make_km(), timeout=cell_timeout, kernel_name="python3", allow_errors=True,
@@ -110,33 +318,46 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
         return deadline - time.monotonic()
 
     def start_kernel() -> bool:
-        client.startup_timeout = int(max(1, min(120, left())))
-        client.km = client.km or make_km()
-        try:
-            client.start_new_kernel(env=env, cwd=str(workdir), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-            client.start_new_kernel_client()
-            return True
-        except Exception:
-            run.events.append("The Python kernel could not be started for this notebook.")
-            return False
+        for attempt in range(2):   # a second try: a start can fail while a finished sandbox is torn down
+            client.startup_timeout = int(max(1, min(120, left())))
+            client.km = client.km or make_km()
+            try:
+                client.start_new_kernel(env=env, cwd=str(workdir), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                if relay is not None:
+                    relay.owner = client.km.provisioner.process.pid
+                client.start_new_kernel_client()
+                run.started = True
+                return True
+            except Exception:
+                _shutdown(client)
+                if attempt == 0 and left() > 5:
+                    time.sleep(2)
+        run.events.append("The Python kernel could not be started for this notebook.")
+        return False
 
     def run_cell(index: int) -> str:
         """``ok`` or why the kernel has to be restarted (``timeout``, ``died``, ``unreadable``)."""
         client.timeout = int(max(1, min(cell_timeout, left())))
         if index not in run.executed:
             run.executed.append(index)
+        cell = nb.cells[index]
         try:
-            client.execute_cell(nb.cells[index], index)
-            return "ok"
+            client.execute_cell(cell, index)
+            state = "ok"
         except CellExecutionError:
-            return "ok"
+            state = "ok"
         except CellTimeoutError:
-            return "timeout"
+            state = "timeout"
         except DeadKernelError:
-            return "died"
+            state = "died"
         except Exception:
-            return "unreadable"
+            state = "unreadable"
+        if not _plain_count(cell.get("execution_count")):   # an execute_reply may carry anything
+            cell["execution_count"] = None
+        if relay is not None and relay.flooded:
+            return "flooded"
+        return state
 
     def restart() -> bool:
         nonlocal restarts
@@ -150,7 +371,10 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
         for index in list(done):
             if left() <= 0:
                 return False
-            if run_cell(index) != "ok":   # fatal this time: drop it, so replays cannot loop for ever
+            state = run_cell(index)
+            if state == "flooded":
+                return False
+            if state != "ok":   # fatal this time: drop it, so replays cannot loop for ever
                 done.remove(index)
                 return restart()
         return True
@@ -172,6 +396,8 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
             if state == "ok":
                 done.append(index)
                 continue
+            if state == "flooded":
+                break
             run.events.append(f"Cell {index} {messages[state]}; the kernel was restarted and the cells before "
                               "it replayed, so the rest could still be graded.")
             if not restart():
@@ -180,6 +406,15 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
             run.events.append(f"The notebook printed more than {OUTPUT_LIMIT:,} characters; the rest was not kept.")
     finally:
         _shutdown(client)
+        if relay is not None:
+            relay.close()
+            run.flooded = relay.flooded
+            if relay.flooded:
+                run.events.append(f"The kernel sent the grader more than {relay.limit:,} bytes; it was stopped "
+                                  "and the remaining cells were skipped.")
+            if relay.refused:
+                run.events.append("The kernel's sockets were replaced by something else; the grader refused to "
+                                  "connect there.")
     return run
 
 

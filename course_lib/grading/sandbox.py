@@ -6,12 +6,20 @@ grader. The sandbox sees the operating system and the Python environment read-on
 library read-only (or a copy with the references taken out, for probes), and one writable
 folder: the fresh working copy of that one submission. It sees no network, no other
 submission, none of the instructor's folders and no hidden tests. Resource limits come from
-``prlimit`` and, where the grader may create one, a ``pids`` cgroup.
+``prlimit`` and, where the grader may create them, ``pids`` and ``memory`` cgroups per sandbox;
+where it may not (an unprivileged grader without a delegated cgroup), :func:`cgroups_available`
+says so and the grader grades one submission at a time, so that ``RLIMIT_NPROC`` (counted over
+every process of the grading user) binds one sandbox only.
+
+Also here, because the grader runs them outside any sandbox on folders a submission controls:
+:func:`copy_submission` (regular files only, bounded by apparent size) and :func:`remove_tree`
+(removal that never follows a link).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -44,7 +52,8 @@ class Limits:
     open_files: int = 1024
     file_bytes: int = 1024**3         # largest file a submission may write
     cpu_seconds: int = 3600
-    tmpfs_bytes: int = 512 * 1024**2  # each of /tmp, /run and /var/tmp inside the sandbox
+    tmpfs_bytes: int = 512 * 1024**2  # each of /tmp, /run, /var/tmp and /dev/shm inside the sandbox
+    nproc_base: int = 0               # tasks the grading user already runs (RLIMIT_NPROC counts them too)
 
 
 @dataclass
@@ -56,15 +65,24 @@ class Sandbox:
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     limits: Limits = Limits()
+    hidden: list[Path] = field(default_factory=list)                    # folders covered by an empty tmpfs
 
-    def command(self, argv: list[str]) -> list[str]:
-        """``argv`` wrapped so that it runs inside this sandbox."""
+    def command(self, argv: list[str], args_file: Path | None = None) -> list[str]:
+        """``argv`` wrapped so that it runs inside this sandbox.
+
+        The sized tmpfs folders are mounted first and every bind after them, so that a Python
+        environment, a course copy or a working folder under /tmp, /run or /var/tmp stays
+        visible (a later mount hides what an earlier one put there). With ``args_file`` (a path
+        in a folder only the grader can read) bwrap reads its options from that file, so the
+        sandbox's ``/proc/1/cmdline`` shows ``bwrap --args 3`` and not the host's paths."""
         bwrap = shutil.which(BWRAP)
         if not bwrap:
             raise SandboxUnavailable(f"`bwrap` was not found: {INSTALL_HINT}.")
-        args = [bwrap, "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
+        args = ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
                 "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
                 "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--hostname", "sandbox"]
+        if _supports("--disable-userns"):   # no nested user namespace: no second, unconfined root inside
+            args += ["--disable-userns"]
         for d in _SYSTEM_DIRS:
             if os.path.islink(d):
                 args += ["--symlink", os.readlink(d), d]
@@ -72,11 +90,14 @@ class Sandbox:
                 args += ["--ro-bind", d, d]
         for name in _ETC:
             args += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        for folder in ("/tmp", "/run", "/var/tmp", "/dev/shm"):  # in memory: sized, charged to the memory cgroup
+            args += ["--size", str(self.limits.tmpfs_bytes), "--tmpfs", folder]
+        args += ["--remount-ro", "/dev"]           # /dev itself is an unsized tmpfs: nothing may be written there
         for prefix in python_dirs():
             args += ["--ro-bind", prefix, prefix]
-        args += ["--proc", "/proc", "--dev", "/dev"]
-        for folder in ("/tmp", "/run", "/var/tmp"):   # in memory: sized, and charged to the memory cgroup
-            args += ["--size", str(self.limits.tmpfs_bytes), "--tmpfs", folder]
+        for folder in self.hidden:   # e.g. an installed implementation of the exercise, in a probe
+            args += ["--size", "65536", "--tmpfs", str(folder), "--remount-ro", str(folder)]
         for source, target in self.readonly:
             args += ["--ro-bind", str(source), str(target)]
         for path in self.writable:
@@ -86,7 +107,28 @@ class Sandbox:
         args += ["--clearenv"]
         for key, value in sorted(self.env.items()):
             args += ["--setenv", key, value]
-        return limit_command(self.limits) + args + ["--", *argv]
+        if args_file is None:
+            return limit_command(self.limits) + [bwrap, *args, "--", *argv]
+        fd = os.open(args_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in args))
+        return ["/bin/sh", "-c", 'exec 3<"$1" && shift && exec "$@"', "sh", str(args_file),
+                *limit_command(self.limits), bwrap, "--args", "3", "--", *argv]
+
+
+def _supports(option: str) -> bool:
+    """Whether the installed bwrap knows ``option`` (``--disable-userns`` needs bubblewrap 0.8)."""
+    if option not in _SUPPORTED:
+        try:
+            text = subprocess.run([shutil.which(BWRAP) or BWRAP, "--help"], capture_output=True, text=True,
+                                  timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            text = ""
+        _SUPPORTED[option] = option in text
+    return _SUPPORTED[option]
+
+
+_SUPPORTED: dict[str, bool] = {}
 
 
 def python_dirs() -> list[str]:
@@ -108,14 +150,16 @@ def limit_command(limits: Limits) -> list[str]:
     prlimit = shutil.which("prlimit")
     if not prlimit:
         return []
-    return [prlimit, f"--as={limits.memory_bytes}", f"--nproc={limits.processes}", f"--nofile={limits.open_files}",
+    return [prlimit, f"--as={limits.memory_bytes}", f"--nproc={limits.processes + limits.nproc_base}", f"--nofile={limits.open_files}",
             f"--fsize={limits.file_bytes}", f"--cpu={limits.cpu_seconds}", "--core=0", "--"]
 
 
 def sandboxed_env(extra: dict[str, str]) -> dict[str, str]:
-    """A minimal environment for code inside the sandbox: nothing of the grader's leaks in."""
-    keep = {k: v for k, v in os.environ.items() if k in {"LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                                          "TZ"}}
+    """A minimal environment for code inside the sandbox: nothing of the grader's leaks in but the
+    locale and time zone. The grader's ``PYTHONPATH`` is not passed on (its folders may hold the
+    hidden tests or the submissions): the grader points ``PYTHONPATH`` at the folder where it binds
+    the course library instead, so a library found only through ``PYTHONPATH`` works inside too."""
+    keep = {k: v for k, v in os.environ.items() if k in {"LANG", "LC_ALL", "TZ"}}
     return {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1",
             "TQDM_DISABLE": "1", **keep, **extra}
@@ -142,12 +186,22 @@ def _own_cgroup(controller: str) -> Path | None:
     return None
 
 
-def sandbox_cgroups(limits: Limits) -> list[Path]:
+CGROUP_PREFIX = "course-grade-"
+
+
+def _cgroup_name(owner: int | None) -> str:
+    """``course-grade-<grader pid>-<random>``: the grader can find (and remove) every cgroup made
+    for it, even one left behind by a worker that died."""
+    return f"{CGROUP_PREFIX}{owner or os.getpid()}-{os.urandom(4).hex()}"
+
+
+def sandbox_cgroups(limits: Limits, owner: int | None = None) -> list[Path]:
     """Fresh child cgroups of this process's own, capping the sandbox's tasks (``pids``) and memory
     (``memory``, which also counts its in-memory /tmp), where the host lets the grader create them.
 
     RLIMIT_NPROC counts per real user and does not bind root, and RLIMIT_AS is per process: the
-    kernel's cgroup controllers bound the whole sandbox instead."""
+    kernel's cgroup controllers bound the whole sandbox instead. ``owner`` is the grader's pid
+    (the default: this process's), which names the groups."""
     wanted = {"pids": [("pids.max", limits.processes)],
               "memory": [("memory.limit_in_bytes", limits.memory_bytes), ("memory.max", limits.memory_bytes)]}
     groups: list[Path] = []
@@ -155,7 +209,7 @@ def sandbox_cgroups(limits: Limits) -> list[Path]:
         parent = _own_cgroup(controller)
         if parent is None or not os.access(parent, os.W_OK):
             continue
-        group = parent / f"course-grade-{os.getpid()}-{os.urandom(4).hex()}"
+        group = parent / _cgroup_name(owner)
         try:
             group.mkdir()
         except OSError:
@@ -173,6 +227,44 @@ def sandbox_cgroups(limits: Limits) -> list[Path]:
         else:
             remove_cgroups([group])
     return groups
+
+
+def cgroups_available(limits: Limits) -> set[str]:
+    """Which per-sandbox controllers (``pids``, ``memory``) the grader can create here: all of them
+    as root on most hosts, none for an unprivileged grader unless its cgroup is delegated to it."""
+    groups = sandbox_cgroups(limits)
+    found = {"pids" if (g / "pids.max").exists() else "memory" for g in groups}
+    remove_cgroups(groups)
+    return found
+
+
+def user_tasks(uid: int | None = None) -> int:
+    """Processes and threads the user ``uid`` (default: this one) runs now, read from /proc: what
+    ``RLIMIT_NPROC`` counts besides a sandbox's own."""
+    uid = os.getuid() if uid is None else uid
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                pass
+    return count
+
+
+def remove_owned_cgroups(owner: int) -> None:
+    """Kill and remove every cgroup made for the grader ``owner`` that is still there (a worker
+    that died leaves its sandbox's groups behind)."""
+    for controller in ("pids", "memory"):
+        parent = _own_cgroup(controller)
+        if parent is None:
+            continue
+        try:
+            mine = [g for g in parent.iterdir() if g.name.startswith(f"{CGROUP_PREFIX}{owner}-") and g.is_dir()]
+        except OSError:
+            continue
+        remove_cgroups(mine)
 
 
 def pids_cgroup(limit: int) -> Path | None:
@@ -219,19 +311,168 @@ def remove_cgroups(groups) -> None:
 
 
 # --------------------------------------------------------------------------- availability
-def check_available() -> None:
-    """Raise SandboxUnavailable, saying what to install, unless bwrap can build a sandbox here."""
+def check_available(course_dir: Path | None = None) -> None:
+    """Raise SandboxUnavailable, naming the real cause, unless bwrap can build a sandbox here in
+    which this Python runs (and, with ``course_dir``, imports the course library bound there)."""
     if not sys.platform.startswith("linux"):
         raise SandboxUnavailable(f"course grade sandboxes submissions with Linux namespaces, which "
                                  f"{sys.platform} does not have: grade on Linux, or {INSTALL_HINT}.")
     if not shutil.which(BWRAP):
         raise SandboxUnavailable(f"course grade runs every submission in a bubblewrap sandbox and `bwrap` was "
                                  f"not found: {INSTALL_HINT}.")
-    probe = Sandbox(env=sandboxed_env({})).command([sys.executable, "-c", "print('ok')"])
+    bare = subprocess.run(Sandbox().command(["/bin/true"]), capture_output=True, text=True, timeout=60)
+    if bare.returncode != 0:
+        reason = (bare.stderr.strip().splitlines() or ["no reason given"])[-1]
+        raise SandboxUnavailable(f"bwrap could not start a sandbox here ({reason}): {INSTALL_HINT}.")
+    env = {"PYTHONPATH": str(course_dir.parent)} if course_dir else {}
+    readonly = [(course_dir, course_dir)] if course_dir else []
+    code = "import course_lib; print('ok')" if course_dir else "print('ok')"
+    probe = Sandbox(env=sandboxed_env(env), readonly=readonly).command([sys.executable, "-c", code])
     try:
-        done = subprocess.run(probe, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(probe, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
-        raise SandboxUnavailable(f"bwrap could not start a sandbox here ({err}): {INSTALL_HINT}.") from None
+        raise SandboxUnavailable(f"bwrap started, but this Python ({sys.executable}) did not run inside the "
+                                 f"sandbox ({err}); tell the course maintainers.") from None
     if done.returncode != 0 or done.stdout.strip() != "ok":
         reason = (done.stderr.strip().splitlines() or ["no reason given"])[-1]
-        raise SandboxUnavailable(f"bwrap could not start a sandbox here ({reason}): {INSTALL_HINT}.")
+        raise SandboxUnavailable(
+            f"bwrap works, but this Python environment ({sys.prefix}) could not run "
+            f"{'the course library ' if course_dir else ''}inside the sandbox ({reason}); the sandbox binds "
+            f"{', '.join(python_dirs())} read-only: make sure `{sys.executable}` and its packages live there, "
+            "or report this as a bug.")
+
+
+# --------------------------------------------------------------------------- the grader's own file handling
+MAX_COPY_BYTES = 200 * 1024**2   # apparent size of everything copied from one submission's folder
+MAX_COPY_FILES = 2_000           # files and folders copied from one submission's folder
+MAX_COPY_DEPTH = 8
+
+
+def copy_submission(source: Path, target: Path, limit: int = MAX_COPY_BYTES) -> list[str]:
+    """Copy what a submission may contain from ``source`` into the new folder ``target``: regular
+    files and folders, nothing else (no links, devices, pipes or sockets), with fresh modes (0600,
+    0700), at most ``limit`` bytes of *apparent* size in all (a sparse file counts at its full
+    length), ``MAX_COPY_FILES`` entries and ``MAX_COPY_DEPTH`` levels; names starting with ``.``
+    are left out. Each file is opened without following links and copied up to the size it had
+    when opened. Returns one sentence per thing left out, for the feedback."""
+    skipped: list[str] = []
+    budget = {"bytes": limit, "entries": MAX_COPY_FILES}
+    os.mkdir(target, 0o700)
+
+    def walk(src_fd: int, dst: Path, depth: int, where: str) -> None:
+        with os.scandir(src_fd) as entries:
+            names = sorted(e.name for e in entries)
+        for name in names:
+            shown = f"{where}{name}"
+            if name.startswith("."):
+                continue
+            if budget["entries"] <= 0:
+                skipped.append("The folder holds too many files; the rest were not copied.")
+                return
+            budget["entries"] -= 1
+            try:
+                info = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                if depth >= MAX_COPY_DEPTH:
+                    skipped.append(f"`{shown}/` is nested too deep and was not copied.")
+                    continue
+                try:
+                    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
+                except OSError:
+                    continue
+                try:
+                    os.mkdir(dst / name, 0o700)
+                    walk(fd, dst / name, depth + 1, shown + "/")
+                finally:
+                    os.close(fd)
+            elif not stat.S_ISREG(info.st_mode):
+                skipped.append(f"`{shown}` is not a regular file (a link, device, pipe or socket) and was not copied.")
+            elif info.st_size > budget["bytes"]:
+                skipped.append(f"`{shown}` ({info.st_size:,} bytes) is over what is copied per submission "
+                               f"({limit:,} bytes in all) and was not copied.")
+            else:
+                budget["bytes"] -= info.st_size
+                _copy_regular(src_fd, name, dst / name, info.st_size)
+
+    top = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        walk(top, target, 0, "")
+    finally:
+        os.close(top)
+    return skipped
+
+
+def _copy_regular(dir_fd: int, name: str, target: Path, size: int) -> None:
+    """Copy at most ``size`` bytes of the regular file ``name`` (opened without following links,
+    and without blocking on a file that turns into a pipe) to the new file ``target``."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            left = size
+            while left > 0:
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                os.write(out, chunk)
+                left -= len(chunk)
+        finally:
+            os.close(out)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete ``path`` and everything under it without ever following a link, also where the
+    sandbox made folders unreadable or unwritable for their owner. (Python 3.11.7's
+    ``TemporaryDirectory`` cleanup chmods through a link on a permission error, CVE-2023-6597.)
+    Folders are opened with ``O_NOFOLLOW`` and their modes restored through that descriptor;
+    ``shutil.rmtree`` then removes with its descriptor-based walk, which does not follow links."""
+    try:
+        top = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        try:
+            os.unlink(path)   # a link or a file where a folder was expected: remove the name only
+        except OSError:
+            pass
+        return
+    try:
+        _open_up(top, 0)
+    finally:
+        os.close(top)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _open_up(path_fd: int, depth: int) -> None:
+    """Give the folder behind ``path_fd`` (an ``O_PATH`` descriptor of a real folder) and every
+    folder under it mode 0700, through descriptors only."""
+    try:
+        os.chmod(f"/proc/self/fd/{path_fd}", 0o700)   # the folder itself: an O_PATH fd never names a link
+        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        with os.scandir(fd) as entries:
+            folders = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        for name in folders:
+            if depth > 64:
+                break
+            try:
+                child = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError:
+                continue
+            try:
+                _open_up(child, depth + 1)
+            finally:
+                os.close(child)
+    finally:
+        os.close(fd)
