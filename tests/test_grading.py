@@ -12,7 +12,7 @@ import pytest
 
 from course_lib.cli import main as course
 from course_lib.grading.grade import (load_tests, model_answers, own_definition, select_students, shard_of,
-                                      threads_per_worker)
+                                      threads_per_notebook)
 from stored_outputs import differences
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,7 +165,7 @@ def test_workers_and_shards_give_byte_identical_gradebooks(tmp_path):
     for csv_file, workers in ((one, 1), (two, 2)):
         grade(subs, csv_file, "--workers", str(workers), "--executed-dir", str(tmp_path / f"executed-w{workers}"))
         executed = (tmp_path / f"executed-w{workers}" / "s1" / f"{NB}.ipynb").read_text()
-        assert f"threads {threads_per_worker(workers)}" in executed  # the cores shared among the workers
+        assert f"threads {threads_per_notebook()}" in executed  # the same whatever --workers or the class size
     assert one.read_bytes() == two.read_bytes()
     parts = []
     for k in (1, 2):
@@ -177,14 +177,14 @@ def test_workers_and_shards_give_byte_identical_gradebooks(tmp_path):
     assert merged.read_bytes() == one.read_bytes()
 
 
-def test_workers_share_the_cores_and_an_instructors_thread_count_wins(monkeypatch):
+def test_every_notebook_gets_the_same_threads_whatever_the_machine_and_an_instructors_count_wins(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
-    assert [threads_per_worker(w) for w in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert threads_per_notebook() == 1
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert threads_per_worker(2) == 3
+    assert threads_per_notebook() == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "zero")
-    assert threads_per_worker(2) == 4
+    assert threads_per_notebook() == 1
 
 
 def test_sharding_is_deterministic_and_covers_everyone():
