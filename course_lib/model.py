@@ -29,25 +29,27 @@ class MultiHeadAttention(nn.Module):
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = nn.Dropout(dropout)
-        mask = torch.triu(torch.ones(context_length, context_length, dtype=torch.bool), diagonal=1)
-        self.register_buffer("mask", mask, persistent=False)
+        self.dropout = nn.Dropout(dropout)  # on the attention weights, while training
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        queries = self._split_heads(self.W_query(x))
-        keys = self._split_heads(self.W_key(x))
-        values = self._split_heads(self.W_value(x))
-        scores = queries @ keys.transpose(2, 3)
-        scores = scores.masked_fill(self.mask[:t, :t], float("-inf"))
-        weights = torch.softmax(scores / self.head_dim ** 0.5, dim=-1)
-        weights = self.dropout(weights)
-        context = (weights @ values).transpose(1, 2).contiguous().view(b, t, self.d_out)
-        return self.out_proj(context)
+        return self.out_proj(self.attend(self.W_query(x), self.W_key(x), self.W_value(x)))
+
+    def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Causal attention of (batch, tokens, d_out) queries, keys and values, heads split and merged back.
+
+        ``scaled_dot_product_attention`` computes softmax(q kᵀ / √head_dim, future positions masked) v in
+        one fused kernel: the same numbers as writing the scores, mask and softmax out (a test compares
+        them), without materialising each intermediate.
+        """
+        b, t, _ = queries.shape
+        context = nn.functional.scaled_dot_product_attention(
+            self._split_heads(queries), self._split_heads(keys), self._split_heads(values),
+            dropout_p=self.dropout.p if self.training else 0.0, is_causal=True)
+        return context.transpose(1, 2).reshape(b, t, self.d_out)
 
 
 class LayerNorm(nn.Module):
@@ -60,9 +62,8 @@ class LayerNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=-1, keepdim=True)
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+        # scale · (x − mean) / √(biased var + eps) + shift over the last dimension, as one fused kernel
+        return nn.functional.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
 
 
 class GELU(nn.Module):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -19,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .data import PAD_TOKEN_ID, sequential_loader
+from .lora_fast import fast_lora
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -144,47 +144,42 @@ def bf16_supported(device: torch.device) -> bool:
 def _cpu_has_bf16() -> bool:
     try:
         flags = open("/proc/cpuinfo").read()
-    except OSError:  # not Linux: let the measurement in resolve_precision decide
+    except OSError:  # not Linux: bf16 may run (explicit precision='bf16'), but 'auto' will not choose it
         return True
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@lru_cache(maxsize=8)
-def _bf16_is_faster(device_type: str, width: int = 768, tokens: int = 256) -> bool:
-    """Time a Linear layer forward and backward in fp32 and under bf16 autocast; True if bf16 wins by 20%."""
-    device = torch.device(device_type)
-    layer = nn.Linear(width, 4 * width).to(device)
-    x = torch.randn(tokens, width, device=device, requires_grad=True)
-
-    def run(enabled: bool) -> float:
-        best = float("inf")
-        for _ in range(5):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(3):
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled):
-                    y = layer(x)
-                y.float().sum().backward()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-        return best
-
-    run(True), run(False)  # warm-up
-    return run(True) * 1.2 < run(False)
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` has bf16 arithmetic units, the rule ``precision='auto'`` chooses bf16 by: CUDA with
+    bf16 support, or a Linux CPU listing ``avx512_bf16`` or ``amx_bf16`` (bf16 dot products in hardware;
+    without them bf16 matmuls are emulated and slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cpu" and not os.path.exists("/proc/cpuinfo"):
+        return False
+    return bf16_supported(device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``fp32`` or ``bf16``: ``auto`` picks bf16 where it is supported and measured faster here."""
+    """``fp32`` or ``bf16``; ``auto`` picks bf16 where the hardware has bf16 units (:func:`bf16_native`),
+    fp32 elsewhere: a rule, so the same command on the same machine always trains in the same precision."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {list(PRECISIONS)}, not {precision!r}.")
     device = torch.device(device)
     if precision == "auto":
-        return "bf16" if bf16_supported(device) and _bf16_is_faster(device.type) else "fp32"
+        return "bf16" if bf16_native(device) else "fp32"
     if precision == "bf16" and not bf16_supported(device):
         raise ValueError(f"bf16 is not supported on {device} here; use precision='fp32' (or 'auto').")
     return precision
+
+
+def describe_precision(precision: str, device: torch.device) -> str:
+    """One line saying which precision ``precision`` resolves to on ``device`` and why, for logs."""
+    chosen = resolve_precision(precision, device)
+    if precision != "auto":
+        return chosen
+    device = torch.device(device)
+    why = "has bf16 units" if chosen == "bf16" else "has no bf16 units"
+    return f"{chosen} (auto: {device.type} {why})"
 
 
 def autocast(precision: str, device: torch.device):
@@ -225,6 +220,15 @@ def frozen_weights_as(model: nn.Module, precision: str):
                            "(merge LoRA or load weights after training, not during it); they are back as before.")
 
 
+@contextlib.contextmanager
+def fast_training(model: nn.Module, precision: str):
+    """How ``train_classifier`` holds ``model`` while it trains or evaluates: frozen Linear weights in bf16
+    when training in bf16 (:func:`frozen_weights_as`) and LoRA layers through the grouped fast path
+    (:func:`course_lib.lora_fast.fast_lora`: the same mathematics in fewer, larger matmuls)."""
+    with frozen_weights_as(model, precision), fast_lora(model):
+        yield
+
+
 @dataclass
 class History:
     """What ``train_classifier`` measured, for plots and tables."""
@@ -247,10 +251,13 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
 
     The training set is evaluated through its own non-shuffling loader, so evaluating never
     consumes the training loader's shuffling: ``eval_freq`` does not change what the model sees.
-    ``precision``: ``fp32`` (default, exact), ``bf16`` (autocast) or ``auto`` (bf16 where faster).
+    ``precision``: ``fp32`` (default, exact), ``bf16`` (autocast) or ``auto`` (bf16 where the hardware
+    has bf16 units; the choice is printed). LoRA layers train through :func:`fast_training`.
     """
     history = History(precision=resolve_precision(precision, device))
-    with frozen_weights_as(model, history.precision):
+    if precision == "auto":
+        print(f"precision {describe_precision(precision, device)}", flush=True)
+    with fast_training(model, history.precision):
         _train(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                class_weights, progress, history)
     return history

@@ -101,3 +101,39 @@ def test_every_listed_size_builds():
         with torch.device("meta"):
             model = GPTModel(get_config(size))
         assert model.tok_emb.weight.shape == (get_config(size)["vocab_size"], get_config(size)["emb_dim"])
+
+
+def _written_out_logits(model, ids):
+    """The forward pass with attention and LayerNorm written op by op (scores, causal mask, softmax;
+    mean, biased variance): the reference the fused kernels must reproduce."""
+    def norm(ln, x):
+        mean, var = x.mean(dim=-1, keepdim=True), x.var(dim=-1, keepdim=True, unbiased=False)
+        return ln.scale * (x - mean) / torch.sqrt(var + ln.eps) + ln.shift
+
+    def heads(att, z):
+        b, t, _ = z.shape
+        return z.view(b, t, att.num_heads, att.head_dim).transpose(1, 2)
+
+    b, t = ids.shape
+    x = model.tok_emb(ids) + model.pos_emb(torch.arange(t))
+    mask = torch.triu(torch.ones(t, t, dtype=torch.bool), diagonal=1)
+    for block in model.trf_blocks:
+        att, h = block.att, norm(block.norm1, x)
+        q, k, v = heads(att, att.W_query(h)), heads(att, att.W_key(h)), heads(att, att.W_value(h))
+        weights = torch.softmax((q @ k.transpose(2, 3)).masked_fill(mask, float("-inf")) / att.head_dim ** 0.5, dim=-1)
+        x = x + att.out_proj((weights @ v).transpose(1, 2).reshape(b, t, att.d_out))
+        x = x + block.ff(norm(block.norm2, x))
+    return model.out_head(norm(model.final_norm, x))
+
+
+def test_fused_attention_and_layer_norm_match_the_written_out_forward_on_a_hub_checkpoint(tmp_path):
+    from course_lib.weights import load_gpt2
+
+    model, _ = load_gpt2("gpt2-smoke (tiny)", models_dir=tmp_path)  # written in the hub's layout, then loaded
+    model.eval()
+    ids = torch.randint(0, model.cfg["vocab_size"], (3, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fused, written = model(ids), _written_out_logits(model, ids)
+    assert fused.dtype == torch.float32 and written.abs().max() > 0.1
+    assert (fused - written).abs().max() <= 1e-5
+    assert torch.equal(fused.argmax(dim=-1), written.argmax(dim=-1))

@@ -15,11 +15,24 @@ needs_bf16 = pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no
 
 def test_precision_names_are_checked():
     assert resolve_precision("fp32", CPU) == "fp32"
-    assert resolve_precision("auto", CPU) in {"fp32", "bf16"}
     with pytest.raises(ValueError, match="fp32"):
         resolve_precision("fp16", CPU)
     with pytest.raises(ValueError, match="precision='fp32'"):
         resolve_precision("bf16", torch.device("meta"))
+
+
+def test_auto_precision_follows_the_hardware_rule_not_a_timing(monkeypatch):
+    import course_lib.training as training
+
+    for has_units, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(training, "bf16_supported", lambda device, has=has_units: has)
+        monkeypatch.setattr(training.os.path, "exists", lambda path: True)
+        # the same answer every time, however loaded the machine (no micro-benchmark decides)
+        assert {resolve_precision("auto", CPU) for _ in range(3)} == {expected}
+        assert training.describe_precision("auto", CPU).startswith(f"{expected} (auto: cpu ")
+    monkeypatch.setattr(training.os.path, "exists", lambda path: False)  # no /proc/cpuinfo: units unknown
+    monkeypatch.setattr(training, "bf16_supported", lambda device: True)
+    assert resolve_precision("auto", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
 
 
 @needs_bf16

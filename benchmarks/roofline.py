@@ -1,0 +1,245 @@
+"""How close a LoRA training step comes to the matrix multiplications it cannot avoid.
+
+Not a test. On the GPT-2 124M classifier (random weights: timing does not depend on them), batch
+8 × 32 tokens, LoRA rank 4 on every block Linear, it times in one run, the variants interleaved round
+by round (so a machine slowing down affects them all alike):
+
+* one training step exactly as ``train_classifier`` runs it (zero_grad, forward under the precision's
+  autocast, backward, AdamW step), fp32 and bf16, for three builds of the same model:
+  ``written`` (attention, LayerNorm and LoRA written out op by op, as notebooks 01 and 04 teach them),
+  ``kernels`` (fused ``scaled_dot_product_attention`` and ``layer_norm``, LoRA as written) and
+  ``fast`` (those kernels plus the grouped LoRA path of ``course_lib.lora_fast``: what
+  ``train_classifier`` runs);
+* the GEMM chain a step cannot avoid: per block the q, k, v, out, ff1 and ff2 forward GEMMs and their
+  input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype;
+* the evaluation pass (no grad) of each build against the forward half of that chain;
+
+then prints the ratios and projects a 5-epoch ``course experiment --trainable-layers lora`` run with
+its evaluations (``train_classifier``'s and the experiment's accuracy passes before and after).
+
+    python benchmarks/roofline.py [--rounds 5] [--device cuda]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import platform
+import statistics
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+
+from course_lib.classifier import add_classification_head
+from course_lib.config import get_config
+from course_lib.data import prepare_sms_splits
+from course_lib.lora import LinearWithLoRA
+from course_lib.model import GPTModel, LayerNorm, MultiHeadAttention
+from course_lib.strategies import configure_trainable
+from course_lib.training import autocast, bf16_supported, calc_loss_batch, fast_training, frozen_weights_as
+
+BATCH, TOKENS, RANK, ALPHA, EPOCHS = 8, 32, 4, 4, 5
+EVAL_FREQ, EVAL_ITER, EVAL_ITER_LOSS = 50, 5, 50  # ExperimentConfig's eval_freq, eval_iter_val, eval_iter
+
+
+def explicit_attend(self: MultiHeadAttention, queries, keys, values):
+    """Attention written out (scores, causal mask, softmax, weighted sum): the ``written`` build."""
+    b, t, _ = queries.shape
+    q, k, v = self._split_heads(queries), self._split_heads(keys), self._split_heads(values)
+    scores = q @ k.transpose(2, 3)
+    mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=q.device), diagonal=1)
+    weights = torch.softmax(scores.masked_fill(mask, float("-inf")) / self.head_dim ** 0.5, dim=-1)
+    return (self.dropout(weights) @ v).transpose(1, 2).contiguous().view(b, t, self.d_out)
+
+
+def explicit_layer_norm(self: LayerNorm, x):
+    mean = x.mean(dim=-1, keepdim=True)
+    var = x.var(dim=-1, keepdim=True, unbiased=False)
+    return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+
+
+@contextlib.contextmanager
+def written_out(model: nn.Module):
+    """Attention and LayerNorm op by op, as the notebooks write them (the fused kernels' reference)."""
+    patched = []
+    for m in model.modules():
+        if isinstance(m, MultiHeadAttention):
+            m.attend = explicit_attend.__get__(m)
+            patched.append((m, "attend"))
+        elif isinstance(m, LayerNorm):
+            m.forward = explicit_layer_norm.__get__(m)
+            patched.append((m, "forward"))
+    try:
+        yield
+    finally:
+        for m, name in patched:
+            delattr(m, name)
+
+
+def build(device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    model = GPTModel(get_config("gpt2-small (124M)"))
+    add_classification_head(model, 2)
+    configure_trainable(model, "lora", rank=RANK, alpha=ALPHA)
+    return model.to(device)
+
+
+def held(model: nn.Module, build_name: str, precision: str) -> contextlib.AbstractContextManager:
+    """How each build's model is held while it trains (as train_classifier holds it)."""
+    stack = contextlib.ExitStack()
+    if build_name == "fast":
+        stack.enter_context(fast_training(model, precision))
+    else:
+        stack.enter_context(frozen_weights_as(model, precision))
+        if build_name == "written":
+            stack.enter_context(written_out(model))
+    return stack
+
+
+def make_step(model, precision, device, batch):
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
+    x, y = batch
+
+    def step() -> None:
+        optimizer.zero_grad()
+        with autocast(precision, device):
+            loss = calc_loss_batch(x, y, model, device)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def make_eval(model, precision, device, batch):
+    x, y = batch
+
+    def run() -> None:
+        with torch.no_grad(), autocast(precision, device):
+            calc_loss_batch(x, y, model, device)
+    return run
+
+
+def make_chain(model: nn.Module, precision: str, device: torch.device, backward: bool):
+    """The GEMMs a LoRA step (or, with ``backward=False``, an evaluation) cannot avoid, in the compute dtype."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    weights = []
+    for block in model.trf_blocks:
+        layers = [block.att.W_query, block.att.W_key, block.att.W_value, block.att.out_proj,
+                  block.ff.layers[0], block.ff.layers[2]]
+        weights.append([(m.linear if isinstance(m, LinearWithLoRA) else m).weight.detach().to(dtype) for m in layers])
+    width = weights[0][0].shape[1]
+    x = torch.randn(BATCH * TOKENS, width, device=device, dtype=dtype)
+    h = torch.randn(BATCH * TOKENS, 4 * width, device=device, dtype=dtype)
+    linear = nn.functional.linear
+
+    def chain() -> None:
+        for wq, wk, wv, wo, w1, w2 in weights:
+            for w in (wq, wk, wv, wo, w1):
+                linear(x, w)
+            linear(h, w2)
+            if backward:  # input gradients: grad_out @ W
+                for w in (wq, wk, wv, wo, w2):
+                    torch.mm(x, w)
+                torch.mm(h, w1)
+    return chain
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def experiment_batches() -> dict[str, int]:
+    """Batches a 5-epoch `course experiment --trainable-layers lora` (full profile) trains and evaluates."""
+    paths = prepare_sms_splits(seed=123)
+    n = {split: math.ceil(len(pd.read_csv(paths[split])) / BATCH) for split in ("train", "validation", "test")}
+    steps = EPOCHS * n["train"]
+    loss_evals = math.ceil(steps / EVAL_FREQ) * 2 * EVAL_ITER  # train_classifier: every eval_freq steps
+    acc_evals = EPOCHS * 2 * EVAL_ITER  # train_classifier: after each epoch
+    accuracy_passes = 2 * (n["train"] + n["validation"] + n["test"])  # the experiment, before and after
+    after = n["test"] + min(EVAL_ITER_LOSS, n["train"]) + min(EVAL_ITER_LOSS, n["validation"])
+    return {"steps": steps, "train_classifier_evals": loss_evals + acc_evals,
+            "experiment_evals": accuracy_passes + after}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (each times every variant once)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--builds", default="written,kernels,fast")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    precisions = ["fp32"] + (["bf16"] if bf16_supported(device) else [])
+    builds = args.builds.split(",")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; GPT-2 124M "
+          f"architecture, random weights, 2-class head; batch {BATCH} x {TOKENS} tokens; LoRA rank {RANK} on every "
+          f"block Linear; {args.rounds} rounds; load average at start {load:.2f}")
+
+    torch.manual_seed(1)
+    batch = (torch.randint(0, 50257, (BATCH, TOKENS), device=device), torch.randint(0, 2, (BATCH,), device=device))
+    stack = contextlib.ExitStack()
+    fns = {}
+    for precision in precisions:
+        for b in builds:
+            model = build(device)
+            stack.enter_context(held(model, b, precision))
+            fns[f"step:{b}:{precision}"] = make_step(model, precision, device, batch)
+            fns[f"eval:{b}:{precision}"] = make_eval(model, precision, device, batch)
+        fns[f"step:chain:{precision}"] = make_chain(model, precision, device, backward=True)
+        fns[f"eval:chain:{precision}"] = make_chain(model, precision, device, backward=False)
+    names = list(fns)
+    for v in names:  # warm-up: allocator, oneDNN primitives, autocast
+        fns[v]()
+    times: dict[str, list[float]] = {v: [] for v in names}
+    for r in range(args.rounds):
+        for v in names[r % len(names):] + names[:r % len(names)]:
+            times[v].append(timed(fns[v], device))
+    stack.close()
+    load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    med = {v: statistics.median(t) for v, t in times.items()}
+    spread = {v: (max(t) - min(t)) / statistics.median(t) for v, t in times.items()}
+
+    print(f"\nload average at end {load_end:.2f}; spread = (max - min) / median over the rounds\n")
+    print("| | " + " | ".join(f"{p} ms (spread)" for p in precisions) + " |\n|---|" + "---|" * len(precisions))
+    for kind, label in (("step", "training step"), ("eval", "evaluation pass")):
+        for b in builds + ["chain"]:
+            what = "GEMM chain (forward + input grads)" if kind == "step" else "GEMM chain (forward)"
+            title = f"{label}, {b}" if b != "chain" else what
+            print(f"| {title} | " + " | ".join(
+                f"{1e3 * med[f'{kind}:{b}:{p}']:.0f} ({spread[f'{kind}:{b}:{p}']:.0%})" for p in precisions) + " |")
+    print("\n| ratio (this run) | " + " | ".join(precisions) + " |\n|---|" + "---|" * len(precisions))
+    for kind in ("step", "eval"):
+        for b in builds:
+            print(f"| {kind} {b} / GEMM chain | " + " | ".join(
+                f"{med[f'{kind}:{b}:{p}'] / med[f'{kind}:chain:{p}']:.2f}" for p in precisions) + " |")
+    if "written" in builds and "fast" in builds:
+        for kind in ("step", "eval"):
+            print(f"| {kind} written / fast | " + " | ".join(
+                f"{med[f'{kind}:written:{p}'] / med[f'{kind}:fast:{p}']:.2f}" for p in precisions) + " |")
+
+    n = experiment_batches()
+    print(f"\nProjected 5-epoch `course experiment --trainable-layers lora` (full profile: {n['steps']} steps, "
+          f"{n['train_classifier_evals']} evaluation batches inside train_classifier, {n['experiment_evals']} in the "
+          "experiment's accuracy passes before and after), minutes:\n")
+    print("| build | " + " | ".join(f"{p}: train_classifier | {p}: whole experiment" for p in precisions)
+          + " |\n|---|" + "---|---|" * len(precisions))
+    for b in builds + ["chain"]:
+        cells = []
+        for p in precisions:
+            train = n["steps"] * med[f"step:{b}:{p}"] + n["train_classifier_evals"] * med[f"eval:{b}:{p}"]
+            whole = train + n["experiment_evals"] * med[f"eval:{b}:{p}"]
+            cells += [f"{train / 60:.1f}", f"{whole / 60:.1f}"]
+        print(f"| {b if b != 'chain' else 'GEMM chain alone'} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

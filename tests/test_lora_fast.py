@@ -1,0 +1,140 @@
+"""The grouped fast LoRA path (course_lib.lora_fast) computes LinearWithLoRA's mathematics: same outputs,
+same gradients for the same parameters; it falls back to the written layers where it could not."""
+import pytest
+import torch
+from torch import nn
+
+from course_lib import lora_fast
+from course_lib.classifier import add_classification_head
+from course_lib.config import get_config
+from course_lib.lora import LinearWithLoRA, lora_layers, merge_lora, replace_linear_with_lora
+from course_lib.lora_fast import fast_lora
+from course_lib.model import GPTModel
+from course_lib.strategies import configure_trainable
+from course_lib.training import bf16_supported, frozen_weights_as
+
+CPU = torch.device("cpu")
+needs_bf16 = pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no native bf16")
+
+
+def lora_classifier(seed=0, rank=4, alpha=8):
+    """The smoke GPT-2 with LoRA on every block Linear and B made non-zero, so the LoRA path matters."""
+    torch.manual_seed(seed)
+    model = GPTModel(get_config("gpt2-smoke (tiny)"))
+    add_classification_head(model, 2)
+    configure_trainable(model, "lora", rank=rank, alpha=alpha)
+    for layer in lora_layers(model).values():
+        nn.init.normal_(layer.lora.B, std=0.5)
+    return model
+
+
+def outputs_and_grads(model, ids, fast: bool, precision: str = "fp32"):
+    model.zero_grad(set_to_none=True)
+    with frozen_weights_as(model, precision), (fast_lora(model) if fast else torch.enable_grad()):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out = model(ids)
+        (out.float() ** 2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.detach().float(), grads
+
+
+def test_fast_path_gives_lora_layers_outputs_and_gradients_in_fp32_to_1e5(monkeypatch):
+    model = lora_classifier()
+    ids = torch.randint(0, 1000, (3, 13))
+    calls = []
+    apply = lora_fast._GroupedLoRALinear.apply
+    monkeypatch.setattr(lora_fast._GroupedLoRALinear, "apply", lambda *a: calls.append(a[4]) or apply(*a))
+    slow_out, slow_grads = outputs_and_grads(model, ids, fast=False)
+    assert not calls
+    fast_out, fast_grads = outputs_and_grads(model, ids, fast=True)
+    n_layers = model.cfg["n_layers"]
+    # one call per group: q, k and v together (3 layers), out_proj, ff1, ff2 (one each), per block
+    assert sorted(calls) == sorted([3, 1, 1, 1] * n_layers)
+    assert (fast_out - slow_out).abs().max() <= 1e-5 * slow_out.abs().max()
+    assert fast_grads.keys() == slow_grads.keys() and any(".lora.A" in n for n in fast_grads)
+    for name, g in slow_grads.items():
+        assert (fast_grads[name] - g).abs().max() <= 1e-5 * g.abs().max(), name
+
+
+@needs_bf16
+def test_fast_path_in_bf16_is_as_close_to_fp32_as_the_written_layers():
+    """bf16 rounds differently when the matmuls are grouped, so the tolerance is stated against fp32: the
+    fast path's error must not exceed the written layers' error by more than half of it again."""
+    model = lora_classifier(seed=1)
+    ids = torch.randint(0, 1000, (4, 16))
+    ref_out, ref_grads = outputs_and_grads(model, ids, fast=False, precision="fp32")
+    results = {fast: outputs_and_grads(model, ids, fast=fast, precision="bf16") for fast in (False, True)}
+
+    def error(out, grads):
+        out_err = ((out - ref_out).norm() / ref_out.norm()).item()
+        grad_err = max(((grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items())
+        return out_err, grad_err
+
+    (written_out, written_grad), (fast_out, fast_grad) = error(*results[False]), error(*results[True])
+    assert 0 < written_out < 0.02 and 0 < written_grad < 0.1  # bf16 really ran, and is close
+    assert fast_out <= 1.5 * written_out and fast_grad <= 1.5 * written_grad, (written_out, fast_out, written_grad,
+                                                                               fast_grad)
+
+
+def test_training_steps_through_the_fast_path_match_the_written_layers():
+    ids, labels = torch.randint(0, 1000, (4, 9)), torch.tensor([0, 1, 1, 0])
+    params = {}
+    for fast in (False, True):
+        model = lora_classifier(seed=2)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        with fast_lora(model) if fast else torch.enable_grad():
+            for _ in range(3):
+                optimizer.zero_grad()
+                nn.functional.cross_entropy(model(ids)[:, -1], labels).backward()
+                optimizer.step()
+        params[fast] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    for name, p in params[False].items():
+        assert torch.allclose(params[True][name], p, atol=1e-5, rtol=1e-4), name
+
+
+def test_layers_are_restored_and_merged_or_hooked_layers_run_as_written():
+    model = lora_classifier(seed=3).eval()
+    ids = torch.randint(0, 1000, (2, 7))
+    with torch.no_grad():
+        expected = model(ids)
+        with fast_lora(model):
+            assert "forward" in model.trf_blocks[0].att.__dict__
+            merge_lora(model)  # writes into the frozen weights: the fast path must not use a stale copy
+            merged = model(ids)
+        assert not any("forward" in m.__dict__ for m in model.modules())
+    assert (merged - expected).abs().max() <= 1e-5
+    hooked = []
+    model = lora_classifier(seed=3)
+    model.trf_blocks[0].att.W_key.register_forward_hook(lambda *a: hooked.append(1))
+    with torch.no_grad(), fast_lora(model):
+        model(ids)
+    assert hooked == [1]  # that block's q, k, v ran as written, so the hook saw its layer
+
+
+def test_a_changed_frozen_weight_is_seen_by_the_fast_path():
+    model = lora_classifier(seed=4).eval()
+    ids = torch.randint(0, 1000, (2, 7))
+    with torch.no_grad(), fast_lora(model):
+        model(ids)  # builds the stacked q/k/v weights
+        model.trf_blocks[0].att.W_value.linear.weight.mul_(2)
+        fast = model(ids)
+    with torch.no_grad():
+        assert torch.allclose(fast, model(ids), atol=1e-5)
+
+
+def test_layers_of_different_rank_or_alpha_are_not_grouped_but_still_fast():
+    torch.manual_seed(5)
+    model = GPTModel(get_config("gpt2-smoke (tiny)")).eval()
+    replace_linear_with_lora(model, 4, 8, target_modules=["W_query", "W_key"])
+    replace_linear_with_lora(model, 2, 8, target_modules=["W_value"])
+    for layer in lora_layers(model).values():
+        nn.init.normal_(layer.lora.B, std=0.5)
+    ids = torch.randint(0, 1000, (2, 7))
+    with torch.no_grad():
+        expected = model(ids)
+        with fast_lora(model):
+            assert "forward" not in model.trf_blocks[0].att.__dict__
+            assert isinstance(model.trf_blocks[0].att.W_value, LinearWithLoRA)
+            assert "forward" in model.trf_blocks[0].att.W_value.__dict__
+            got = model(ids)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
