@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
@@ -15,13 +16,13 @@ import torch
 from .data import create_dataloaders, prepare_sms_splits, sequential_loader
 from .lora import count_parameters
 from .plots import plot_history
-from .profiles import Profile, pick_device, set_seed
+from .profiles import Profile, learning_rate_for, pick_device, set_seed
 from .strategies import STRATEGIES, build_classifier, save_checkpoint
 from .tokenizer import get_tokenizer
-from .training import (autocast, calc_accuracy_loader, calc_loss_loader, frozen_weights_as, per_class_accuracy,
-                       resolve_precision, train_classifier)
+from .training import (autocast, calc_accuracy_loader, calc_loss_loader, describe_precision, fast_training,
+                       per_class_accuracy, resolve_precision, train_classifier)
 
-COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "trainable_params",
+COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "learning_rate", "trainable_params",
            "total_params", "num_epochs", "seed", "device", "train_acc_before", "val_acc_before",
            "test_acc_before", "train_acc", "val_acc", "test_acc", "test_spam_recall", "train_loss",
            "val_loss", "wall_time_s", "precision", "batching", "max_examples"]
@@ -38,7 +39,7 @@ class ExperimentConfig:
     batch_size: int = 8
     eval_iter: int = 50
     eval_iter_val: int = 5
-    learning_rate: float = 5e-5
+    learning_rate: float | None = None  # None: each strategy's own (profiles.learning_rate_for); a number: all
     seed: int = 123
     device: str | None = None
     output_dir: Path = Path("outputs")
@@ -65,7 +66,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def _accuracies(loaders, model, device, precision: str, progress: bool | None, when: str) -> list[float]:
     names = ("training", "validation", "test")
-    with frozen_weights_as(model, precision), autocast(precision, device):
+    with fast_training(model, precision), autocast(precision, device):
         return [round(calc_accuracy_loader(loader, model, device, progress=_show(progress),
                                            desc=f"{name} accuracy {when}"), 4)
                 for name, loader in zip(names, loaders)]
@@ -75,29 +76,42 @@ def _show(progress: bool | None) -> bool:
     return (not os.environ.get("TQDM_DISABLE")) if progress is None else progress
 
 
-def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.device) -> dict:
-    """Train one fresh classifier with ``strategy``; write its CSV, checkpoint and plots."""
+def strategy_learning_rate(cfg: ExperimentConfig, strategy: str) -> float:
+    """``cfg.learning_rate`` when set (the same for every strategy), else ``strategy``'s own in the profile."""
+    if cfg.learning_rate is not None:
+        return cfg.learning_rate
+    return learning_rate_for(cfg.profile, strategy, cfg.lora_rank, cfg.lora_alpha)
+
+
+def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.device,
+                 build: Callable[..., torch.nn.Module] = build_classifier) -> dict:
+    """Train one fresh classifier with ``strategy``; write its CSV, checkpoint and plots.
+
+    ``build(model_size, strategy, rank, alpha, seed=...)`` makes the classifier: GPT-2 by default;
+    benchmarks/pretrained_proxy.py passes a pretrained encoder, so that the same loop is measured."""
     set_seed(cfg.seed)
-    model = build_classifier(cfg.model_size, strategy, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).to(device)
+    model = build(cfg.model_size, strategy, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).to(device)
+    learning_rate = strategy_learning_rate(cfg, strategy)
     train_loader, val_loader, test_loader = loaders
     precision = resolve_precision(cfg.precision, device)
     train_eval = sequential_loader(train_loader)
     before = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "before training")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.learning_rate, weight_decay=0.1)
+                                  lr=learning_rate, weight_decay=0.1)
     start = time.perf_counter()
     history = train_classifier(model, train_loader, val_loader, optimizer, device, cfg.num_epochs,
                                eval_freq=cfg.eval_freq, eval_iter=cfg.eval_iter_val, progress=cfg.progress,
                                precision=precision)
     wall = time.perf_counter() - start
     after = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "after training")
-    with frozen_weights_as(model, precision), autocast(precision, device):
+    with fast_training(model, precision), autocast(precision, device):
         recall = per_class_accuracy(test_loader, model, device, progress=_show(cfg.progress))[1]
         train_loss = calc_loss_loader(train_eval, model, device, cfg.eval_iter, progress=_show(cfg.progress))
         val_loss = calc_loss_loader(val_loader, model, device, cfg.eval_iter, progress=_show(cfg.progress))
     count = count_parameters(model)
     row = {"model_size": cfg.model_size, "profile": cfg.profile.name, "trainable_layers": strategy,
            "lora_rank": cfg.lora_rank if strategy == "lora" else "", "lora_alpha": cfg.lora_alpha if strategy == "lora" else "",
+           "learning_rate": learning_rate,
            "trainable_params": count.trainable, "total_params": count.total, "num_epochs": cfg.num_epochs,
            "seed": cfg.seed, "device": str(device),
            "train_acc_before": before[0], "val_acc_before": before[1], "test_acc_before": before[2],
@@ -118,7 +132,7 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
 def write_summary(cfg: ExperimentConfig, rows: list[dict]) -> None:
     """summary.csv and summary.md comparing the finished strategies."""
     _write_csv(cfg.output_dir / "summary.csv", rows)
-    shown = ["trainable_layers", "trainable_params", "test_acc_before", "train_acc", "val_acc", "test_acc",
+    shown = ["trainable_layers", "learning_rate", "trainable_params", "test_acc_before", "train_acc", "val_acc", "test_acc",
              "test_spam_recall", "train_loss", "val_loss", "wall_time_s", "precision", "batching", "max_examples"]
     subset = f", at most {cfg.max_examples} examples per split" if cfg.max_examples else ""
     lines = [f"Profile `{cfg.profile.name}`, model `{cfg.model_size}`, {cfg.num_epochs} epoch(s), seed {cfg.seed}, "
@@ -139,7 +153,7 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     if cfg.max_examples is None:
         cfg.max_examples = cfg.profile.max_examples
     print(f"Profile {cfg.profile.name}, model {cfg.model_size}, device {device}, precision "
-          f"{resolve_precision(cfg.precision, device)}, {cfg.num_epochs} epoch(s)", flush=True)
+          f"{describe_precision(cfg.precision, device)}, {cfg.num_epochs} epoch(s)", flush=True)
     if cfg.max_examples:
         print(f"Using at most {cfg.max_examples} examples per split (a subset, not the full data).", flush=True)
     from .config import get_config
@@ -150,7 +164,7 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     rows: list[dict] = []
     try:
         for strategy in cfg.trainable_layers:
-            print(f"== trainable_layers={strategy}", flush=True)
+            print(f"== trainable_layers={strategy}, learning rate {strategy_learning_rate(cfg, strategy):g}", flush=True)
             rows.append(run_strategy(cfg, strategy, loaders, device))
             r = rows[-1]
             print(f"   test accuracy {r['test_acc_before']:.3f} -> {r['test_acc']:.3f}, "

@@ -14,6 +14,20 @@ import torch
 from .config import SMOKE_MODEL
 
 
+STRATEGIES = ("lora", "last_block", "last_layer", "all")  # what trains: see course_lib.strategies
+
+# Learning rates on pretrained GPT-2 (the full profile), one per strategy; AdamW, weight decay 0.1.
+# LoRA is set by the product (alpha / rank) · lr, which its update's size follows. Raschka's appendix E
+# (LLMs-from-scratch, appendix-E/01_main-chapter-code/appendix-E.ipynb at commit 28c65cd, 2026-04)
+# scales by alpha / rank = 16 / 16 and trains at lr 8e-4; the printed book scales by alpha = 16 alone at
+# lr 5e-5: the same product, 8e-4. Full and last-block fine-tuning follow his ch. 6
+# (ch06/01_main-chapter-code/ch06.ipynb: lr 5e-5, weight decay 0.1). The head alone (a linear probe)
+# has no rate in ch. 6. All four were measured on a pretrained encoder reachable offline
+# (benchmarks/pretrained_proxy.py, all-MiniLM-L6-v2; the table in docs/benchmarks.md).
+LORA_SCALED_LEARNING_RATE = 8e-4
+LEARNING_RATES = {"last_block": 5e-5, "last_layer": 1e-3, "all": 5e-5}
+
+
 @dataclass(frozen=True)
 class Profile:
     """Defaults the notebooks' ``parameters`` cells start from."""
@@ -23,7 +37,7 @@ class Profile:
     num_epochs: int
     batch_size: int
     max_examples: int | None  # cap on examples per split; None = all
-    learning_rate: float
+    learning_rate: float  # full fine-tuning's; each strategy's own: learning_rate_for(profile, strategy, ...)
     description: str
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where measured faster); smoke stays exact
     eval_freq: int = 50  # training steps between loss measurements
@@ -45,6 +59,25 @@ def get_profile(name: str | None = None) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}: set COURSE_PROFILE to one of {list(PROFILES)}.")
     return PROFILES[name]
+
+
+def learning_rate_for(profile: Profile, strategy: str, rank: int = 4, alpha: float = 4) -> float:
+    """The learning rate ``strategy`` trains at in ``profile``.
+
+    Full profile: for ``lora`` the rate whose product with the scaling alpha / rank is
+    ``LORA_SCALED_LEARNING_RATE`` (8e-4 at alpha = rank, 4e-4 at alpha = 2·rank), otherwise
+    ``LEARNING_RATES[strategy]``. Smoke profile: its one rate for every strategy (a tiny random model
+    that has nothing pretrained to preserve).
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown trainable_layers {strategy!r}; choose one of {list(STRATEGIES)}.")
+    if profile.name == "smoke":
+        return profile.learning_rate
+    if strategy == "lora":
+        if not rank > 0 or not alpha > 0:
+            raise ValueError(f"rank and alpha must be positive numbers, got rank={rank!r}, alpha={alpha!r}.")
+        return LORA_SCALED_LEARNING_RATE / (alpha / rank)
+    return LEARNING_RATES[strategy]
 
 
 def pick_device(preference: str | None = None, profile: Profile | None = None) -> torch.device:

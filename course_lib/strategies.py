@@ -10,9 +10,8 @@ from torch import nn
 
 from .classifier import add_classification_head
 from .lora import freeze_model, mark_only_lora_as_trainable, replace_linear_with_lora, unfreeze
+from .profiles import STRATEGIES, learning_rate_for  # noqa: F401  (each strategy's learning rate)
 from .weights import load_gpt2
-
-STRATEGIES = ("lora", "last_block", "last_layer", "all")
 
 
 def configure_trainable(model: nn.Module, strategy: str, rank: int = 4, alpha: float = 4,

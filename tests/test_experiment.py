@@ -3,7 +3,7 @@ import csv
 
 import torch
 
-from course_lib import experiment
+from course_lib import experiment, profiles
 from course_lib.cli import main as course
 from course_lib.profiles import set_seed
 from course_lib.strategies import build_classifier, load_checkpoint, save_checkpoint
@@ -24,23 +24,40 @@ def test_defaults_finish_on_a_cpu_and_the_original_setting_is_one_flag_away(monk
     assert course(["experiment", "--profile", "smoke", "--max-examples", "0"]) == 2
 
 
+def test_each_strategy_trains_at_its_own_rate_and_the_seeds_rate_is_one_flag_away(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg: seen.append(cfg) or [])
+    for argv in ([], ["--lora-alpha", "8"], ["--learning-rate", "5e-5"]):
+        assert course(["experiment", "--profile", "full", "--output-dir", str(tmp_path), *argv]) == 0
+    own, alpha8, seeds = seen
+    rates = {s: experiment.strategy_learning_rate(own, s) for s in ("lora", "last_block", "last_layer", "all")}
+    # LoRA by the product (alpha / rank) * lr = 8e-4 (Raschka appendix E); full and last block at ch. 6's 5e-5
+    assert rates["lora"] == 8e-4 and rates["last_block"] == rates["all"] == 5e-5
+    assert rates["last_layer"] == profiles.LEARNING_RATES["last_layer"] > 5e-5
+    assert experiment.strategy_learning_rate(alpha8, "lora") * (8 / 4) == 8e-4
+    assert {experiment.strategy_learning_rate(seeds, s) for s in rates} == {5e-5}
+    smoke = profiles.get_profile("smoke")
+    assert {profiles.learning_rate_for(smoke, s, 4, a) for s in rates for a in (4, 8)} == {smoke.learning_rate}
+
+
 def test_max_examples_eval_freq_and_progress_bars_reach_the_run(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     calls = []
     real = experiment.train_classifier
 
     def spy(model, train_loader, val_loader, optimizer, device, num_epochs, **kwargs):
-        calls.append((len(train_loader.dataset), len(val_loader.dataset), kwargs))
+        calls.append((len(train_loader.dataset), len(val_loader.dataset), kwargs, optimizer.param_groups[0]["lr"]))
         return real(model, train_loader, val_loader, optimizer, device, num_epochs, **kwargs)
 
     monkeypatch.setattr(experiment, "train_classifier", spy)
     out = tmp_path / "exp"
     assert course(["experiment", "--profile", "smoke", "--max-examples", "16", "--eval-freq", "1", "--trainable-layers",
                    "last_layer", "--output-dir", str(out)]) == 0
-    (n_train, n_val, kwargs), = calls
+    (n_train, n_val, kwargs, lr), = calls
     assert (n_train, n_val, kwargs["eval_freq"], kwargs["precision"]) == (16, 16, 1, "fp32")
     row, = csv.DictReader(open(out / "tl_last_layer_results.csv"))
     assert row["max_examples"] == "16" and row["batching"] == "bucketed" and row["precision"] == "fp32"
+    assert float(row["learning_rate"]) == lr == profiles.get_profile("smoke").learning_rate  # the rate it trained at
     err = capsys.readouterr().err
     for bar in ("training accuracy before training", "test accuracy before training", "epoch 1/1"):
         assert bar in err, bar
