@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-iter", type=int, default=50, help="batches for the final losses")
     p.add_argument("--eval-iter-val", type=int, default=5, help="batches for the losses measured during training")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
-                   help="default: auto in full (bf16 where measured faster), fp32 in smoke")
+                   help="default: auto in full (bf16 where the hardware has bf16 units), fp32 in smoke")
     p.add_argument("--batching", choices=["bucketed", "per_batch", "fixed"], default="bucketed",
                    help="bucketed: similar lengths together, each batch padded to its longest message")
     p.add_argument("--learning-rate", type=float, default=None,
