@@ -40,8 +40,12 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) 
     """Call the learner's ``fn``; an exception becomes a :class:`CheckFailed` naming the case."""
     try:
         return fn(*args, **kwargs)
-    except (CheckFailed, NotImplementedError):  # a TODO not written yet speaks for itself
+    except CheckFailed:
         raise
+    except NotImplementedError as err:
+        if not is_library_not_implemented(err):
+            raise                     # the TODO not written yet speaks for itself
+        raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {_explain_error(err) or hint}".strip()) from err
     except Exception as err:  # the learner's code failed: say where, and what to look at
         extra = _explain_error(err)
         raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {extra or hint}".strip()) from err
@@ -54,9 +58,16 @@ def _is_int(x: Any) -> bool:
 XOR_HINT = "In Python `^` is bitwise XOR, not a power: write `x ** 2` for x squared."
 
 
+def is_library_not_implemented(err: BaseException) -> bool:
+    """Whether a NotImplementedError comes from PyTorch (an operation missing for a dtype, e.g.
+    ``bitwise_xor`` on floats after a ``^`` typo) rather than from an exercise's unwritten TODO."""
+    return isinstance(err, NotImplementedError) and "not implemented for" in str(err)
+
+
 def _explain_error(err: BaseException) -> str:
     """A sentence for an exception whose cause is a common slip we can name."""
-    if isinstance(err, TypeError) and "^" in str(err):
+    text = str(err)
+    if (isinstance(err, TypeError) and "^" in text) or "bitwise_xor" in text:
         return XOR_HINT
     return ""
 
@@ -74,8 +85,13 @@ def answer_shape(expected: str) -> Callable[[Callable], Callable]:
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return check(*args, **kwargs)
-            except (CheckFailed, NotImplementedError):
+            except CheckFailed:
                 raise
+            except NotImplementedError as err:
+                if not is_library_not_implemented(err):
+                    raise
+                raise CheckFailed(f"Your code raised NotImplementedError: {str(err)[:200]}. {_explain_error(err)}"
+                                  .strip()) from None
             except Exception as err:  # the answer is not of the expected kind
                 raise CheckFailed(f"{expected} Checking your answer failed with {type(err).__name__}: "
                                   f"{str(err)[:200]}.") from None
@@ -541,13 +557,16 @@ def check_linear_with_lora(cls: type) -> None:
 
 # ----------------------------------------------------------------------------- 05
 def _nested_model() -> nn.Module:
-    """Names that test matching: `subquery` ends with 'query' but not with '.query', `aux_out_head` ends
+    """Names that test matching: `subquery` ends with 'query' but not with '.query' (`attn.query` does),
+    `aux_out_head` ends
     with 'out_head' but is not an out_head, and `head.out_head` is excluded by 'out_head' and by the
     dotted 'head.out_head', which must not exclude the top-level `out_head`."""
     m = nn.Module()
     m.encoder = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 4)))
     m.query_proj = nn.Linear(4, 4)
     m.subquery = nn.Linear(4, 4)
+    m.attn = nn.Module()
+    m.attn.query = nn.Linear(4, 4)
     m.head = nn.Module()
     m.head.out_head = nn.Linear(4, 3)
     m.aux_out_head = nn.Linear(4, 2)
@@ -555,8 +574,8 @@ def _nested_model() -> nn.Module:
     return m
 
 
-_NESTED = "a model with layers encoder.0, encoder.2.0, encoder.2.1, query_proj, subquery, head.out_head, " \
-          "aux_out_head and out_head"
+_NESTED = "a model with layers encoder.0, encoder.2.0, encoder.2.1, query_proj, subquery, attn.query, " \
+          "head.out_head, aux_out_head and out_head"
 _MATCH_RULE = "a name matches a key when it equals the key or ends with '.' + key (the key's dot included)"
 
 
@@ -569,7 +588,8 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     """The smoke GPT and a nested model: names, exclusion, targets by suffix, rank and alpha, idempotence,
     and names that end in a key without its dot."""
     model = make_model()
-    replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4)
+    replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4,
+                       hint="It should return the list of the names it wrapped, and so should every recursive call.")
     expect(isinstance(replaced, list), "Return the list of the full, dotted names of the layers you wrapped.")
     for n in replaced[:3]:
         try:
@@ -603,19 +623,20 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
            f"A target may be a dotted suffix: target_modules=['att.W_key'] should wrap the 2 W_key layers, got "
            f"{dotted}: match against the full dotted name.")
     for kwargs, want, why in (
-            ({}, ["aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "query_proj", "subquery"],
+            ({}, ["attn.query", "aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "query_proj", "subquery"],
              "with the default exclude=('out_head',), 'out_head' also excludes 'head.out_head', but not "
              "'aux_out_head'"),
-            ({"target_modules": ["query"]}, [],
-             "target_modules=['query'] matches no layer there: 'subquery' and 'query_proj' are other names"),
+            ({"target_modules": ["query"]}, ["attn.query"],
+             "target_modules=['query'] matches only attn.query: 'subquery' and 'query_proj' are other names"),
             ({"exclude": ("head.out_head",)},
-             ["aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "out_head", "query_proj", "subquery"],
+             ["attn.query", "aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "out_head", "query_proj",
+              "subquery"],
              "exclude=('head.out_head',) leaves out only head.out_head, not the top-level out_head"),
             ({"target_modules": ["out_head", "query_proj"]}, ["query_proj"],
              "with target_modules=['out_head', 'query_proj'] and the default exclude, `exclude` wins over "
              "`target_modules`"),
-            ({"exclude": ()}, ["aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "head.out_head", "out_head",
-                               "query_proj", "subquery"], "with exclude=() every Linear layer is wrapped")):
+            ({"exclude": ()}, ["attn.query", "aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "head.out_head",
+                               "out_head", "query_proj", "subquery"], "with exclude=() every Linear layer is wrapped")):
         m = _nested_model()
         got = attempt(f"replace_linear_with_lora on {_NESTED}, {kwargs or 'the defaults'}", fn, m, rank=1, alpha=1,
                       **kwargs)
@@ -784,14 +805,17 @@ def _reference_loop(model, train_loader, val_loader, optimizer, device, num_epoc
 
 def _variant_loop(kind: str) -> Callable:
     """The reference loop with one catalogued mistake, so that a message can name it:
-    ``last_position`` (the loss reads the padded row's last position) or ``train_loader_eval``
-    (the training set is evaluated on the shuffled train_loader instead of train_eval_loader)."""
+    ``last_position`` (the loss reads the padded row's last position), or ``train_loader_eval``,
+    ``train_loader_loss``, ``train_loader_acc`` (the training set's losses and accuracies, its losses,
+    or its accuracies evaluated on the shuffled train_loader instead of train_eval_loader)."""
     from .data import sequential_loader
     from .training import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
 
     def loop(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter):
         tl, vl, ta, va, seen, step = [], [], [], [], 0, -1
-        train_eval = train_loader if kind == "train_loader_eval" else sequential_loader(train_loader)
+        ordered = sequential_loader(train_loader)
+        loss_on = train_loader if kind in ("train_loader_eval", "train_loader_loss") else ordered
+        acc_on = train_loader if kind in ("train_loader_eval", "train_loader_acc") else ordered
         for _ in range(num_epochs):
             model.train()
             for xb, yb in train_loader:
@@ -806,20 +830,24 @@ def _variant_loop(kind: str) -> Callable:
                 step += 1
                 if step % eval_freq == 0:
                     model.eval()
-                    tl.append(calc_loss_loader(train_eval, model, device, num_batches=eval_iter))
+                    tl.append(calc_loss_loader(loss_on, model, device, num_batches=eval_iter))
                     vl.append(calc_loss_loader(val_loader, model, device, num_batches=eval_iter))
                     model.train()
-            ta.append(calc_accuracy_loader(train_eval, model, device, num_batches=eval_iter))
+            ta.append(calc_accuracy_loader(acc_on, model, device, num_batches=eval_iter))
             va.append(calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter))
         return tl, vl, ta, va, seen
     return loop
 
 
+_ON_TRAIN_LOADER = ("you evaluate the training set on the shuffled train_loader: iterating it for evaluation consumes "
+                    "its shuffling and changes the order training sees; evaluate the training losses and accuracies on "
+                    "train_eval_loader.")
 _VARIANT_MESSAGES = {
     "last_position": "your loss reads the logits at the last position of the padded row, which is a pad token: "
                      "compute it with calc_loss_batch, which reads each message's last real token.",
-    "train_loader_eval": "you evaluate the training set on the shuffled train_loader: iterating it for evaluation "
-                         "consumes its shuffling and changes the order training sees; evaluate on train_eval_loader.",
+    "train_loader_eval": _ON_TRAIN_LOADER,
+    "train_loader_loss": _ON_TRAIN_LOADER,
+    "train_loader_acc": _ON_TRAIN_LOADER,
 }
 
 
@@ -1142,27 +1170,26 @@ def _last_token_mistake(got: list[int], rows: list[list[int]], pad: int) -> str:
     """What a wrong answer of last_token_index most likely did, in words; '' when nothing matches."""
     want, width = _last_real(rows, pad), len(rows[0])
     counted = [sum(t != pad for t in row) - 1 for row in rows]
-    first_pad = [row.index(pad) - 1 if pad in row else -1 for row in rows]
-    if any(v < 0 or v >= width for v in got):
-        full = [i for i, row in enumerate(rows) if pad not in row]
-        why = (f" Row {full[0]} fills the width (it has no pad token): there (x == pad).argmax() is 0, and 0 - 1 = -1."
-               if full and got[full[0]] < 0 else "")
-        return (f"returned {got}, but every index must lie in 0..{width - 1} (torch.gather and the lengths computed "
-                f"from it need that).{why}")
-    if got == [width - 1] * len(rows) and want != got:
+    first_pad = [row.index(pad) - 1 if pad in row else width - 1 for row in rows]
+    if got == [width - 1] * len(rows):
         return ("returned the last position of the padded row for every message: that is a pad token for every "
                 "message shorter than the batch. Find where each message's real tokens end.")
+    if got == counted and counted != want:
+        return ("counted the non-pad tokens: a token equal to the pad id inside a message is part of the message "
+                "(with pad_token_id=0, every '!' is token 0); only the trailing run of pad tokens is padding.")
+    if got == first_pad and first_pad != want:
+        return ("stopped at the first pad token: a token equal to the pad id inside a message is part of it; only "
+                "the trailing run of pad tokens is padding. Find the last position that is not padding.")
     if got == [v + 1 for v in want]:
         return "is one too far (off by one): that is the first pad position, or the length; the index is the length - 1."
     if got == [v - 1 for v in want]:
         return "is one too short (off by one): the last real token's position is the number of tokens up to it - 1."
-    if got == counted and counted != want:
-        return ("counted the non-pad tokens: a token equal to the pad id inside a message is part of the message "
-                "(with pad_token_id=0, every '!' is token 0); only the trailing run of pad tokens is padding.")
-    if [g if f < 0 else f for g, f in zip(got, first_pad)] == got and got != want and any(pad in r[:v + 1] for r, v in
-                                                                                          zip(rows, want)):
-        return ("stopped at the first pad token: a token equal to the pad id inside a message is part of it; only "
-                "the trailing run of pad tokens is padding. Find the last position that is not padding.")
+    if any(v < 0 or v >= width for v in got):
+        full = [i for i, row in enumerate(rows) if pad not in row]
+        why = (f" Row {full[0]} fills the width (it has no pad token): there (x == pad).argmax() is 0, and 0 - 1 = -1."
+               if full and got[full[0]] < 0 else "")
+        return (f"has a position outside 0..{width - 1}: torch.gather refuses negative indices, and indexing with -1 "
+                f"would silently read the last position.{why}")
     if got == [0] * len(rows):
         return "returned 0 for every row: that is the first token's position; the last real token comes later."
     return ""
@@ -1173,12 +1200,12 @@ def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_
     that also occurs inside messages, and the notebook's own batch; the input must stay unchanged."""
     P = 50256
     cases = [
-        ("a batch padded with 50256 ([[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]])",
+        ("a batch padded with P = 50256 ([[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]])",
          [[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]], P),
-        ("a batch of one ([[3, 1, 4, 1, 5, 9, P, P]])", [[3, 1, 4, 1, 5, 9, P, P]], P),
+        ("a batch of one ([[3, 1, 4, 1, 5, 9, P, P]], P = 50256)", [[3, 1, 4, 1, 5, 9, P, P]], P),
         ("a batch of one message that fills the width ([[3, 1, 4]])", [[3, 1, 4]], P),
         ("pad_token_id=0, with token 0 ('!') also inside the messages ([[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], "
-         "[1, 0, 3, 4, 5]])", [[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], [1, 0, 3, 4, 5]], 0),
+         "[1, 0, 3, 4, 5], [3, 3, 3, 0, 0]])", [[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], [1, 0, 3, 4, 5], [3, 3, 3, 0, 0]], 0),
         ("a batch of width 1 ([[7], [8]])", [[7], [8]], P),
     ]
     if batch is not None:

@@ -1,20 +1,23 @@
 """The instructor's hidden tests, one or more per exercise id.
 
-Each test is a snippet (``probe``) that runs in the student's kernel after the student's cells,
-calls the student's own definition ``name`` on inputs made from ``SEED`` (chosen by the grader,
-new on every run), and returns plain data. The grader runs the same snippet in its own process
-with the reference implementation bound to ``name`` and compares the two results there: nothing
-the notebook prints, and nothing it patches in its own kernel, can make a wrong answer pass.
+Each test is a snippet (``probe``) that the grader runs in a fresh, sandboxed process holding only the
+definitions of the cells the student's notebook ran (see ``course_lib.grading.probe``). It calls the
+student's own definition ``name`` on inputs made from ``SEED`` (chosen by the grader, new on every
+run), and returns plain data. The grader runs the same snippet in its own process with the reference
+implementation bound to ``name`` and compares the two results there: nothing the notebook prints, and
+nothing it patches in its own kernel, can make a wrong answer pass.
 
-They are stricter than the visible checks: other sizes, other seeds, edge cases (empty
-containers, rank 1, drop_last, alpha at 0 and 1), and the definition must be the student's own
-(checked statically in the submitted source, see ``course_lib.grading.grade``).
+They are stricter than the visible checks: other sizes, other seeds, edge cases (empty containers,
+rank 1, drop_last, alpha at 0 and 1), the gradients a module or loss passes back, and whether the
+inputs come back unchanged. Every input whose feature separates a catalogued mistake is present on
+every seed (``tests/test_mutants.py`` checks this on many seeds), and the definition must be the
+student's own (checked statically in the submitted source, see ``course_lib.grading.grade``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -30,6 +33,7 @@ class HiddenTest:
     reference: Callable[[], Any]      # the object to bind to ``name`` in the grader
     tolerance: float = 1e-4
     explain: str = ""                 # what the test checks, for the feedback
+    parts: str = ""                   # what the entries of the probe's result are, to say where an answer differs
 
 
 # --------------------------------------------------------------------------- references
@@ -71,9 +75,33 @@ def count_trainable(model) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# The original experiment's LoraConfig, as the plain fields the 09 probe reads (so the grader needs no peft).
-LORA_CONFIG = SimpleNamespace(r=8, lora_alpha=16, lora_dropout=0.15, target_modules=["query", "value"], bias="none",
-                              task_type="SEQ_CLS")
+# The original experiment's LoraConfig. Built on first use (peft is a bonus package, imported only when 09 is graded).
+LORA_FIELDS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "target_modules": ["query", "value"], "bias": "none",
+               "task_type": "SEQ_CLS"}
+
+
+class _Lazy(Mapping):
+    """A mapping whose values are built by their factories on first access."""
+
+    def __init__(self, factories: dict[str, Callable[[], Any]]) -> None:
+        self._factories, self._values = factories, {}
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._values:
+            self._values[key] = self._factories[key]()
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._factories)
+
+    def __len__(self) -> int:
+        return len(self._factories)
+
+
+def _lora_config():
+    from peft import LoraConfig
+
+    return LoraConfig(**LORA_FIELDS)
 
 
 def _lib(module: str, attr: str) -> Callable[[], Any]:
@@ -88,11 +116,20 @@ def _lib(module: str, attr: str) -> Callable[[], Any]:
 TESTS: list[HiddenTest] = [
     HiddenTest("01-count-tensors", "01_loading_weights", 2, "count_tensors", r'''
 import torch
+def skeleton(t):   # the tree's containers and tensor identities: count_tensors must not change them
+    if isinstance(t, torch.Tensor):
+        return ["tensor", id(t)]
+    if isinstance(t, dict):
+        return ["dict", [[k, skeleton(v)] for k, v in t.items()]]
+    return [type(t).__name__, [skeleton(v) for v in t]]
 n = 2 + SEED % 5
+shared = torch.ones(3)
 tree = {"wte": torch.zeros(1), "blocks": [{"attn": {"w": torch.zeros(2), "b": torch.zeros(2)}, "ln": {}} for _ in range(n)],
         "empty": {}, "none": []}
-got = [count_tensors(tree), count_tensors(torch.zeros(3)), count_tensors({"x": [[torch.ones(1)], [], [torch.ones(2), {}]]}),
-       count_tensors([torch.zeros(4, 4)] * (1 + SEED % 3)), count_tensors({"a": {"b": {"c": torch.zeros(5)}}})]
+trees = [tree, torch.zeros(3), {"x": [[torch.ones(1)], [], [torch.ones(2), {}]]},
+         [torch.zeros(4, 4)] * (2 + SEED % 3),                      # one tensor in several places: each place counts
+         {"tied": shared, "blocks": [shared, {"again": shared}], "own": torch.zeros(1)},
+         {"a": {"b": {"c": torch.zeros(5)}}}]
 import random
 rng = random.Random(SEED)
 def grow(depth):   # a random tree drawn from the whole seed: its count cannot be looked up in a table
@@ -100,16 +137,25 @@ def grow(depth):   # a random tree drawn from the whole seed: its count cannot b
         return torch.zeros(rng.randint(1, 3))
     kids = [grow(depth - 1) for _ in range(rng.randint(0, 4))]
     return {f"k{i}": k for i, k in enumerate(kids)} if rng.random() < 0.5 else kids
-got += [count_tensors(grow(5)) for _ in range(3)]
-return [[type(v) is int, v] for v in got]
-''', lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists; the count is an int"),
+trees += [[grow(5), torch.zeros(1)] for _ in range(3)]
+out = []
+for t in trees:
+    before = skeleton(t)
+    v = count_tensors(t)
+    out.append([type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40], skeleton(t) == before])
+return out
+''', lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
+                                    "several places, the count an int, and the tree left unchanged",
+        parts="one entry per tree: [is a plain int, the count, the tree unchanged]"),
 
     HiddenTest("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg", r'''
 n_head = 2 + SEED % 3
 s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1 + SEED % 64), "n_head": n_head,
      "n_layer": n_head + 1 + SEED % 4}
-given = dict(s)
-out = [sorted([k, v] for k, v in settings_to_cfg(given).items()), given == s]
+odd = {"n_vocab": 300 + SEED % 7, "n_ctx": 20 + SEED % 9, "n_embd": 30 + SEED % 11, "n_head": 5, "n_layer": 7}
+given, given_odd = dict(s), dict(odd)
+out = [sorted([k, v] for k, v in settings_to_cfg(given).items()), given == s,
+       sorted([k, v] for k, v in settings_to_cfg(given_odd).items()), given_odd == odd]
 out.append(sorted([k, v] for k, v in settings_to_cfg(dict(s), drop_rate=0.05 * (1 + SEED % 3), qkv_bias=False).items()))
 out.append(sorted([k, v] for k, v in settings_to_cfg(dict(s), 0.2, True).items()))
 for bad, key in ((dict(s, n_embed=3), "n_embed"), ({k: v for k, v in s.items() if k != "n_ctx"}, "n_ctx")):
@@ -121,39 +167,54 @@ for bad, key in ((dict(s, n_embed=3), "n_embed"), ({k: v for k, v in s.items() i
     except Exception as e:
         out.append(type(e).__name__)
 return out
-''', _lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer), other drop_rate and qkv_bias, an unknown key and a missing key"),
+''', _lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
+                                                            "other drop_rate and qkv_bias, an unknown key and a missing key, "
+                                                            "the settings left unchanged"),
 
     HiddenTest("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn", r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 e = 2 + SEED % 8
 w, b = torch.randn(e, 3 * e, generator=g), torch.randn(3 * e, generator=g)
+w0, b0 = w.clone(), b.clone()
 ws, bs = split_c_attn(w, b)
-return [[x.tolist() for x in ws], [x.tolist() for x in bs]]
-''', lambda: split_c_attn, explain="random weights of another size"),
+return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0)]
+''', lambda: split_c_attn, explain="random weights of another size, left unchanged"),
 
     HiddenTest("03-balance", "03_data_balancing", 2, "create_balanced_dataset", r'''
 import pandas as pd
-n_ham, n_spam = 20 + SEED % 13, 5 + SEED % 7
-rows = [("ham", f"ham{i}") for i in range(n_ham)] + [("spam", f"spam{i}") for i in range(n_spam)]
-rows = [rows[(5 * i + SEED) % len(rows)] for i in range(len(rows))] if len(rows) % 5 else rows
-df = pd.DataFrame(rows, columns=["Label", "Text"])
-out = create_balanced_dataset(df.copy(), seed=1000 + SEED % 1000)
-labels = list(out["Label"])
-return [[x if isinstance(x, str) else int(x) for x in labels], list(out["Text"]),
-        all(not isinstance(x, (str, float)) and float(x) == int(x) for x in labels) and str(out["Label"].dtype)[:3] in ("int", "Int")]
-''', _lib("course_lib.data", "create_balanced_dataset"), explain="another table with the classes mixed, another seed, labels 0/1 as integers"),
+out = []
+for k in range(2):
+    n_ham, n_spam = 20 + (SEED + k) % 13, 5 + (SEED + 3 * k) % 7
+    rows = [("ham", f"ham{i}") for i in range(n_ham)] + [("spam", f"spam{i}") for i in range(n_spam)]
+    rows = [rows[(5 * i + SEED) % len(rows)] for i in range(len(rows))] if len(rows) % 5 else rows[::-1]
+    df = pd.DataFrame(rows, columns=["Label", "Text"])
+    original = df.copy()
+    got = create_balanced_dataset(df, seed=1000 + (SEED + k) % 1000)
+    labels = list(got["Label"])
+    out.append([[x if isinstance(x, str) else int(x) for x in labels], list(got["Text"]),
+                all(not isinstance(x, (str, float)) and float(x) == int(x) for x in labels)
+                and str(got["Label"].dtype)[:3] in ("int", "Int"),
+                df.equals(original) and list(df.columns) == list(original.columns)])
+return out
+''', _lib("course_lib.data", "create_balanced_dataset"),
+        explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
+                "and the caller's table left unchanged",
+        parts="one entry per table: [labels, texts in order, integer labels, the given table unchanged]"),
 
     HiddenTest("03-split", "03_data_balancing", 2, "random_split", r'''
 import pandas as pd
 n = 30 + SEED % 50
 df = pd.DataFrame({"Label": [i % 2 for i in range(n)], "Text": [f"m{i}" for i in range(n)]})
+original = df.copy()
 fractions = (0.5 + 0.05 * (SEED % 3), 0.15 + 0.05 * (SEED % 2))
-parts = random_split(df.copy(), *fractions, seed=1000 + SEED % 1000)
+parts = random_split(df, *fractions, seed=1000 + SEED % 1000)
 big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for i in range(1494)]})
 default = random_split(big, seed=1000 + SEED % 1000)
-return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(default[1]["Text"])]
-''', _lib("course_lib.data", "random_split"), explain="other fractions, sizes and seeds, and the default 70/10/20 on 1,494 rows"),
+return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(default[1]["Text"]),
+                                           df.equals(original) and list(df.columns) == list(original.columns)]
+''', _lib("course_lib.data", "random_split"),
+        explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, and the caller's table left unchanged"),
 
     HiddenTest("03-num-batches", "03_data_balancing", 1, "num_batches", r'''
 cases = [(1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True), (1000 + SEED % 97, 3 + SEED % 11, False),
@@ -161,7 +222,8 @@ cases = [(1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True),
 import random
 rng = random.Random(SEED)
 cases += [(rng.randint(1, 10**6), rng.randint(1, 999), rng.random() < 0.5) for _ in range(6)]
-return [[type(v) is int, v] for v in (num_batches(n, b, d) for n, b, d in cases)]
+return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
+        for v in (num_batches(n, b, d) for n, b, d in cases)]
 ''', _lib("course_lib.data", "num_batches"), explain="exact multiples, a single example, and drop_last"),
 
     HiddenTest("04-lora-layer", "04_lora_layers", 3, "LoRALayer", r'''
@@ -180,8 +242,17 @@ with torch.no_grad():
     layer.A.copy_(torch.randn(rank, in_dim, generator=g))
     layer.B.copy_(torch.randn(out_dim, rank, generator=g))
 x = torch.randn(3, 2, in_dim, generator=g)
-return facts + [layer(x).tolist()]
-''', _lib("course_lib.lora", "LoRALayer"), explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input"),
+x0 = x.clone()
+out = layer(x)
+if out.requires_grad:   # the gradients A and B receive: a forward that reads .data or runs under no_grad gets none
+    out.backward(torch.randn(out.shape, generator=g))
+grads = [None if p.grad is None else p.grad.tolist() for p in (layer.A, layer.B)]
+return facts + [out.tolist(), grads, torch.equal(x, x0)]
+''', _lib("course_lib.lora", "LoRALayer"),
+        explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
+                "the gradients of A and B after one backward pass, and the input left unchanged",
+        parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, "
+              "A and B trainable, the output, A's and B's gradients, the input unchanged"),
 
     HiddenTest("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA", r'''
 import torch
@@ -198,7 +269,13 @@ with torch.no_grad():
     wrapped.lora.A.copy_(torch.randn(rank, d_in, generator=g))
     wrapped.lora.B.copy_(torch.randn(d_out, rank, generator=g))
 w0 = linear.weight.detach().clone()
+x0 = x.clone()
 unmerged = wrapped(x)
+if unmerged.requires_grad:   # one backward pass: LoRA's A and B get gradients, the frozen layer none
+    unmerged.backward(torch.randn(unmerged.shape, generator=g))
+grads = [None if p.grad is None else p.grad.tolist() for p in (wrapped.lora.A, wrapped.lora.B)]
+grads.append([p.grad is None or bool((p.grad == 0).all()) for p in linear.parameters()])
+facts += [grads, torch.equal(x, x0)]
 wrapped.unmerge()  # not merged: must change nothing
 facts.append(bool((linear.weight - w0).abs().max() < 1e-6))
 wrapped.merge()
@@ -209,7 +286,9 @@ merged = wrapped(x)
 wrapped.unmerge()
 return facts + [unmerged.tolist(), merged.tolist(), bool((linear.weight - w0).abs().max() < 1e-5), wrapped(x).tolist(),
                 [p.requires_grad for p in wrapped.linear.parameters()]]
-''', _lib("course_lib.lora", "LinearWithLoRA"), explain="a layer with a bias, merge twice, unmerge when not merged, W frozen after merging, 3-D input"),
+''', _lib("course_lib.lora", "LinearWithLoRA"),
+        explain="a layer with a bias, gradients into A and B and none into the frozen layer, the input left unchanged, "
+                "merge twice, unmerge when not merged, W frozen after merging, 3-D input"),
 
     HiddenTest("05-replace", "05_lora_injection", 5, "replace_linear_with_lora", r'''
 import torch
@@ -220,22 +299,28 @@ def make():
     m.encoder = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Sequential(nn.Linear(4, 6)))
     m.W_query = nn.Linear(4, 4)
     m.query_proj = nn.Linear(4, 4)
+    m.subquery = nn.Linear(4, 4)          # ends with 'query', not with '.query'
+    m.attn = nn.Module()
+    m.attn.query = nn.Linear(4, 4)        # ends with '.query'
     m.W_query2 = nn.Linear(4, 4)
     m.head = nn.Module()
     m.head.out_head = nn.Linear(4, 2)
+    m.aux_out_head = nn.Linear(4, 2)      # ends with 'out_head', not with '.out_head'
     m.out_head = nn.Linear(6, 3)
     m.norm = nn.LayerNorm(4)
     return m
+def wrapped_names(m):
+    return sorted(n for n, mod in m.named_modules() if isinstance(mod, LinearWithLoRA))
 rank = 1 + SEED % 3
 a = make()
 first = replace_linear_with_lora(a, rank, 2.0)
 second = replace_linear_with_lora(a, rank, 2.0)
-b = make()
-only = replace_linear_with_lora(b, rank, 2.0, target_modules=["W_query", "2.0"])
-d = make()
-excluded_wins = replace_linear_with_lora(d, rank, 2.0, target_modules=["out_head", "W_query"])
-c = make()
-everything = replace_linear_with_lora(c, rank, 2.0, exclude=())
+calls = []
+for kwargs in ({"target_modules": ["W_query", "2.0"]}, {"target_modules": ["out_head", "W_query"]}, {"exclude": ()},
+               {"target_modules": ["query"]}, {"exclude": ("head.out_head",)}, {"target_modules": ["head.out_head"], "exclude": ()}):
+    m = make()
+    returned = replace_linear_with_lora(m, rank, 2.0, **kwargs)
+    calls.append([sorted(returned), wrapped_names(m)])
 nested = [n for n, mod in a.named_modules() if isinstance(mod, LinearWithLoRA) and isinstance(mod.linear, LinearWithLoRA)]
 wrapped = a.get_submodule("W_query")
 import random
@@ -261,15 +346,19 @@ r2.add_module(rng.choice(names) + "_x", nn.Linear(3, 2))
 present = sorted({n.split(".")[-1] for n, mod in r2.named_modules() if isinstance(mod, nn.Linear)} - {"out_head"})
 targets = sorted(rng.sample(present, min(2, len(present))))
 random_targets = sorted(replace_linear_with_lora(r2, rank, 2.0, target_modules=targets)) if targets else []
-return [sorted(first), second, sorted(only), sorted(everything), nested, sorted(excluded_wins), type(a.out_head).__name__,
+return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head).__name__,
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
-        random_targets]
+        wrapped_names(r), random_targets, wrapped_names(r2)]
 ''', _lib("course_lib.lora", "replace_linear_with_lora"),
-        explain="a model of another shape, a second call, dotted targets, whole-name matching, a nested excluded name, rank and alpha passed on, and an empty exclude"),
+        explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
+                "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
+                "an empty exclude, and the layers really wrapped"),
 
     HiddenTest("06-freeze", "06_gradient_checks", 2, "freeze_model", r'''
 from torch import nn
-m = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), nn.Linear(2, 2))
+deep = lambda: nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2), nn.Sequential(nn.Linear(2, 2, bias=False),
+                             nn.Sequential(nn.Linear(2, 2)))))
+m = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), nn.Linear(2, 2), deep())
 freeze_model(m)
 freeze_model(m)
 after_freeze = [p.requires_grad for p in m.parameters()]
@@ -278,6 +367,13 @@ after_unfreeze = [p.requires_grad for p in m.parameters()]
 unfreeze(m[1])
 freeze_model(m[2])
 freeze_model(m[2])
+after_second = [p.requires_grad for p in m.parameters()]
+unfreeze(m[3])                       # four levels deep
+after_deep = [p.requires_grad for p in m.parameters()]
+freeze_model(m)
+unfreeze(m[3][1][0])                 # a LayerNorm: a module without children
+unfreeze(m[0])                       # a Linear
+after_leaves = [p.requires_grad for p in m.parameters()]
 import random
 rng = random.Random(SEED)
 def grow(depth):   # a random model drawn from the whole seed, some parts frozen and unfrozen at random
@@ -294,8 +390,10 @@ freeze_model(r)
 for _ in range(3):
     unfreeze(rng.choice(modules))
 random_model = [p.requires_grad for p in r.parameters()]
-return [after_freeze, after_unfreeze, [p.requires_grad for p in m.parameters()], random_model]
-''', lambda: freeze_model, explain="a nested model, unfreezing a sub-module with a LayerNorm and biases, calling each twice"),
+return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model]
+''', lambda: freeze_model,
+        explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
+                "biases, calling each twice"),
 
     HiddenTest("06-lora-grads", "06_gradient_checks", 3, "lora_grads", r'''
 import torch
@@ -305,56 +403,77 @@ x = torch.randn(n, d_in, generator=g, dtype=torch.float64)
 A = torch.randn(r, d_in, generator=g, dtype=torch.float64)
 B = torch.randn(d_out, r, generator=g, dtype=torch.float64)
 up = torch.randn(n, d_out, generator=g, dtype=torch.float64)
+before = [t.clone() for t in (x, A, B, up)]
 dA, dB = lora_grads(x, A, B, 0.5 + SEED % 4, up)
-return [dA.tolist(), dB.tolist()]
-''', lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64"),
+return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up)))]
+''', lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged"),
 
     HiddenTest("07-train-loop", "07_classification_training", 5, "train_classifier_simple", r'''
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 class Tiny(nn.Module):
-    # Dropout masks from the model's own generator, drawn only in training mode.
+    # Dropout masks from the model's own generator, drawn only in training mode; the pad id has its own
+    # embedding, so the logits at a pad position differ from those at the last real token.
     def __init__(self):
         super().__init__()
         self.emb = nn.Embedding(20, 6)
         self.out = nn.Linear(6, 2)
         self.gen = torch.Generator().manual_seed(SEED + 1)
     def forward(self, x):
-        h = self.emb(x).cumsum(dim=1)
+        h = self.emb(x.clamp(max=19)).cumsum(dim=1)
         if self.training:
             h = h * (torch.rand(h.shape, generator=self.gen) >= 0.3).float() / 0.7
         return self.out(h)
 torch.manual_seed(SEED)
 model = Tiny()
 g = torch.Generator().manual_seed(SEED)
-x, y = torch.randint(0, 20, (23, 5), generator=g), torch.randint(0, 2, (23,), generator=g)
-# Not shuffled, own generators: extra passes over a loader change nothing the loop sees.
-train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=3, drop_last=True, generator=torch.Generator())
-val = DataLoader(TensorDataset(x[16:], y[16:]), batch_size=2, generator=torch.Generator())
+ids = torch.randint(0, 19, (23, 5), generator=g)
+lengths = torch.randint(1, 5, (23,), generator=g)          # every row ends in at least one pad token
+x = torch.where(torch.arange(5) < lengths[:, None], ids, torch.full_like(ids, 50256))
+y = torch.randint(0, 2, (23,), generator=g)
+# A shuffled training loader with its own generator: evaluating on it instead of train_eval_loader changes
+# the order training sees.
+train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=3, drop_last=True, shuffle=True,
+                   generator=torch.Generator().manual_seed(SEED + 2))
+# Validation rows come in pairs, one message with both labels, one pair per batch: the validation accuracy is
+# exactly 0.5 on every seed, so accuracies in percent or taken from another loader always show.
+val_x, val_y = x[16:20].repeat_interleave(2, dim=0), torch.stack([y[16:20], 1 - y[16:20]], dim=1).reshape(-1)
+val = DataLoader(TensorDataset(val_x, val_y), batch_size=2, generator=torch.Generator())
 opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.3)
 tl, vl, ta, va, seen = train_classifier_simple(model, train, val, opt, torch.device("cpu"), num_epochs=2, eval_freq=3,
-                                               eval_iter=2 + SEED % 2)
+                                               eval_iter=3)
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen]
 ''', lambda: train_classifier_simple,
-        explain="another model with dropout on, SGD with momentum, two epochs, eval_freq 3 with 5 steps per epoch, "
-                "validation losses and accuracies"),
+        explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
+                "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies",
+        parts="training losses, validation losses, training accuracies, validation accuracies, examples seen"),
 
     HiddenTest("08-kd-loss", "08_distillation", 4, "distillation_loss", r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 out = []
-for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3)):
-    s = torch.randn(7, 2, generator=g, requires_grad=True)
-    t = torch.randn(7, 2, generator=g, requires_grad=True)
+for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
+    s_leaf = torch.randn(7, 2, generator=g, requires_grad=True)
+    t_leaf = torch.randn(7, 2, generator=g, requires_grad=True)
+    s, t = s_leaf * 1.0, t_leaf * 1.0                   # logits come out of a model: not leaves
     y = torch.randint(0, 2, (7,), generator=g)
+    s0, t0 = s.detach().clone(), t.detach().clone()
     loss = distillation_loss(s, t, y, temperature=T, alpha=a)
-    loss.backward()
-    out.append([float(loss.detach()), t.grad is None or bool((t.grad == 0).all())])
+    if loss.requires_grad:
+        loss.backward()
+    out.append([float(loss.detach()), t_leaf.grad is None or bool((t_leaf.grad == 0).all()),
+                None if s_leaf.grad is None else s_leaf.grad.tolist(),
+                torch.equal(s.detach(), s0) and torch.equal(t.detach(), t0)])
 return out
-''', _lib("course_lib.distill", "distillation_loss"), explain="temperatures 1 to 3.5, alpha 0 and 1, gradient into the teacher"),
+''', _lib("course_lib.distill", "distillation_loss"),
+        explain="temperatures 1 to 3.5 (an integer one too), alpha 0 and 1, the student's gradient, none into the "
+                "teacher, and the logits left unchanged",
+        parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
+              "unchanged]"),
 
     HiddenTest("09-lora-config", "09_peft_and_tuning", 3, "count_trainable", r'''
+import copy
 import torch
 from torch import nn
 torch.manual_seed(SEED)
@@ -364,17 +483,67 @@ for frozen in ([], [0], [0, 1], [2], [0, 1, 2]):
     for i, layer in enumerate(m):
         layer.requires_grad_(i not in frozen)
     counts.append(count_trainable(m))
-c = lora_config
-fields = [getattr(c, "r", None), getattr(c, "lora_alpha", None), getattr(c, "lora_dropout", None),
-          sorted(getattr(c, "target_modules", None) or []), getattr(c, "bias", None),
-          str(getattr(getattr(c, "task_type", None), "value", getattr(c, "task_type", None)))]
-return [[type(v) is int, v] for v in counts] + [fields]
-''', lambda: count_trainable, explain="the LoraConfig's fields, and the count on a model with various parts frozen"),
+# What the config builds, not its fields: a tiny random BERT classifier drawn from the seed, through peft.
+from peft import get_peft_model
+from transformers import BertConfig, BertForSequenceClassification
+torch.manual_seed(SEED)
+encoder = BertForSequenceClassification(BertConfig(
+    vocab_size=30 + SEED % 20, hidden_size=4 * (2 + SEED % 2), num_hidden_layers=1 + SEED % 3, num_attention_heads=2,
+    intermediate_size=12, max_position_embeddings=16, num_labels=2 + SEED % 3))
+model = get_peft_model(encoder, copy.deepcopy(lora_config))
+trainable = sorted([n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad)
+lora = sorted([n, int(mod.r["default"]), float(mod.scaling["default"]),
+               float(getattr(mod.lora_dropout["default"], "p", 0.0))]
+              for n, mod in model.named_modules() if isinstance(getattr(mod, "r", None), dict) and "default" in mod.r
+              and hasattr(mod, "lora_A"))
+counts.append(count_trainable(model))
+return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora]
+''', lambda: count_trainable,
+        explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
+                "dropout of each LoRA layer), and the count on that model and on a model with various parts frozen",
+        parts="the count with nothing, [0], [0, 1], [2] and everything frozen, the count on the peft model, the "
+              "trainable parameters, the LoRA layers"),
 ]
+
+# 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
+# of one, and pad ids that also occur inside messages; the input must come back unchanged.
+TESTS.append(HiddenTest("07-last-token", "07_classification_training", 3, "last_token_index", r"""
+import torch
+g = torch.Generator().manual_seed(SEED)
+def draw(batch, width, vocab, pad, full_row):
+    lengths = torch.randint(1, width + 1, (batch,), generator=g)
+    if full_row:
+        lengths[int(torch.randint(0, batch, (1,), generator=g))] = width
+    x = torch.randint(0, vocab, (batch, width), generator=g)
+    for row, n in enumerate(lengths.tolist()):
+        if int(x[row, n - 1]) == pad:
+            x[row, n - 1] = (pad + 1) % vocab
+        x[row, n:] = pad
+    return x
+out = []
+cases = [(1, 1 + SEED % 9, 50257, 50256, False), (1, 2 + SEED % 7, 50257, 50256, True),
+         (2 + SEED % 7, 3 + SEED % 11, 50257, 50256, True), (3 + SEED % 5, 4 + SEED % 6, 6, SEED % 6, True),
+         (4, 5 + SEED % 4, 4, 0, False)]
+cases += [(int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 15, (1,), generator=g)), 3 + SEED % 5,
+           int(torch.randint(0, 3, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))) for _ in range(4)]
+for batch, width, vocab, pad, full_row in cases:
+    x = draw(batch, width, vocab, pad, full_row)
+    before = x.clone()
+    got = last_token_index(x, pad)
+    ok = isinstance(got, torch.Tensor)
+    kind = ok and not got.dtype.is_floating_point and not got.dtype.is_complex and got.dtype != torch.bool
+    out.append([ok, kind, list(got.shape) if ok else None, got.tolist() if ok else None, torch.equal(x, before)])
+x = draw(3, 6, 50257, 50256, True)
+got = last_token_index(x)            # the default pad id is GPT-2's <|endoftext|>
+out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
+return out
+""", _lib("course_lib.training", "last_token_index"),
+    explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
+            "that also occur inside messages, the default pad id, integer indices, and the batch left unchanged"))
 
 # freeze_model's probe also uses the student's unfreeze: bind both in the reference namespace.
 # 09's probe also reads the student's lora_config (a value, not a function).
-EXTRA_NAMES = {"06-freeze": {"unfreeze": unfreeze}, "09-lora-config": {"lora_config": LORA_CONFIG}}
+EXTRA_NAMES = {"06-freeze": {"unfreeze": unfreeze}, "09-lora-config": _Lazy({"lora_config": _lora_config})}
 NOTEBOOK_NAMES = {"06-freeze": ["unfreeze"], "09-lora-config": ["lora_config"]}
 
 
@@ -397,3 +566,33 @@ def same(a: Any, b: Any, tol: float) -> bool:
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same(x, y, tol) for x, y in zip(a, b))
     return a == b
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def describe_difference(got: Any, want: Any, tol: float, parts: str = "") -> str:
+    """Where the student's result first differs from the expected one, in one sentence: the path of
+    indices into the probe's result (named by ``parts`` at the top level when given) and both values."""
+    path: list[str] = []
+
+    def walk(a: Any, b: Any) -> str | None:
+        if same(a, b, tol):
+            return None
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if len(a) != len(b):
+                return f"has {len(a)} entries where {len(b)} were expected"
+            for i, (x, y) in enumerate(zip(a, b)):
+                path.append(str(i))
+                found = walk(x, y)
+                if found:
+                    return found
+                path.pop()
+        return f"is {_short(a)} where {_short(b)} was expected"
+
+    found = walk(got, want) or "differs"
+    where = "[" + "][".join(path) + "]" if path else "the result"
+    named = f" (entries: {parts})" if parts and path else ""
+    return f"entry {where}{named} {found}" if path else f"the result {found}"
