@@ -25,12 +25,13 @@ import nbformat
 HIDDEN: dict[str, set[str]] = {
     "config": {"settings_to_cfg"},
     "weights": {"*"},
-    "data": {"create_balanced_dataset", "random_split", "num_batches", "prepare_sms_splits", "create_dataloaders"},
+    "data": {"create_balanced_dataset", "random_split", "num_batches", "prepare_sms_splits", "create_dataloaders",
+             "pad_collate", "message_lengths"},  # both find where a row's padding starts (07-last-token)
     "lora": {"LoRALayer", "LinearWithLoRA", "replace_linear_with_lora", "_replace", "_matches", "freeze_model",
              "unfreeze", "mark_only_lora_as_trainable", "merge_lora", "unmerge_lora", "lora_layers"},
     "strategies": {"*"},
     "experiment": {"*"},
-    "training": {"train_classifier", "@trains"},
+    "training": {"train_classifier", "@trains", "last_token_index", "pool_last_token", "classifier_logits"},
     "distill": {"distillation_loss", "train_student", "@trains"},
     "bonus": {"*"},
     "checks": {"*"},
@@ -38,11 +39,14 @@ HIDDEN: dict[str, set[str]] = {
     "cli": {"*"},
 }
 ALLOWED: dict[str, set[str]] = {"05-replace": {"lora.LoRALayer", "lora.LinearWithLoRA"}}
+# The training loop's probe reads its losses through calc_loss_batch, which pools at the last real token.
+ALLOWED["07-train-loop"] = {"training.last_token_index", "training.pool_last_token", "training.classifier_logits"}
 STUB_ERROR = "is course_lib's reference and is not available while your exercise is graded"
 REPLY_LIMIT = 4_000_000      # bytes of JSON a probe process may send back
 MAX_DEPTH = 24
 CELL_MAGICS_TO_UNWRAP = ("%%capture", "%%time", "%%timeit", "%%prun")
-STATEMENT_SECONDS = 5.0      # per top-level statement the probe process re-runs
+STATEMENT_SECONDS = 5.0      # CPU seconds per top-level statement the probe process re-runs (imports: no limit)
+PRELOAD = ("torch",)          # imported before any statement, with no time limit
 
 
 # --------------------------------------------------------------------------- stripped course_lib
@@ -168,32 +172,83 @@ def executed_sources(nb: nbformat.NotebookNode, executed: list[int]) -> list[str
 # --------------------------------------------------------------------------- the probe process
 RUNNER = r'''
 def _main():
-    import json, os, signal, sys
+    import ast, json, os, signal, sys
     reply = os.fdopen(os.dup(1), "w")
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     job = json.loads(sys.stdin.read())
     dumps, loads = json.dumps, json.loads
+    # Libraries every probe needs load first, with no time limit: an alarm that fired in the middle of
+    # `import torch` on a busy machine would leave it half-registered and break every later statement.
+    for name in job.get("preload", []):
+        try:
+            __import__(name)
+        except BaseException:
+            pass
+    class _Slow(BaseException):
+        pass
     def _alarm(*args):
-        raise TimeoutError("took too long while the probe loaded the notebook's definitions")
-    signal.signal(signal.SIGALRM, _alarm)
+        raise _Slow()
+    # The per-statement limit counts this process's CPU time (ITIMER_PROF), not the wall clock, so a machine
+    # busy with other work cannot trip it; a statement that only waits is bounded by the probe's own timeout.
+    signal.signal(signal.SIGPROF, _alarm)
     namespace = {"__name__": "__main__"}
+    slow = []
     for source in job.pop("definitions"):
         try:
-            signal.setitimer(signal.ITIMER_REAL, job["statement_seconds"])
-            exec(compile(source, "<notebook>", "exec"), namespace)
+            tree = ast.parse(source)
+            code = compile(tree, "<notebook>", "exec")
+        except BaseException:
+            continue
+        loads_libraries = any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree))
+        try:
+            if not loads_libraries:
+                signal.setitimer(signal.ITIMER_PROF, job["statement_seconds"])
+            exec(code, namespace)
+        except _Slow:
+            slow.append(source.strip().split("\n")[0][:80])
         except BaseException:
             pass
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
+    def where(error):
+        # Whose code raised: the last frame that is the notebook's or the hidden test's.
+        found, tb = "hidden test", error.__traceback__
+        while tb is not None:
+            name = tb.tb_frame.f_code.co_filename
+            if name in ("<notebook>", "<hidden test>"):
+                found = "notebook" if name == "<notebook>" else "hidden test"
+            tb = tb.tb_next
+        return found
+    def plain(value):   # anything JSON cannot hold becomes a string naming it: a wrong type, not a crash
+        return "<" + type(value).__name__ + ": " + repr(value)[:60] + ">"
     results = {}
     for exercise, body, seed in job.pop("probes"):
         indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
         try:
             exec(compile("def __course_probe(SEED):\n" + indented + "\n", "<hidden test>", "exec"), namespace)
-            results[exercise] = {"ok": True, "result": loads(dumps(namespace.pop("__course_probe")(seed)))}
+            probe = namespace.pop("__course_probe")
         except BaseException as error:
-            results[exercise] = {"ok": False, "error": type(error).__name__, "message": str(error)[:200]}
+            results[exercise] = {"ok": False, "error": "grader error", "message": type(error).__name__ + ": " + str(error)[:160]}
+            continue
+        try:
+            value = probe(seed)
+        except BaseException as error:
+            name, message = type(error).__name__, str(error)[:200]
+            if isinstance(error, NotImplementedError) and "not implemented for" in message:
+                name = "NotImplementedError (from PyTorch)"
+            if "bitwise_xor" in message or (isinstance(error, TypeError) and "^" in message):
+                message = message[:120] + " (in Python ^ is bitwise XOR; a power is written **)"
+            if slow and isinstance(error, NameError):   # the name was missing because its statement timed out
+                name, message = "timeout", ("the notebook's statement `" + slow[0] + "` ran past its time limit while "
+                                            "the hidden test loaded your definitions, so what it defines was missing")
+            results[exercise] = {"ok": False, "error": name, "message": message, "where": where(error)}
+            continue
+        try:
+            results[exercise] = {"ok": True, "result": loads(dumps(value, default=plain))}
+        except BaseException as error:
+            results[exercise] = {"ok": False, "error": "grader error", "message": "could not encode the hidden "
+                                 "test's result: " + type(error).__name__ + ": " + str(error)[:120]}
     reply.write(dumps(results))
     reply.flush()
     os._exit(0)
@@ -221,7 +276,7 @@ def run_probe_process(command: list[str], job: dict, timeout: float, env: dict[s
                                 env=env, cwd=cwd, start_new_session=True)
     except OSError:
         return "crashed", b""
-    payload = json.dumps({**job, "statement_seconds": STATEMENT_SECONDS}).encode()
+    payload = json.dumps({"preload": list(PRELOAD), **job, "statement_seconds": STATEMENT_SECONDS}).encode()
 
     def feed() -> None:
         try:
@@ -311,4 +366,6 @@ def validate_reply(raw: bytes, exercises: list[str]) -> dict[str, dict]:
                 out[exercise] = dict(bad)
             else:
                 out[exercise] = {"ok": False, "error": printable(error, 60), "message": printable(message, 200)}
+                if reply.get("where") in ("notebook", "hidden test"):
+                    out[exercise]["where"] = reply["where"]
     return out
