@@ -264,22 +264,31 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
             return {**row, "status": "not found", "message": f"Running the hidden test failed: {message}."}
         if error == "RuntimeError" and STUB_ERROR in message:
             return {**row, "status": "not your own", "message": f"Your code uses the course's own solution: {message}"}
+        if error == "grader error":  # the probe itself failed: the grader's fault, never the student's zero
+            return {**row, "status": "grader error", "message": f"The grader failed on its side ({message}); this "
+                    "is not your mistake: tell your instructor, who can grade this exercise again."}
         if error in {"timeout", "kernel died"}:
-            return {**row, "status": error, "message": f"The hidden test did not finish ({error}): look for an "
-                    "endless loop or a crash in your code."}
+            said = message if message and message != "the hidden test did not finish" else ""
+            return {**row, "status": error, "message": f"The hidden test did not finish ({error}"
+                    f"{': ' + said if said else ''}): look for an endless loop or a crash in your code."}
         if error == "malformed reply":
             return {**row, "status": "error", "message": f"The hidden test could not be read back: {message}."}
+        if (payload or {}).get("where") == "hidden test":
+            return {**row, "status": "error", "message": f"The hidden test could not use what your code returned "
+                    f"or built ({error}: {message}): compare its type and shape with what the exercise asks for."}
         return {**row, "status": "error", "message": f"Your code raised {error}: {message}"}
     try:
         expected = _expected(test, payload["seed"], tests)
     except Exception as err:  # the instructor's reference or probe is broken: nobody's fault here
-        return {**row, "status": "error", "message": f"The grader could not compute the expected answer "
-                f"({type(err).__name__}); tell your instructor."}
+        return {**row, "status": "grader error", "message": f"The grader could not compute the expected answer "
+                f"({type(err).__name__}); this is not your mistake: tell your instructor."}
     if tests.same(payload["result"], expected, test.tolerance):
         return {**row, "points": test.points, "status": "passed", "message": "Correct on the hidden inputs."}
-    return {**row, "status": "failed", "message": f"Wrong results on the hidden inputs ({test.explain}); "
-            "your code passes the visible check only for the example it shows. Re-read the exercise and "
-            "test your code on other sizes."}
+    describe = getattr(tests, "describe_difference", None)
+    where = describe(payload["result"], expected, test.tolerance, getattr(test, "parts", "")) if describe else ""
+    return {**row, "status": "failed", "message": f"Wrong results on the hidden inputs ({test.explain}): "
+            f"{where or 'they differ from the expected ones'}. Re-read the exercise, and run your code on other "
+            "sizes and edge cases than the visible check's."}
 
 
 def value_names(test, tests: ModuleType) -> set[str]:
