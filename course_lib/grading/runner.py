@@ -98,6 +98,10 @@ class SandboxedKernelManager(AsyncKernelManager):
         if not self.kernel_ip:   # the file deliberately names the kernel's path, not the grader's
             super()._reconcile_connection_info(info)
 
+    def cleanup_ipc_files(self) -> None:
+        if not self.kernel_ip:   # ``ip`` names the relay's sockets, which outlive this kernel (restarts)
+            super().cleanup_ipc_files()
+
 
 class KernelRelay:
     """Forwards bytes between the grader's sockets (listening in ``grader_dir``) and the kernel's
