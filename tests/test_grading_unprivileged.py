@@ -40,7 +40,7 @@ NOBODY = 65534
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
                                  reason="needs bubblewrap (apt-get install bubblewrap)")]
-ODD_NAME = '=HYPERLINK("x.invalid","y")\x1b[2J\nforged  7 / 7 ' + "n" * 207   # 253 bytes
+ODD_NAME = '=HYPERLINK("x.invalid","y")\x1b[2J\nforged  7 of 7 ' + "n" * 206   # 253 bytes, no "/"
 
 
 def solution():
