@@ -230,6 +230,19 @@ def grade_class(who: str) -> dict:
         pytest.skip("dropping privileges needs root, setpriv and unshare")
     base = Path(tempfile.mkdtemp(prefix=f"course-round2-{who}-", dir="/tmp"))
     base.chmod(0o755)
+    try:
+        return _grade_in(base, who)
+    except BaseException:
+        _remove(base)
+        raise
+
+
+def _remove(base: Path) -> None:
+    subprocess.run(["chmod", "-R", "u+rwX", str(base)], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _grade_in(base: Path, who: str) -> dict:
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     made = build_class(base)
@@ -278,8 +291,7 @@ def grade_class(who: str) -> dict:
 def graded(request):
     result = grade_class(request.param)
     yield result
-    subprocess.run(["chmod", "-R", "u+rwX", str(result["base"])], capture_output=True)
-    shutil.rmtree(result["base"], ignore_errors=True)
+    _remove(result["base"])
 
 
 def _row(graded, who, exercise="TOTAL"):

@@ -752,7 +752,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
           tests_path: Path = DEFAULT_TESTS, progress: bool = True, use_sandbox: bool = True,
-          limits: "sandbox.Limits | None" = None) -> list[dict]:
+          limits: sandbox.Limits | None = None) -> list[dict]:
     """Grade every ``SUBMISSIONS/<student>/<notebook>.ipynb``; returns the gradebook rows.
     Folders whose names start with ``.`` are not students; names are shown as :func:`display_name` makes them.
 
@@ -821,7 +821,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     return with_totals(rows)
 
 
-def _limits_here(limits: "sandbox.Limits", workers: int) -> tuple[int, "sandbox.Limits"]:
+def _limits_here(limits: sandbox.Limits, workers: int) -> tuple[int, sandbox.Limits]:
     """The number of workers and the limits to use, after saying what this host cannot enforce
     per sandbox.
 
