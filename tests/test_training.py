@@ -186,3 +186,32 @@ def test_interrupted_experiment_keeps_finished_runs(tmp_path, monkeypatch):
                    "--trainable-layers", "last_layer", "lora"]) == 130
     assert (out / "tl_last_layer_results.csv").is_file() and not (out / "tl_lora_results.csv").exists()
     assert [r["trainable_layers"] for r in csv.DictReader(open(out / "summary.csv"))] == ["last_layer"]
+
+
+def test_train_classifier_trains_lora_through_the_fast_path_to_what_the_written_layers_reach(tmp_path, monkeypatch):
+    from course_lib import lora_fast
+    from course_lib import training
+
+    paths = prepare_sms_splits(tmp_path)
+    device, trained, calls = torch.device("cpu"), {}, []
+    apply = lora_fast._GroupedLoRALinear.apply
+    monkeypatch.setattr(lora_fast._GroupedLoRALinear, "apply", lambda *a: calls.append(1) or apply(*a))
+    for fast in (True, False):
+        if not fast:  # the same loop with the LoRA layers as notebook 04 writes them
+            monkeypatch.setattr(training, "fast_lora", lambda model: torch.enable_grad())
+        train_loader, val_loader, _ = create_dataloaders(paths, get_tokenizer(), batch_size=8, context_length=128,
+                                                         max_examples=64)  # fresh: the same shuffling each run
+        set_seed(123)
+        model = build_classifier(SMOKE, "lora", rank=4, alpha=8)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.1)
+        history = train_classifier(model, train_loader, val_loader, optimizer, device, num_epochs=1, eval_freq=4,
+                                   eval_iter=1, progress=False)
+        trained[fast] = (history.train_losses, {n: p.detach().clone() for n, p in model.named_parameters()
+                                                if p.requires_grad})
+        if fast:
+            assert calls and not any("forward" in m.__dict__ for m in model.modules())  # used, then restored
+            calls.clear()
+    assert not calls
+    assert trained[True][0] == pytest.approx(trained[False][0], abs=1e-5)
+    for name, p in trained[False][1].items():
+        assert torch.allclose(trained[True][1][name], p, atol=1e-5), name
