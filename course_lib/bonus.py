@@ -81,6 +81,34 @@ def plan_for(profile_name: str, device: str | torch.device) -> BonusPlan:
                      "and so do the parameters train_rows=None, eval_rows=None, epochs=3, n_trials=20, trial_rows=None")
 
 
+# Optuna's MedianPruner, with its defaults written out: it prunes nothing until n_startup_trials
+# trials have completed, and never before step n_warmup_steps (here the second epoch, index 1).
+MEDIAN_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 1}
+
+
+def make_pruner():
+    """The search's ``optuna.pruners.MedianPruner`` with ``MEDIAN_PRUNER``'s settings."""
+    import optuna
+
+    return optuna.pruners.MedianPruner(**MEDIAN_PRUNER)
+
+
+def pruning_possible(n_trials: int, epochs: int, n_startup_trials: int = MEDIAN_PRUNER["n_startup_trials"],
+                     n_warmup_steps: int = MEDIAN_PRUNER["n_warmup_steps"]) -> bool:
+    """Whether a MedianPruner can stop any trial of a search with ``n_trials`` trials of ``epochs``
+    epochs (one report per epoch, steps 0 to epochs − 1): a trial can be pruned only after
+    ``n_startup_trials`` trials have completed, and only at a step ≥ ``n_warmup_steps``."""
+    return n_trials > n_startup_trials and epochs - 1 >= n_warmup_steps
+
+
+def chosen_configuration(best_params: dict) -> tuple[dict, float]:
+    """(peft LoRA settings, learning rate) of the best trial: the search's r, alpha and dropout on
+    the original experiment's targets, bias and task type."""
+    lora = dict(SEED_LORA, r=best_params["r"], lora_alpha=best_params["lora_alpha"],
+                lora_dropout=best_params["lora_dropout"])
+    return lora, best_params["learning_rate"]
+
+
 def show_banner(profile_name: str, model_description: str, device: str | torch.device, plan: BonusPlan,
                 data_origin: str) -> None:
     """Print what this run of notebook 09 is: profile, encoder, device, data, sizes."""

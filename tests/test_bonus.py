@@ -218,3 +218,37 @@ def test_course_fetch_full_also_fetches_notebook_09s_assets_and_says_what_is_mis
     assert course(["fetch", "--profile", "full", "--model-size", "gpt2-smoke (tiny)"]) == 1
     out = capsys.readouterr().out
     assert "Notebook 09 (bonus): FAILED: roberta-base's config.json is not in the Hugging Face cache" in out
+
+
+def _pruned_in_a_search(n_trials: int, epochs: int) -> int:
+    """Trials the course's MedianPruner stops in a search where every trial is worse than all before it."""
+    optuna = pytest.importorskip("optuna")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def objective(trial):
+        for epoch in range(epochs):
+            loss = 1.0 + trial.number - 0.1 * epoch      # later trials always worse: prunable if allowed
+            trial.report(loss, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return loss
+    study = optuna.create_study(direction="minimize", pruner=bonus.make_pruner())
+    study.optimize(objective, n_trials=n_trials)
+    return sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+
+
+@pytest.mark.parametrize("n_trials, epochs", [(3, 1), (2, 1), (20, 3), (5, 3), (6, 3), (20, 1), (6, 2)])
+def test_pruning_possible_says_what_optunas_median_pruner_does(n_trials, epochs):
+    pruned = _pruned_in_a_search(n_trials, epochs)
+    assert bonus.pruning_possible(n_trials, epochs) == (pruned > 0)
+
+
+def test_no_trial_of_the_smoke_or_cpu_plan_can_be_pruned_but_the_gpu_plans_can():
+    for profile, device, expected in (("smoke", "cpu", False), ("full", "cpu", False), ("full", "cuda", True)):
+        plan = bonus.plan_for(profile, device)
+        assert bonus.pruning_possible(plan.n_trials, plan.epochs) is expected
+
+
+def test_chosen_configuration_keeps_the_original_targets():
+    lora, lr = bonus.chosen_configuration({"r": 16, "lora_alpha": 8, "lora_dropout": 0.1, "learning_rate": 1e-3})
+    assert lora == {**bonus.SEED_LORA, "r": 16, "lora_alpha": 8, "lora_dropout": 0.1} and lr == 1e-3
