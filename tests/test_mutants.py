@@ -222,3 +222,34 @@ def test_catalogue_covers_every_exercise():
         assert len(wrong) >= 8 and len(right) >= 2, f"{exercise}: {len(wrong)} wrong, {len(right)} right"
     assert len(CATALOGUE) >= 150
     assert len({(m[1], m[0]) for m in CATALOGUE}) == len(CATALOGUE), "mutant ids must be unique per exercise"
+
+
+# --------------------------------------------------------------------------- answers of the wrong kind
+def _wrong_kind(exercise: str, value: str) -> str:
+    """The exercise cell with every definition the checks call replaced by one that returns ``value``
+    (a None, a string, a number): whatever a learner returns, the check must answer with a sentence."""
+    source = solution_cell(exercise)
+    import ast
+
+    out = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef):
+            out.append(f"def {node.name}(*args, **kwargs):\n    return {value}\n")
+        elif isinstance(node, ast.ClassDef):
+            out.append(f"class {node.name}(nn.Module):\n    def __init__(self, *args, **kwargs):\n"
+                       f"        super().__init__()\n    def forward(self, *args, **kwargs):\n        return {value}\n"
+                       f"    def merge(self):\n        return {value}\n    def unmerge(self):\n        return {value}\n")
+        elif isinstance(node, ast.Assign):
+            out.append(f"{ast.unparse(node.targets[0])} = {value}\n")
+        else:
+            out.append(ast.unparse(node) + "\n")
+    return "\n".join(out)
+
+
+@pytest.mark.parametrize("value", ["None", "'a string'", "3.5"])
+@pytest.mark.parametrize("exercise", sorted({t.exercise for t in HIDDEN.TESTS}))
+def test_answers_of_the_wrong_kind_get_a_sentence_not_a_traceback(exercise, value):
+    _skip_without_peft(exercise)
+    with pytest.raises(checks.CheckFailed) as failure:   # any other exception is a traceback from inside the check
+        visible(exercise, namespace(exercise, _wrong_kind(exercise, value)))
+    assert str(failure.value).strip()
