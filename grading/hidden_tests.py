@@ -34,6 +34,7 @@ class HiddenTest:
     tolerance: float = 1e-4
     explain: str = ""                 # what the test checks, for the feedback
     parts: str = ""                   # what the entries of the probe's result are, to say where an answer differs
+    uses: tuple[str, ...] = ()        # installed packages the exercise itself is about (the grader hides the others)
 
 
 # --------------------------------------------------------------------------- references
@@ -502,7 +503,7 @@ return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] f
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
                 "dropout of each LoRA layer), and the count on that model and on a model with various parts frozen",
         parts="the count with nothing, [0], [0, 1], [2] and everything frozen, the count on the peft model, the "
-              "trainable parameters, the LoRA layers"),
+              "trainable parameters, the LoRA layers", uses=("peft",)),
 ]
 
 # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch

@@ -453,8 +453,10 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
                    "COURSE_CACHE_DIR": str(work / ".course-cache"), "MPLCONFIGDIR": str(work / ".matplotlib"),
                    "TMPDIR": "/tmp"}
             if job["sandbox"]:
+                uses = {pkg for t in tests_now for pkg in getattr(t, "uses", ())}   # 09's exercise *is* peft
                 command = _sandbox_for(job, [work], Path(course_copy), work, _sandbox_env(job, env), tmp / "grader",
-                                       hidden=[Path(h) for h in job.get("hide_in_probes", [])]) + \
+                                       hidden=[Path(h) for h in job.get("hide_in_probes", [])
+                                               if Path(h).name not in uses]) + \
                     _probe_command(Path(job["course_dir"]).parent)
                 env_arg = None
             else:
