@@ -24,7 +24,15 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 
 def last_token_index(input_batch: torch.Tensor, pad_token_id: int = PAD_TOKEN_ID) -> torch.Tensor:
-    """Index of each row's last non-pad token (0 for an all-pad row), for right-padded batches."""
+    """Position of each row's last real token in a right-padded (batch, width) batch: the largest
+    position whose token is not ``pad_token_id``, a (batch,) long tensor in 0..width-1.
+
+    Only the trailing run of pad tokens is padding: the pad id may also occur inside a message (GPT-2
+    has no pad token, so 50256 = ``<|endoftext|>`` is borrowed), which is why this does not count the
+    real tokens as Raschka's ch. 6 bonus code does (``mask.sum(dim=1) - 1``, the same answer while the
+    pad id never occurs inside a message). A row that fills the width gives ``width - 1``; an all-pad
+    row gives 0. The reference for notebook 07's exercise ``07-last-token``: hidden while it is graded.
+    """
     positions = torch.arange(input_batch.shape[1], device=input_batch.device)
     real = input_batch != pad_token_id
     return torch.where(real, positions, torch.zeros_like(positions)).amax(dim=1)
@@ -34,7 +42,9 @@ def pool_last_token(logits: torch.Tensor, input_batch: torch.Tensor, lengths: to
                     pad_token_id: int = PAD_TOKEN_ID) -> torch.Tensor:
     """(batch, classes) logits at each message's last real position of (batch, seq, classes) logits.
 
-    ``lengths`` (real tokens per row) may be given; otherwise they are read from the padding. A model
+    ``lengths`` (real tokens per row) may be given; otherwise the positions come from the padding,
+    through :func:`last_token_index`. Either way a message's logits do not depend on how far its row
+    was padded, since a causal model's position t has read tokens 0..t only. A model
     whose output has one position (a (batch, classes) classifier wrapped as (batch, 1, classes)) is
     read at that position.
     """

@@ -47,3 +47,22 @@ def test_two_runs_of_07_leave_no_temp_folder_and_no_files_behind(tmp_path, monke
     assert not [p for p in tmp.rglob("*") if p.name.startswith("nb07")]
     assert not (cache / "nb07-strategies").exists()
     assert not any(str(p).endswith(".pth") for p in tmp_after_2)
+
+
+def test_every_learning_rate_in_07_comes_from_the_parameters_cell():
+    """The profile sets the rates (profiles.py); 07's training, sanity checks and experiment only scale
+    `learning_rate`. The one exception is the visible check's toy set-up, which trains a tiny model."""
+    nb = nbformat.read(NB07, as_version=4)
+    found = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tree = ast.parse(cell.source)
+        toy = {id(n) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "small_setup"
+               for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.keyword) and node.arg in ("lr", "learning_rate") and id(node) not in toy:
+                names = {n.id for n in ast.walk(node.value) if isinstance(n, ast.Name)}
+                found.append(ast.unparse(node))
+                assert "learning_rate" in names, f"07 sets a rate that is not derived from learning_rate: {found[-1]}"
+    assert len(found) >= 4, found   # the main run, the overfit check, the experiment, the unbalanced demo

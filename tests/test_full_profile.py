@@ -36,7 +36,8 @@ REHEARSAL: list[tuple[str, dict]] = [
     ("05_lora_injection", {}),
     ("06_gradient_checks", {"svd_steps": 2}),
     ("07_classification_training", {"num_epochs": 1, "max_examples": 8, "compare_epochs": 1, "compare_examples": 8,
-                                    "imbalance_examples": 16, "imbalance_epochs": 1}),
+                                    "imbalance_examples": 16, "imbalance_epochs": 1, "overfit_steps": 2,
+                                    "sweep_lr_factors": [1.0]}),
     ("08_distillation", {"max_train": 16, "teacher_epochs": 1, "student_epochs": 1, "kd_seeds": 1}),
 ]
 NEEDS_MIRROR = {"08_distillation": "cola"}  # CoLA may not be redistributed: CI reads it from the mirror
