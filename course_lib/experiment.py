@@ -20,7 +20,7 @@ from .profiles import Profile, learning_rate_for, pick_device, set_seed
 from .strategies import STRATEGIES, build_classifier, save_checkpoint
 from .tokenizer import get_tokenizer
 from .training import (autocast, calc_accuracy_loader, calc_loss_loader, describe_precision, fast_training,
-                       per_class_accuracy, resolve_precision, train_classifier)
+                       make_adamw, per_class_accuracy, resolve_precision, train_classifier)
 
 COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "learning_rate", "trainable_params",
            "total_params", "num_epochs", "seed", "device", "train_acc_before", "val_acc_before",
@@ -96,8 +96,7 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
     precision = resolve_precision(cfg.precision, device)
     train_eval = sequential_loader(train_loader)
     before = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "before training")
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=learning_rate, weight_decay=0.1)
+    optimizer = make_adamw(model, lr=learning_rate, weight_decay=0.1)
     start = time.perf_counter()
     history = train_classifier(model, train_loader, val_loader, optimizer, device, cfg.num_epochs,
                                eval_freq=cfg.eval_freq, eval_iter=cfg.eval_iter_val, progress=cfg.progress,

@@ -239,6 +239,19 @@ def fast_training(model: nn.Module, precision: str):
         yield
 
 
+def make_adamw(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters, fused where PyTorch has the kernel (CPU, CUDA, MPS).
+
+    The fused kernel applies the same update to all parameters in one pass; the loop it replaces costs
+    about 30 small operations per parameter tensor (LoRA on GPT-2: 146 tensors, 4,500 operations a
+    step). ``tests/test_training.py`` shows both give the same parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("The model has no trainable parameter; configure what trains (configure_trainable) first.")
+    fused = all(p.device.type in ("cpu", "cuda", "mps") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 @dataclass
 class History:
     """What ``train_classifier`` measured, for plots and tables."""

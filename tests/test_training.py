@@ -215,3 +215,25 @@ def test_train_classifier_trains_lora_through_the_fast_path_to_what_the_written_
     assert trained[True][0] == pytest.approx(trained[False][0], abs=1e-5)
     for name, p in trained[False][1].items():
         assert torch.allclose(trained[True][1][name], p, atol=1e-5), name
+
+
+def test_make_adamw_is_fused_and_updates_like_the_plain_adamw_loop():
+    from course_lib.training import make_adamw
+
+    params = {}
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = build_classifier(SMOKE, "lora", rank=4, alpha=8)
+        optimizer = (make_adamw(model, lr=1e-2) if fused else
+                     torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1))
+        assert optimizer.param_groups[0]["fused"] is (True if fused else None)
+        initial = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+        for step in range(4):
+            optimizer.zero_grad()
+            for p in optimizer.param_groups[0]["params"]:
+                p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(step))
+            optimizer.step()
+        params[fused] = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+        moved = [(p - q).abs().max() for p, q in zip(params[fused], initial)]
+        assert min(moved) > 1e-3  # every tensor really stepped
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params[True], params[False]))
