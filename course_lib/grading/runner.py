@@ -120,7 +120,6 @@ class KernelRelay:
         self.owner: int | None = None
         self._selector = selectors.DefaultSelector()
         self._peer: dict[socket.socket, socket.socket] = {}
-        self._lock = threading.Lock()
         self._stop = False
         for port in PORTS.values():
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,17 +141,23 @@ class KernelRelay:
         while not self._stop:
             for key, _ in self._selector.select(0.2):
                 kind, data = key.data
-                try:
-                    if kind == "listen":
+                if kind == "listen":
+                    try:
                         self._accept(key.fileobj, data)
-                    else:
-                        self._forward(key.fileobj, from_kernel=(kind == "kernel"))
+                    except OSError:   # a failed accept or connect costs that connection, not the listener
+                        pass
+                    continue
+                try:
+                    self._forward(key.fileobj, from_kernel=(kind == "kernel"))
                 except OSError:
                     self._drop(key.fileobj)
 
     def _accept(self, listener: socket.socket, port: int) -> None:
         grader_side, _ = listener.accept()
-        kernel_side = self._connect_kernel(port)
+        try:
+            kernel_side = self._connect_kernel(port)
+        except OSError:
+            kernel_side = None
         if kernel_side is None or self.flooded:
             grader_side.close()
             return
