@@ -8,8 +8,9 @@ by round (so a machine slowing down affects them all alike):
   autocast, backward, AdamW step), fp32 and bf16, for three builds of the same model:
   ``written`` (attention, LayerNorm and LoRA written out op by op, as notebooks 01 and 04 teach them),
   ``kernels`` (fused ``scaled_dot_product_attention`` and ``layer_norm``, LoRA as written) and
-  ``fast`` (those kernels plus the grouped LoRA path of ``course_lib.lora_fast``: what
-  ``train_classifier`` runs);
+  ``fast`` (those kernels plus the grouped LoRA path of ``course_lib.lora_fast`` and the fused AdamW of
+  ``make_adamw``: what ``course experiment`` runs); ``fast_loop_adam`` is ``fast`` with the default
+  (per-parameter loop) AdamW, to show what the fused optimizer adds;
 * the GEMM chain a step cannot avoid: per block the q, k, v, out, ff1 and ff2 forward GEMMs and their
   input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype;
 * the evaluation pass (no grad) of each build against the forward half of that chain;
@@ -39,7 +40,8 @@ from course_lib.data import prepare_sms_splits
 from course_lib.lora import LinearWithLoRA
 from course_lib.model import GPTModel, LayerNorm, MultiHeadAttention
 from course_lib.strategies import configure_trainable
-from course_lib.training import autocast, bf16_supported, calc_loss_batch, fast_training, frozen_weights_as
+from course_lib.training import (autocast, bf16_supported, calc_loss_batch, fast_training, frozen_weights_as,
+                                 make_adamw)
 
 BATCH, TOKENS, RANK, ALPHA, EPOCHS = 8, 32, 4, 4, 5
 EVAL_FREQ, EVAL_ITER, EVAL_ITER_LOSS = 50, 5, 50  # ExperimentConfig's eval_freq, eval_iter_val, eval_iter
@@ -79,9 +81,9 @@ def written_out(model: nn.Module):
             delattr(m, name)
 
 
-def build(device: torch.device) -> nn.Module:
+def build(device: torch.device, model_size: str = "gpt2-small (124M)") -> nn.Module:
     torch.manual_seed(0)
-    model = GPTModel(get_config("gpt2-small (124M)"))
+    model = GPTModel(get_config(model_size))
     add_classification_head(model, 2)
     configure_trainable(model, "lora", rank=RANK, alpha=ALPHA)
     return model.to(device)
@@ -90,7 +92,7 @@ def build(device: torch.device) -> nn.Module:
 def held(model: nn.Module, build_name: str, precision: str) -> contextlib.AbstractContextManager:
     """How each build's model is held while it trains (as train_classifier holds it)."""
     stack = contextlib.ExitStack()
-    if build_name == "fast":
+    if build_name.startswith("fast"):
         stack.enter_context(fast_training(model, precision))
     else:
         stack.enter_context(frozen_weights_as(model, precision))
@@ -99,8 +101,11 @@ def held(model: nn.Module, build_name: str, precision: str) -> contextlib.Abstra
     return stack
 
 
-def make_step(model, precision, device, batch):
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
+def make_step(model, precision, device, batch, build_name):
+    if build_name == "fast":  # as `course experiment` makes it
+        optimizer = make_adamw(model, lr=1e-5, weight_decay=0.1)
+    else:  # the loop over parameters torch.optim.AdamW runs by default on a CPU
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
     x, y = batch
 
     def step() -> None:
@@ -156,6 +161,14 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def aten_calls(fn) -> int:
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+
+
 def experiment_batches() -> dict[str, int]:
     """Batches a 5-epoch `course experiment --trainable-layers lora` (full profile) trains and evaluates."""
     paths = prepare_sms_splits(seed=123)
@@ -173,14 +186,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (each times every variant once)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--builds", default="written,kernels,fast")
+    parser.add_argument("--builds", default="written,kernels,fast_loop_adam,fast")
+    parser.add_argument("--model", default="gpt2-small (124M)", help="another size only to try the script out")
     args = parser.parse_args()
     device = torch.device(args.device)
     precisions = ["fp32"] + (["bf16"] if bf16_supported(device) else [])
     builds = args.builds.split(",")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; GPT-2 124M "
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; {args.model} "
           f"architecture, random weights, 2-class head; batch {BATCH} x {TOKENS} tokens; LoRA rank {RANK} on every "
           f"block Linear; {args.rounds} rounds; load average at start {load:.2f}")
 
@@ -190,10 +204,11 @@ def main() -> None:
     fns = {}
     for precision in precisions:
         for b in builds:
-            model = build(device)
+            model = build(device, args.model)
             stack.enter_context(held(model, b, precision))
-            fns[f"step:{b}:{precision}"] = make_step(model, precision, device, batch)
-            fns[f"eval:{b}:{precision}"] = make_eval(model, precision, device, batch)
+            fns[f"step:{b}:{precision}"] = make_step(model, precision, device, batch, b)
+            if b != "fast_loop_adam":  # evaluates exactly as fast
+                fns[f"eval:{b}:{precision}"] = make_eval(model, precision, device, batch)
         fns[f"step:chain:{precision}"] = make_chain(model, precision, device, backward=True)
         fns[f"eval:chain:{precision}"] = make_chain(model, precision, device, backward=False)
     names = list(fns)
@@ -203,22 +218,25 @@ def main() -> None:
     for r in range(args.rounds):
         for v in names[r % len(names):] + names[:r % len(names)]:
             times[v].append(timed(fns[v], device))
+    ops = {v: aten_calls(fns[v]) for v in names}  # load-independent: operations dispatched per call
     stack.close()
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     med = {v: statistics.median(t) for v, t in times.items()}
     spread = {v: (max(t) - min(t)) / statistics.median(t) for v, t in times.items()}
 
     print(f"\nload average at end {load_end:.2f}; spread = (max - min) / median over the rounds\n")
-    print("| | " + " | ".join(f"{p} ms (spread)" for p in precisions) + " |\n|---|" + "---|" * len(precisions))
+    print("| | " + " | ".join(f"{p} ms (spread) | {p} aten ops" for p in precisions) + " |\n|---|"
+          + "---|---|" * len(precisions))
     for kind, label in (("step", "training step"), ("eval", "evaluation pass")):
-        for b in builds + ["chain"]:
+        for b in [b for b in builds + ["chain"] if f"{kind}:{b}:fp32" in med]:
             what = "GEMM chain (forward + input grads)" if kind == "step" else "GEMM chain (forward)"
             title = f"{label}, {b}" if b != "chain" else what
             print(f"| {title} | " + " | ".join(
-                f"{1e3 * med[f'{kind}:{b}:{p}']:.0f} ({spread[f'{kind}:{b}:{p}']:.0%})" for p in precisions) + " |")
+                f"{1e3 * med[f'{kind}:{b}:{p}']:.0f} ({spread[f'{kind}:{b}:{p}']:.0%}) | {ops[f'{kind}:{b}:{p}']:,}"
+                for p in precisions) + " |")
     print("\n| ratio (this run) | " + " | ".join(precisions) + " |\n|---|" + "---|" * len(precisions))
     for kind in ("step", "eval"):
-        for b in builds:
+        for b in [b for b in builds if f"{kind}:{b}:fp32" in med]:
             print(f"| {kind} {b} / GEMM chain | " + " | ".join(
                 f"{med[f'{kind}:{b}:{p}'] / med[f'{kind}:chain:{p}']:.2f}" for p in precisions) + " |")
     if "written" in builds and "fast" in builds:
@@ -232,7 +250,7 @@ def main() -> None:
           "experiment's accuracy passes before and after), minutes:\n")
     print("| build | " + " | ".join(f"{p}: train_classifier | {p}: whole experiment" for p in precisions)
           + " |\n|---|" + "---|---|" * len(precisions))
-    for b in builds + ["chain"]:
+    for b in [b for b in builds + ["chain"] if f"eval:{b}:fp32" in med]:
         cells = []
         for p in precisions:
             train = n["steps"] * med[f"step:{b}:{p}"] + n["train_classifier_evals"] * med[f"eval:{b}:{p}"]
