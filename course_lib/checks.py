@@ -1051,15 +1051,25 @@ def tiny_encoder(seed: int = 0, layers: int = 2) -> nn.Module:
     return BertForSequenceClassification(cfg)
 
 
+def _peft_model(model: nn.Module, config: Any) -> nn.Module:
+    """peft's get_peft_model, without the FutureWarning peft triggers in transformers (course_lib.bonus does
+    the same), so that the check prints nothing but its verdict."""
+    import warnings
+
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_peft_model(model, config)
+
+
 def lora_behaviour(config: Any, seed: int = 0, layers: int = 2) -> dict:
     """What ``config`` does to :func:`tiny_encoder`: the trainable parameters (names and shapes), their
     count, and for each module that gets LoRA its rank, scaling and dropout. Two configs that build the
     same model (``["query", "value"]`` and ``["attention.self.query", "attention.self.value"]``) agree."""
     import copy
 
-    from peft import get_peft_model
-
-    model = get_peft_model(tiny_encoder(seed, layers), copy.deepcopy(config))
+    model = _peft_model(tiny_encoder(seed, layers), copy.deepcopy(config))
     trainable = {n: list(p.shape) for n, p in model.named_parameters() if p.requires_grad}
     lora = {}
     for name, module in model.named_modules():
@@ -1140,9 +1150,7 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
     if got != want:
         raise CheckFailed(_diagnose_config(config, got, want))
     intended = want["count"]
-    from peft import get_peft_model
-
-    ref_model = get_peft_model(tiny_encoder(0), _reference_lora_config())
+    ref_model = _peft_model(tiny_encoder(0), _reference_lora_config())
     toy = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
     toy[0].requires_grad_(False)
     for what, m, want_count in (
