@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batching", choices=["bucketed", "per_batch", "fixed"], default="bucketed",
                    help="bucketed: similar lengths together, each batch padded to its longest message")
     p.add_argument("--learning-rate", type=float, default=None,
-                   help="one rate for every strategy (the original script's: 5e-5); default: each strategy's own")
+                   help="one rate for every strategy (Raschka ch. 6 uses 5e-5 for all); default: each strategy's own")
     p.add_argument("--profile", choices=["full", "smoke"], default=None)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: picked automatically)")
