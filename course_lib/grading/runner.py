@@ -330,6 +330,8 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
         for attempt in range(2):   # a second try: a start can fail while a finished sandbox is torn down
             client.startup_timeout = int(max(1, min(120, left())))
             client.km = client.km or make_km()
+            if relay is not None:   # until the new kernel's pid is known, the relay connects to nothing
+                relay.owner = None
             try:
                 client.start_new_kernel(env=env, cwd=str(workdir), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
