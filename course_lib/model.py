@@ -15,7 +15,11 @@ Config = dict[str, Any]
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal self-attention with one Linear layer per projection (query, key, value, output)."""
+    """Causal self-attention with one Linear layer per projection (query, key, value, output).
+
+    ``context_length`` stays in the signature of the course's seed code; no mask buffer is stored, since
+    the attention kernel masks the future positions itself (``is_causal``).
+    """
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  num_heads: int, qkv_bias: bool = False) -> None:
