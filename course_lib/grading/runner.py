@@ -179,7 +179,8 @@ class KernelRelay:
             return None
         pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         if not _descends_from(pid, owner):
-            self.refused += 1
+            if owner == self.owner:   # not a kernel stopped meanwhile: something else listens there
+                self.refused += 1
             sock.close()
             return None
         return sock
@@ -323,6 +324,11 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
     done: list[int] = []   # cells that ran without killing the kernel: replayed after a restart
     restarts = 0
 
+    def stop_kernel() -> None:
+        if relay is not None:   # a kernel being stopped is no longer anyone the relay connects to
+            relay.owner = None
+        _shutdown(client)
+
     def left() -> float:
         return deadline - time.monotonic()
 
@@ -341,7 +347,7 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
                 run.started = True
                 return True
             except Exception:
-                _shutdown(client)
+                stop_kernel()
                 if attempt == 0 and left() > 5:
                     time.sleep(2)
         run.events.append("The Python kernel could not be started for this notebook.")
@@ -372,7 +378,7 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
 
     def restart() -> bool:
         nonlocal restarts
-        _shutdown(client)
+        stop_kernel()
         restarts += 1
         if restarts > MAX_RESTARTS:
             run.events.append(f"The kernel was restarted {MAX_RESTARTS} times; the remaining cells were skipped.")
@@ -416,7 +422,7 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
         if client.truncated:
             run.events.append(f"The notebook printed more than {OUTPUT_LIMIT:,} characters; the rest was not kept.")
     finally:
-        _shutdown(client)
+        stop_kernel()
         if relay is not None:
             relay.close()
             run.flooded = relay.flooded
