@@ -32,7 +32,7 @@ REHEARSAL: list[tuple[str, dict]] = [
     ("01_loading_weights", {}),
     ("02_settings_to_cfg", {}),
     ("03_data_balancing", {}),
-    ("04_lora_layers", {}),
+    ("04_lora_layers", {"sweep_steps": 2, "sweep_ranks": [], "sweep_alphas": [], "sweep_lrs": [], "sweep_targets": []}),
     ("05_lora_injection", {}),
     ("06_gradient_checks", {"svd_steps": 2}),
     ("07_classification_training", {"num_epochs": 1, "max_examples": 8, "compare_epochs": 1, "compare_examples": 8,
