@@ -19,7 +19,7 @@ def pytest_collection_modifyitems(config, items):
     """Without the bonus dependencies, notebook 09 is reported as skipped, saying what to install."""
     import pytest
 
-    from course_lib.bonus import missing_bonus_packages
+    from course_lib.peft_tuning import missing_bonus_packages
 
     missing = missing_bonus_packages()
     if not missing:

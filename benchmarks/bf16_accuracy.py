@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from course_lib.data import create_dataloaders, prepare_sms_splits
+from course_lib.dataloaders import create_dataloaders
+from course_lib.precision import bf16_supported
 from course_lib.profiles import get_profile, set_seed
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import build_classifier
 from course_lib.tokenizer import get_tokenizer
-from course_lib.training import bf16_supported, calc_accuracy_loader, train_classifier
+from course_lib.training import calc_accuracy_loader, train_classifier
 
 CPU = torch.device("cpu")
 

@@ -23,20 +23,21 @@ import platform
 import statistics
 import time
 
+import _peak
 import pandas as pd
 import torch
-
-import _peak
 from _peak import peak_bytes
 
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
-from course_lib.data import SpamDataset, make_loader, prepare_sms_splits, sequential_loader
+from course_lib.dataloaders import SpamDataset, make_loader, sequential_loader
 from course_lib.lora import LinearWithLoRA, unfreeze
 from course_lib.model import GPTModel
+from course_lib.precision import autocast, bf16_supported, fast_training
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import configure_trainable
 from course_lib.tokenizer import get_tokenizer
-from course_lib.training import autocast, bf16_supported, calc_loss_batch, fast_training, make_adamw
+from course_lib.training import calc_loss_batch, make_adamw
 
 BATCH, RANK, ALPHA, EPOCHS, SEED = 8, 4, 4, 5, 123
 FIXED_LENGTH = 120  # the training set's longest message: what every message was padded to before

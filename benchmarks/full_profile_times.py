@@ -4,7 +4,7 @@ without downloading anything: the rehearsal of ``tests/test_full_profile.py`` at
 Not a test. It writes into a temporary Hugging Face cache what the full profile downloads:
 a randomly initialised GPT-2 124M in the exact layout of ``openai-community/gpt2`` (legacy buffers
 included) and, for notebook 09, a randomly initialised RoBERTa-base and AG News in the hub's layout
-(``course_lib.rehearsal``). Random weights time like trained ones; no accuracy printed by a
+(``rehearsal``). Random weights time like trained ones; no accuracy printed by a
 rehearsal means anything.
 
     COURSE_MIRROR=../shared/mirror python benchmarks/full_profile_times.py [09_peft_and_tuning ...]
@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the rehearsal's model writers are test support
 NOTEBOOKS = ["01_loading_weights", "02_settings_to_cfg", "03_data_balancing", "04_lora_layers", "05_lora_injection",
              "06_gradient_checks", "07_classification_training", "08_distillation", "09_peft_and_tuning"]
 
@@ -48,11 +49,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="full-profile-") as tmp:
         tmp = Path(tmp)
         hub = tmp / "hub"
-        from course_lib.rehearsal import write_hub_cache_model
+        from rehearsal import write_hub_cache_model
 
         write_hub_cache_model(hub, "gpt2-small (124M)")
         if "09_peft_and_tuning" in args.notebooks:
-            from course_lib.rehearsal import write_ag_news, write_roberta
+            from rehearsal import write_ag_news, write_roberta
 
             write_roberta(hub)
             write_ag_news(hub, mirror)

@@ -24,7 +24,7 @@ NB = "04_lora_layers"
 
 def grade_once(code_root: Path, subs: Path, out: Path, env: dict[str, str], notebook: str) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "course_lib.cli", "grade", str(subs), "--out", str(out), "--notebooks", notebook,
+    subprocess.run([sys.executable, "-m", "course_tools.cli", "grade", str(subs), "--out", str(out), "--notebooks", notebook,
                     "--workers", "2"], cwd=code_root, env=env, check=True, capture_output=True)
     return time.perf_counter() - started
 

@@ -57,9 +57,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.data import PAD_TOKEN_ID, SpamDataset, create_dataloaders, make_loader, prepare_sms_splits
+from course_lib.dataloaders import PAD_TOKEN_ID, SpamDataset, create_dataloaders, make_loader
 from course_lib.experiment import ExperimentConfig, run_strategy
 from course_lib.profiles import STRATEGIES, get_profile, learning_rate_for, set_seed
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import configure_trainable
 
 PROXY = "all-MiniLM-L6-v2 (proxy)"
@@ -170,8 +171,16 @@ def run_sms(args, tokenizer, rows: list[dict]) -> None:
 
 def run_cola(args, tokenizer, rows: list[dict]) -> None:
     from course_lib import cola
-    from course_lib.distill import (DistilRNN, as_sequence_classifier, compare_kd, length_sorted_loader,
-                                    majority_baseline, mean_std, run_settings, teacher_logits_for)
+    from course_lib.distill import (
+        DistilRNN,
+        as_sequence_classifier,
+        compare_kd,
+        length_sorted_loader,
+        majority_baseline,
+        mean_std,
+        run_settings,
+        teacher_logits_for,
+    )
     from course_lib.lora import count_parameters
     from course_lib.training import accuracy_and_mcc, train_classifier
 
@@ -216,7 +225,7 @@ def run_cola(args, tokenizer, rows: list[dict]) -> None:
     for kd in (False, True):
         scores = [accuracy_and_mcc(evals["validation"], as_sequence_classifier(r["student"]), device)
                   for r in runs if r["kd"] == kd]
-        (m, s), (a, sa) = mean_std([x[1] for x in scores]), mean_std([x[0] for x in scores])
+        (m, s), (a, _) = mean_std([x[1] for x in scores]), mean_std([x[0] for x in scores])
         rows.append({"task": "CoLA student", "model": f"DistilRNN {settings['student_dim']} {'with' if kd else 'without'} KD",
                      "lr": 1e-3, "scaled": None, "epochs": f"{settings['student_epochs']} on {used}",
                      "trainable": sum(p.numel() for p in runs[0]["student"].parameters()),

@@ -36,12 +36,12 @@ from torch import nn
 
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
-from course_lib.data import prepare_sms_splits
 from course_lib.lora import LinearWithLoRA
 from course_lib.model import GPTModel, LayerNorm, MultiHeadAttention
+from course_lib.precision import autocast, bf16_supported, fast_training, frozen_weights_as
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import configure_trainable
-from course_lib.training import (autocast, bf16_supported, calc_loss_batch, fast_training, frozen_weights_as,
-                                 make_adamw)
+from course_lib.training import calc_loss_batch, make_adamw
 
 BATCH, TOKENS, RANK, ALPHA, EPOCHS = 8, 32, 4, 4, 5
 EVAL_FREQ, EVAL_ITER, EVAL_ITER_LOSS = 50, 5, 50  # ExperimentConfig's eval_freq, eval_iter_val, eval_iter

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -770,7 +771,7 @@ class _TinyClassifier(nn.Module):
 
 def _padded_ids(n: int, width: int, g: torch.Generator) -> torch.Tensor:
     """``n`` right-padded rows of ``width`` ids: every row ends in at least one pad token."""
-    from .data import PAD_TOKEN_ID
+    from .dataloaders import PAD_TOKEN_ID
 
     x = torch.randint(0, 29, (n, width), generator=g)
     lengths = torch.randint(1, width, (n,), generator=g)
@@ -808,7 +809,7 @@ def _variant_loop(kind: str) -> Callable:
     ``last_position`` (the loss reads the padded row's last position), or ``train_loader_eval``,
     ``train_loader_loss``, ``train_loader_acc`` (the training set's losses and accuracies, its losses,
     or its accuracies evaluated on the shuffled train_loader instead of train_eval_loader)."""
-    from .data import sequential_loader
+    from .dataloaders import sequential_loader
     from .training import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
 
     def loop(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter):
@@ -1018,7 +1019,7 @@ def check_kd_loss(fn: Callable) -> None:
     for T, a in ((2.0, 0.7), (4.0, 1.0)):
         student.grad = teacher.grad = None
         attempt(f"loss.backward() on distillation_loss(temperature={T}, alpha={a})",
-                lambda: fn(student, teacher, labels, temperature=T, alpha=a).backward())
+                lambda T=T, a=a: fn(student, teacher, labels, temperature=T, alpha=a).backward())
         expect(teacher.grad is None or torch.count_nonzero(teacher.grad) == 0,
                "No gradient may flow into the teacher: detach the teacher's logits.")
         expect(student.grad is not None and torch.count_nonzero(student.grad) > 0,

@@ -1,7 +1,8 @@
 """Model configurations: the GPT-2 sizes, the smoke model, and the settings → cfg mapping."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 BASE_CONFIG: dict[str, Any] = {
     "vocab_size": 50257,     # GPT-2's BPE vocabulary

@@ -14,7 +14,7 @@ when T is changed; it does not make the two terms equally large. With two classe
 softened distribution is one number, sigmoid((z_1 − z_0)/T): the teacher's confidence, nothing else.
 
 Teacher and student read the same batches: each padded on the right only to its longest sentence
-(``course_lib.data.pad_collate``), the teacher's logits taken at each sentence's last real token
+(``course_lib.dataloaders.pad_collate``), the teacher's logits taken at each sentence's last real token
 (``course_lib.training.classifier_logits``), the student's RNN stopped at each sentence's length.
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ import os
 import statistics
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from .data import PAD_TOKEN_ID, LengthBucketSampler, message_lengths, pad_collate
+from .dataloaders import PAD_TOKEN_ID, LengthBucketSampler, message_lengths, pad_collate
 
 # What notebook 08 runs at each size; "full" is the original experiment's size, for a GPU. "cpu" aims
 # at about 20 minutes on a 2-core CPU. On the pretrained proxy (benchmarks/pretrained_proxy.py:

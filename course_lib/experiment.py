@@ -8,19 +8,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import matplotlib.pyplot as plt
 import torch
 
-from .data import create_dataloaders, prepare_sms_splits, sequential_loader
+from .dataloaders import create_dataloaders, sequential_loader
 from .lora import count_parameters
 from .plots import plot_history
+from .precision import autocast, describe_precision, fast_training, resolve_precision
 from .profiles import Profile, learning_rate_for, pick_device, set_seed
+from .sms import prepare_sms_splits
 from .strategies import STRATEGIES, build_classifier, save_checkpoint
 from .tokenizer import get_tokenizer
-from .training import (autocast, calc_accuracy_loader, calc_loss_loader, describe_precision, fast_training,
-                       make_adamw, per_class_accuracy, resolve_precision, train_classifier)
+from .training import calc_accuracy_loader, calc_loss_loader, make_adamw, per_class_accuracy, train_classifier
 
 COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "learning_rate", "trainable_params",
            "total_params", "num_epochs", "seed", "device", "train_acc_before", "val_acc_before",

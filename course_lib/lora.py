@@ -11,7 +11,8 @@ alpha, scaling = alpha / rank) follow Hu et al. and peft, so weights can be comp
 from __future__ import annotations
 
 import math
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Iterable
 
 import torch
 from torch import nn

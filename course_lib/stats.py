@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 # Two-sided 95% critical values of Student's t (its 0.975 quantile) for 1 to 30 degrees of freedom,
 # as tabulated in the NIST/SEMATECH e-Handbook of Statistical Methods, section 1.3.6.7.2

@@ -1,7 +1,7 @@
 """The instructor's hidden tests, one or more per exercise id.
 
 Each test is a snippet (``probe``) that the grader runs in a fresh, sandboxed process holding only the
-definitions of the cells the student's notebook ran (see ``course_lib.grading.probe``). It calls the
+definitions of the cells the student's notebook ran (see ``course_tools.grading.probe``). It calls the
 student's own definition ``name`` on inputs made from ``SEED`` (chosen by the grader, new on every
 run), and returns plain data. The grader runs the same snippet in its own process with the reference
 implementation bound to ``name`` and compares the two results there: nothing the notebook prints, and
@@ -11,14 +11,15 @@ They are stricter than the visible checks: other sizes, other seeds, edge cases 
 rank 1, drop_last, alpha at 0 and 1), the gradients a module or loss passes back, and whether the
 inputs come back unchanged. Every input whose feature separates a catalogued mistake is present on
 every seed (``tests/test_mutants.py`` checks this on many seeds), and the definition must be the
-student's own (checked statically in the submitted source, see ``course_lib.grading.grade``).
+student's own (checked statically in the submitted source, see ``course_tools.grading.grade``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Mapping
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -198,7 +199,7 @@ for k in range(2):
                 and str(got["Label"].dtype)[:3] in ("int", "Int"),
                 df.equals(original) and list(df.columns) == list(original.columns)])
 return out
-''', _lib("course_lib.data", "create_balanced_dataset"),
+''', _lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
                 "and the caller's table left unchanged",
         parts="one entry per table: [labels, texts in order, integer labels, the given table unchanged]"),
@@ -214,7 +215,7 @@ big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for 
 default = random_split(big, seed=1000 + SEED % 1000)
 return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(default[1]["Text"]),
                                            df.equals(original) and list(df.columns) == list(original.columns)]
-''', _lib("course_lib.data", "random_split"),
+''', _lib("course_lib.sms", "random_split"),
         explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, and the caller's table left unchanged"),
 
     HiddenTest("03-num-batches", "03_data_balancing", 1, "num_batches", r'''
@@ -225,7 +226,7 @@ rng = random.Random(SEED)
 cases += [(rng.randint(1, 10**6), rng.randint(1, 999), rng.random() < 0.5) for _ in range(6)]
 return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
         for v in (num_batches(n, b, d) for n, b, d in cases)]
-''', _lib("course_lib.data", "num_batches"), explain="exact multiples, a single example, and drop_last"),
+''', _lib("course_lib.dataloaders", "num_batches"), explain="exact multiples, a single example, and drop_last"),
 
     HiddenTest("04-lora-layer", "04_lora_layers", 3, "LoRALayer", r'''
 import torch

@@ -1,5 +1,5 @@
-from course_lib.assets import data_assets, registry
-from course_lib.cli import main as course
+from course_tools.assets import data_assets, registry
+from course_tools.cli import main as course
 
 
 def test_course_info_lists_every_registered_asset_with_its_state(capsys):

@@ -3,9 +3,16 @@ changes what training sees."""
 import pytest
 import torch
 
-from course_lib.data import (LengthBucketSampler, SpamDataset, create_dataloaders, make_loader, pad_collate,
-                             prepare_sms_splits, sequential_loader)
+from course_lib.dataloaders import (
+    LengthBucketSampler,
+    SpamDataset,
+    create_dataloaders,
+    make_loader,
+    pad_collate,
+    sequential_loader,
+)
 from course_lib.profiles import set_seed
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import build_classifier
 from course_lib.tokenizer import get_tokenizer
 from course_lib.training import calc_loss_batch, train_classifier

@@ -8,7 +8,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib import bonus
+from course_lib import peft_tuning
 from course_lib.downloads import DownloadError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,15 +24,15 @@ def offline_mirror(tmp_path, monkeypatch):
 
 
 def test_missing_packages_stop_with_one_sentence_naming_the_install(monkeypatch):
-    real = bonus.importlib.util.find_spec
-    monkeypatch.setattr(bonus.importlib.util, "find_spec", lambda name: None if name == "optuna" else real(name))
-    with pytest.raises(ModuleNotFoundError, match=r"needs optuna: run `pip install -r requirements-bonus.txt`"):
-        bonus.require_bonus_dependencies()
+    real = peft_tuning.importlib.util.find_spec
+    monkeypatch.setattr(peft_tuning.importlib.util, "find_spec", lambda name: None if name == "optuna" else real(name))
+    with pytest.raises(ModuleNotFoundError, match=r"needs optuna: run `pip install -r requirements-peft_tuning.txt`"):
+        peft_tuning.require_bonus_dependencies()
 
 
 @needs_mirror
 def test_smoke_split_of_the_mirrored_test_set(offline_mirror):
-    frames, origin = bonus.load_ag_news("smoke", seed=42, smoke_size=1500)
+    frames, origin = peft_tuning.load_ag_news("smoke", seed=42, smoke_size=1500)
     assert [len(frames[k]) for k in ("train", "validation", "test")] == [1050, 150, 300]
     assert "only AG News' test split" in origin
     assert set(frames["train"]["label"]) == {0, 1, 2, 3}
@@ -42,15 +42,15 @@ def test_ag_news_offline_without_mirror_names_the_url_and_course_mirror(tmp_path
     monkeypatch.delenv("COURSE_MIRROR", raising=False)
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
     with pytest.raises(DownloadError, match="test.csv.*COURSE_MIRROR"):
-        bonus.load_ag_news("smoke")
+        peft_tuning.load_ag_news("smoke")
 
 
 @needs_mirror
 def test_peft_and_course_lib_count_the_same_trainable_parameters(offline_mirror):
-    path, _ = bonus.encoder_path("smoke")
-    model = bonus.build_peft_model(path, bonus.SEED_LORA)
+    path, _ = peft_tuning.encoder_path("smoke")
+    model = peft_tuning.build_peft_model(path, peft_tuning.SEED_LORA)
     trainable, _ = model.get_nb_trainable_parameters()
-    assert trainable == bonus.course_lora_trainable_count(path, bonus.SEED_LORA) == 75_268
+    assert trainable == peft_tuning.course_lora_trainable_count(path, peft_tuning.SEED_LORA) == 75_268
 
 
 @needs_mirror
@@ -58,14 +58,14 @@ def test_peft_and_course_lib_count_the_same_trainable_parameters(offline_mirror)
 def test_smoke_fine_tune_of_a_real_pretrained_encoder_is_well_above_chance(offline_mirror):
     from transformers import AutoTokenizer
 
-    path, description = bonus.encoder_path("smoke")
+    path, description = peft_tuning.encoder_path("smoke")
     assert "all-MiniLM-L6-v2" in description
-    frames, _ = bonus.load_ag_news("smoke", seed=42, smoke_size=1500)
+    frames, _ = peft_tuning.load_ag_news("smoke", seed=42, smoke_size=1500)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    data = {k: bonus.encode(tokenizer, v, 48) for k, v in frames.items()}
-    model = bonus.build_peft_model(path, bonus.SEED_LORA, seed=42)
-    bonus.fine_tune(model, data["train"], data["validation"], epochs=1, lr=2e-3, seed=42)
-    accuracy, f1, _ = bonus.evaluate(model, data["test"])
+    data = {k: peft_tuning.encode(tokenizer, v, 48) for k, v in frames.items()}
+    model = peft_tuning.build_peft_model(path, peft_tuning.SEED_LORA, seed=42)
+    peft_tuning.fine_tune(model, data["train"], data["validation"], epochs=1, lr=2e-3, seed=42)
+    accuracy, f1, _ = peft_tuning.evaluate(model, data["test"])
     print(f"AG News smoke test split: accuracy {accuracy:.4f}, macro-F1 {f1:.4f}")
     assert accuracy > 0.6 and f1 > 0.6  # chance is 0.25
 
@@ -74,7 +74,7 @@ def test_macro_f1_averages_the_classes():
     import torch
     p, t = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])
     # class 0: tp 1, fp 1, fn 0 -> 2/3; class 1: tp 2, fp 0, fn 1 -> 4/5
-    assert bonus.macro_f1(p, t, 2) == pytest.approx((2 / 3 + 4 / 5) / 2)
+    assert peft_tuning.macro_f1(p, t, 2) == pytest.approx((2 / 3 + 4 / 5) / 2)
 
 
 # ----------------------------------------------------------------------------- the full profile's assets
@@ -89,7 +89,7 @@ def _hub_ag_news(hub: Path, train_rows: int = 120_000) -> None:
     (snapshot / "data").mkdir(parents=True)
     for split, rows in (("train", train_rows), ("test", 7_600)):
         df = pd.DataFrame({"text": [f"{split} headline {i}" for i in range(rows)], "label": [i % 4 for i in range(rows)]})
-        df.to_parquet(snapshot / bonus.AG_HUB_FILES[split], index=False)
+        df.to_parquet(snapshot / peft_tuning.AG_HUB_FILES[split], index=False)
     (hub / "datasets--fancyzhx--ag_news" / "refs").mkdir()
     (hub / "datasets--fancyzhx--ag_news" / "refs" / "main").write_text(REV)
 
@@ -109,24 +109,24 @@ def offline_hub(tmp_path, monkeypatch):
 
 def test_full_profile_reads_ag_news_from_the_hub_cache_offline_and_takes_a_subset(offline_hub):
     _hub_ag_news(offline_hub)
-    frames, origin = bonus.load_ag_news("full", seed=42, train_rows=100, eval_rows=30)
+    frames, origin = peft_tuning.load_ag_news("full", seed=42, train_rows=100, eval_rows=30)
     assert [len(frames[k]) for k in ("train", "validation", "test")] == [100, 30, 30]
     assert "fancyzhx/ag_news" in origin and "100 train" in origin
     assert frames["validation"]["text"].str.startswith("train").all()  # held out from the train split
     assert not set(frames["train"]["text"]) & set(frames["validation"]["text"])
-    full, _ = bonus.load_ag_news("full", seed=42)
+    full, _ = peft_tuning.load_ag_news("full", seed=42)
     assert [len(full[k]) for k in ("train", "validation", "test")] == [108_000, 12_000, 7_600]
 
 
 def test_a_truncated_ag_news_in_the_cache_is_refused(offline_hub):
     _hub_ag_news(offline_hub, train_rows=119_999)
     with pytest.raises(ValueError, match="119,999 rows.*not 120,000 rows.*course fetch --profile full"):
-        bonus.load_ag_news("full")
+        peft_tuning.load_ag_news("full")
 
 
 def test_offline_without_the_data_stops_with_one_sentence(offline_hub):
     with pytest.raises(DownloadError) as info:
-        bonus.load_ag_news("full")
+        peft_tuning.load_ag_news("full")
     err = info.value
     assert err.__cause__ is not None  # the chain is kept for code (and COURSE_DEBUG=1), not shown
     lines = err._render_traceback_()  # what Jupyter shows
@@ -136,9 +136,9 @@ def test_offline_without_the_data_stops_with_one_sentence(offline_hub):
 
 @pytest.mark.parametrize("spelling", ["1", "true", "YES", "on"])
 def test_every_spelling_of_hf_hub_offline_that_huggingface_hub_accepts_is_offline(tmp_path, spelling):
-    code = ("from course_lib import bonus\n"
-            "try:\n    bonus.encoder_path('full')\n"
-            "except bonus.DownloadError as err:\n    print(err._render_traceback_()[0])\n")
+    code = ("from course_lib import peft_tuning\n"
+            "try:\n    peft_tuning.encoder_path('full')\n"
+            "except peft_tuning.DownloadError as err:\n    print(err._render_traceback_()[0])\n")
     env = {**os.environ, "HF_HUB_OFFLINE": spelling, "HF_HUB_CACHE": str(tmp_path), "HF_HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
     assert "roberta-base's config.json is not in the Hugging Face cache and HF_HUB_OFFLINE is set" in out
@@ -151,7 +151,7 @@ def test_without_network_roberta_fails_fast_with_one_sentence(tmp_path, monkeypa
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     start = time.perf_counter()
     with pytest.raises(DownloadError, match=r"Could not download roberta-base's config.json \(FacebookAI/roberta-base\)"):
-        bonus.encoder_path("full")
+        peft_tuning.encoder_path("full")
     assert time.perf_counter() - start < 5  # two quick requests, not huggingface_hub's 23 s of retries
 
 
@@ -171,7 +171,7 @@ def test_a_hub_that_answers_is_not_refused_even_after_one_blip(tmp_path, monkeyp
             return answer
     monkeypatch.setattr(huggingface_hub, "get_session", lambda: Session())
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda **kw: str(tmp_path / kw["filename"]))
-    assert bonus.hub_file("FacebookAI/roberta-base", "config.json", "model", "roberta-base's config.json") == \
+    assert peft_tuning.hub_file("FacebookAI/roberta-base", "config.json", "model", "roberta-base's config.json") == \
         tmp_path / "config.json"
 
 
@@ -193,14 +193,14 @@ def test_notebook_09_offline_without_data_shows_one_line_and_no_chain(tmp_path, 
 
 
 def test_the_plan_runs_the_full_size_on_a_gpu_and_a_subset_on_a_cpu():
-    gpu, cpu, smoke = bonus.plan_for("full", "cuda"), bonus.plan_for("full", "cpu"), bonus.plan_for("smoke", "cpu")
+    gpu, cpu, smoke = peft_tuning.plan_for("full", "cuda"), peft_tuning.plan_for("full", "cpu"), peft_tuning.plan_for("smoke", "cpu")
     assert (gpu.train_rows, gpu.eval_rows, gpu.epochs, gpu.n_trials, gpu.trial_rows) == (None, None, 3, 20, None)
     assert cpu.train_rows and cpu.eval_rows and cpu.train_rows < 108_000 and "CPU subset" in cpu.note
     assert smoke.smoke_rows == 1500 and "smoke" in smoke.note
 
 
 def test_course_info_lists_what_the_full_profile_of_notebook_09_needs(capsys):
-    from course_lib.cli import main as course
+    from course_tools.cli import main as course
 
     assert course(["info", "--profile", "full"]) == 0
     out = capsys.readouterr().out
@@ -211,7 +211,7 @@ def test_course_info_lists_what_the_full_profile_of_notebook_09_needs(capsys):
 @needs_mirror
 def test_course_fetch_full_also_fetches_notebook_09s_assets_and_says_what_is_missing(offline_hub, tmp_path,
                                                                                      monkeypatch, capsys):
-    from course_lib.cli import main as course
+    from course_tools.cli import main as course
 
     monkeypatch.setenv("COURSE_MIRROR", str(MIRROR))
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
@@ -232,7 +232,7 @@ def _pruned_in_a_search(n_trials: int, epochs: int) -> int:
             if trial.should_prune():
                 raise optuna.TrialPruned()
         return loss
-    study = optuna.create_study(direction="minimize", pruner=bonus.make_pruner())
+    study = optuna.create_study(direction="minimize", pruner=peft_tuning.make_pruner())
     study.optimize(objective, n_trials=n_trials)
     return sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
 
@@ -240,15 +240,15 @@ def _pruned_in_a_search(n_trials: int, epochs: int) -> int:
 @pytest.mark.parametrize("n_trials, epochs", [(3, 1), (2, 1), (20, 3), (5, 3), (6, 3), (20, 1), (6, 2)])
 def test_pruning_possible_says_what_optunas_median_pruner_does(n_trials, epochs):
     pruned = _pruned_in_a_search(n_trials, epochs)
-    assert bonus.pruning_possible(n_trials, epochs) == (pruned > 0)
+    assert peft_tuning.pruning_possible(n_trials, epochs) == (pruned > 0)
 
 
 def test_no_trial_of_the_smoke_or_cpu_plan_can_be_pruned_but_the_gpu_plans_can():
     for profile, device, expected in (("smoke", "cpu", False), ("full", "cpu", False), ("full", "cuda", True)):
-        plan = bonus.plan_for(profile, device)
-        assert bonus.pruning_possible(plan.n_trials, plan.epochs) is expected
+        plan = peft_tuning.plan_for(profile, device)
+        assert peft_tuning.pruning_possible(plan.n_trials, plan.epochs) is expected
 
 
 def test_chosen_configuration_keeps_the_original_targets():
-    lora, lr = bonus.chosen_configuration({"r": 16, "lora_alpha": 8, "lora_dropout": 0.1, "learning_rate": 1e-3})
-    assert lora == {**bonus.SEED_LORA, "r": 16, "lora_alpha": 8, "lora_dropout": 0.1} and lr == 1e-3
+    lora, lr = peft_tuning.chosen_configuration({"r": 16, "lora_alpha": 8, "lora_dropout": 0.1, "learning_rate": 1e-3})
+    assert lora == {**peft_tuning.SEED_LORA, "r": 16, "lora_alpha": 8, "lora_dropout": 0.1} and lr == 1e-3

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from course_lib.cli import main as course
+from course_tools.cli import main as course
 
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 

@@ -5,14 +5,28 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from course_lib import cola
+from course_lib import cola, stats
 from course_lib.config import SMOKE_MODEL
-from course_lib.data import PAD_TOKEN_ID, SpamDataset, make_loader
-from course_lib import stats
-from course_lib.distill import (RUN_SIZES, DistilRNN, ParameterShare, TeacherOutputs, architecture_shares, check_baseline,
-                                choose_run_size, compare_kd, distillation_loss, kd_sweep, length_sorted_loader,
-                                majority_baseline, mean_std, parameter_share, run_settings, teacher_logits_for,
-                                train_student)
+from course_lib.dataloaders import PAD_TOKEN_ID, SpamDataset, make_loader
+from course_lib.distill import (
+    RUN_SIZES,
+    DistilRNN,
+    ParameterShare,
+    TeacherOutputs,
+    architecture_shares,
+    check_baseline,
+    choose_run_size,
+    compare_kd,
+    distillation_loss,
+    kd_sweep,
+    length_sorted_loader,
+    majority_baseline,
+    mean_std,
+    parameter_share,
+    run_settings,
+    teacher_logits_for,
+    train_student,
+)
 from course_lib.downloads import DownloadError
 from course_lib.strategies import build_classifier
 from course_lib.tokenizer import get_tokenizer

@@ -4,9 +4,9 @@ import csv
 import torch
 
 from course_lib import experiment, profiles
-from course_lib.cli import main as course
 from course_lib.profiles import set_seed
 from course_lib.strategies import build_classifier, load_checkpoint, save_checkpoint
+from course_tools.cli import main as course
 
 SMOKE = "gpt2-smoke (tiny)"
 

@@ -1,6 +1,5 @@
 """Notebook 07 leaves nothing behind, and papermill sees every one of its parameters."""
 import ast
-import os
 from pathlib import Path
 
 import nbformat

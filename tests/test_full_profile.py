@@ -54,7 +54,7 @@ def _leftovers(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def hub_cache(tmp_path_factory) -> Path:
     """A Hugging Face hub cache holding a random GPT-2 124M as ``openai-community/gpt2``."""
-    from course_lib.rehearsal import write_hub_cache_model
+    from rehearsal import write_hub_cache_model
 
     cache = tmp_path_factory.mktemp("hf") / "hub"
     write_hub_cache_model(cache, MODEL)
@@ -93,14 +93,14 @@ def test_the_rehearsal_model_is_the_hubs_layout_and_loads_offline(hub_cache, ful
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_course_experiment_runs_each_strategy_in_the_full_profile(strategy, full_profile, tmp_path):
-    help_text = subprocess.run([sys.executable, "-m", "course_lib.cli", "experiment", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "course_tools.cli", "experiment", "--help"],
                                env=full_profile, capture_output=True, text=True, check=True).stdout
     if "--max-examples" not in help_text:
         pytest.skip("course experiment has no --max-examples yet: the full-size run does not fit a test")
     out = tmp_path / "outputs"
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "course_lib.cli", "experiment", "--profile", "full", "--trainable-layers", strategy,
+        [sys.executable, "-m", "course_tools.cli", "experiment", "--profile", "full", "--trainable-layers", strategy,
          "--max-examples", "4", "--num-epochs", "1", "--batch-size", "4", "--eval-iter", "1", "--eval-iter-val", "1",
          "--output-dir", str(out)],
         env=full_profile, capture_output=True, text=True, timeout=1200)
@@ -146,7 +146,7 @@ def test_notebook_09_runs_in_the_full_profile_on_roberta_and_ag_news_from_the_hu
         pytest.importorskip(module)
     if not (MIRROR / "ag-news").is_dir():
         pytest.skip("09's rehearsal builds AG News from the offline mirror: set COURSE_MIRROR (CI does)")
-    from course_lib.rehearsal import write_ag_news, write_roberta
+    from rehearsal import write_ag_news, write_roberta
 
     write_roberta(hub_cache)
     write_ag_news(hub_cache, MIRROR)

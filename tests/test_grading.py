@@ -9,11 +9,17 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from course_lib.cli import main as course
-from course_lib.grading.grade import (load_tests, model_answers, own_definition, select_students, shard_of,
-                                      threads_per_notebook)
 from stored_outputs import differences
+
+from course_tools.cli import main as course
+from course_tools.grading.grade import (
+    load_tests,
+    model_answers,
+    own_definition,
+    select_students,
+    shard_of,
+    threads_per_notebook,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
@@ -193,7 +199,7 @@ def test_sharding_is_deterministic_and_covers_everyone():
     assert sorted(sum(shards, [])) == sorted(names)
     assert all(shards), "every shard gets students"
     # the same in a new interpreter with another hash seed: shards must not depend on Python's hash()
-    code = "from course_lib.grading.grade import shard_of; print([shard_of(f'student{i}', 4) for i in range(50)])"
+    code = "from course_tools.grading.grade import shard_of; print([shard_of(f'student{i}', 4) for i in range(50)])"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": "12345"}).stdout
     assert other.strip() == str([shard_of(f"student{i}", 4) for i in range(50)])

@@ -16,8 +16,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.cli import main as course
-from course_lib.grading import sandbox
+from course_tools.cli import main as course
+from course_tools.grading import sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
@@ -497,7 +497,7 @@ def test_killing_the_grader_takes_its_workers_and_their_kernels_with_it(tmp_path
     subs = tmp_path / "subs"
     for who in ("a", "b"):
         save(subs, who, appended(solution(), "while True:\n    pass"))
-    grader = subprocess.Popen([sys.executable, "-m", "course_lib.cli", "grade", str(subs), "--out",
+    grader = subprocess.Popen([sys.executable, "-m", "course_tools.cli", "grade", str(subs), "--out",
                                str(tmp_path / "grades.csv"), "--notebooks", NB, "--workers", "2", "--cell-timeout", "600"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -11,10 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from course_lib.cli import main as course
+from course_tools.cli import main as course
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "01_loading_weights"   # the quickest graded notebook: what is tested is the grader, not the exercise

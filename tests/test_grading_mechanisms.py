@@ -16,7 +16,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.grading import grade, runner, sandbox
+from course_tools.grading import grade, runner, sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_bwrap = pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
@@ -55,7 +55,7 @@ def test_a_python_the_sandbox_cannot_see_is_named_as_the_cause(monkeypatch):
 def test_a_venv_under_tmp_runs_inside_the_sandbox(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    code = ("from pathlib import Path; import course_lib; from course_lib.grading import sandbox; "
+    code = ("from pathlib import Path; import course_lib; from course_tools.grading import sandbox; "
             "sandbox.check_available(Path(course_lib.__file__).parent); print('ok')")
     done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -146,15 +146,15 @@ def test_removal_as_an_unprivileged_user_follows_no_link(tmp_path):
     """The case CVE-2023-6597 hits: a grader that is not root, a read-only folder holding a link."""
     if os.getuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("dropping privileges needs root and setpriv")
-    from test_grading_unprivileged import _as_nobody
-
     import tempfile
+
+    from test_grading_unprivileged import _as_nobody
     base = Path(tempfile.mkdtemp(dir="/tmp"))
     try:
         base.chmod(0o755)
         victim, trap = _victim_and_trap(base)
         subprocess.run(["chown", "-R", "65534:65534", str(base)], check=True)
-        code = f"from course_lib.grading import sandbox; sandbox.remove_tree(__import__('pathlib').Path({str(trap)!r}))"
+        code = f"from course_tools.grading import sandbox; sandbox.remove_tree(__import__('pathlib').Path({str(trap)!r}))"
         done = subprocess.run(_as_nobody([sys.executable, "-c", code], base / "keep"), capture_output=True, text=True,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -32,7 +32,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from course_lib.grading import sandbox
+from course_tools.grading import sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
@@ -257,7 +257,7 @@ def _grade_in(base: Path, who: str) -> dict:
     env = {**os.environ, "TMPDIR": str(tmp), "HOME": str(home), "PYTHONPATH": str(ROOT),
            "COURSE_MIRROR": os.environ.get("COURSE_MIRROR", "/work/shared/mirror")}
     env.pop("OMP_NUM_THREADS", None)
-    argv = [str(venv / "bin" / "python"), "-m", "course_lib.cli", "grade", str(made["subs"]), "--out",
+    argv = [str(venv / "bin" / "python"), "-m", "course_tools.cli", "grade", str(made["subs"]), "--out",
             str(out / "grades.csv"), "--notebooks", NB, "--cell-timeout", "60", "--notebook-timeout", "300",
             "--workers", "2"]
     if who == "nobody":

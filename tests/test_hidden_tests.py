@@ -73,9 +73,8 @@ def test_hidden_test_probes_what_its_exercise_cell_defines(test):
 # --------------------------------------------------------------------------- what the probe process reports
 def _probe(definitions, probes, monkeypatch, tmp_path, seconds=5.0):
     """Run the real probe process (without a sandbox) on ``definitions`` and ``probes``; its replies."""
-    import json
 
-    from course_lib.grading import probe
+    from course_tools.grading import probe
 
     monkeypatch.setattr(probe, "STATEMENT_SECONDS", seconds)
     env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
@@ -122,7 +121,7 @@ def test_a_pytorch_not_implemented_error_is_not_an_unwritten_todo(monkeypatch, t
 def _row(payload, exercise="04-lora-layer"):
     import nbformat
 
-    from course_lib.grading.grade import _exercise_row, load_tests
+    from course_tools.grading.grade import _exercise_row, load_tests
 
     tests = load_tests(ROOT / "grading" / "hidden_tests.py")
     test = next(t for t in tests.TESTS if t.exercise == exercise)
@@ -131,7 +130,7 @@ def _row(payload, exercise="04-lora-layer"):
 
 
 def test_every_row_message_names_what_happened():
-    from course_lib.grading.grade import _expected, load_tests
+    from course_tools.grading.grade import _expected, load_tests
 
     tests = load_tests(ROOT / "grading" / "hidden_tests.py")
     answer = _expected(next(t for t in tests.TESTS if t.exercise == "04-lora-layer"), 3, tests)

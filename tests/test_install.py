@@ -65,7 +65,7 @@ def test_course_info_runs_from_a_non_editable_install(installed):
 @pytest.mark.slow
 def test_a_notebook_folder_of_the_clone_finds_the_shipped_data_and_tokenizer(installed):
     clone, venv = installed
-    code = ("from course_lib.data import download_sms_spam, load_sms_spam\n"
+    code = ("from course_lib.sms import download_sms_spam, load_sms_spam\n"
             "from course_lib.tokenizer import get_tokenizer\n"
             "path, where = download_sms_spam('shipped'); print(path); print(len(load_sms_spam(path)))\n"
             "print(get_tokenizer().encode('Hello, world'))\n")

@@ -89,7 +89,7 @@ def lab(tmp_path_factory):
                 break
             except OSError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("jupyter lab did not start:\n" + (state / "server.log").read_text()[-3000:])
+                    raise RuntimeError("jupyter lab did not start:\n" + (state / "server.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
         yield f"http://127.0.0.1:{port}", token
     finally:  # always stop the server (and its kernels) that this fixture started

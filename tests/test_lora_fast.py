@@ -10,8 +10,8 @@ from course_lib.config import get_config
 from course_lib.lora import LinearWithLoRA, lora_layers, merge_lora, replace_linear_with_lora
 from course_lib.lora_fast import fast_lora
 from course_lib.model import GPTModel
+from course_lib.precision import bf16_supported, frozen_weights_as
 from course_lib.strategies import configure_trainable
-from course_lib.training import bf16_supported, frozen_weights_as
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no native bf16")

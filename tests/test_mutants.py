@@ -11,7 +11,7 @@ import importlib.util
 import json
 import re
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import nbformat
@@ -42,7 +42,7 @@ CATALOGUE = [m for part in ("a", "b", "c", "d", "r2")
 NEEDS_PEFT = {"09-lora-config"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def solution_cell(exercise: str) -> str:
     """The exercise's code cell in its solution notebook, with the solution markers removed."""
     notebook = next(t.notebook for t in HIDDEN.TESTS if t.exercise == exercise)
@@ -83,12 +83,12 @@ def namespace(exercise: str, change) -> dict:
 
 
 # --------------------------------------------------------------------------- visible checks
-@lru_cache(maxsize=None)
+@cache
 def sms():
-    from course_lib import data
+    from course_lib import sms
 
-    df = data.load_sms_spam()
-    return df, data.create_balanced_dataset(df, seed=123)
+    df = sms.load_sms_spam()
+    return df, sms.create_balanced_dataset(df, seed=123)
 
 
 def _params():
@@ -110,7 +110,7 @@ def visible(exercise: str, ns: dict) -> None:
     """Run the notebook's visible check for ``exercise`` on the definitions in ``ns``."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from course_lib import config, data
+    from course_lib import config, sms
 
     if exercise == "01-count-tensors":
         checks.check_count_tensors(ns["count_tensors"], _params())
@@ -119,9 +119,9 @@ def visible(exercise: str, ns: dict) -> None:
     elif exercise == "02-split-c-attn":
         checks.check_split_c_attn(ns["split_c_attn"])
     elif exercise == "03-balance":
-        checks.check_balanced(ns["create_balanced_dataset"], sms()[0], data.create_balanced_dataset)
+        checks.check_balanced(ns["create_balanced_dataset"], sms()[0], sms.create_balanced_dataset)
     elif exercise == "03-split":
-        checks.check_split(ns["random_split"], sms()[1], data.random_split)
+        checks.check_split(ns["random_split"], sms()[1], sms.random_split)
     elif exercise == "03-num-batches":
         ds = TensorDataset(torch.arange(10))
         checks.check_num_batches(ns["num_batches"], {"train": DataLoader(ds, batch_size=3, drop_last=True),
@@ -157,7 +157,7 @@ def _run_probe(test, ns: dict, seed: int):
     return json.loads(json.dumps(ns["__probe"](seed)))
 
 
-@lru_cache(maxsize=None)
+@cache
 def expected(exercise: str, seed: int):
     test = next(t for t in HIDDEN.TESTS if t.exercise == exercise)
     ns = {test.name: test.reference(), **HIDDEN.EXTRA_NAMES.get(exercise, {})}

@@ -10,8 +10,8 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-from course_lib.cli import main as course
-from course_lib.notebooks import SolutionMarkerError, stale_notebooks, strip_solution
+from course_tools.cli import main as course
+from course_tools.notebooks import SolutionMarkerError, stale_notebooks, strip_solution
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
@@ -75,7 +75,7 @@ def test_student_notebooks_carry_no_metadata_from_the_solution_run():
 
 
 def test_make_student_drops_widget_state_and_run_records_but_keeps_the_kernel():
-    from course_lib.notebooks import make_student_notebook
+    from course_tools.notebooks import make_student_notebook
 
     solution = nbformat.read(SOLUTIONS[0], as_version=4)
     solution.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {"x": "99%"}}}

@@ -4,11 +4,17 @@ import torch
 
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
-from course_lib.data import PAD_TOKEN_ID, pad_collate
+from course_lib.dataloaders import PAD_TOKEN_ID, pad_collate
 from course_lib.model import GPTModel
 from course_lib.tokenizer import get_tokenizer
-from course_lib.training import (calc_loss_batch, classifier_logits, classify_text, last_position_logits,
-                                 last_token_index, predictions)
+from course_lib.training import (
+    calc_loss_batch,
+    classifier_logits,
+    classify_text,
+    last_position_logits,
+    last_token_index,
+    predictions,
+)
 
 SMOKE = "gpt2-smoke (tiny)"
 MESSAGES = ["WINNER!! You have won a 1000 cash prize. Call 09061701461 now to claim.",
@@ -78,7 +84,7 @@ import json, sys
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from course_lib import data, distill, training
+from course_lib import dataloaders, distill, training
 
 P = 50256
 x = torch.tensor([[5, 6, P, P], [7, P, 8, P], [1, 2, 3, 4]])
@@ -104,8 +110,8 @@ routes = {
     "predictions": lambda: training.predictions([(x, y)], Positions(), "cpu"),
     "calc_accuracy_loader": lambda: training.calc_accuracy_loader([(x, y)], Positions(), "cpu"),
     "classify_text": lambda: training.classify_text("hi", Positions(), Tok(), "cpu", max_length=4),
-    "pad_collate": lambda: data.pad_collate([(x[0], 0)]),
-    "message_lengths": lambda: data.message_lengths(TensorDataset(x, y)),
+    "pad_collate": lambda: dataloaders.pad_collate([(x[0], 0)]),
+    "message_lengths": lambda: dataloaders.message_lengths(TensorDataset(x, y)),
     "length_sorted_loader": lambda: list(distill.length_sorted_loader(TensorDataset(x, y))),
     "teacher_logits_for": lambda: distill.teacher_logits_for(Positions(), DataLoader(TensorDataset(x, y)), "cpu"),
 }
@@ -129,7 +135,7 @@ def _routes_in_stripped_course(tmp_path, exercise):
     from pathlib import Path
 
     import course_lib
-    from course_lib.grading.probe import ALLOWED, build_stripped_course
+    from course_tools.grading.probe import ALLOWED, build_stripped_course
 
     build_stripped_course(Path(course_lib.__file__).parent, tmp_path / "course_lib", ALLOWED.get(exercise, set()))
     done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(tmp_path)!r})\n"

@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-from course_lib.data import create_dataloaders, prepare_sms_splits
+from course_lib.dataloaders import create_dataloaders
+from course_lib.precision import autocast, bf16_supported, resolve_precision
 from course_lib.profiles import set_seed
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import build_classifier
 from course_lib.tokenizer import get_tokenizer
-from course_lib.training import (autocast, bf16_supported, calc_accuracy_loader, resolve_precision,
-                                 train_classifier)
+from course_lib.training import calc_accuracy_loader, train_classifier
 
 CPU = torch.device("cpu")
 needs_bf16 = pytest.mark.skipif(not bf16_supported(CPU), reason="this CPU has no native bf16")
@@ -22,16 +23,16 @@ def test_precision_names_are_checked():
 
 
 def test_auto_precision_follows_the_hardware_rule_not_a_timing(monkeypatch):
-    import course_lib.training as training
+    import course_lib.precision as precision
 
     for has_units, expected in ((True, "bf16"), (False, "fp32")):
-        monkeypatch.setattr(training, "bf16_supported", lambda device, has=has_units: has)
-        monkeypatch.setattr(training.os.path, "exists", lambda path: True)
+        monkeypatch.setattr(precision, "bf16_supported", lambda device, has=has_units: has)
+        monkeypatch.setattr(precision.os.path, "exists", lambda path: True)
         # the same answer every time, however loaded the machine (no micro-benchmark decides)
         assert {resolve_precision("auto", CPU) for _ in range(3)} == {expected}
-        assert training.describe_precision("auto", CPU).startswith(f"{expected} (auto: cpu ")
-    monkeypatch.setattr(training.os.path, "exists", lambda path: False)  # no /proc/cpuinfo: units unknown
-    monkeypatch.setattr(training, "bf16_supported", lambda device: True)
+        assert precision.describe_precision("auto", CPU).startswith(f"{expected} (auto: cpu ")
+    monkeypatch.setattr(precision.os.path, "exists", lambda path: False)  # no /proc/cpuinfo: units unknown
+    monkeypatch.setattr(precision, "bf16_supported", lambda device: True)
     assert resolve_precision("auto", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
 
 
@@ -89,7 +90,8 @@ def _lora_smoke_model():
 
 @needs_bf16
 def test_frozen_weights_in_bf16_give_bit_identical_losses_and_gradients_and_are_restored_exactly():
-    from course_lib.training import calc_loss_batch, frozen_weights_as
+    from course_lib.precision import frozen_weights_as
+    from course_lib.training import calc_loss_batch
 
     x = torch.randint(0, 50257, (4, 12))
     y = torch.tensor([0, 1, 1, 0])
@@ -114,7 +116,7 @@ def test_frozen_weights_in_bf16_give_bit_identical_losses_and_gradients_and_are_
 
 
 def test_frozen_weights_are_restored_when_the_step_fails():
-    from course_lib.training import frozen_weights_as
+    from course_lib.precision import frozen_weights_as
 
     model = _lora_smoke_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -126,7 +128,7 @@ def test_frozen_weights_are_restored_when_the_step_fails():
 
 def test_writing_into_a_held_weight_is_refused_not_lost():
     from course_lib.lora import LinearWithLoRA
-    from course_lib.training import frozen_weights_as
+    from course_lib.precision import frozen_weights_as
 
     model = _lora_smoke_model()
     layer = next(m for m in model.modules() if isinstance(m, LinearWithLoRA))
@@ -140,7 +142,7 @@ def test_writing_into_a_held_weight_is_refused_not_lost():
 
 
 def test_held_weights_come_back_when_holding_them_fails_halfway(monkeypatch):
-    from course_lib.training import frozen_weights_as
+    from course_lib.precision import frozen_weights_as
 
     model = _lora_smoke_model()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -4,15 +4,22 @@ import pytest
 import torch
 
 from course_lib.classifier import add_classification_head
-from course_lib.cli import main as course
 from course_lib.config import get_config
-from course_lib.data import create_dataloaders, prepare_sms_splits
+from course_lib.dataloaders import create_dataloaders
 from course_lib.model import GPTModel
 from course_lib.profiles import set_seed
+from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import STRATEGIES, build_classifier, configure_trainable, load_checkpoint, save_checkpoint
 from course_lib.tokenizer import get_tokenizer
-from course_lib.training import (calc_accuracy_loader, calc_loss_batch, calc_loss_loader, classify_text,
-                                 per_class_accuracy, train_classifier)
+from course_lib.training import (
+    calc_accuracy_loader,
+    calc_loss_batch,
+    calc_loss_loader,
+    classify_text,
+    per_class_accuracy,
+    train_classifier,
+)
+from course_tools.cli import main as course
 
 SMOKE = "gpt2-smoke (tiny)"
 
@@ -189,8 +196,7 @@ def test_interrupted_experiment_keeps_finished_runs(tmp_path, monkeypatch):
 
 
 def test_train_classifier_trains_lora_through_the_fast_path_to_what_the_written_layers_reach(tmp_path, monkeypatch):
-    from course_lib import lora_fast
-    from course_lib import training
+    from course_lib import lora_fast, precision
 
     paths = prepare_sms_splits(tmp_path)
     device, trained, calls = torch.device("cpu"), {}, []
@@ -198,7 +204,7 @@ def test_train_classifier_trains_lora_through_the_fast_path_to_what_the_written_
     monkeypatch.setattr(lora_fast._GroupedLoRALinear, "apply", lambda *a: calls.append(1) or apply(*a))
     for fast in (True, False):
         if not fast:  # the same loop with the LoRA layers as notebook 04 writes them
-            monkeypatch.setattr(training, "fast_lora", lambda model: torch.enable_grad())
+            monkeypatch.setattr(precision, "fast_lora", lambda model: torch.enable_grad())
         train_loader, val_loader, _ = create_dataloaders(paths, get_tokenizer(), batch_size=8, context_length=128,
                                                          max_examples=64)  # fresh: the same shuffling each run
         set_seed(123)

@@ -7,9 +7,10 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from course_lib.config import MODEL_SIZES
+from course_lib.paths import cache_dir, mirror_dir, repo_root
+
 from .assets import data_assets, gpt2_asset, registry
-from .config import MODEL_SIZES
-from .paths import cache_dir, mirror_dir, repo_root
 
 VERSIONED = ("torch", "tiktoken", "safetensors", "huggingface_hub", "pandas", "matplotlib",
              "nbval", "papermill", "transformers", "peft")
@@ -23,7 +24,7 @@ def _version(package: str) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .profiles import get_profile, pick_device
+    from course_lib.profiles import get_profile, pick_device
 
     profile = get_profile(args.profile)
     print(f"profile:  {profile.name} ({profile.description})")
@@ -43,8 +44,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Fetch and verify the chosen GPT-2 sizes (a failure there stops with exit 2) and the profile's data."""
-    from .downloads import DownloadError
-    from .profiles import get_profile
+    from course_lib.downloads import DownloadError
+    from course_lib.profiles import get_profile
 
     profile = get_profile(args.profile)
     for size in args.model_size or [profile.model_size]:
@@ -96,8 +97,8 @@ def cmd_execute_solutions(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiment import ExperimentConfig, run_experiment
-    from .profiles import get_profile
+    from course_lib.experiment import ExperimentConfig, run_experiment
+    from course_lib.profiles import get_profile
 
     profile = get_profile(args.profile)
     if args.max_examples is not None and args.max_examples < 1:

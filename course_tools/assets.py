@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import HF_REPOS
-from .paths import cache_dir, mirror_dir
+from course_lib.config import HF_REPOS
+from course_lib.paths import cache_dir, mirror_dir
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ def _hub_cached(repo_id: str, filename: str, repo_type: str = "model") -> bool:
 def gpt2_asset(model_size: str, profiles: tuple[str, ...] = ()) -> Asset:
     """GPT-2 weights of one size (the smoke model is generated locally in the same layout)."""
     def fetch() -> str:
-        from .weights import download_gpt2, load_gpt2_checkpoint
+        from course_lib.weights import download_gpt2, load_gpt2_checkpoint
 
         folder = download_gpt2(model_size)
         settings, _ = load_gpt2_checkpoint(folder)  # proves the files can be read
@@ -46,7 +46,7 @@ def gpt2_asset(model_size: str, profiles: tuple[str, ...] = ()) -> Asset:
 
 
 def _sms_spam() -> Asset:
-    from .data import download_sms_spam, shipped_sms_spam
+    from course_lib.sms import download_sms_spam, shipped_sms_spam
 
     return Asset("SMS Spam Collection", lambda: shipped_sms_spam().is_file(),
                  lambda: download_sms_spam(source="download" if mirror_dir() else "auto")[1], ("smoke", "full"))
@@ -54,7 +54,7 @@ def _sms_spam() -> Asset:
 
 def _cola() -> Asset:
     def fetch() -> str:
-        from .cola import download_cola, load_cola
+        from course_lib.cola import download_cola, load_cola
 
         load_cola(download_cola()[0])
         return "verified"
@@ -66,13 +66,13 @@ def _cola() -> Asset:
 def _bonus() -> list[Asset]:
     """Notebook 09's data (smoke: AG News' test split) and, for the full profile, roberta-base and AG News."""
     def ag_news_test() -> str:
-        from .bonus import load_ag_news
+        from course_lib.peft_tuning import load_ag_news
 
         return load_ag_news("smoke")[1]
 
     assets = [Asset("AG News test split (notebook 09)", lambda: (cache_dir() / "ag-news" / "test.csv").is_file(),
                     ag_news_test, ("smoke", "full"))]
-    from .bonus import AG_HUB_FILES, AG_REPO, ROBERTA_FILES, ROBERTA_REPO, fetch_bonus_assets
+    from course_lib.peft_tuning import AG_HUB_FILES, AG_REPO, ROBERTA_FILES, ROBERTA_REPO, fetch_bonus_assets
 
     def full_bonus() -> str:
         return "; ".join(fetch_bonus_assets("full"))
@@ -87,7 +87,7 @@ def _bonus() -> list[Asset]:
 def registry() -> list[Asset]:
     """Every asset, in the order ``course info`` lists them."""
     shipped_tokenizer = Asset("GPT-2 tokenizer (shipped in course_lib)", lambda: True)
-    from .config import SMOKE_MODEL
+    from course_lib.config import SMOKE_MODEL
 
     gpt2 = [gpt2_asset(SMOKE_MODEL)] + [gpt2_asset(size) for size in HF_REPOS]
     return [shipped_tokenizer, *gpt2, _sms_spam(), _cola(), *_bonus()]

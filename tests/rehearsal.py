@@ -38,7 +38,7 @@ def _snapshot(hub: Path, repo_id: str, repo_type: str) -> Path:
 
 def write_hub_cache_model(hub_cache: str | Path, model_size: str = "gpt2-small (124M)", seed: int = 123) -> Path:
     """A random ``model_size`` GPT-2 as ``HF_REPOS[model_size]``, legacy buffers included; its folder."""
-    from .weights import HF_REPOS, write_random_checkpoint
+    from course_lib.weights import HF_REPOS, write_random_checkpoint
 
     folder = _snapshot(Path(hub_cache), HF_REPOS[model_size], "model")
     return write_random_checkpoint(folder, model_size, seed=seed, legacy_buffers=True)
@@ -48,7 +48,7 @@ def write_roberta(hub: Path | str) -> None:
     """A random RoBERTa-base and a tokenizer with RoBERTa's tokens (see the module's docstring)."""
     from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
 
-    from .bonus import ROBERTA_REPO
+    from course_lib.peft_tuning import ROBERTA_REPO
 
     folder = _snapshot(Path(hub), ROBERTA_REPO, "model")
     gpt2 = json.loads((ASSETS / "encoder.json").read_text())
@@ -69,7 +69,7 @@ def write_ag_news(hub: Path | str, mirror: Path | str) -> None:
     """AG News in the hub's parquet layout (text, label 0-3); train repeats the test split's rows."""
     import pandas as pd
 
-    from .bonus import AG_HUB_FILES, AG_REPO, AG_ROWS
+    from course_lib.peft_tuning import AG_HUB_FILES, AG_REPO, AG_ROWS
 
     csv = pd.read_csv(Path(mirror) / "ag-news" / "test.csv", header=None, names=["label", "title", "description"])
     test = pd.DataFrame({"text": csv["title"] + " " + csv["description"], "label": csv["label"] - 1})

@@ -24,7 +24,8 @@ from types import ModuleType
 
 import nbformat
 
-from ..paths import repo_root
+from course_lib.paths import repo_root
+
 from . import sandbox
 from .probe import STUB_ERROR, parse_cell, printable
 
@@ -623,13 +624,13 @@ def prepare_shared(profile: str, workdir: Path) -> tuple[Path, Path]:
     cache, mpl = workdir / "cache", workdir / "mpl"
     env = {**os.environ, "COURSE_CACHE_DIR": str(cache), "MPLCONFIGDIR": str(mpl), "COURSE_PROFILE": profile}
     script = ("from course_lib.weights import download_gpt2; from course_lib.profiles import get_profile\n"
-              "from course_lib.data import prepare_sms_splits\n"
+              "from course_lib.sms import prepare_sms_splits\n"
               "import matplotlib.pyplot\n"
               "p = get_profile()\n"
               "download_gpt2(p.model_size) if p.name == 'smoke' else None\n"
               "prepare_sms_splits()\n"
               "try:\n    from course_lib.cola import download_cola; download_cola()\nexcept Exception:\n    pass\n"
-              "try:\n    from course_lib.bonus import load_ag_news; load_ag_news('smoke')\nexcept Exception:\n    pass\n")
+              "try:\n    from course_lib.peft_tuning import load_ag_news; load_ag_news('smoke')\nexcept Exception:\n    pass\n")
     subprocess.run([sys.executable, "-c", script], env=env, check=True, capture_output=True)
     return cache, mpl
 

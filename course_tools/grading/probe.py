@@ -25,18 +25,18 @@ import nbformat
 HIDDEN: dict[str, set[str]] = {
     "config": {"settings_to_cfg"},
     "weights": {"*"},
-    "data": {"create_balanced_dataset", "random_split", "num_batches", "prepare_sms_splits", "create_dataloaders",
-             "pad_collate", "message_lengths"},  # both find where a row's padding starts (07-last-token)
+    "sms": {"create_balanced_dataset", "random_split", "prepare_sms_splits"},
+    "dataloaders": {"num_batches", "create_dataloaders",
+                    "pad_collate", "message_lengths"},  # both find where a row's padding starts (07-last-token)
     "lora": {"LoRALayer", "LinearWithLoRA", "replace_linear_with_lora", "_replace", "_matches", "freeze_model",
              "unfreeze", "mark_only_lora_as_trainable", "merge_lora", "unmerge_lora", "lora_layers"},
+    "lora_fast": {"*"},   # computes what LinearWithLoRA computes
     "strategies": {"*"},
     "experiment": {"*"},
     "training": {"train_classifier", "@trains", "last_token_index", "pool_last_token", "classifier_logits"},
     "distill": {"distillation_loss", "train_student", "@trains"},
-    "bonus": {"*"},
+    "peft_tuning": {"*"},
     "checks": {"*"},
-    "notebooks": {"*"},
-    "cli": {"*"},
 }
 ALLOWED: dict[str, set[str]] = {"05-replace": {"lora.LoRALayer", "lora.LinearWithLoRA"}}
 # The training loop's probe reads its losses through calc_loss_batch, which pools at the last real token.

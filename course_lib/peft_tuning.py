@@ -364,7 +364,6 @@ def course_lora_trainable_count(model_path: str, lora: dict, num_labels: int = 4
     """Trainable parameters when course_lib's own LoRA is put on the same model and targets
     (base frozen, LoRA on the targets, classification head trainable, as peft's SEQ_CLS does)."""
     from transformers import AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     from .lora import count_parameters, freeze_model, replace_linear_with_lora, unfreeze
