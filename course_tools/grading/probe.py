@@ -133,13 +133,6 @@ def parse_cell(source: str) -> ast.Module | None:
         return None
 
 
-def _is_constant(node: ast.AST) -> bool:
-    """An expression with no calls, comprehensions, lambdas or awaits: safe and quick to re-evaluate."""
-    banned = (ast.Call, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Await,
-              ast.Yield, ast.YieldFrom, ast.NamedExpr)
-    return not any(isinstance(n, banned) for n in ast.walk(node))
-
-
 DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,
             ast.AnnAssign, ast.AugAssign, ast.If, ast.Try, ast.With, ast.Global)
 
