@@ -246,18 +246,6 @@ def load_ag_news(profile_name: str, seed: int = 42, smoke_size: int | None = Non
             f"{seed} and split 70/10/20 into train/validation/test")
 
 
-def fetch_bonus_assets(profile_name: str) -> list[str]:
-    """Download and verify what notebook 09 needs in ``profile_name`` (``course fetch``); one line each."""
-    lines = []
-    if profile_name == "full":
-        path, description = encoder_path("full")
-        lines.append(f"{description}: ok ({path})")
-        paths = fetch_ag_news_hub()
-        for split, path in paths.items():
-            lines.append(f"AG News {split} ({AG_REPO}): ok, {len(read_ag_parquet(path, split)):,} rows")
-    return lines
-
-
 def macro_f1(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:
     """The mean over classes of F1 = 2·precision·recall / (precision + recall)."""
     scores = []

@@ -72,15 +72,24 @@ def _bonus() -> list[Asset]:
 
     assets = [Asset("AG News test split (notebook 09)", lambda: (cache_dir() / "ag-news" / "test.csv").is_file(),
                     ag_news_test, ("smoke", "full"))]
-    from course_lib.peft_tuning import AG_HUB_FILES, AG_REPO, ROBERTA_FILES, ROBERTA_REPO, fetch_bonus_assets
+    from course_lib.peft_tuning import (AG_HUB_FILES, AG_REPO, ROBERTA_FILES, ROBERTA_REPO, encoder_path, hub_file,
+                                        read_ag_parquet)
 
-    def full_bonus() -> str:
-        return "; ".join(fetch_bonus_assets("full"))
+    def roberta() -> str:
+        path, description = encoder_path("full")
+        return f"{description}, {path}"
 
-    assets.append(Asset(f"roberta-base ({ROBERTA_REPO}) and AG News ({AG_REPO}), notebook 09 full",
-                        lambda: all(_hub_cached(ROBERTA_REPO, f) for f in ROBERTA_FILES)
-                        and all(_hub_cached(AG_REPO, f, "dataset") for f in AG_HUB_FILES.values()),
-                        full_bonus, ("full",)))
+    def ag_split(split: str) -> Callable[[], str]:
+        def fetch() -> str:
+            path = hub_file(AG_REPO, AG_HUB_FILES[split], "dataset", f"AG News' {split} split")
+            return f"{len(read_ag_parquet(path, split)):,} rows"
+        return fetch
+
+    assets.append(Asset(f"roberta-base ({ROBERTA_REPO}, notebook 09 full)",
+                        lambda: all(_hub_cached(ROBERTA_REPO, f) for f in ROBERTA_FILES), roberta, ("full",)))
+    assets += [Asset(f"AG News {split} ({AG_REPO}, notebook 09 full)",
+                     lambda name=name: _hub_cached(AG_REPO, name, "dataset"), ag_split(split), ("full",))
+               for split, name in AG_HUB_FILES.items()]
     return assets
 
 

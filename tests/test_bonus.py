@@ -26,7 +26,7 @@ def offline_mirror(tmp_path, monkeypatch):
 def test_missing_packages_stop_with_one_sentence_naming_the_install(monkeypatch):
     real = peft_tuning.importlib.util.find_spec
     monkeypatch.setattr(peft_tuning.importlib.util, "find_spec", lambda name: None if name == "optuna" else real(name))
-    with pytest.raises(ModuleNotFoundError, match=r"needs optuna: run `pip install -r requirements-peft_tuning.txt`"):
+    with pytest.raises(ModuleNotFoundError, match=r"needs optuna: run `pip install -r requirements-bonus.txt`"):
         peft_tuning.require_bonus_dependencies()
 
 
@@ -217,7 +217,8 @@ def test_course_fetch_full_also_fetches_notebook_09s_assets_and_says_what_is_mis
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     assert course(["fetch", "--profile", "full", "--model-size", "gpt2-smoke (tiny)"]) == 1
     out = capsys.readouterr().out
-    assert "Notebook 09 (bonus): FAILED: roberta-base's config.json is not in the Hugging Face cache" in out
+    assert ("roberta-base (FacebookAI/roberta-base, notebook 09 full): FAILED: roberta-base's config.json is not in "
+            "the Hugging Face cache") in out
 
 
 def _pruned_in_a_search(n_trials: int, epochs: int) -> int:
