@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import course_lib
+
 import torch
 
-ASSETS = Path(__file__).resolve().parent / "assets" / "gpt2_tokenizer"
+ASSETS = Path(course_lib.__file__).resolve().parent / "assets" / "gpt2_tokenizer"  # shipped with the library
 REVISION = "0" * 40
 ROBERTA_CONFIG = {  # FacebookAI/roberta-base's config.json
     "architectures": ["RobertaForMaskedLM"], "attention_probs_dropout_prob": 0.1, "bos_token_id": 0,
