@@ -84,7 +84,7 @@ def namespace(exercise: str, change) -> dict:
 
 # --------------------------------------------------------------------------- visible checks
 @cache
-def sms():
+def sms_frames():
     from course_lib import sms
 
     df = sms.load_sms_spam()
@@ -119,9 +119,9 @@ def visible(exercise: str, ns: dict) -> None:
     elif exercise == "02-split-c-attn":
         checks.check_split_c_attn(ns["split_c_attn"])
     elif exercise == "03-balance":
-        checks.check_balanced(ns["create_balanced_dataset"], sms()[0], sms.create_balanced_dataset)
+        checks.check_balanced(ns["create_balanced_dataset"], sms_frames()[0], sms.create_balanced_dataset)
     elif exercise == "03-split":
-        checks.check_split(ns["random_split"], sms()[1], sms.random_split)
+        checks.check_split(ns["random_split"], sms_frames()[1], sms.random_split)
     elif exercise == "03-num-batches":
         ds = TensorDataset(torch.arange(10))
         checks.check_num_batches(ns["num_batches"], {"train": DataLoader(ds, batch_size=3, drop_last=True),
