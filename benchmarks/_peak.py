@@ -1,11 +1,24 @@
-"""Peak memory of a benchmark variant, measured in a fresh process (shared by the benchmark scripts)."""
+"""What the benchmark scripts share: the time of one call (CUDA synchronised) and the peak memory of a
+variant, measured in a fresh process."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+import time
 
 import torch
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes, with CUDA's queued work finished before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def peak_bytes(device: torch.device) -> int:

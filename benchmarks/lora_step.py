@@ -14,12 +14,11 @@ import copy
 import json
 import platform
 import statistics
-import time
 
 import torch
 
 import _peak
-from _peak import peak_bytes
+from _peak import peak_bytes, timed
 
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
@@ -70,16 +69,6 @@ def make_step(model: torch.nn.Module, device: torch.device):
         loss.backward()
         optimizer.step()
     return step
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def interleaved(fns: dict, rounds: int, device: torch.device, warmup: int = 2) -> dict[str, float]:

@@ -28,11 +28,12 @@ import math
 import os
 import platform
 import statistics
-import time
 
 import pandas as pd
 import torch
 from torch import nn
+
+from _peak import timed
 
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
@@ -149,16 +150,6 @@ def make_chain(model: nn.Module, precision: str, device: torch.device, backward:
                     torch.mm(x, w)
                 torch.mm(h, w1)
     return chain
-
-
-def timed(fn, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def aten_calls(fn) -> int:
