@@ -83,3 +83,21 @@ def test_the_library_passes_ruff():
         pytest.skip("ruff is not installed (pip install -r requirements-dev.txt)")
     out = subprocess.run([ruff, "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_course_root_names_the_course_folder_from_anywhere(tmp_path, monkeypatch):
+    from course_lib.paths import repo_root
+
+    monkeypatch.setenv("COURSE_ROOT", str(tmp_path / "my course"))  # a path with a space
+    assert repo_root() == (tmp_path / "my course").resolve()
+
+
+def test_without_course_root_the_folder_beside_the_package_wins_over_the_current_one(tmp_path, monkeypatch):
+    from course_lib.paths import repo_root
+
+    other = tmp_path / "other course"
+    (other / "solutions").mkdir(parents=True)
+    (other / "data").mkdir()
+    monkeypatch.delenv("COURSE_ROOT", raising=False)
+    monkeypatch.chdir(other / "solutions")
+    assert repo_root() == ROOT  # this checkout is itself a course folder beside course_lib
