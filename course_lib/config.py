@@ -7,7 +7,8 @@ from collections.abc import Mapping
 BASE_CONFIG: dict[str, Any] = {
     "vocab_size": 50257,     # GPT-2's BPE vocabulary
     "context_length": 1024,  # longest input GPT-2 was trained on
-    "drop_rate": 0.0,        # dropout is off when fine-tuning from pretrained weights
+    "drop_rate": 0.0,        # a choice for short fine-tuning runs (Raschka's chapter 6 BASE_CONFIG does the
+                             # same), not a rule: GPT-2 was trained with dropout 0.1 (resid/embd/attn_pdrop)
     "qkv_bias": True,        # GPT-2's query/key/value projections have biases
 }
 

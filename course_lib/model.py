@@ -1,8 +1,9 @@
 """GPT-2 written out layer by layer, so that every Linear layer LoRA will wrap has a name.
 
 The structure follows the course's seed code: separate ``W_query``/``W_key``/``W_value``
-projections, a feed-forward block, two LayerNorms per block, ``final_norm`` and an untied
-``out_head``. Hugging Face checkpoints load into it through :mod:`course_lib.weights`.
+projections, a feed-forward block, two LayerNorms per block, ``final_norm`` and an ``out_head`` of
+its own. Hugging Face checkpoints load into it through :mod:`course_lib.weights`, which ties
+``out_head.weight`` to ``tok_emb.weight`` as GPT-2 does (the classifier's new head is untied again).
 """
 from __future__ import annotations
 
@@ -119,7 +120,7 @@ class GPTModel(nn.Module):
         missing = [k for k in REQUIRED_CFG_KEYS if k not in cfg]
         if missing:
             raise KeyError(f"The model config is missing {missing}; build it with settings_to_cfg() "
-                           "or copy one from GPT_CONFIGS.")
+                           "or get_config(), e.g. get_config('gpt2-small (124M)').")
         self.cfg = dict(cfg)
         self.tok_emb = nn.Embedding(cfg["vocab_size"], cfg["emb_dim"])
         self.pos_emb = nn.Embedding(cfg["context_length"], cfg["emb_dim"])

@@ -88,7 +88,7 @@ def _batches(loader: DataLoader, num_batches: int | None, progress: bool = False
 def _bar(total: int, desc: str, progress: bool | None, leave: bool = False):
     from tqdm.auto import tqdm
 
-    if progress is None:
+    if progress is None:  # tqdm.auto's notebook bar ignores TQDM_DISABLE (tqdm 4.70: it passes disable itself)
         progress = not os.environ.get("TQDM_DISABLE")
     return tqdm(total=total, desc=desc, disable=not progress, leave=leave)
 

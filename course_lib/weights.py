@@ -212,11 +212,9 @@ def write_smoke_checkpoint(folder: str | Path, seed: int = 123) -> Path:
     return write_random_checkpoint(folder, SMOKE_MODEL, seed=seed)
 
 
-def write_random_checkpoint(folder: str | Path, model_size: str, seed: int = 123,
-                            legacy_buffers: bool = False) -> Path:
+def write_random_checkpoint(folder: str | Path, model_size: str, seed: int = 123) -> Path:
     """Write a randomly initialised GPT-2 of ``model_size`` as ``config.json`` + ``model.safetensors``
-    in the hub's layout; ``legacy_buffers`` adds each block's ``attn.bias`` and ``attn.masked_bias``
-    as the hub's files of ``openai-community/gpt2`` hold them (124M: 172 tensors)."""
+    in the hub's layout (the smoke profile's model is one; the tests add the hub's legacy buffers)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = get_config(model_size)
@@ -241,9 +239,6 @@ def write_random_checkpoint(folder: str | Path, model_size: str, seed: int = 123
             f"{p}.mlp.c_fc.weight": normal(e, 4 * e), f"{p}.mlp.c_fc.bias": normal(4 * e),
             f"{p}.mlp.c_proj.weight": normal(4 * e, e), f"{p}.mlp.c_proj.bias": normal(e),
         })
-        if legacy_buffers:  # the causal mask and the masking constant older transformers saved
-            state[f"{p}.attn.bias"] = torch.tril(torch.ones(c, c)).view(1, 1, c, c)
-            state[f"{p}.attn.masked_bias"] = torch.tensor(-1e4)
     config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "activation_function": "gelu_new",
               "vocab_size": v, "n_positions": c, "n_ctx": c, "n_embd": e, "n_head": cfg["n_heads"],
               "n_layer": n, "layer_norm_epsilon": 1e-5, "tie_word_embeddings": True,

@@ -1,9 +1,7 @@
 import socket
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from support import MIRROR
 
 
 @pytest.fixture
@@ -14,3 +12,13 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    """The offline mirror (``COURSE_MIRROR``, else ``../shared/mirror``), set as ``COURSE_MIRROR``; the test
+    is skipped, saying what to set, when there is none."""
+    if not MIRROR.is_dir():
+        pytest.skip(f"no offline mirror at {MIRROR}: set COURSE_MIRROR to one (CI does)")
+    monkeypatch.setenv("COURSE_MIRROR", str(MIRROR.resolve()))
+    return MIRROR.resolve()

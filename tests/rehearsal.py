@@ -38,12 +38,28 @@ def _snapshot(hub: Path, repo_id: str, repo_type: str) -> Path:
     return folder
 
 
+def add_legacy_buffers(folder: str | Path) -> Path:
+    """Add each block's ``attn.bias`` (the causal mask) and ``attn.masked_bias`` (the masking constant) to
+    the checkpoint in ``folder``, as older transformers saved them and the hub's ``openai-community/gpt2``
+    files still hold them (124M: 172 tensors instead of 148); the loader must skip them."""
+    from safetensors.torch import load_file, save_file
+
+    path = Path(folder) / "model.safetensors"
+    config = json.loads((Path(folder) / "config.json").read_text())
+    c, state = config["n_ctx"], load_file(path)
+    for i in range(config["n_layer"]):
+        state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(c, c)).view(1, 1, c, c)
+        state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    save_file(state, str(path), metadata={"format": "pt"})
+    return Path(folder)
+
+
 def write_hub_cache_model(hub_cache: str | Path, model_size: str = "gpt2-small (124M)", seed: int = 123) -> Path:
     """A random ``model_size`` GPT-2 as ``HF_REPOS[model_size]``, legacy buffers included; its folder."""
     from course_lib.weights import HF_REPOS, write_random_checkpoint
 
     folder = _snapshot(Path(hub_cache), HF_REPOS[model_size], "model")
-    return write_random_checkpoint(folder, model_size, seed=seed, legacy_buffers=True)
+    return add_legacy_buffers(write_random_checkpoint(folder, model_size, seed=seed))
 
 
 def write_roberta(hub: Path | str) -> None:

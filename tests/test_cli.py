@@ -1,10 +1,4 @@
-from pathlib import Path
-
-import pytest
-
 from course_tools.cli import main as course
-
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 
 
 def test_info_names_profile_versions_and_assets(capsys):
@@ -15,9 +9,7 @@ def test_info_names_profile_versions_and_assets(capsys):
         assert text in out
 
 
-@pytest.mark.skipif(not MIRROR.is_dir(), reason="the offline mirror is not beside the repository")
-def test_fetch_downloads_and_verifies_everything_from_the_mirror(tmp_path, monkeypatch, capsys, no_network):
-    monkeypatch.setenv("COURSE_MIRROR", str(MIRROR))
+def test_fetch_downloads_and_verifies_everything_from_the_mirror(tmp_path, monkeypatch, capsys, no_network, mirror):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
     assert course(["fetch", "--profile", "smoke"]) == 0
     out = capsys.readouterr().out

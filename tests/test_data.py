@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -9,8 +8,6 @@ import torch
 from course_lib import dataloaders, sms
 from course_lib.downloads import DownloadError
 from course_lib.tokenizer import get_tokenizer
-
-MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
 
 
 @pytest.fixture
@@ -33,9 +30,7 @@ def test_default_csv_quoting_would_silently_lose_two_rows():
     assert len(quoted) == 5572
 
 
-@pytest.mark.skipif(not MIRROR.is_dir(), reason="the offline mirror ../shared/mirror is not beside the repository")
-def test_mirror_zip_is_used_first_and_verified(fresh_cache, monkeypatch):
-    monkeypatch.setenv("COURSE_MIRROR", str(MIRROR))
+def test_mirror_zip_is_used_first_and_verified(fresh_cache, mirror):
     path, origin = sms.download_sms_spam()
     assert "mirror" in origin
     assert sms.sha256_of(path) == sms.SMS_SHA256

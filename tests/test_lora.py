@@ -8,15 +8,13 @@ from course_lib.lora import (LinearWithLoRA, LoRALayer, count_parameters, freeze
                              mark_only_lora_as_trainable, merge_lora, replace_linear_with_lora, unfreeze,
                              unmerge_lora)
 from course_lib.model import GPTModel
+from support import smoke_model
 
 
 def gpt2_small():
-    return GPTModel(get_config("gpt2-small (124M)"))
-
-
-def smoke_model(seed=0):
-    torch.manual_seed(seed)
-    return GPTModel(get_config("gpt2-smoke (tiny)")).eval()
+    """GPT-2 small's shapes on the meta device: counts without memory for 124M numbers."""
+    with torch.device("meta"):
+        return GPTModel(get_config("gpt2-small (124M)"))
 
 
 def test_lora_layer_shapes_init_and_scaling():
@@ -75,35 +73,38 @@ def test_invalid_rank_or_alpha_is_refused(rank, alpha):
 
 
 def test_rank8_on_every_block_linear_of_gpt2_small_gives_the_published_count():
-    model = gpt2_small()
-    freeze_model(model)
-    replaced = replace_linear_with_lora(model, rank=8, alpha=16)
-    assert len(replaced) == 72 and "out_head" not in replaced
-    count = count_parameters(model)
-    assert (count.trainable, count.total) == (1_327_104, 164_364_288)
-    assert f"{100 * count.fraction:.2f}" == "0.81"
+    with torch.device("meta"):
+        model = gpt2_small()
+        freeze_model(model)
+        replaced = replace_linear_with_lora(model, rank=8, alpha=16)
+        assert len(replaced) == 72 and "out_head" not in replaced
+        count = count_parameters(model)
+        assert (count.trainable, count.total) == (1_327_104, 164_364_288)
+        assert f"{100 * count.fraction:.2f}" == "0.81"
 
 
 def test_rank16_with_trainable_two_class_head_gives_the_published_count():
-    model = gpt2_small()
-    add_classification_head(model, 2)
-    freeze_model(model)
-    replace_linear_with_lora(model, rank=16, alpha=16)
-    unfreeze(model.out_head)
-    count = count_parameters(model)
-    assert (count.trainable, count.total) == (2_655_746, 127_095_554)
-    assert f"{100 * count.fraction:.2f}" == "2.09"
+    with torch.device("meta"):
+        model = gpt2_small()
+        add_classification_head(model, 2)
+        freeze_model(model)
+        replace_linear_with_lora(model, rank=16, alpha=16)
+        unfreeze(model.out_head)
+        count = count_parameters(model)
+        assert (count.trainable, count.total) == (2_655_746, 127_095_554)
+        assert f"{100 * count.fraction:.2f}" == "2.09"
 
 
 def test_rank16_on_every_linear_including_the_head_gives_the_published_count():
-    model = gpt2_small()
-    add_classification_head(model, 2)
-    base_total = count_parameters(model).total
-    assert base_total == 124_441_346
-    freeze_model(model)
-    replace_linear_with_lora(model, rank=16, alpha=16, exclude=())
-    count = count_parameters(model)
-    assert count.trainable == 2_666_528 and count.total == base_total + 2_666_528
+    with torch.device("meta"):
+        model = gpt2_small()
+        add_classification_head(model, 2)
+        base_total = count_parameters(model).total
+        assert base_total == 124_441_346
+        freeze_model(model)
+        replace_linear_with_lora(model, rank=16, alpha=16, exclude=())
+        count = count_parameters(model)
+        assert count.trainable == 2_666_528 and count.total == base_total + 2_666_528
 
 
 def test_second_injection_wraps_nothing_although_a_count_could_not_tell():

@@ -123,9 +123,9 @@ def _add_tensors(folder: Path, extra: dict) -> None:
 
 
 def test_hub_legacy_buffers_are_skipped_and_the_model_matches_transformers(tmp_path):
-    from course_lib.weights import write_random_checkpoint
+    from rehearsal import add_legacy_buffers
 
-    folder = write_random_checkpoint(tmp_path, "gpt2-smoke (tiny)", legacy_buffers=True)
+    folder = add_legacy_buffers(write_smoke_checkpoint(tmp_path))
     keys = set(load_file(folder / "model.safetensors"))
     assert {"h.0.attn.bias", "h.1.attn.masked_bias"} <= keys and len(keys) == 4 + 2 * 14
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
