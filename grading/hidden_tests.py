@@ -1,41 +1,83 @@
-"""The instructor's hidden tests, one or more per exercise id.
+"""The exercise registry: one record per graded exercise, read by everything that knows about exercises.
 
-Each test is a snippet (``probe``) that the grader runs in a fresh, sandboxed process holding only the
-definitions of the cells the student's notebook ran (see ``course_tools.grading.probe``). It calls the
-student's own definition ``name`` on inputs made from ``SEED`` (chosen by the grader, new on every
-run), and returns plain data. The grader runs the same snippet in its own process with the reference
-implementation bound to ``name`` and compares the two results there: nothing the notebook prints, and
-nothing it patches in its own kernel, can make a wrong answer pass.
+An :class:`Exercise` says which notebook holds the exercise, its id and points, the names its solution cell
+defines, the visible check the notebook calls after that cell, the instructor's hidden test (``probe`` and
+``reference``), and which of course_lib's definitions compute the same answer (``hides``). From it:
 
-They are stricter than the visible checks: other sizes, other seeds, edge cases (empty containers,
-rank 1, drop_last, alpha at 0 and 1), the gradients a module or loss passes back, and whether the
-inputs come back unchanged. Every input whose feature separates a catalogued mistake is present on
-every seed (``tests/test_mutants.py`` checks this on many seeds), and the definition must be the
-student's own (checked statically in the submitted source, see ``course_tools.grading.grade``).
+- the grader (``course_tools.grading``) runs the probe and compares it with the reference;
+- the probe's stripped copy of course_lib stubs every exercise's ``hides`` (``course_tools.grading.probe``);
+- ``tests/test_mutants.py`` runs the visible check and the probe on every catalogued mutant;
+- ``tests/test_hidden_tests.py`` fails when a record, its solution cell, the notebook's call of its check, its
+  probe or its check function is missing.
+
+Adding an exercise: its solution cell (markers and ``{"course": {"exercise": id, "points": n}}`` metadata),
+the cell that calls its check, one record here, and its mutants in ``tests/mutants/``.
+
+Each probe is a snippet that the grader runs in a fresh, sandboxed process holding only the definitions of
+the cells the student's notebook ran (see ``course_tools.grading.probe``). It calls the student's own
+definition ``name`` on inputs made from ``SEED`` (chosen by the grader, new on every run), and returns plain
+data. The grader runs the same snippet in its own process with the reference bound to ``name`` and compares
+the two results there: nothing the notebook prints, and nothing it patches in its own kernel, can make a wrong
+answer pass.
+
+Probes are stricter than the visible checks: other sizes, other seeds, edge cases (empty containers, rank 1,
+drop_last, alpha at 0 and 1), the gradients a module or loss passes back, and whether the inputs come back
+unchanged. Every input whose feature separates a catalogued mistake is present on every seed
+(``tests/test_mutants.py`` checks this on many seeds), and the definition must be the student's own (checked
+statically in the submitted source, see ``course_tools.grading.ownership``).
+
+An instructor may grade with a file of their own (``course grade --tests PATH``): a copy of this one, edited.
+The grader reads ``TESTS``, ``tests_for``, ``notebooks``, ``same`` and ``describe_difference`` from it.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
-from collections.abc import Callable
 
 import torch
 
 
 @dataclass(frozen=True)
-class HiddenTest:
-    exercise: str
-    notebook: str
+class Exercise:
+    """One graded exercise. ``hides`` and ``may_use`` name course_lib definitions as ``module.name``;
+    ``module.*`` is every top-level definition of the module, ``module.@trains`` every one that runs an
+    optimisation step."""
+    exercise: str                     # the id, as in the solution cell's metadata
+    notebook: str                     # the notebook's file name without .ipynb
     points: int
-    name: str                         # what the student defines, e.g. "LoRALayer"
+    name: str                         # what the student defines and the probe calls, e.g. "LoRALayer"
+    check: str                        # the visible check in course_lib.checks that the notebook calls after the cell
+    check_args: Callable[[dict], tuple]   # its arguments, made from the cell's namespace as the notebook makes them
     probe: str                        # body of a function of SEED; returns JSON-able data
     reference: Callable[[], Any]      # the object to bind to ``name`` in the grader
+    also_defines: Mapping[str, Callable[[], Any]] = field(default_factory=dict)  # more names of the cell the probe
+    #                                   uses, each with a factory of its reference (06's unfreeze, 09's lora_config)
+    values: tuple[str, ...] = ()      # those of the names bound by an assignment, not a def or class
+    hides: tuple[str, ...] = ()       # course_lib's definitions that compute this answer: stubbed in every probe
+    may_use: tuple[str, ...] = ()     # definitions other exercises hide that this exercise's probe needs
+    builds_on: tuple[str, ...] = ()   # exercises of the same notebook whose cells this exercise's cell uses
     tolerance: float = 1e-4
     explain: str = ""                 # what the test checks, for the feedback
     parts: str = ""                   # what the entries of the probe's result are, to say where an answer differs
     uses: tuple[str, ...] = ()        # installed packages the exercise itself is about (the grader hides the others)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name of the solution cell that the probe reads."""
+        return (self.name, *self.also_defines)
+
+    def references(self) -> dict[str, Any]:
+        """The reference of each of :attr:`names`: what the grader binds to compute the expected answer."""
+        return {self.name: self.reference(), **{n: make() for n, make in self.also_defines.items()}}
+
+    def visible(self, namespace: dict) -> None:
+        """Run the notebook's visible check on the definitions in ``namespace``; raises ``CheckFailed``."""
+        from course_lib import checks
+
+        getattr(checks, self.check)(*self.check_args(namespace))
 
 
 # --------------------------------------------------------------------------- references
@@ -82,24 +124,6 @@ LORA_FIELDS = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "target_modules":
                "task_type": "SEQ_CLS"}
 
 
-class _Lazy(Mapping):
-    """A mapping whose values are built by their factories on first access."""
-
-    def __init__(self, factories: dict[str, Callable[[], Any]]) -> None:
-        self._factories, self._values = factories, {}
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self._values:
-            self._values[key] = self._factories[key]()
-        return self._values[key]
-
-    def __iter__(self):
-        return iter(self._factories)
-
-    def __len__(self) -> int:
-        return len(self._factories)
-
-
 def _lora_config():
     from peft import LoraConfig
 
@@ -114,9 +138,54 @@ def _lib(module: str, attr: str) -> Callable[[], Any]:
     return load
 
 
-# --------------------------------------------------------------------------- probes
-TESTS: list[HiddenTest] = [
-    HiddenTest("01-count-tensors", "01_loading_weights", 2, "count_tensors", r'''
+# --------------------------------------------------------------------------- the visible checks' inputs
+# What the notebooks pass to their checks, made without the real GPT-2 weights or a notebook's earlier cells.
+def params_tree() -> dict:
+    """A ``params`` tree of GPT-2's layout (three blocks) with tiny tensors, as 01 passes the real one."""
+    t = torch.zeros
+    block = {"attn": {"c_attn": {"w": t(2), "b": t(2)}, "c_proj": {"w": t(2), "b": t(2)}},
+             "mlp": {"c_fc": {"w": t(2), "b": t(2)}, "c_proj": {"w": t(2), "b": t(2)}},
+             "ln_1": {"g": t(2), "b": t(2)}, "ln_2": {"g": t(2), "b": t(2)}}
+    return {"wte": t(3, 2), "wpe": t(4, 2), "blocks": [block, block, block], "g": t(2), "b": t(2)}
+
+
+@cache
+def sms_frames():
+    """03's SMS table and its balanced version (seed 123), as the notebook makes them."""
+    from course_lib import sms
+
+    df = sms.load_sms_spam()
+    return df, sms.create_balanced_dataset(df, seed=123)
+
+
+def small_loaders() -> dict:
+    """Two loaders of 10 examples, one with drop_last, as 03's ``loaders`` (of another size)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    ds = TensorDataset(torch.arange(10))
+    return {"train": DataLoader(ds, batch_size=3, drop_last=True), "validation": DataLoader(ds, batch_size=4)}
+
+
+def smoke_gpt():
+    """The smoke profile's tiny GPT-2, as 05 and 06 build it for their checks."""
+    from course_lib.config import get_config
+    from course_lib.model import GPTModel
+
+    return GPTModel(get_config("gpt2-smoke (tiny)"))
+
+
+def half_frozen():
+    """A model whose second layer is frozen, as 09 counts the trainable parameters of its encoder."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    model[1].requires_grad_(False)
+    return model
+
+
+# --------------------------------------------------------------------------- the exercises
+TESTS: list[Exercise] = [
+    Exercise("01-count-tensors", "01_loading_weights", 2, "count_tensors",
+        check="check_count_tensors", check_args=lambda ns: (ns["count_tensors"], params_tree()),
+        probe=r'''
 import torch
 def skeleton(t):   # the tree's containers and tensor identities: count_tensors must not change them
     if isinstance(t, torch.Tensor):
@@ -146,11 +215,15 @@ for t in trees:
     v = count_tensors(t)
     out.append([type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40], skeleton(t) == before])
 return out
-''', lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
+''', reference=lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
                                     "several places, the count an int, and the tree left unchanged",
         parts="one entry per tree: [is a plain int, the count, the tree unchanged]"),
 
-    HiddenTest("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg", r'''
+    Exercise("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg",
+        check="check_settings_to_cfg",
+        check_args=lambda ns: (ns["settings_to_cfg"], _lib("course_lib.config", "settings_to_cfg")()),
+        hides=("config.settings_to_cfg",),
+        probe=r'''
 n_head = 2 + SEED % 3
 s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1 + SEED % 64), "n_head": n_head,
      "n_layer": n_head + 1 + SEED % 4}
@@ -169,11 +242,14 @@ for bad, key in ((dict(s, n_embed=3), "n_embed"), ({k: v for k, v in s.items() i
     except Exception as e:
         out.append(type(e).__name__)
 return out
-''', _lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
+''', reference=_lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
                                                             "other drop_rate and qkv_bias, an unknown key and a missing key, "
                                                             "the settings left unchanged"),
 
-    HiddenTest("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn", r'''
+    Exercise("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn",
+        check="check_split_c_attn", check_args=lambda ns: (ns["split_c_attn"],),
+        hides=("weights.*",),
+        probe=r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 e = 2 + SEED % 8
@@ -181,9 +257,13 @@ w, b = torch.randn(e, 3 * e, generator=g), torch.randn(3 * e, generator=g)
 w0, b0 = w.clone(), b.clone()
 ws, bs = split_c_attn(w, b)
 return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0)]
-''', lambda: split_c_attn, explain="random weights of another size, left unchanged"),
+''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged"),
 
-    HiddenTest("03-balance", "03_data_balancing", 2, "create_balanced_dataset", r'''
+    Exercise("03-balance", "03_data_balancing", 2, "create_balanced_dataset",
+        check="check_balanced",
+        check_args=lambda ns: (ns["create_balanced_dataset"], sms_frames()[0], _lib("course_lib.sms", "create_balanced_dataset")()),
+        hides=("sms.create_balanced_dataset", "sms.prepare_sms_splits"),
+        probe=r'''
 import pandas as pd
 out = []
 for k in range(2):
@@ -199,12 +279,16 @@ for k in range(2):
                 and str(got["Label"].dtype)[:3] in ("int", "Int"),
                 df.equals(original) and list(df.columns) == list(original.columns)])
 return out
-''', _lib("course_lib.sms", "create_balanced_dataset"),
+''', reference=_lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
                 "and the caller's table left unchanged",
         parts="one entry per table: [labels, texts in order, integer labels, the given table unchanged]"),
 
-    HiddenTest("03-split", "03_data_balancing", 2, "random_split", r'''
+    Exercise("03-split", "03_data_balancing", 2, "random_split",
+        check="check_split",
+        check_args=lambda ns: (ns["random_split"], sms_frames()[1], _lib("course_lib.sms", "random_split")()),
+        hides=("sms.random_split", "sms.prepare_sms_splits"),
+        probe=r'''
 import pandas as pd
 n = 30 + SEED % 50
 df = pd.DataFrame({"Label": [i % 2 for i in range(n)], "Text": [f"m{i}" for i in range(n)]})
@@ -215,10 +299,13 @@ big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for 
 default = random_split(big, seed=1000 + SEED % 1000)
 return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(default[1]["Text"]),
                                            df.equals(original) and list(df.columns) == list(original.columns)]
-''', _lib("course_lib.sms", "random_split"),
+''', reference=_lib("course_lib.sms", "random_split"),
         explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, and the caller's table left unchanged"),
 
-    HiddenTest("03-num-batches", "03_data_balancing", 1, "num_batches", r'''
+    Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",
+        check="check_num_batches", check_args=lambda ns: (ns["num_batches"], small_loaders()),
+        hides=("dataloaders.num_batches", "dataloaders.create_dataloaders"),
+        probe=r'''
 cases = [(1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True), (1000 + SEED % 97, 3 + SEED % 11, False),
          (1000 + SEED % 97, 3 + SEED % 11, True)]
 import random
@@ -226,9 +313,12 @@ rng = random.Random(SEED)
 cases += [(rng.randint(1, 10**6), rng.randint(1, 999), rng.random() < 0.5) for _ in range(6)]
 return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
         for v in (num_batches(n, b, d) for n, b, d in cases)]
-''', _lib("course_lib.dataloaders", "num_batches"), explain="exact multiples, a single example, and drop_last"),
+''', reference=_lib("course_lib.dataloaders", "num_batches"), explain="exact multiples, a single example, and drop_last"),
 
-    HiddenTest("04-lora-layer", "04_lora_layers", 3, "LoRALayer", r'''
+    Exercise("04-lora-layer", "04_lora_layers", 3, "LoRALayer",
+        check="check_lora_layer", check_args=lambda ns: (ns["LoRALayer"],),
+        hides=("lora.LoRALayer",),
+        probe=r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 torch.manual_seed(SEED)
@@ -250,13 +340,16 @@ if out.requires_grad:   # the gradients A and B receive: a forward that reads .d
     out.backward(torch.randn(out.shape, generator=g))
 grads = [None if p.grad is None else p.grad.tolist() for p in (layer.A, layer.B)]
 return facts + [out.tolist(), grads, torch.equal(x, x0)]
-''', _lib("course_lib.lora", "LoRALayer"),
+''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
                 "the gradients of A and B after one backward pass, and the input left unchanged",
         parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, "
               "A and B trainable, the output, A's and B's gradients, the input unchanged"),
 
-    HiddenTest("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA", r'''
+    Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
+        check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),
+        hides=("lora.LinearWithLoRA", "lora.merge_lora", "lora.unmerge_lora", "lora_fast.*"), builds_on=("04-lora-layer",),
+        probe=r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 torch.manual_seed(SEED)
@@ -288,11 +381,15 @@ merged = wrapped(x)
 wrapped.unmerge()
 return facts + [unmerged.tolist(), merged.tolist(), bool((linear.weight - w0).abs().max() < 1e-5), wrapped(x).tolist(),
                 [p.requires_grad for p in wrapped.linear.parameters()]]
-''', _lib("course_lib.lora", "LinearWithLoRA"),
+''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A and B and none into the frozen layer, the input left unchanged, "
                 "merge twice, unmerge when not merged, W frozen after merging, 3-D input"),
 
-    HiddenTest("05-replace", "05_lora_injection", 5, "replace_linear_with_lora", r'''
+    Exercise("05-replace", "05_lora_injection", 5, "replace_linear_with_lora",
+        check="check_replace", check_args=lambda ns: (ns["replace_linear_with_lora"], smoke_gpt, ns["LinearWithLoRA"]),
+        hides=("lora.replace_linear_with_lora", "lora._replace", "lora._matches", "lora.lora_layers"),
+        may_use=("lora.LoRALayer", "lora.LinearWithLoRA"),
+        probe=r'''
 import torch
 from torch import nn
 from course_lib.lora import LinearWithLoRA
@@ -351,12 +448,16 @@ random_targets = sorted(replace_linear_with_lora(r2, rank, 2.0, target_modules=t
 return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head).__name__,
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
         wrapped_names(r), random_targets, wrapped_names(r2)]
-''', _lib("course_lib.lora", "replace_linear_with_lora"),
+''', reference=_lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
                 "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
                 "an empty exclude, and the layers really wrapped"),
 
-    HiddenTest("06-freeze", "06_gradient_checks", 2, "freeze_model", r'''
+    Exercise("06-freeze", "06_gradient_checks", 2, "freeze_model",
+        also_defines={"unfreeze": lambda: unfreeze},
+        check="check_freeze", check_args=lambda ns: (ns["freeze_model"], ns["unfreeze"], smoke_gpt),
+        hides=("lora.freeze_model", "lora.unfreeze", "lora.mark_only_lora_as_trainable", "strategies.*"),
+        probe=r'''
 from torch import nn
 deep = lambda: nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2), nn.Sequential(nn.Linear(2, 2, bias=False),
                              nn.Sequential(nn.Linear(2, 2)))))
@@ -393,11 +494,13 @@ for _ in range(3):
     unfreeze(rng.choice(modules))
 random_model = [p.requires_grad for p in r.parameters()]
 return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model]
-''', lambda: freeze_model,
+''', reference=lambda: freeze_model,
         explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
                 "biases, calling each twice"),
 
-    HiddenTest("06-lora-grads", "06_gradient_checks", 3, "lora_grads", r'''
+    Exercise("06-lora-grads", "06_gradient_checks", 3, "lora_grads",
+        check="check_lora_grads", check_args=lambda ns: (ns["lora_grads"],),
+        probe=r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 n, d_in, d_out, r = 2 + SEED % 5, 3 + SEED % 4, 2 + SEED % 6, 1 + SEED % 3
@@ -408,9 +511,53 @@ up = torch.randn(n, d_out, generator=g, dtype=torch.float64)
 before = [t.clone() for t in (x, A, B, up)]
 dA, dB = lora_grads(x, A, B, 0.5 + SEED % 4, up)
 return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up)))]
-''', lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged"),
+''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged"),
 
-    HiddenTest("07-train-loop", "07_classification_training", 5, "train_classifier_simple", r'''
+    # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
+    # of one, and pad ids that also occur inside messages; the input must come back unchanged.
+    Exercise("07-last-token", "07_classification_training", 3, "last_token_index",
+        check="check_last_token_index", check_args=lambda ns: (ns["last_token_index"],),
+        hides=("training.last_token_index", "training.pool_last_token", "training.classifier_logits",
+               "dataloaders.pad_collate", "dataloaders.message_lengths"),
+        probe=r"""
+import torch
+g = torch.Generator().manual_seed(SEED)
+def draw(batch, width, vocab, pad, full_row):
+    lengths = torch.randint(1, width + 1, (batch,), generator=g)
+    if full_row:
+        lengths[int(torch.randint(0, batch, (1,), generator=g))] = width
+    x = torch.randint(0, vocab, (batch, width), generator=g)
+    for row, n in enumerate(lengths.tolist()):
+        if int(x[row, n - 1]) == pad:
+            x[row, n - 1] = (pad + 1) % vocab
+        x[row, n:] = pad
+    return x
+out = []
+cases = [(1, 1 + SEED % 9, 50257, 50256, False), (1, 2 + SEED % 7, 50257, 50256, True),
+         (2 + SEED % 7, 3 + SEED % 11, 50257, 50256, True), (3 + SEED % 5, 4 + SEED % 6, 6, SEED % 6, True),
+         (4, 5 + SEED % 4, 4, 0, False)]
+cases += [(int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 15, (1,), generator=g)), 3 + SEED % 5,
+           int(torch.randint(0, 3, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))) for _ in range(4)]
+for batch, width, vocab, pad, full_row in cases:
+    x = draw(batch, width, vocab, pad, full_row)
+    before = x.clone()
+    got = last_token_index(x, pad)
+    ok = isinstance(got, torch.Tensor)
+    kind = ok and not got.dtype.is_floating_point and not got.dtype.is_complex and got.dtype != torch.bool
+    out.append([ok, kind, list(got.shape) if ok else None, got.tolist() if ok else None, torch.equal(x, before)])
+x = draw(3, 6, 50257, 50256, True)
+got = last_token_index(x)            # the default pad id is GPT-2's <|endoftext|>
+out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
+return out
+""", reference=_lib("course_lib.training", "last_token_index"),
+        explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
+                "that also occur inside messages, the default pad id, integer indices, and the batch left unchanged"),
+
+    Exercise("07-train-loop", "07_classification_training", 5, "train_classifier_simple",
+        check="check_training_loop", check_args=lambda ns: (ns["train_classifier_simple"],),
+        hides=("training.train_classifier", "training.@trains", "experiment.*"),
+        may_use=("training.last_token_index", "training.pool_last_token", "training.classifier_logits"),
+        probe=r'''
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -446,12 +593,15 @@ opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.3)
 tl, vl, ta, va, seen = train_classifier_simple(model, train, val, opt, torch.device("cpu"), num_epochs=2, eval_freq=3,
                                                eval_iter=3)
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen]
-''', lambda: train_classifier_simple,
+''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
                 "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies",
         parts="training losses, validation losses, training accuracies, validation accuracies, examples seen"),
 
-    HiddenTest("08-kd-loss", "08_distillation", 4, "distillation_loss", r'''
+    Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
+        check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),
+        hides=("distill.distillation_loss", "distill.train_student", "distill.@trains"),
+        probe=r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 out = []
@@ -468,13 +618,17 @@ for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
                 None if s_leaf.grad is None else s_leaf.grad.tolist(),
                 torch.equal(s.detach(), s0) and torch.equal(t.detach(), t0)])
 return out
-''', _lib("course_lib.distill", "distillation_loss"),
+''', reference=_lib("course_lib.distill", "distillation_loss"),
         explain="temperatures 1 to 3.5 (an integer one too), alpha 0 and 1, the student's gradient, none into the "
                 "teacher, and the logits left unchanged",
         parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
               "unchanged]"),
 
-    HiddenTest("09-lora-config", "09_peft_and_tuning", 3, "count_trainable", r'''
+    Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
+        also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),
+        check="check_lora_config", check_args=lambda ns: (ns["lora_config"], ns["count_trainable"], half_frozen()),
+        hides=("peft_tuning.*",),
+        probe=r'''
 import copy
 import torch
 from torch import nn
@@ -500,56 +654,14 @@ lora = sorted([n, int(mod.r["default"]), float(mod.scaling["default"]),
               and hasattr(mod, "lora_A"))
 counts.append(count_trainable(model))
 return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora]
-''', lambda: count_trainable,
+''', reference=lambda: count_trainable,
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
                 "dropout of each LoRA layer), and the count on that model and on a model with various parts frozen",
         parts="the count with nothing, [0], [0, 1], [2] and everything frozen, the count on the peft model, the "
-              "trainable parameters, the LoRA layers", uses=("peft",)),
+              "trainable parameters, the LoRA layers"),
 ]
 
-# 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
-# of one, and pad ids that also occur inside messages; the input must come back unchanged.
-TESTS.append(HiddenTest("07-last-token", "07_classification_training", 3, "last_token_index", r"""
-import torch
-g = torch.Generator().manual_seed(SEED)
-def draw(batch, width, vocab, pad, full_row):
-    lengths = torch.randint(1, width + 1, (batch,), generator=g)
-    if full_row:
-        lengths[int(torch.randint(0, batch, (1,), generator=g))] = width
-    x = torch.randint(0, vocab, (batch, width), generator=g)
-    for row, n in enumerate(lengths.tolist()):
-        if int(x[row, n - 1]) == pad:
-            x[row, n - 1] = (pad + 1) % vocab
-        x[row, n:] = pad
-    return x
-out = []
-cases = [(1, 1 + SEED % 9, 50257, 50256, False), (1, 2 + SEED % 7, 50257, 50256, True),
-         (2 + SEED % 7, 3 + SEED % 11, 50257, 50256, True), (3 + SEED % 5, 4 + SEED % 6, 6, SEED % 6, True),
-         (4, 5 + SEED % 4, 4, 0, False)]
-cases += [(int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 15, (1,), generator=g)), 3 + SEED % 5,
-           int(torch.randint(0, 3, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))) for _ in range(4)]
-for batch, width, vocab, pad, full_row in cases:
-    x = draw(batch, width, vocab, pad, full_row)
-    before = x.clone()
-    got = last_token_index(x, pad)
-    ok = isinstance(got, torch.Tensor)
-    kind = ok and not got.dtype.is_floating_point and not got.dtype.is_complex and got.dtype != torch.bool
-    out.append([ok, kind, list(got.shape) if ok else None, got.tolist() if ok else None, torch.equal(x, before)])
-x = draw(3, 6, 50257, 50256, True)
-got = last_token_index(x)            # the default pad id is GPT-2's <|endoftext|>
-out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
-return out
-""", _lib("course_lib.training", "last_token_index"),
-    explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
-            "that also occur inside messages, the default pad id, integer indices, and the batch left unchanged"))
-
-# freeze_model's probe also uses the student's unfreeze: bind both in the reference namespace.
-# 09's probe also reads the student's lora_config (a value, not a function).
-EXTRA_NAMES = {"06-freeze": {"unfreeze": unfreeze}, "09-lora-config": _Lazy({"lora_config": _lora_config})}
-NOTEBOOK_NAMES = {"06-freeze": ["unfreeze"], "09-lora-config": ["lora_config"]}
-
-
-def tests_for(notebook: str) -> list[HiddenTest]:
+def tests_for(notebook: str) -> list[Exercise]:
     return [t for t in TESTS if t.notebook == notebook]
 
 

@@ -1,73 +1,141 @@
-"""One registry of exercises: the solution notebooks' cell metadata and the hidden tests agree."""
+"""The exercise registry is complete: every graded exercise has one record, and every record is wired in every
+place it names (its solution cell, the notebooks' call of its visible check, the check, the probe)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
-import sys
+import dataclasses
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from course_lib import checks
+from course_tools.grading.registry import load_tests
+
 ROOT = Path(__file__).resolve().parent.parent
+HIDDEN = load_tests()
 
 
-def _hidden():
-    spec = importlib.util.spec_from_file_location("course_hidden_tests_registry", ROOT / "grading" / "hidden_tests.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-HIDDEN = _hidden()
-
-
-def exercises_in_solutions() -> dict[str, tuple[str, int, str]]:
-    """exercise id -> (notebook, points, cell source) for every code cell that carries points."""
-    found = {}
-    for path in sorted((ROOT / "solutions").glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
+def exercise_cells(folder: Path) -> dict[str, tuple[str, int, int, str]]:
+    """exercise id -> (notebook, cell index, points, source) for every code cell that carries an exercise id."""
+    found: dict[str, tuple[str, int, int, str]] = {}
+    for path in sorted(folder.glob("*.ipynb")):
+        for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
             meta = cell.metadata.get("course", {})
             if "exercise" in meta and cell.cell_type == "code":
                 assert meta["exercise"] not in found, f"exercise id {meta['exercise']} used twice"
-                found[meta["exercise"]] = (path.stem, int(meta.get("points", 0)), cell.source)
+                found[meta["exercise"]] = (path.stem, index, int(meta.get("points", 0)), cell.source)
     return found
 
 
-def test_every_exercise_with_points_has_hidden_tests_with_the_same_points():
-    solutions = {k: v for k, v in exercises_in_solutions().items() if v[1] > 0}
-    hidden: dict[str, tuple[str, int]] = {}
-    for t in HIDDEN.TESTS:
-        notebook, points = hidden.get(t.exercise, (t.notebook, 0))
-        assert notebook == t.notebook, f"{t.exercise}: hidden tests name two notebooks"
-        hidden[t.exercise] = (t.notebook, points + t.points)
-    assert sorted(solutions) == sorted(hidden), (
-        f"only in the notebooks: {sorted(set(solutions) - set(hidden))}; "
-        f"only in the hidden tests: {sorted(set(hidden) - set(solutions))}")
-    for exercise, (notebook, points, _) in solutions.items():
-        assert hidden[exercise] == (notebook, points), f"{exercise}: notebook says {(notebook, points)}, " \
-                                                       f"hidden tests say {hidden[exercise]}"
-
-
-def _defined_names(source: str) -> set[str]:
-    names = set()
+def _bound(source: str) -> dict[str, str]:
+    """name -> "def" or "value" for what a cell's top-level statements define."""
+    names: dict[str, str] = {}
     for node in ast.parse(source).body:
         if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-            names.add(node.name)
+            names[node.name] = "def"
         elif isinstance(node, ast.Assign):
-            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+            names.update({t.id: "value" for t in node.targets if isinstance(t, ast.Name)})
     return names
 
 
-@pytest.mark.parametrize("test", HIDDEN.TESTS, ids=[t.exercise for t in HIDDEN.TESTS])
-def test_hidden_test_probes_what_its_exercise_cell_defines(test):
-    _, _, source = exercises_in_solutions()[test.exercise]
-    defined = _defined_names(source)
-    for name in [test.name] + HIDDEN.NOTEBOOK_NAMES.get(test.exercise, []):
-        assert name in defined, f"{test.exercise} probes {name!r}, which its exercise cell does not define"
-    assert test.explain, f"{test.exercise} needs an explanation for the feedback"
-    assert set(HIDDEN.EXTRA_NAMES.get(test.exercise, {})) == set(HIDDEN.NOTEBOOK_NAMES.get(test.exercise, []))
+def _check_calls(path: Path, after: int, check: str) -> tuple[bool, list[set[str]]]:
+    """Whether the notebook imports ``check`` from course_lib.checks, and the names passed to each call of it
+    in a code cell after cell ``after``."""
+    imported, calls = False, []
+    for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        if cell.cell_type != "code":
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "course_lib.checks":
+                imported |= any(alias.name == check for alias in node.names)
+            elif index > after and isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                    and node.func.id == check:
+                calls.append({a.id for a in node.args if isinstance(a, ast.Name)})
+    return imported, calls
+
+
+def wiring_problems(exercises, solutions: Path = ROOT / "solutions", students: Path = ROOT / "notebooks") -> list[str]:
+    """Every way in which ``exercises`` (registry records) and the course disagree, one sentence each."""
+    problems: list[str] = []
+    cells = exercise_cells(solutions)
+    records = {e.exercise: e for e in exercises}
+    for exercise, (notebook, _, points, _) in cells.items():
+        if points > 0 and exercise not in records:
+            problems.append(f"{exercise} ({notebook}) carries {points} points but has no record in the registry")
+    for e in exercises:
+        if e.exercise not in cells:
+            problems.append(f"{e.exercise}: no code cell with this exercise id in solutions/")
+            continue
+        notebook, index, points, source = cells[e.exercise]
+        if (notebook, points) != (e.notebook, e.points):
+            problems.append(f"{e.exercise}: the solution cell says {(notebook, points)}, the record "
+                            f"{(e.notebook, e.points)}")
+        bound = _bound(source)
+        for name in e.names:
+            kind = "value" if name in e.values else "def"
+            if bound.get(name) != kind:
+                problems.append(f"{e.exercise}: its solution cell does not define {name!r} "
+                                f"({'by an assignment' if kind == 'value' else 'with def or class'})")
+        problems += [f"{e.exercise} builds on {x}, which is no exercise of {e.notebook}"
+                     for x in e.builds_on if cells.get(x, ("",))[0] != e.notebook]
+        if not callable(getattr(checks, e.check, None)):
+            problems.append(f"{e.exercise}: course_lib.checks has no check {e.check!r}")
+        for folder in (solutions, students):
+            imported, calls = _check_calls(folder / f"{e.notebook}.ipynb", index, e.check)
+            if not imported:
+                problems.append(f"{e.exercise}: {folder.name}/{e.notebook} does not import {e.check} from "
+                                "course_lib.checks")
+            if not any(set(e.names) & passed for passed in calls):
+                problems.append(f"{e.exercise}: {folder.name}/{e.notebook} does not call {e.check} on {e.name} "
+                                "after the exercise cell")
+        body = "\n".join("    " + line for line in e.probe.strip("\n").split("\n"))
+        try:
+            compile(f"def probe(SEED):\n{body}\n", e.exercise, "exec")
+        except SyntaxError as err:
+            problems.append(f"{e.exercise}: its probe does not compile ({err})")
+        if not e.probe.strip() or e.name not in e.probe:
+            problems.append(f"{e.exercise}: its probe never calls {e.name}")
+        if not e.explain:
+            problems.append(f"{e.exercise}: no explanation for the feedback")
+    return problems
+
+
+def test_every_graded_exercise_is_wired_in_every_place():
+    problems = wiring_problems(HIDDEN.TESTS)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("break_it, expected", [
+    (lambda records: records[1:], "has no record in the registry"),
+    (lambda records: [dataclasses.replace(records[0], exercise="01-renamed")] + records[1:],
+     "no code cell with this exercise id"),
+    (lambda records: [dataclasses.replace(records[0], points=records[0].points + 1)] + records[1:], "the record"),
+    (lambda records: [dataclasses.replace(records[0], name="count_tensor")] + records[1:],
+     "does not define 'count_tensor'"),
+    (lambda records: [dataclasses.replace(records[0], check="check_nothing")] + records[1:],
+     "course_lib.checks has no check"),
+    (lambda records: [dataclasses.replace(records[0], check="check_split_c_attn")] + records[1:],
+     "does not import check_split_c_attn"),
+    (lambda records: records[:2] + [dataclasses.replace(records[2], check="check_settings_to_cfg")] + records[3:],
+     "does not call check_settings_to_cfg on split_c_attn"),
+    (lambda records: [dataclasses.replace(records[0], probe="")] + records[1:], "its probe never calls"),
+    (lambda records: [dataclasses.replace(records[0], probe="return (")] + records[1:], "does not compile"),
+], ids=["record removed", "cell missing", "points differ", "name not defined", "check missing",
+        "check not imported", "check not called on the name", "probe missing", "probe broken"])
+def test_the_wiring_test_notices_each_missing_piece(break_it, expected):
+    problems = wiring_problems(break_it(list(HIDDEN.TESTS)))
+    assert any(expected in p for p in problems), problems
+
+
+def test_a_value_the_cell_must_assign_is_not_accepted_as_a_function():
+    record = next(e for e in HIDDEN.TESTS if e.values)       # 09's lora_config
+    wrong = dataclasses.replace(record, values=())
+    assert any("with def or class" in p for p in wiring_problems([wrong if e is record else e for e in HIDDEN.TESTS]))
 
 
 # --------------------------------------------------------------------------- what the probe process reports

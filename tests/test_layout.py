@@ -2,8 +2,6 @@
 or the tests, and the stripped course a probe sees hides modules and names that really exist."""
 import ast
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,33 +31,55 @@ def test_the_library_has_no_subpackage_of_tools():
     assert not [p for p in (ROOT / "course_lib").iterdir() if p.is_dir() and (p / "__init__.py").exists()]
 
 
-def test_every_module_and_name_the_stripped_course_hides_exists():
-    """A renamed module or function would otherwise stay reachable from probes without anyone noticing."""
-    from course_tools.grading.probe import ALLOWED, HIDDEN
+def hiding_problems(exercises) -> list[str]:
+    """Every module or name the stripped course should hide (the registry's ``hides`` and ``may_use``, and the
+    general entries) that course_lib lacks, and every reference of the library its own exercise leaves visible."""
+    from course_tools.grading.probe import allowed_names, hidden_names
 
-    for module, names in HIDDEN.items():
-        mod = importlib.import_module(f"course_lib.{module}")
-        missing = [n for n in names if not n.startswith(("*", "@")) and not hasattr(mod, n)]
-        assert not missing, f"probe.HIDDEN names course_lib.{module}.{missing}, which does not exist"
-    for allowed in ALLOWED.values():
-        for dotted in allowed:
-            module, name = dotted.split(".")
-            assert hasattr(importlib.import_module(f"course_lib.{module}"), name), dotted
-
-
-def test_every_library_module_that_computes_an_exercise_is_hidden():
-    """The modules that hold a reference implementation of a graded exercise are all in probe.HIDDEN."""
-    from course_tools.grading.probe import HIDDEN
-
-    spec = importlib.util.spec_from_file_location("hidden_tests", ROOT / "grading" / "hidden_tests.py")
-    hidden = importlib.util.module_from_spec(spec)
-    sys.modules["hidden_tests"] = hidden  # its dataclasses look their module up there
-    spec.loader.exec_module(hidden)
-    for test in hidden.TESTS:
+    problems = []
+    for module, names in hidden_names(exercises).items():
         try:
-            reference = test.reference()
+            mod = importlib.import_module(f"course_lib.{module}")
+        except ModuleNotFoundError:
+            problems.append(f"the stripped course hides course_lib.{module}, which does not exist")
+            continue
+        problems += [f"the stripped course hides course_lib.{module}.{n}, which does not exist"
+                     for n in sorted(names) if not n.startswith(("*", "@")) and not hasattr(mod, n)]
+    for exercise, allowed in allowed_names(exercises).items():
+        for dotted in sorted(allowed):
+            module, name = dotted.split(".")
+            if not hasattr(importlib.import_module(f"course_lib.{module}"), name):
+                problems.append(f"{exercise} may use {dotted}, which does not exist")
+    for e in exercises:
+        try:
+            reference = e.reference()
         except ImportError:  # 09's needs peft (requirements-bonus.txt)
             continue
         module = getattr(reference, "__module__", "") or ""
         if module.startswith("course_lib."):
-            assert module.split(".")[1] in HIDDEN, f"{test.exercise}'s reference lives in {module}, not hidden"
+            short = module.split(".", 1)[1]
+            if not {f"{short}.{reference.__name__}", f"{short}.*"} & set(e.hides):
+                problems.append(f"{e.exercise}'s reference {module}.{reference.__name__} is not in its hides")
+    return problems
+
+
+def test_every_module_and_name_the_stripped_course_hides_exists():
+    """A renamed module or function would otherwise stay reachable from probes without anyone noticing."""
+    from course_tools.grading.registry import load_tests
+
+    problems = hiding_problems(load_tests().TESTS)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("hides, expected", [
+    (("sms.create_balanced_datasets",), "course_lib.sms.create_balanced_datasets, which does not exist"),
+    (("data.*",), "course_lib.data, which does not exist"),
+    ((), "03-balance's reference course_lib.sms.create_balanced_dataset is not in its hides"),
+], ids=["renamed function", "renamed module", "reference left visible"])
+def test_a_hidden_name_that_does_not_exist_is_reported(hides, expected):
+    import dataclasses
+
+    from course_tools.grading.registry import load_tests
+
+    records = [dataclasses.replace(e, hides=hides) if e.exercise == "03-balance" else e for e in load_tests().TESTS]
+    assert any(expected in p for p in hiding_problems(records)), hiding_problems(records)

@@ -4,7 +4,8 @@ Each wrong solution must be rejected by the notebook's visible check (course_lib
 message that points at its mistake, and by the instructor's hidden test on every seed tried
 (the probe is run in-process with the mutant bound to the test's name and compared with the
 reference, as the grader does). Each correct alternative must be accepted by both.
-Mutants are edits of the solution notebook's own exercise cell, so they follow the solutions."""
+Mutants are edits of the solution notebook's own exercise cell, so they follow the solutions. Which check,
+which probe and which names belong to an exercise is read from its record in the exercise registry."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from course_lib import checks
+from course_tools.grading.registry import load_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 torch.set_num_threads(1)  # hundreds of tiny tensors: threads only cost time, on a shared machine even more
@@ -36,16 +38,17 @@ def _load(path: Path, name: str):
     return module
 
 
-HIDDEN = _load(ROOT / "grading" / "hidden_tests.py", "course_hidden_tests_for_mutants")
+HIDDEN = load_tests()
+EXERCISES = {t.exercise: t for t in HIDDEN.TESTS}
 CATALOGUE = [m for part in ("a", "b", "c", "d", "r2")
              for m in _load(ROOT / "tests" / "mutants" / f"catalogue_{part}.py", f"mutant_catalogue_{part}").MUTANTS]
-NEEDS_PEFT = {"09-lora-config"}
+NEEDS_PEFT = {t.exercise for t in HIDDEN.TESTS if "peft" in t.uses}
 
 
 @cache
 def solution_cell(exercise: str) -> str:
     """The exercise's code cell in its solution notebook, with the solution markers removed."""
-    notebook = next(t.notebook for t in HIDDEN.TESTS if t.exercise == exercise)
+    notebook = EXERCISES[exercise].notebook
     nb = nbformat.read(ROOT / "solutions" / f"{notebook}.ipynb", as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code" and cell.metadata.get("course", {}).get("exercise") == exercise:
@@ -76,78 +79,16 @@ def namespace(exercise: str, change) -> dict:
             source = source.replace(old, new)
     ns: dict = {"__name__": "__mutant__"}
     exec(PRELUDE, ns)
-    if exercise == "04-linear-with-lora":
-        exec(solution_cell("04-lora-layer"), ns)  # the notebook's own LoRALayer, defined in the cell before
+    for earlier in EXERCISES[exercise].builds_on:   # e.g. 04's own LoRALayer, defined in the cell before
+        exec(solution_cell(earlier), ns)
     exec(source, ns)
     return ns
 
 
 # --------------------------------------------------------------------------- visible checks
-@cache
-def sms_frames():
-    from course_lib import sms
-
-    df = sms.load_sms_spam()
-    return df, sms.create_balanced_dataset(df, seed=123)
-
-
-def _params():
-    t = torch.zeros
-    block = {"attn": {"c_attn": {"w": t(2), "b": t(2)}, "c_proj": {"w": t(2), "b": t(2)}},
-             "mlp": {"c_fc": {"w": t(2), "b": t(2)}, "c_proj": {"w": t(2), "b": t(2)}},
-             "ln_1": {"g": t(2), "b": t(2)}, "ln_2": {"g": t(2), "b": t(2)}}
-    return {"wte": t(3, 2), "wpe": t(4, 2), "blocks": [block, block, block], "g": t(2), "b": t(2)}
-
-
-def _smoke_gpt():
-    from course_lib.config import get_config
-    from course_lib.model import GPTModel
-
-    return GPTModel(get_config("gpt2-smoke (tiny)"))
-
-
 def visible(exercise: str, ns: dict) -> None:
-    """Run the notebook's visible check for ``exercise`` on the definitions in ``ns``."""
-    from torch.utils.data import DataLoader, TensorDataset
-
-    from course_lib import config, sms
-
-    if exercise == "01-count-tensors":
-        checks.check_count_tensors(ns["count_tensors"], _params())
-    elif exercise == "02-settings-to-cfg":
-        checks.check_settings_to_cfg(ns["settings_to_cfg"], config.settings_to_cfg)
-    elif exercise == "02-split-c-attn":
-        checks.check_split_c_attn(ns["split_c_attn"])
-    elif exercise == "03-balance":
-        checks.check_balanced(ns["create_balanced_dataset"], sms_frames()[0], sms.create_balanced_dataset)
-    elif exercise == "03-split":
-        checks.check_split(ns["random_split"], sms_frames()[1], sms.random_split)
-    elif exercise == "03-num-batches":
-        ds = TensorDataset(torch.arange(10))
-        checks.check_num_batches(ns["num_batches"], {"train": DataLoader(ds, batch_size=3, drop_last=True),
-                                                     "validation": DataLoader(ds, batch_size=4)})
-    elif exercise == "04-lora-layer":
-        checks.check_lora_layer(ns["LoRALayer"])
-    elif exercise == "04-linear-with-lora":
-        checks.check_linear_with_lora(ns["LinearWithLoRA"])
-    elif exercise == "05-replace":
-        checks.check_replace(ns["replace_linear_with_lora"], _smoke_gpt, ns["LinearWithLoRA"])
-    elif exercise == "06-freeze":
-        checks.check_freeze(ns["freeze_model"], ns["unfreeze"], _smoke_gpt)
-    elif exercise == "06-lora-grads":
-        checks.check_lora_grads(ns["lora_grads"])
-    elif exercise == "07-train-loop":
-        checks.check_training_loop(ns["train_classifier_simple"])
-    elif exercise == "07-last-token":
-        checks.check_last_token_index(ns["last_token_index"])
-    elif exercise == "08-kd-loss":
-        checks.check_kd_loss(ns["distillation_loss"])
-    elif exercise == "09-lora-config":
-        model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
-        model[1].requires_grad_(False)
-        checks.check_lora_config(ns["lora_config"], ns["count_trainable"], model)
-    else:
-        raise LookupError(exercise)
+    """Run the notebook's visible check for ``exercise`` on the definitions in ``ns`` (its registry record)."""
+    EXERCISES[exercise].visible(ns)
 
 
 # --------------------------------------------------------------------------- hidden tests
@@ -159,15 +100,14 @@ def _run_probe(test, ns: dict, seed: int):
 
 @cache
 def expected(exercise: str, seed: int):
-    test = next(t for t in HIDDEN.TESTS if t.exercise == exercise)
-    ns = {test.name: test.reference(), **HIDDEN.EXTRA_NAMES.get(exercise, {})}
-    return json.dumps(_run_probe(test, ns, seed))
+    test = EXERCISES[exercise]
+    return json.dumps(_run_probe(test, test.references(), seed))
 
 
 def hidden_accepts(exercise: str, ns: dict, seed: int) -> bool:
     """What the grader decides for one seed: the student's probe result equals the reference's."""
-    test = next(t for t in HIDDEN.TESTS if t.exercise == exercise)
-    student = {k: ns[k] for k in [test.name] + HIDDEN.NOTEBOOK_NAMES.get(exercise, [])}
+    test = EXERCISES[exercise]
+    student = {k: ns[k] for k in test.names}
     try:
         got = _run_probe(test, {**student}, seed)
     except Exception:

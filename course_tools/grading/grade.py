@@ -28,32 +28,12 @@ from course_lib.paths import repo_root
 
 from . import sandbox
 from .probe import STUB_ERROR, parse_cell, printable
+from .registry import DEFAULT_TESTS, load_tests
 
 FIELDS = ["student", "notebook", "exercise", "points", "max_points", "status", "message"]
-DEFAULT_TESTS = repo_root() / "grading" / "hidden_tests.py"
 PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
 MAX_NOTEBOOK_BYTES = 20_000_000   # a submitted notebook larger than this is refused unread
 PROBE_STARTUP = 30   # seconds a probe process may take to start Python and import torch, beyond --cell-timeout
-
-
-def load_tests(path: Path = DEFAULT_TESTS) -> ModuleType:
-    """The instructor's hidden-test module (kept outside the student notebooks)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"No hidden tests at {path}; pass --tests with the instructor's test file.")
-    name = "course_hidden_tests_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    ids = [t.exercise for t in module.TESTS]
-    twice = sorted({e for e in ids if ids.count(e) > 1})
-    if twice:
-        del sys.modules[name]
-        raise ValueError(f"{path} has more than one hidden test for {twice[0]}; give each exercise one test "
-                         "(one probe may check several things).")
-    return module
 
 
 # --------------------------------------------------------------------------- sharding
@@ -238,7 +218,7 @@ def write_flags(flags: list[dict], out: Path) -> None:
 
 # --------------------------------------------------------------------------- one job
 def _expected(test, seed: int, tests: ModuleType):
-    namespace = {test.name: test.reference(), **getattr(tests, "EXTRA_NAMES", {}).get(test.exercise, {})}
+    namespace = test.references()
     body = "\n".join("    " + line for line in test.probe.strip("\n").split("\n"))
     exec(f"def __probe(SEED):\n{body}\n", namespace)
     return json.loads(json.dumps(namespace["__probe"](seed)))
@@ -249,9 +229,8 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
     if payload is not None and not payload.get("ok") and payload.get("error") == "NotImplementedError":
         return {**row, "status": "not implemented", "message": "The TODO is still there: replace the "
                 "`raise NotImplementedError` with your code."}
-    names = [test.name] + getattr(tests, "NOTEBOOK_NAMES", {}).get(test.exercise, [])
-    for name in names:
-        problem = own_definition(nb, name, value=name in value_names(test, tests))
+    for name in test.names:
+        problem = own_definition(nb, name, value=name in test.values)
         if problem:
             status = "not found" if "not defined" in problem else "not your own"
             return {**row, "status": status, "message": problem}
@@ -290,14 +269,6 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
     return {**row, "status": "failed", "message": f"Wrong results on the hidden inputs ({test.explain}): "
             f"{where or 'they differ from the expected ones'}. Re-read the exercise, and run your code on other "
             "sizes and edge cases than the visible check's."}
-
-
-def value_names(test, tests: ModuleType) -> set[str]:
-    """The names an exercise defines as values rather than functions (e.g. 09's ``lora_config``):
-    those of its extra names whose reference is not callable."""
-    extra = getattr(tests, "EXTRA_NAMES", {}).get(test.exercise, {})
-    return {n for n in getattr(tests, "NOTEBOOK_NAMES", {}).get(test.exercise, [])
-            if n in extra and not callable(extra[n])}
 
 
 def _utf8(text: str) -> str:
@@ -414,8 +385,7 @@ def _grade_one(job: dict, result: dict) -> dict:
             result["events"] = run.events
             return result
         executed_nb = nbformat.from_dict({**nb, "cells": [c for i, c in enumerate(nb.cells) if i in set(run.executed)]})
-        values = set().union(*[value_names(t, tests) for t in hidden]) if hidden else set()
-        defs = probe.definitions(probe.executed_sources(nb, run.executed), values)
+        defs = probe.definitions(probe.executed_sources(nb, run.executed))
         payloads = _run_probes(job, hidden, defs, tmp, start + budget)
     finally:
         sandbox.remove_tree(tmp)
@@ -656,16 +626,20 @@ def preload(tests_path: Path) -> ModuleType:
 
 def _probe_courses(tests: ModuleType, workdir: Path) -> dict[str, str]:
     """A copy of course_lib with the references stubbed, per set of names an exercise's probe may use."""
-    from .probe import ALLOWED, build_stripped_course
+    from .probe import build_stripped_course, hidden_names
 
     course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
+    exercises = list(tests.TESTS)
+    if tests is not load_tests(DEFAULT_TESTS):   # an instructor's own file: the library's references stay hidden
+        exercises += load_tests(DEFAULT_TESTS).TESTS
+    hidden = hidden_names(exercises)
     made: dict[frozenset, str] = {}
     out: dict[str, str] = {}
     for test in tests.TESTS:
-        allowed = frozenset(ALLOWED.get(test.exercise, set()) | set(getattr(test, "allowed", ()) or ()))
+        allowed = frozenset(test.may_use)
         if allowed not in made:
             target = workdir / f"probe-course-{len(made)}" / "course_lib"
-            made[allowed] = str(build_stripped_course(course_dir, target, set(allowed)))
+            made[allowed] = str(build_stripped_course(course_dir, target, set(allowed), hidden))
         out[test.exercise] = made[allowed]
     return out
 

@@ -19,28 +19,12 @@ from pathlib import Path
 
 import nbformat
 
-# The references of the graded exercises, and the course_lib code that computes the same answers.
-# Stubbed in every probe, except what an exercise's probe itself needs (ALLOWED). "*" stubs every
-# top-level definition of the module; "@trains" every one that calls .backward(), .step() or .zero_grad().
-HIDDEN: dict[str, set[str]] = {
-    "config": {"settings_to_cfg"},
-    "weights": {"*"},
-    "sms": {"create_balanced_dataset", "random_split", "prepare_sms_splits"},
-    "dataloaders": {"num_batches", "create_dataloaders",
-                    "pad_collate", "message_lengths"},  # both find where a row's padding starts (07-last-token)
-    "lora": {"LoRALayer", "LinearWithLoRA", "replace_linear_with_lora", "_replace", "_matches", "freeze_model",
-             "unfreeze", "mark_only_lora_as_trainable", "merge_lora", "unmerge_lora", "lora_layers"},
-    "lora_fast": {"*"},   # computes what LinearWithLoRA computes
-    "strategies": {"*"},
-    "experiment": {"*"},
-    "training": {"train_classifier", "@trains", "last_token_index", "pool_last_token", "classifier_logits"},
-    "distill": {"distillation_loss", "train_student", "@trains"},
-    "peft_tuning": {"*"},
-    "checks": {"*"},
+# What a probe's stripped copy of course_lib stubs: every exercise's ``hides`` (the references and the library
+# code that computes the same answers, named in the exercise registry), and these general entries. "*" stubs
+# every top-level definition of the module; "@trains" every one that calls .backward(), .step() or .zero_grad().
+GENERAL_HIDDEN: dict[str, set[str]] = {
+    "checks": {"*"},   # the visible checks hold reference code for every exercise
 }
-ALLOWED: dict[str, set[str]] = {"05-replace": {"lora.LoRALayer", "lora.LinearWithLoRA"}}
-# The training loop's probe reads its losses through calc_loss_batch, which pools at the last real token.
-ALLOWED["07-train-loop"] = {"training.last_token_index", "training.pool_last_token", "training.classifier_logits"}
 STUB_ERROR = "is course_lib's reference and is not available while your exercise is graded"
 REPLY_LIMIT = 4_000_000      # bytes of JSON a probe process may send back
 MAX_DEPTH = 24
@@ -50,6 +34,31 @@ PRELOAD = ("torch",)          # imported before any statement, with no time limi
 
 
 # --------------------------------------------------------------------------- stripped course_lib
+def hidden_names(exercises) -> dict[str, set[str]]:
+    """``module -> names`` stubbed in every probe: :data:`GENERAL_HIDDEN` and each exercise's ``hides``."""
+    out = {module: set(names) for module, names in GENERAL_HIDDEN.items()}
+    for exercise in exercises:
+        for dotted in exercise.hides:
+            module, name = dotted.split(".", 1)
+            out.setdefault(module, set()).add(name)
+    return out
+
+
+def allowed_names(exercises) -> dict[str, set[str]]:
+    """``exercise -> {"module.name", ...}``: what each exercise's probe needs of what the others hide."""
+    return {e.exercise: set(e.may_use) for e in exercises if e.may_use}
+
+
+def __getattr__(attr: str):
+    """``HIDDEN`` and ``ALLOWED``: :func:`hidden_names` and :func:`allowed_names` of the course's registry."""
+    if attr in ("HIDDEN", "ALLOWED"):
+        from .registry import load_tests
+
+        exercises = load_tests().TESTS
+        return hidden_names(exercises) if attr == "HIDDEN" else allowed_names(exercises)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
 def _stub(name: str) -> ast.stmt:
     message = f"`{name}` {STUB_ERROR}: write it yourself in the notebook."
     return ast.parse(f"def {name}(*args, **kwargs):\n    raise RuntimeError({message!r})\n").body[0]
@@ -77,18 +86,25 @@ def _trains(node: ast.AST) -> bool:
                and n.func.attr in {"backward", "step", "zero_grad"} for n in ast.walk(node))
 
 
-def build_stripped_course(course_dir: Path, target: Path, allowed: set[str]) -> Path:
-    """Copy ``course_dir`` (the course_lib package) to ``target`` with the references stubbed.
+def build_stripped_course(course_dir: Path, target: Path, allowed: set[str],
+                          hidden: dict[str, set[str]] | None = None) -> Path:
+    """Copy ``course_dir`` (the course_lib package) to ``target`` with ``hidden`` (by default the
+    course registry's :func:`hidden_names`) stubbed.
 
     Only sources are copied (no ``__pycache__``: compiled files would still hold the references);
     ``allowed`` names ``module.attr`` pairs that stay."""
+    if hidden is None:
+        from .registry import load_tests
+
+        hidden = hidden_names(load_tests().TESTS)
     shutil.copytree(course_dir, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "grading"))
     (target / "grading").mkdir()
     (target / "grading" / "__init__.py").write_text("")
-    for module, names in HIDDEN.items():
+    for module, names in hidden.items():
         path = target / f"{module}.py"
-        if not path.is_file():
-            continue
+        if not path.is_file():   # a renamed module would otherwise stay reachable from every probe
+            raise FileNotFoundError(f"The exercise registry hides course_lib.{module}, which does not exist; "
+                                    "update the exercises' `hides` in the registry.")
         keep = {a.split(".", 1)[1] for a in allowed if a.startswith(module + ".")}
         tree = ast.parse(path.read_text())
         defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
