@@ -138,6 +138,20 @@ def test_a_value_the_cell_must_assign_is_not_accepted_as_a_function():
     assert any("with def or class" in p for p in wiring_problems([wrong if e is record else e for e in HIDDEN.TESTS]))
 
 
+def test_a_tests_file_of_the_old_kind_is_refused_naming_what_its_records_lack(tmp_path):
+    path = tmp_path / "my_tests.py"
+    path.write_text("from types import SimpleNamespace as R\n"
+                    "TESTS = [R(exercise='x', notebook='n', points=1, name='f', probe='return f()', reference=None)]\n"
+                    "def tests_for(notebook):\n    return TESTS\n"
+                    "def notebooks():\n    return ['n']\n"
+                    "same = describe_difference = None\n")
+    with pytest.raises(ValueError, match="record of 'x' has no names"):
+        load_tests(path)
+    path.write_text(path.read_text().replace("same = describe_difference = None\n", ""))
+    with pytest.raises(ValueError, match="defines no same"):
+        load_tests(path)
+
+
 # --------------------------------------------------------------------------- what the probe process reports
 def _probe(definitions, probes, monkeypatch, tmp_path, seconds=5.0):
     """Run the real probe process (without a sandbox) on ``definitions`` and ``probes``; its replies."""
