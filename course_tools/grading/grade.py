@@ -33,6 +33,7 @@ from .registry import DEFAULT_TESTS, load_tests
 FIELDS = ["student", "notebook", "exercise", "points", "max_points", "status", "message"]
 PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
 MAX_NOTEBOOK_BYTES = 20_000_000   # a submitted notebook larger than this is refused unread
+KERNEL_DIR = Path("/.kernel")   # inside a sandbox: the kernel's sockets (in memory; the relay reaches them)
 PROBE_STARTUP = 30   # seconds a probe process may take to start Python and import torch, beyond --cell-timeout
 
 
@@ -293,10 +294,12 @@ def grade_one(job: dict) -> dict:
         return result
 
 
-def _sandbox_for(job: dict, writable: list[Path], course_source: Path, cwd: Path, env: dict,
+def _sandbox_for(job: dict, scratch: list[Path], course_source: Path, cwd: Path, env: dict,
                  private: Path | None = None, hidden: list[Path] | None = None,
-                 also_readonly: list[Path] = ()) -> list[str]:
+                 also_readonly: list[Path] = (), seeds: list[tuple[Path, Path]] = ()) -> list[str]:
     """The command prefix that runs a process of this job inside its sandbox (or [] without one).
+    Its only writable folders are ``scratch`` (in memory, sized: nothing it writes reaches the
+    grader's disk), filled from ``seeds`` (host folder, scratch folder) before the process starts.
     ``private`` (a folder no sandbox sees) receives bwrap's options, so that they are not on the
     sandbox's command line; ``hidden`` folders are covered by an empty tmpfs inside."""
     if not job["sandbox"]:
@@ -308,8 +311,8 @@ def _sandbox_for(job: dict, writable: list[Path], course_source: Path, cwd: Path
         readonly.append((data, data))
     for extra in [*job.get("readonly", []), *also_readonly]:
         readonly.append((Path(extra), Path(extra)))
-    box = sandbox.Sandbox(writable=writable, readonly=readonly, env=env, cwd=cwd, limits=sandbox.Limits(**job["limits"]),
-                          hidden=hidden or [])
+    box = sandbox.Sandbox(scratch=scratch, readonly=readonly, env=env, cwd=cwd, limits=sandbox.Limits(**job["limits"]),
+                          hidden=hidden or [], seeds=list(seeds))
     args_file = Path(tempfile.mkstemp(prefix="bwrap-args-", dir=private)[1]) if private else None
     if args_file:
         args_file.unlink()
@@ -356,13 +359,21 @@ def _grade_one(job: dict, result: dict) -> dict:
     budget = job["notebook_timeout"]
     tmp = Path(tempfile.mkdtemp(prefix="job-", dir=job.get("scratch")))
     try:
-        workdir, ipc, private = tmp / "work", tmp / "ipc", tmp / "grader"
-        skipped = sandbox.copy_submission(path.parent, workdir)
-        ipc.mkdir()
+        # With a sandbox the submission's copy, the shared assets and the kernel's sockets are seeded
+        # into folders in memory inside it: a running submission writes nothing to the grader's disk.
+        workdir, copy, private = tmp / "work", tmp / "submission", tmp / "grader"
+        ipc = KERNEL_DIR if job["sandbox"] else tmp / "ipc"
+        skipped = sandbox.copy_submission(path.parent, copy if job["sandbox"] else workdir)
         private.mkdir(mode=0o700)
         (private / "conn").mkdir()
-        shutil.copytree(job["shared_cache"], workdir / ".course-cache", dirs_exist_ok=True)
-        shutil.copytree(job["mpl_dir"], workdir / ".matplotlib", dirs_exist_ok=True)
+        seeds = [(copy, workdir), (Path(job["shared_cache"]), workdir / ".course-cache"),
+                 (Path(job["mpl_dir"]), workdir / ".matplotlib")]
+        if job["sandbox"]:
+            workdir.mkdir()   # where the kernel starts; inside, a sized tmpfs covers it
+        else:
+            ipc.mkdir()
+            for source, target in seeds[1:]:
+                shutil.copytree(source, target, dirs_exist_ok=True)
         env = {**_thread_env(job), "COURSE_PROFILE": job["profile"], "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
                "HOME": str(workdir), "IPYTHONDIR": str(workdir / ".ipython"), "MPLCONFIGDIR": str(workdir / ".matplotlib"),
                "JUPYTER_RUNTIME_DIR": str(ipc), "JUPYTER_PLATFORM_DIRS": "1", "TMPDIR": "/tmp"}
@@ -372,7 +383,8 @@ def _grade_one(job: dict, result: dict) -> dict:
         try:
             # the connection file's folder: readable inside, writable only by the grader
             wrapper = sandbox.in_cgroup(group, _sandbox_for(job, [workdir, ipc], Path(job["course_dir"]), workdir,
-                                                            env, private, also_readonly=[private / "conn"]))
+                                                            env, private, also_readonly=[private / "conn"],
+                                                            seeds=seeds))
             run = runner.run_notebook(nb, workdir, wrapper, env, ipc if job["sandbox"] else None,
                                       job["cell_timeout"], start + budget * PHASE1_SHARE,
                                       grader_dir=private if job["sandbox"] else None)

@@ -105,7 +105,8 @@ class SandboxedKernelManager(AsyncKernelManager):
 
 class KernelRelay:
     """Forwards bytes between the grader's sockets (listening in ``grader_dir``) and the kernel's
-    (in ``kernel_dir``, which the sandbox can write), counting what the kernel sends.
+    (in ``kernel_dir`` inside the sandbox, reached through :func:`sandbox_root`), counting what
+    the kernel sends.
 
     A connection to the kernel side is made only to a socket file (never a link) whose listening
     process descends from ``owner`` (the kernel's sandbox); anything else is refused. Once the
@@ -167,10 +168,13 @@ class KernelRelay:
         self._peer[grader_side], self._peer[kernel_side] = kernel_side, grader_side
 
     def _connect_kernel(self, port: int) -> socket.socket | None:
-        path = self.kernel_dir / f"kernel-{port}"
         owner = self.owner
+        root = sandbox_root(owner) if owner is not None else None
+        if root is None:
+            return None
+        path = f"{root}{self.kernel_dir}/kernel-{port}"
         try:
-            if owner is None or not stat.S_ISSOCK(os.lstat(path).st_mode):
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
                 return None
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(5)
@@ -217,6 +221,27 @@ class KernelRelay:
                 os.kill(self.owner, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def sandbox_root(owner: int) -> str | None:
+    """``/proc/PID/root`` of the first process under ``owner`` (the sandbox's bwrap) that lives in
+    another mount namespace: the sandbox's root as the grader reaches it, so that the kernel's
+    sockets can sit in a folder inside the sandbox (in memory, sized) and not on the grader's disk."""
+    try:
+        own = os.readlink("/proc/self/ns/mnt")
+    except OSError:
+        return None
+    queue, seen = [owner], 0
+    while queue and seen < 64:
+        pid, seen = queue.pop(0), seen + 1
+        try:
+            if os.readlink(f"/proc/{pid}/ns/mnt") != own:
+                return f"/proc/{pid}/root"
+            for task in os.listdir(f"/proc/{pid}/task"):
+                queue += [int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:

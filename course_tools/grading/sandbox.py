@@ -53,6 +53,7 @@ class Limits:
     file_bytes: int = 1024**3         # largest file a submission may write
     cpu_seconds: int = 3600
     tmpfs_bytes: int = 512 * 1024**2  # each of /tmp, /run, /var/tmp and /dev/shm inside the sandbox
+    scratch_bytes: int = 1024**3      # each in-memory working folder (``Sandbox.scratch``)
     nproc_base: int = 0               # tasks the grading user already runs (RLIMIT_NPROC counts them too)
 
 
@@ -66,6 +67,8 @@ class Sandbox:
     cwd: Path | None = None
     limits: Limits = Limits()
     hidden: list[Path] = field(default_factory=list)                    # folders covered by an empty tmpfs
+    scratch: list[Path] = field(default_factory=list)                   # writable, in memory, sized
+    seeds: list[tuple[Path, Path]] = field(default_factory=list)        # (host folder, scratch folder) copied in
 
     def command(self, argv: list[str], args_file: Path | None = None) -> list[str]:
         """``argv`` wrapped so that it runs inside this sandbox.
@@ -94,6 +97,8 @@ class Sandbox:
         for folder in ("/tmp", "/run", "/var/tmp", "/dev/shm"):  # in memory: sized, charged to the memory cgroup
             args += ["--size", str(self.limits.tmpfs_bytes), "--tmpfs", folder]
         args += ["--remount-ro", "/dev"]           # /dev itself is an unsized tmpfs: nothing may be written there
+        for path in self.scratch:   # nothing written here reaches the grader's disk; the size bounds it
+            args += ["--size", str(self.limits.scratch_bytes), "--tmpfs", str(path)]
         for prefix in python_dirs():
             args += ["--ro-bind", prefix, prefix]
         for folder in self.hidden:   # e.g. an installed implementation of the exercise, in a probe
@@ -102,11 +107,14 @@ class Sandbox:
             args += ["--ro-bind", str(source), str(target)]
         for path in self.writable:
             args += ["--bind", str(path), str(path)]
+        for i, (source, _) in enumerate(self.seeds):
+            args += ["--ro-bind", str(source), f"{SEED_DIR}/{i}"]
         if self.cwd:
             args += ["--chdir", str(self.cwd)]
         args += ["--clearenv"]
         for key, value in sorted(self.env.items()):
             args += ["--setenv", key, value]
+        argv = [*self._seeding(), *argv]
         if args_file is None:
             return limit_command(self.limits) + [bwrap, *args, "--", *argv]
         fd = os.open(args_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -114,6 +122,25 @@ class Sandbox:
             f.write(b"".join(a.encode("utf-8", "surrogateescape") + b"\0" for a in args))
         return ["/bin/sh", "-c", 'exec 3<"$1" && shift && exec "$@"', "sh", str(args_file),
                 *limit_command(self.limits), bwrap, "--args", "3", "--", *argv]
+
+
+    def _seeding(self) -> list[str]:
+        """A prefix that copies each seed into its scratch folder, then runs the command after it."""
+        if not self.seeds:
+            return []
+        pairs = [x for i, (_, target) in enumerate(self.seeds) for x in (f"{SEED_DIR}/{i}", str(target))]
+        return [sys.executable, "-I", "-S", "-c", _SEED_SCRIPT, *pairs, "--"]
+
+
+SEED_DIR = "/.seed"   # where the seeds are bound read-only inside the sandbox
+# Runs inside the sandbox, as the sandbox's user: the copy lands in the sized scratch tmpfs.
+_SEED_SCRIPT = """import os, shutil, sys
+args = sys.argv[1:]
+end = args.index("--")
+for source, target in zip(args[:end:2], args[1:end:2]):
+    shutil.copytree(source, target, symlinks=True, dirs_exist_ok=True)
+os.execvp(args[end + 1], args[end + 1:])
+"""
 
 
 def _supports(option: str) -> bool:
