@@ -178,14 +178,17 @@ def run_cola(args, tokenizer, rows: list[dict]) -> None:
         length_sorted_loader,
         majority_baseline,
         mean_std,
-        run_settings,
         teacher_logits_for,
     )
+    from course_lib.plans import plan_for
+    from course_lib.plans import settings as plan_settings
     from course_lib.lora import count_parameters
     from course_lib.training import accuracy_and_mcc, train_classifier
 
-    settings = run_settings(args.run_size, max_train=args.max_train, teacher_epochs=args.teacher_epochs,
-                            student_epochs=args.student_epochs, student_dim=args.student_dim, kd_seeds=args.kd_seeds)
+    overrides = {"max_train": args.max_train, "teacher_epochs": args.teacher_epochs, "student_epochs": args.student_epochs,
+                 "student_dim": args.student_dim, "kd_seeds": args.kd_seeds}
+    settings = {**plan_settings(plan_for("08_distillation", "full", size=args.run_size)),
+                **{k: v for k, v in overrides.items() if v is not None}}
     frames = {name: cola.as_text_label(df) for name, df in cola.load_cola().items()}
     n = settings["max_train"]
     if n and n < len(frames["train"]):   # as notebook 08 does
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1, help="SMS epochs per run")
     p.add_argument("--lora-rank", type=int, default=4)
     p.add_argument("--lora-alpha", type=float, default=4, help="SMS LoRA alpha (course experiment's default)")
-    p.add_argument("--run-size", default="cpu", help="CoLA: distill.RUN_SIZES entry the settings start from")
+    p.add_argument("--run-size", default="cpu", help="CoLA: notebook 08's plan (course_lib.plans) the settings start from")
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--teacher-epochs", type=int, default=None)
     p.add_argument("--student-epochs", type=int, default=None)

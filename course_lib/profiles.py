@@ -1,7 +1,8 @@
 """The two ways to run the course: ``full`` (real GPT-2, real data) and ``smoke`` (tiny, fast).
 
 ``COURSE_PROFILE`` selects one; pytest's conftest sets ``smoke``. Every notebook prints the
-profile it runs in, so nobody mistakes a smoke number for what GPT-2 achieves.
+profile it runs in, so nobody mistakes a smoke number for what GPT-2 achieves. How big each
+notebook's run is in a profile, on a CPU or a GPU, is that notebook's plan: ``course_lib.plans``.
 """
 from __future__ import annotations
 
@@ -28,28 +29,27 @@ LORA_SCALED_LEARNING_RATE = 8e-4
 LEARNING_RATES = {"last_block": 5e-5, "last_layer": 1e-3, "all": 5e-5}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Profile:
-    """Defaults the notebooks' ``parameters`` cells start from."""
+    """What every notebook shares in a profile: the model, the data subset, the batch size and the
+    arithmetic. What one notebook runs with them (epochs, sizes, experiments) is its plan: course_lib.plans."""
 
     name: str
     model_size: str
-    num_epochs: int
     batch_size: int
     max_examples: int | None  # cap on examples per split; None = all
     learning_rate: float  # full fine-tuning's; each strategy's own: learning_rate_for(profile, strategy, ...)
     description: str
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware has bf16 units); smoke stays exact
-    eval_freq: int = 50  # training steps between loss measurements
 
 
 PROFILES: dict[str, Profile] = {
-    "full": Profile("full", "gpt2-small (124M)", num_epochs=5, batch_size=8, max_examples=None,
-                    learning_rate=5e-5, description="pretrained GPT-2 weights and the full data sets",
+    "full": Profile(name="full", model_size="gpt2-small (124M)", batch_size=8, max_examples=None,
+                    learning_rate=LEARNING_RATES["all"], description="pretrained GPT-2 weights and the full data sets",
                     precision="auto"),
-    "smoke": Profile("smoke", SMOKE_MODEL, num_epochs=1, batch_size=8, max_examples=64,
-                     learning_rate=1e-3, description="a tiny randomly initialised GPT-2-shaped model and a data "
-                                 "subset, for fast checks; its numbers are NOT what GPT-2 achieves", eval_freq=2),
+    "smoke": Profile(name="smoke", model_size=SMOKE_MODEL, batch_size=8, max_examples=64, learning_rate=1e-3,
+                     description="a tiny randomly initialised GPT-2-shaped model and a data subset, for fast checks; "
+                                 "its numbers are NOT what GPT-2 achieves"),
 }
 
 
@@ -91,11 +91,6 @@ def pick_device(preference: str | None = None, profile: Profile | None = None) -
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def cpu_budget(profile: Profile, device: str | torch.device) -> bool:
-    """True when the full profile runs on a CPU: notebooks then choose defaults that finish in minutes."""
-    return profile.name == "full" and torch.device(device).type == "cpu"
 
 
 def set_seed(seed: int) -> None:

@@ -98,6 +98,7 @@ def cmd_execute_solutions(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from course_lib.experiment import ExperimentConfig, run_experiment
+    from course_lib.plans import plan_for
     from course_lib.profiles import get_profile
 
     profile = get_profile(args.profile)
@@ -108,7 +109,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     cfg = ExperimentConfig(
         profile=profile, model_size=args.model_size or profile.model_size, lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, trainable_layers=tuple(args.trainable_layers),
-        num_epochs=args.num_epochs if args.num_epochs is not None else profile.num_epochs,
+        num_epochs=args.num_epochs if args.num_epochs is not None else plan_for("experiment", profile).num_epochs,
         batch_size=args.batch_size, eval_iter=args.eval_iter, eval_iter_val=args.eval_iter_val,
         learning_rate=args.learning_rate,  # None: each strategy's own rate (profiles.learning_rate_for)
         seed=args.seed, device=args.device, output_dir=Path(args.output_dir), eval_freq=args.eval_freq,
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainable-layers", nargs="+", default=["lora", "last_block", "last_layer", "all"],
                    choices=["lora", "last_block", "last_layer", "all"])
     p.add_argument("--num-epochs", type=int, default=None,
-                   help="default: the profile's (5 in full, 1 in smoke); the original script's setting is 20")
+                   help="default: the plan's (course_lib.plans: 5 in full, 1 in smoke); the original script's setting is 20")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-examples", type=int, default=None,
                    help="use at most N examples of each split (default: all in full, 64 in smoke)")

@@ -10,9 +10,11 @@ import pytest
 
 from course_lib import peft_tuning
 from course_lib.downloads import DownloadError
+from course_lib.plans import plan_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mirror"
+NB09 = "09_peft_and_tuning"
 needs_mirror = pytest.mark.skipif(not (MIRROR / "ag-news").is_dir(), reason="the offline mirror is not beside the repository")
 
 
@@ -193,10 +195,46 @@ def test_notebook_09_offline_without_data_shows_one_line_and_no_chain(tmp_path, 
 
 
 def test_the_plan_runs_the_full_size_on_a_gpu_and_a_subset_on_a_cpu():
-    gpu, cpu, smoke = peft_tuning.plan_for("full", "cuda"), peft_tuning.plan_for("full", "cpu"), peft_tuning.plan_for("smoke", "cpu")
+    gpu, cpu, smoke = (plan_for(NB09, "full", "cuda"), plan_for(NB09, "full", "cpu"), plan_for(NB09, "smoke", "cpu"))
     assert (gpu.train_rows, gpu.eval_rows, gpu.epochs, gpu.n_trials, gpu.trial_rows) == (None, None, 3, 20, None)
-    assert cpu.train_rows and cpu.eval_rows and cpu.train_rows < 108_000 and "CPU subset" in cpu.note
-    assert smoke.smoke_rows == 1500 and "smoke" in smoke.note
+    assert (cpu.train_rows, cpu.eval_rows, cpu.epochs, cpu.n_trials, cpu.trial_rows) == (1000, 300, 1, 2, 300)
+    assert (smoke.smoke_rows, smoke.max_length, smoke.n_trials) == (1500, 48, 3)
+
+
+def test_the_cpu_banner_names_the_parameters_that_run_the_full_size(capsys):
+    cpu = plan_for(NB09, "full", "cpu")
+    peft_tuning.show_banner("full", "roberta-base", "cpu", cpu, "the hub")
+    sizes = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("Sizes:"))
+    assert sizes.startswith(f"Sizes:   {cpu.note}; a GPU runs the full size: 108,000 training")
+    assert sizes.endswith("and so do the parameters train_rows=None, eval_rows=None, epochs=3, n_trials=20, "
+                          "trial_rows=None")
+
+
+@needs_mirror
+def test_building_and_fine_tuning_leave_the_global_random_stream_alone_and_repeat_from_their_seed(offline_mirror):
+    import torch
+
+    path, _ = peft_tuning.encoder_path("smoke")
+    torch.manual_seed(7)
+    stream = torch.get_rng_state()
+    first = peft_tuning.build_peft_model(path, peft_tuning.SEED_LORA, seed=3)
+    assert torch.equal(torch.get_rng_state(), stream), "build_peft_model moved the caller's random stream"
+    torch.manual_seed(99)  # another global state: the result must not depend on it
+    again, other = (peft_tuning.build_peft_model(path, peft_tuning.SEED_LORA, seed=s) for s in (3, 4))
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), f"{name} differs between two builds with seed 3"
+    drawn = [n for n in first.state_dict() if ("classifier" in n or "lora_A" in n) and n.endswith("weight")]  # biases: 0
+    assert drawn and all(not torch.equal(first.state_dict()[n], other.state_dict()[n]) for n in drawn)
+
+    ids = torch.randint(0, 1000, (12, 10), generator=torch.Generator().manual_seed(0))
+    data = torch.utils.data.TensorDataset(ids, torch.ones_like(ids), torch.arange(12) % 4)
+    losses = []
+    for model, global_seed in ((first, 1), (again, 2)):  # dropout's masks come from fine_tune's seed alone
+        torch.manual_seed(global_seed)
+        stream = torch.get_rng_state()
+        losses.append(peft_tuning.fine_tune(model, data, data, epochs=1, lr=1e-3, batch_size=4, seed=5))
+        assert torch.equal(torch.get_rng_state(), stream), "fine_tune moved the caller's random stream"
+    assert losses[0] == losses[1]
 
 
 def test_course_info_lists_what_the_full_profile_of_notebook_09_needs(capsys):
@@ -246,7 +284,7 @@ def test_pruning_possible_says_what_optunas_median_pruner_does(n_trials, epochs)
 
 def test_no_trial_of_the_smoke_or_cpu_plan_can_be_pruned_but_the_gpu_plans_can():
     for profile, device, expected in (("smoke", "cpu", False), ("full", "cpu", False), ("full", "cuda", True)):
-        plan = peft_tuning.plan_for(profile, device)
+        plan = plan_for(NB09, profile, device)
         assert peft_tuning.pruning_possible(plan.n_trials, plan.epochs) is expected
 
 

@@ -9,13 +9,11 @@ from course_lib import cola, stats
 from course_lib.config import SMOKE_MODEL
 from course_lib.dataloaders import PAD_TOKEN_ID, SpamDataset, make_loader
 from course_lib.distill import (
-    RUN_SIZES,
     DistilRNN,
     ParameterShare,
     TeacherOutputs,
     architecture_shares,
     check_baseline,
-    choose_run_size,
     compare_kd,
     distillation_loss,
     kd_sweep,
@@ -23,7 +21,6 @@ from course_lib.distill import (
     majority_baseline,
     mean_std,
     parameter_share,
-    run_settings,
     teacher_logits_for,
     train_student,
 )
@@ -297,18 +294,6 @@ def test_mean_std_and_majority_baseline():
     assert majority_baseline(torch.tensor([0, 0, 1])) == pytest.approx((0, 2 / 3))
     with pytest.raises(ValueError):
         majority_baseline([])
-
-
-def test_run_sizes_and_overrides():
-    assert choose_run_size("smoke", torch.device("cuda")) == "smoke"
-    assert choose_run_size("full", torch.device("cpu")) == "cpu"
-    assert choose_run_size("full", torch.device("cuda")) == "full"
-    assert RUN_SIZES["full"]["max_train"] is None and RUN_SIZES["full"]["student_dim"] == 768
-    assert run_settings("cpu", max_train=None, kd_seeds=2) == {**RUN_SIZES["cpu"], "kd_seeds": 2}
-    with pytest.raises(ValueError, match="run_size must be one of"):
-        run_settings("huge")
-    with pytest.raises(ValueError, match="Unknown setting"):
-        run_settings("cpu", epochs=3)
 
 
 def test_matthews_correlation_limits():
