@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from functools import lru_cache
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from .lora_fast import fast_lora
+from .model import MultiHeadAttention
 
 PRECISIONS = ("fp32", "bf16", "auto")
 
@@ -103,10 +105,43 @@ def frozen_weights_as(model: nn.Module, precision: str):
                            "(merge LoRA or load weights after training, not during it); they are back as before.")
 
 
+def _attend_in_fp32_for_backward(module: MultiHeadAttention, queries: torch.Tensor, keys: torch.Tensor,
+                                 values: torch.Tensor) -> torch.Tensor:
+    """``module.attend`` on fp32 copies of bf16 queries, keys and values while gradients are recorded on a CPU."""
+    low = queries.dtype in (torch.bfloat16, torch.float16) and queries.device.type == "cpu"
+    if not (low and torch.is_grad_enabled() and queries.requires_grad):
+        return MultiHeadAttention.attend(module, queries, keys, values)
+    with torch.autocast("cpu", enabled=False):  # autocast would cast them back to bf16
+        context = MultiHeadAttention.attend(module, queries.float(), keys.float(), values.float())
+    return context.to(queries.dtype)
+
+
+@contextlib.contextmanager
+def attention_backward_in_fp32(model: nn.Module):
+    """Within the block, ``model``'s attention runs in fp32 on a CPU whenever it records gradients in bf16.
+
+    PyTorch's CPU flash-attention backward in bf16 costs several times its fp32 version at the
+    course's short sequences (one GPT-2 block at batch 8 × 32 tokens: about 6 ms against 1.3 ms on the
+    development machine's CPU, ``benchmarks/roofline.py``); attention's own arithmetic is a few percent of a
+    step, so computing it on fp32 copies of the bf16 queries, keys and values is faster and, if
+    anything, more exact (the bf16 kernel also accumulates in fp32). The forward pass without
+    gradients (evaluation) and every other device keep the bf16 kernel.
+    """
+    patched = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and "attend" not in vars(m)]
+    try:
+        for module in patched:
+            module.attend = functools.partial(_attend_in_fp32_for_backward, module)
+        yield
+    finally:
+        for module in patched:
+            vars(module).pop("attend", None)
+
+
 @contextlib.contextmanager
 def fast_training(model: nn.Module, precision: str):
     """How ``train_classifier`` holds ``model`` while it trains or evaluates: frozen Linear weights in bf16
-    when training in bf16 (:func:`frozen_weights_as`) and LoRA layers through the grouped fast path
-    (:func:`course_lib.lora_fast.fast_lora`: the same mathematics in fewer, larger matmuls)."""
-    with frozen_weights_as(model, precision), fast_lora(model):
+    when training in bf16 (:func:`frozen_weights_as`), LoRA layers through the grouped fast path
+    (:func:`course_lib.lora_fast.fast_lora`: the same mathematics in fewer, larger matmuls) and, in bf16 on
+    a CPU, attention's backward in fp32 (:func:`attention_backward_in_fp32`)."""
+    with frozen_weights_as(model, precision), fast_lora(model), attention_backward_in_fp32(model):
         yield

@@ -160,3 +160,54 @@ def test_held_weights_come_back_when_holding_them_fails_halfway(monkeypatch):
             pass
     monkeypatch.undo()
     assert all(p.dtype == torch.float32 and torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_auto_precision_on_this_machine_is_what_its_cpu_flags_say():
+    import os
+
+    if not os.path.exists("/proc/cpuinfo"):
+        pytest.skip("no /proc/cpuinfo: the rule gives fp32, checked above")
+    flags = open("/proc/cpuinfo").read()
+    units = "avx512_bf16" in flags or "amx_bf16" in flags
+    mkldnn = torch.backends.mkldnn.is_available()
+    assert resolve_precision("auto", CPU) == ("bf16" if units and mkldnn else "fp32")
+
+
+def _attention_outputs_and_grads(dtype, patched: bool, grad: bool = True):
+    from course_lib.model import MultiHeadAttention
+    from course_lib.precision import attention_backward_in_fp32
+
+    torch.manual_seed(11)
+    att = MultiHeadAttention(48, 48, 16, 0.0, num_heads=4).eval()
+    q, k, v = [2 * torch.randn(3, 16, 48, dtype=torch.float64) for _ in range(3)]
+    g = torch.randn(3, 16, 48, dtype=torch.float64)
+    inputs = [t.to(dtype).requires_grad_(grad) for t in (q, k, v)]
+    with attention_backward_in_fp32(att) if patched else torch.enable_grad(), torch.set_grad_enabled(grad):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):  # as in training
+            out = att.attend(*inputs)
+        if grad:
+            out.backward(g.to(dtype))
+    assert "attend" not in vars(att)  # the class's kernel again after the block
+    return [out.detach().double()] + ([t.grad.double() for t in inputs] if grad else [])
+
+
+@needs_bf16
+def test_attention_backward_in_fp32_is_as_close_to_fp64_as_the_bf16_kernel_and_runs_in_fp32(monkeypatch):
+    reference = _attention_outputs_and_grads(torch.float64, patched=False)
+    kernel = _attention_outputs_and_grads(torch.bfloat16, patched=False)
+    sdpa, seen = torch.nn.functional.scaled_dot_product_attention, []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *a, **kw: seen.append(q.dtype) or sdpa(q, *a, **kw))
+    upcast = _attention_outputs_and_grads(torch.bfloat16, patched=True)
+    assert seen == [torch.float32]  # really computed on fp32 copies, autocast or not
+    for name, ref, low, up in zip(("output", "dq", "dk", "dv"), reference, kernel, upcast):
+        err_kernel = ((low - ref).norm() / ref.norm()).item()
+        err_upcast = ((up - ref).norm() / ref.norm()).item()
+        assert 0 < err_upcast <= 1.05 * err_kernel and err_upcast < 0.01, (name, err_kernel, err_upcast)
+
+
+def test_attention_keeps_its_kernel_in_fp32_and_without_gradients():
+    for dtype, grad in ((torch.float32, True), (torch.bfloat16, False)):
+        plain = _attention_outputs_and_grads(dtype, patched=False, grad=grad)
+        held = _attention_outputs_and_grads(dtype, patched=True, grad=grad)
+        assert all(torch.equal(a, b) for a, b in zip(plain, held)), dtype
