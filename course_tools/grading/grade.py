@@ -243,6 +243,9 @@ def _exercise_row(test, payload: dict | None, nb, tests: ModuleType) -> dict:
                     "`raise NotImplementedError` with your code."}
         if error == "NameError":
             return {**row, "status": "not found", "message": f"Running the hidden test failed: {message}."}
+        if error == "not your own":   # the object bound to the name is not code the notebook defines
+            return {**row, "status": "not your own", "message": f"{message}. Graded exercises must be your own "
+                    "code, written in the notebook's cells."}
         if error == "RuntimeError" and STUB_ERROR in message:
             return {**row, "status": "not your own", "message": f"Your code uses the course's own solution: {message}"}
         if error == "grader error":  # the probe itself failed: the grader's fault, never the student's zero
@@ -451,7 +454,9 @@ def _run_probes(job: dict, hidden: list, defs: list[str], tmp: Path, deadline: f
             try:
                 state, raw = ("timeout", b"") if left <= 1 else probe.run_probe_process(
                     sandbox.in_cgroup(group_id, command),
-                    {"definitions": defs, "probes": [[t.exercise, t.probe, seeds[t.exercise]] for t in tests_now]},
+                    {"definitions": defs, "probes": [[t.exercise, t.probe, seeds[t.exercise]] for t in tests_now],
+                     "owned": {t.exercise: [n for n in t.names if n not in t.values] for t in tests_now},
+                     "bases": list(probe.BASES)},
                     timeout, env=env_arg, cwd=str(work))
             finally:
                 sandbox.remove_cgroups(group_id)

@@ -25,6 +25,8 @@ import nbformat
 GENERAL_HIDDEN: dict[str, set[str]] = {
     "checks": {"*"},   # the visible checks hold reference code for every exercise
 }
+# Packages a graded class may build on (its bases and metaclass); any other base is not the student's code.
+BASES = ("builtins", "abc", "typing", "collections", "enum", "functools", "contextlib", "torch")
 STUB_ERROR = "is course_lib's reference and is not available while your exercise is graded"
 REPLY_LIMIT = 4_000_000      # bytes of JSON a probe process may send back
 MAX_DEPTH = 24
@@ -231,8 +233,68 @@ def _main():
         return found
     def plain(value):   # anything JSON cannot hold becomes a string naming it: a wrong type, not a crash
         return "<" + type(value).__name__ + ": " + repr(value)[:60] + ">"
+    import types
+    module_of, mro_of = type.__dict__["__module__"].__get__, type.__dict__["__mro__"].__get__
+    qualname_of = type.__dict__["__qualname__"].__get__
+    def library_class(klass):   # a class of an allowed package, found where its module says it is
+        module = str(module_of(klass))
+        if module.split(".")[0] not in job.get("bases", ()):
+            return False
+        found = sys.modules.get(module)
+        for part in str(qualname_of(klass)).split("."):
+            found = getattr(found, part, None)
+        return found is klass
+    def package_files():   # the files a decorator of an allowed package (torch.no_grad's wrapper) lives in
+        roots = []
+        for name in job.get("bases", ()):
+            path = getattr(sys.modules.get(name), "__file__", None)
+            if isinstance(path, str):
+                roots.append(os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path)
+        return tuple(roots)
+    wrappers = package_files()
+    def own_function(fn):   # compiled from the cells, or wrapped (functools.wraps) by an allowed package
+        for _ in range(8):
+            made = str(fn.__code__.co_filename)
+            if made == "<notebook>":
+                return None
+            inner = vars(fn).get("__wrapped__")
+            if not isinstance(inner, types.FunctionType) or not made.startswith(wrappers):
+                return made
+            fn = inner
+        return made
+    def foreign(obj):
+        # Where the object bound to a graded name comes from, when it is not code the notebook's cells
+        # define (None: all its own). Read without running any of the object's own code: a decorator,
+        # a metaclass or a class swap cannot make another implementation look like the notebook's.
+        if isinstance(obj, types.FunctionType):
+            made = own_function(obj)
+            return None if made is None else "it is a function from " + made[:80]
+        if not isinstance(obj, type):
+            return "it is a " + type(obj).__name__[:40] + " object, not a function or class the notebook defines"
+        for klass in (*mro_of(obj), *mro_of(type(obj))):
+            if library_class(klass):
+                continue
+            for value in vars(klass).values():
+                if isinstance(value, (staticmethod, classmethod)):
+                    value = value.__func__
+                elif isinstance(value, property):
+                    value = value.fget
+                made = own_function(value) if isinstance(value, types.FunctionType) else None
+                if made is not None:
+                    return "its " + str(value.__name__)[:40] + " comes from " + made[:80]
+        return None
     results = {}
+    owned = job.pop("owned", {})
     for exercise, body, seed in job.pop("probes"):
+        try:
+            problems = [(name, foreign(namespace[name])) for name in owned.get(exercise, []) if name in namespace]
+            problem = next(((n, why) for n, why in problems if why), None)
+        except BaseException as error:
+            problem = ("?", "it could not be inspected (" + type(error).__name__ + ")")
+        if problem:
+            results[exercise] = {"ok": False, "error": "not your own", "message": "`" + problem[0] + "` as the "
+                                 "notebook's cells left it is not code they define: " + problem[1]}
+            continue
         indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
         try:
             exec(compile("def __course_probe(SEED):\n" + indented + "\n", "<hidden test>", "exec"), namespace)
