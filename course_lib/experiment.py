@@ -49,6 +49,7 @@ class ExperimentConfig:
     precision: str = "fp32"
     batching: str = "bucketed"
     progress: bool | None = None  # None: shown unless TQDM_DISABLE is set
+    compile: bool = False  # train through torch.compile (train_classifier's compile)
 
 
 def checkpoint_path(cfg: ExperimentConfig, strategy: str) -> Path:
@@ -101,7 +102,7 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
     start = time.perf_counter()
     history = train_classifier(model, train_loader, val_loader, optimizer, device, cfg.num_epochs,
                                eval_freq=cfg.eval_freq, eval_iter=cfg.eval_iter_val, progress=cfg.progress,
-                               precision=precision)
+                               precision=precision, compile=cfg.compile)
     wall = time.perf_counter() - start
     after = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "after training")
     with fast_training(model, precision), autocast(precision, device):

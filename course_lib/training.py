@@ -165,7 +165,7 @@ class History:
 def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
                      optimizer: torch.optim.Optimizer, device: torch.device, num_epochs: int,
                      eval_freq: int = 50, eval_iter: int = 5, class_weights: torch.Tensor | None = None,
-                     progress: bool | None = None, precision: str = "fp32") -> History:
+                     progress: bool | None = None, precision: str = "fp32", compile: bool = False) -> History:
     """The fine-tuning loop: zero_grad, loss, backward, step; every ``eval_freq`` steps the loss on
     ``eval_iter`` batches, and after each epoch the accuracy on ``eval_iter`` batches.
 
@@ -173,12 +173,14 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
     consumes the training loader's shuffling: ``eval_freq`` does not change what the model sees.
     ``precision``: ``fp32`` (default, exact), ``bf16`` (autocast) or ``auto`` (bf16 where the hardware
     has bf16 units; the choice is printed). LoRA layers train through :func:`fast_training`.
+    ``compile``: train and evaluate through ``torch.compile(model)`` (off by default: on the development
+    CPU its compile time outweighed what it saved in a 5-epoch run, docs/benchmarks.md).
     """
     history = History(precision=resolve_precision(precision, device))
     if precision == "auto":
         print(f"precision {describe_precision(precision, device)}", flush=True)
     with fast_training(model, history.precision):
-        _train(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
+        _train(torch.compile(model) if compile else model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter,
                class_weights, progress, history)
     return history
 

@@ -113,7 +113,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, eval_iter=args.eval_iter, eval_iter_val=args.eval_iter_val,
         learning_rate=args.learning_rate,  # None: each strategy's own rate (profiles.learning_rate_for)
         seed=args.seed, device=args.device, output_dir=Path(args.output_dir), eval_freq=args.eval_freq,
-        max_examples=args.max_examples, batching=args.batching,
+        max_examples=args.max_examples, batching=args.batching, compile=args.compile,
         precision=args.precision or ("auto" if profile.name == "full" else "fp32"))
     try:
         run_experiment(cfg)
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bucketed: similar lengths together, each batch padded to its longest message")
     p.add_argument("--learning-rate", type=float, default=None,
                    help="one rate for every strategy (Raschka ch. 6 uses 5e-5 for all); default: each strategy's own")
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile (off by default: on a 2-core CPU compiling took longer than "
+                        "a 5-epoch run; see docs/benchmarks.md)")
     p.add_argument("--profile", choices=["full", "smoke"], default=None)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: picked automatically)")
