@@ -1,8 +1,10 @@
-"""A hostile class, graded beside honest students: every attack family the README's threat model
+"""A hostile class, graded once beside honest students: every attack family the README's threat model
 covers, each in its own submission. Attacks that try to forge a pass must earn zero; attacks that
 try to reach outside (files, processes, other students, the course) must change nothing outside
-the working copies; malformed replies and floods cost only their own points; `course grade`
-always exits 0 with every student in the gradebook."""
+the working copies; crashes, endless loops, malformed replies and floods cost only their own points;
+broken, missing, reordered or partly solved notebooks get their own status; `course grade`
+always exits 0 with every student in the gradebook. (One grading for all of them: each `course grade`
+run pays for its shared assets and its workers' start once.)"""
 from __future__ import annotations
 
 import copy
@@ -15,24 +17,47 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import support
 
 from course_tools.cli import main as course
-from course_tools.grading import sandbox
+from course_tools.grading.grade import model_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"
 MARKER = "course-hostile-daemon-marker"
+CELL_TIMEOUT = 60   # seconds; every attack cell but the endless loop ends well within it on a loaded 2-core machine
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
                                  reason="needs bubblewrap (apt-get install bubblewrap)")]
 
 
 def solution():
-    return nbformat.read(ROOT / "solutions" / f"{NB}.ipynb", as_version=4)
+    return support.solution(NB)
 
 
 def student():
-    return nbformat.read(ROOT / "notebooks" / f"{NB}.ipynb", as_version=4)
+    return support.student(NB)
+
+
+def save(folder: Path, who: str, nb) -> None:
+    support.save(folder, who, nb, NB)
+
+
+def cell_index(nb, exercise: str) -> int:
+    return next(i for i, c in enumerate(nb.cells) if c.metadata.get("course", {}).get("exercise") == exercise)
+
+
+def exercise_ids(nb) -> list[str]:
+    return [c.metadata["course"]["exercise"] for c in nb.cells if "course" in c.metadata
+            and c.metadata["course"]["points"] > 0]
+
+
+def inserted(nb, source: str, at: int = 3):
+    """``nb`` with a code cell ``source`` before its exercises (the grader must go on after it)."""
+    nb = copy.deepcopy(nb)
+    nb.cells.insert(at, nbformat.v4.new_code_cell(source))
+    assert at < cell_index(nb, "04-lora-layer")
+    return nb
 
 
 def appended(nb, *sources, tags=None):
@@ -43,11 +68,6 @@ def appended(nb, *sources, tags=None):
             cell.metadata["tags"] = tags[i]
         nb.cells.append(cell)
     return nb
-
-
-def save(folder: Path, who: str, nb) -> None:
-    (folder / who).mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, folder / who / f"{NB}.ipynb")
 
 
 def marked_processes() -> list[int]:
@@ -102,6 +122,13 @@ FORGERIES = {
         "class LoRALayer(nn.Module):\n    def __new__(cls, *a, **k):\n        return _load().LoRALayer(*a, **k)\n"
         "class LinearWithLoRA(nn.Module):\n    def __new__(cls, *a, **k):\n"
         "        return _load().LinearWithLoRA(*a, **k)\n"),
+    "f_plain_import": "from course_lib.lora import LoRALayer, LinearWithLoRA\n",
+    # the visible checks, json, print and open replaced in the student's kernel
+    "f_patch_checks_json_print_open": ("import builtins, json, course_lib.checks as checks\n"
+                                       "checks.check_lora_layer = checks.check_linear_with_lora = lambda *a, **k: None\n"
+                                       "json.dumps = lambda *a, **k: '{\"ok\": true, \"result\": []}'\n"
+                                       "builtins.print = lambda *a, **k: None\n"
+                                       "builtins.open = lambda *a, **k: None\n"),
     # kernel and messaging hooks that swap the reference in when the grader's code runs
     "f_pre_run_cell_hook": REF + "def _swap(*a, **k):\n"
                                  "    globals().update(LoRALayer=_ref.LoRALayer, LinearWithLoRA=_ref.LinearWithLoRA)\n"
@@ -206,6 +233,8 @@ attempt("symlink_race", race)
 attempt("course_lib", lambda: open(course_lib.__file__.replace("__init__", "lora"), "a").write("\nLoRALayer = None\n"))
 attempt("site_packages", lambda: open(sysconfig.get_paths()["purelib"] + "/sitecustomize.py", "w").write("x = 1"))
 attempt("gradebook", lambda: open(OUT + "/grades.csv", "w").write("hacked"))
+attempt("plain_open", lambda: open(D + "/victim.txt", "w").write("hacked"))
+attempt("relative_gradebook", lambda: open("../../../grades.csv", "w").write("hacked"))
 attempt("memory", lambda: bytearray(64 * 1024 ** 3))
 print(sorted(results.items()))
 '''
@@ -242,6 +271,30 @@ FLOODS = {
 }
 
 
+CRASHES = {   # each put before the exercises of a correct solution: it must keep its full marks
+    "k_loop": "while True:\n    pass",
+    "k_exit": "import os\nos._exit(1)",
+    "k_segfault": "import faulthandler\nfaulthandler._sigsegv()",
+    "k_output_flood": "for _ in range(50):\n    print('x' * 100_000)",
+}
+
+
+def partly_solved() -> nbformat.NotebookNode:
+    """The student notebook with the first exercise (3 points) solved and the second left as it is."""
+    nb = student()
+    nb.cells[cell_index(nb, "04-lora-layer")] = solution().cells[cell_index(solution(), "04-lora-layer")]
+    return nb
+
+
+def reordered() -> nbformat.NotebookNode:
+    """A solution whose first two course cells swap places and whose markdown moves to the end."""
+    nb = solution()
+    ids = [i for i, c in enumerate(nb.cells) if "course" in c.metadata and c.cell_type == "code"]
+    nb.cells[ids[0]], nb.cells[ids[1]] = nb.cells[ids[1]], nb.cells[ids[0]]
+    nb.cells = [c for c in nb.cells if c.cell_type == "code"] + [c for c in nb.cells if c.cell_type != "code"]
+    return nb
+
+
 def honest_but_unusual() -> nbformat.NotebookNode:
     """A correct solution written unusually: a constant computed with a call, a class inside ``if``."""
     nb = solution()
@@ -269,6 +322,15 @@ def hostile(tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "grades.csv"
     save(subs, "a_honest", solution())
     save(subs, "b_untouched", student())
+    save(subs, "c_partial", partly_solved())
+    for who, source in CRASHES.items():
+        save(subs, who, inserted(solution(), source))
+    save(subs, "k_reordered", reordered())
+    save(subs, "h_not_a_notebook", "this is not a notebook {")
+    (subs / "i_missing").mkdir()
+    deleted = solution()
+    deleted.cells = [c for c in deleted.cells if c.metadata.get("course", {}).get("exercise") != "04-linear-with-lora"]
+    save(subs, "j_deleted", deleted)
     for who, source in FORGERIES.items():
         save(subs, who, appended(student(), source))
     save(subs, "f_skip_execution_decoy", appended(
@@ -291,7 +353,7 @@ def hostile(tmp_path_factory):
     (subs / "m_symlink" / f"{NB}.ipynb").symlink_to(ROOT / "solutions" / f"{NB}.ipynb")
     victims_before = sorted(p.name for p in victim_dir.iterdir())
     started = time.monotonic()
-    code = course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--cell-timeout", "60",
+    code = course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--cell-timeout", str(CELL_TIMEOUT),
                    "--workers", "2"])
     elapsed = time.monotonic() - started
     rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out))}
@@ -307,16 +369,58 @@ def test_grading_a_hostile_class_exits_0_with_everyone_in_the_gradebook(hostile)
 
 def test_honest_students_get_full_marks_beside_the_attacks(hostile):
     rows = hostile["rows"]
-    assert rows[("a_honest", "TOTAL")]["points"] == "7"
+    for ex in exercise_ids(solution()):
+        assert rows[("a_honest", ex)]["status"] == "passed"
+        assert rows[("b_untouched", ex)]["status"] == "not implemented"
+        assert rows[("b_untouched", ex)]["points"] == "0"
+    assert rows[("a_honest", "TOTAL")]["points"] == rows[("a_honest", "TOTAL")]["max_points"] == "7"
     assert rows[("a_honest_unusual", "TOTAL")]["points"] == "7", {k: v for k, v in rows.items()
                                                                   if k[0] == "a_honest_unusual"}
     assert rows[("b_untouched", "TOTAL")]["points"] == "0"
+
+
+def test_partly_solved_gets_exactly_the_points_it_solved(hostile):
+    rows = hostile["rows"]
+    assert rows[("c_partial", "04-lora-layer")]["points"] == "3"
+    assert rows[("c_partial", "04-linear-with-lora")]["status"] == "not implemented"
+    assert rows[("c_partial", "TOTAL")]["points"] == "3"
+
+
+@pytest.mark.parametrize("who", sorted(CRASHES) + ["k_reordered", "w_writes_outside"])
+def test_crashes_loops_floods_and_reordering_cost_nothing_else(hostile, who):
+    rows = hostile["rows"]
+    assert rows[(who, "TOTAL")]["points"] == "7", {k: v for k, v in rows.items() if k[0] == who}
+
+
+def test_each_crash_is_reported_in_the_feedback_and_the_model_answer_is_shown(hostile):
+    out = hostile["out"]
+    feedback = out.parent / "feedback"
+    assert f"stopped after {CELL_TIMEOUT} s" in (feedback / "k_loop.md").read_text()
+    assert "crashed the Python kernel" in (feedback / "k_exit.md").read_text()
+    assert "crashed the Python kernel" in (feedback / "k_segfault.md").read_text()
+    assert "was not kept" in (feedback / "k_output_flood.md").read_text()
+    model = next(iter(model_answers(NB).values()))
+    untouched = (feedback / "b_untouched.md").read_text()
+    assert "Model answer" in untouched and model.split("\n")[0] in untouched and "(no answer)" in untouched
+    assert model.split("\n")[0] not in (ROOT / "notebooks" / f"{NB}.ipynb").read_text()
+    executed = (out.parent / "executed" / "k_output_flood" / f"{NB}.ipynb").read_text()
+    assert len(executed) < 3_000_000 and "output truncated" in executed
+
+
+def test_broken_files_get_their_own_status(hostile):
+    rows = hostile["rows"]
+    assert rows[("h_not_a_notebook", "04-lora-layer")]["status"] == "invalid notebook"
+    assert rows[("i_missing", "04-lora-layer")]["status"] == "missing notebook"
+    assert rows[("j_deleted", "04-linear-with-lora")]["status"] == "not found"
+    assert rows[("j_deleted", "04-lora-layer")]["status"] == "passed"
 
 
 @pytest.mark.parametrize("who", sorted(FORGERIES) + ["f_skip_execution_decoy", "f_classmate_thief"])
 def test_every_forgery_earns_zero(hostile, who):
     rows = hostile["rows"]
     assert rows[(who, "TOTAL")]["points"] == "0", {k: v for k, v in rows.items() if k[0] == who}
+    if who == "f_plain_import":
+        assert rows[(who, "04-lora-layer")]["status"] == "not your own"
 
 
 def test_hidden_tests_and_classmates_are_out_of_sight(hostile):
@@ -336,6 +440,10 @@ def test_writes_outside_the_copy_change_nothing(hostile):
                    "torch_save", "torch_from_file", "course_lib", "site_packages", "gradebook"):
         assert f"('{attack}', 'done')" not in executed or attack in {"subprocess", "multiprocessing", "symlink_race"}
     assert "('memory', 'MemoryError')" in executed           # the address-space limit holds
+    # plain writes outside, by path: the folder is not even in view, and a gradebook written by a relative
+    # path lands inside the sandbox, not on the grader's
+    assert "('plain_open', 'FileNotFoundError')" in executed or "('plain_open', 'OSError')" in executed
+    assert hostile["out"].read_text().startswith("student,notebook")
     assert "('gradebook', 'done')" not in executed
 
 
@@ -398,64 +506,6 @@ def test_budgets_hold_for_replays_display_floods_and_a_tiny_cell_timeout(tmp_pat
     assert len(executed) < 1_500_000, len(executed)
     feedback = (tmp_path / "feedback" / "replayer.md").read_text()
     assert "crashed the Python kernel" in feedback
-
-
-def test_without_bwrap_grading_refuses_in_one_sentence(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sandbox, "BWRAP", "bwrap-not-installed-here")
-    (tmp_path / "subs" / "s").mkdir(parents=True)
-    assert course(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "g.csv")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "apt-get install bubblewrap" in err and "--no-sandbox" in err
-    assert not (tmp_path / "g.csv").exists()
-
-
-def test_no_sandbox_says_what_is_then_not_guaranteed(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sandbox, "BWRAP", "bwrap-not-installed-here")
-    subs = tmp_path / "subs"
-    save(subs, "honest", solution())
-    out = tmp_path / "g.csv"
-    assert course(["grade", str(subs), "--out", str(out), "--notebooks", NB, "--no-sandbox"]) == 0
-    err = capsys.readouterr().err
-    assert "--no-sandbox" in err and "hidden tests" in err and "network" in err
-    rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out))}
-    assert rows[("honest", "TOTAL")]["points"] == "7"
-
-
-def test_the_sandbox_sees_no_network_no_home_and_runs_unprivileged(tmp_path):
-    import subprocess
-    import sys
-
-    box = sandbox.Sandbox(writable=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}))
-    code = ("import os, socket\n"
-            "s = socket.socket(); s.settimeout(2)\n"
-            "try:\n    s.connect(('1.1.1.1', 80)); net = 'yes'\nexcept OSError:\n    net = 'no'\n"
-            "print(os.getuid(), net, os.path.exists('/root/.bashrc') or os.path.exists('/etc/shadow'), os.getpid(),"
-            " os.path.exists(" + repr(str(ROOT / 'grading')) + "))")
-    done = subprocess.run(box.command([sys.executable, "-c", code]), capture_output=True, text=True, timeout=60)
-    uid, net, home, pid, grading = done.stdout.split()
-    assert (uid, net, home, grading) == ("65534", "no", "False", "False"), done
-    assert int(pid) < 10   # its own pid namespace
-
-
-def test_a_sandbox_cannot_start_more_processes_than_its_limit(tmp_path):
-    import subprocess
-    import sys
-
-    limits = sandbox.Limits(processes=64)
-    group = sandbox.pids_cgroup(limits.processes)
-    if group is None and os.geteuid() == 0:
-        pytest.skip("running as root without a writable pids cgroup: RLIMIT_NPROC does not bind root")
-    box = sandbox.Sandbox(writable=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}), limits=limits)
-    code = ("import threading, time\nstarted = 0\n"
-            "try:\n    for _ in range(300):\n"
-            "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); started += 1\n"
-            "except RuntimeError:\n    pass\nprint(started)")
-    try:
-        done = subprocess.run(sandbox.in_cgroup(group, box.command([sys.executable, "-c", code])),
-                              capture_output=True, text=True, timeout=120)
-    finally:
-        sandbox.remove_cgroups(group)
-    assert 0 < int(done.stdout.strip()) < 64, done
 
 
 def _descendants(pid: int) -> set[int]:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import support
 
 from course_tools.grading import sandbox
 
@@ -44,11 +45,11 @@ ODD_NAME = '=HYPERLINK("x.invalid","y")\x1b[2J\nforged  7 of 7 ' + "n" * 206   #
 
 
 def solution():
-    return nbformat.read(ROOT / "solutions" / f"{NB}.ipynb", as_version=4)
+    return support.solution(NB)
 
 
 def student():
-    return nbformat.read(ROOT / "notebooks" / f"{NB}.ipynb", as_version=4)
+    return support.student(NB)
 
 
 def with_cells(nb, *sources, first=False):
@@ -195,11 +196,8 @@ def _kill_marked_worker(root: int, killed: set[int]) -> None:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            cwd = os.readlink(f"/proc/{entry}/cwd")
-        except OSError:
-            continue
-        if not os.path.exists(os.path.join(cwd, "KILL-MY-WORKER")):
+        # through /proc/PID/cwd: the working folder is in memory inside the sandbox, not on this disk
+        if not os.path.exists(f"/proc/{entry}/cwd/KILL-MY-WORKER"):
             continue
         up = int(entry)
         for _ in range(12):
@@ -255,7 +253,7 @@ def _grade_in(base: Path, who: str) -> dict:
         for path in (out, tmp, home, made["victim"]):
             os.chown(path, NOBODY, NOBODY)
     env = {**os.environ, "TMPDIR": str(tmp), "HOME": str(home), "PYTHONPATH": str(ROOT),
-           "COURSE_MIRROR": os.environ.get("COURSE_MIRROR", "/work/shared/mirror")}
+           "COURSE_MIRROR": str(support.MIRROR)}
     env.pop("OMP_NUM_THREADS", None)
     argv = [str(venv / "bin" / "python"), "-m", "course_tools.cli", "grade", str(made["subs"]), "--out",
             str(out / "grades.csv"), "--notebooks", NB, "--cell-timeout", "60", "--notebook-timeout", "300",
