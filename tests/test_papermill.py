@@ -12,6 +12,7 @@ NOTEBOOKS = sorted((ROOT / "solutions").glob("*.ipynb"))
 
 
 def test_papermill_overrides_a_parameter_of_a_solution_notebook(tmp_path):
+    # 04's rank and alpha default to its run plan (rank = plan.rank): the injected values win over the plan
     out = tmp_path / "04_rank4.ipynb"
     papermill.execute_notebook(str(ROOT / "solutions" / "04_lora_layers.ipynb"), str(out),
                                parameters={"rank": 4, "alpha": 8}, cwd=str(ROOT / "solutions"),
