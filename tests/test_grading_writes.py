@@ -123,3 +123,15 @@ def test_the_relay_connects_to_nothing_in_the_graders_own_mount_namespace(tmp_pa
         assert runner.sandbox_root(child.pid) is None
     finally:
         child.kill()
+
+
+def test_a_folder_with_more_entries_than_the_cap_is_left_out_whole_without_being_listed_in_full(tmp_path):
+    source, target = tmp_path / "submission", tmp_path / "copy"
+    (source / "many").mkdir(parents=True)
+    (source / "notes.txt").write_text("kept")
+    for i in range(sandbox.MAX_COPY_FILES + 5):
+        (source / "many" / f"f{i}").touch()
+    skipped = sandbox.copy_submission(source, target)
+    assert (target / "notes.txt").read_text() == "kept"
+    assert list((target / "many").iterdir()) == []
+    assert any("`many/` holds more than" in s for s in skipped), skipped

@@ -173,14 +173,25 @@ class KernelRelay:
         if root is None:
             return None
         path = f"{root}{self.kernel_dir}/kernel-{port}"
+        # Opened without following a link, checked on the descriptor, connected through the descriptor:
+        # what is connected to is what was checked, even if the name is swapped meanwhile (a link reached
+        # through /proc/PID/root would resolve from the grader's own root).
         try:
-            if not stat.S_ISSOCK(os.lstat(path).st_mode):
-                return None
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(5)
-            sock.connect(str(path))
+            handle = os.open(path, os.O_PATH | os.O_NOFOLLOW)
         except OSError:
             return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if not stat.S_ISSOCK(os.fstat(handle).st_mode):
+                sock.close()
+                return None
+            sock.settimeout(5)
+            sock.connect(f"/proc/self/fd/{handle}")
+        except OSError:
+            sock.close()
+            return None
+        finally:
+            os.close(handle)
         pid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         if not _descends_from(pid, owner):
             if owner == self.owner:   # not a kernel stopped meanwhile: something else listens there
@@ -347,6 +358,7 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
                           interrupt_on_timeout=False, record_timing=False, store_widget_state=False,
                           startup_timeout=120, resources={"metadata": {"path": str(workdir)}})
     done: list[int] = []   # cells that ran without killing the kernel: replayed after a restart
+    ran: set[int] = set()
     restarts = 0
 
     def stop_kernel() -> None:
@@ -381,7 +393,8 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
     def run_cell(index: int) -> str:
         """``ok`` or why the kernel has to be restarted (``timeout``, ``died``, ``unreadable``)."""
         client.timeout = int(max(1, min(cell_timeout, left())))
-        if index not in run.executed:
+        if index not in ran:   # a set beside the list: notebooks of many cells cost linear time
+            ran.add(index)
             run.executed.append(index)
         cell = nb.cells[index]
         try:
