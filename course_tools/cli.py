@@ -123,7 +123,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from .grading.grade import DEFAULT_TESTS, grade, merge
+    from .grading.grade import grade, merge
+    from .grading.registry import DEFAULT_TESTS
+    from .grading.reports import print_totals
     from .grading.sandbox import Limits
 
     if args.merge:
@@ -140,10 +142,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
                      profile=args.profile, shard=args.shard, tests_path=Path(args.tests or DEFAULT_TESTS),
                      use_sandbox=not args.no_sandbox,
                      limits=Limits(memory_bytes=int(args.memory_gb * 1024**3), processes=args.max_processes))
-    totals = [r for r in rows if r["exercise"] == "TOTAL"]
-    for r in totals:
-        print(f"{r['student']:<24} {r['points']:>4} / {r['max_points']}")
-    print(f"wrote {args.out} ({len(totals)} students)")
+    print_totals(rows, args.out)
     return 0
 
 

@@ -15,7 +15,8 @@ from stored_outputs import differences
 from support import save, solution, student
 
 from course_tools.cli import main as course
-from course_tools.grading.grade import load_tests, threads_per_notebook
+from course_tools.grading.job import threads_per_notebook
+from course_tools.grading.registry import load_tests
 
 NB = "01_loading_weights"   # the quickest graded notebook: what these tests check is the grader, not the exercise
 pytestmark = [pytest.mark.slow,

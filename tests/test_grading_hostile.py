@@ -20,7 +20,7 @@ import pytest
 import support
 
 from course_tools.cli import main as course
-from course_tools.grading.grade import model_answers
+from course_tools.grading.reports import model_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 NB = "04_lora_layers"

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from course_tools.grading import grade, sandbox
+from course_tools.grading import sandbox
+from course_tools.grading.job import Job, sandbox_command, sandbox_env
+from course_tools.grading.ownership import installed_implementations
 
 ROOT = Path(__file__).resolve().parent.parent
 needs_bwrap = pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
@@ -31,9 +33,9 @@ def test_folders_under_tmp_stay_visible_and_the_library_is_found_through_pythonp
     The course library bound at another path is imported through the PYTHONPATH the grader sets."""
     library = tmp_path / "lib" / "course_lib"
     shutil.copytree(ROOT / "course_lib", library, ignore=shutil.ignore_patterns("__pycache__"))
-    job = {"sandbox": True, "course_dir": str(library), "limits": {}}
-    env = grade._sandbox_env(job, {})
-    prefix = grade._sandbox_for(job, [tmp_path / "lib"], library, tmp_path, env)
+    job = Job(student="s", notebook="n", path=tmp_path, course_dir=library)
+    env = sandbox_env(job, {})
+    prefix = sandbox_command(job, [tmp_path / "lib"], library, tmp_path, env)
     done = subprocess.run(prefix + [sys.executable, "-c", "import course_lib; print(course_lib.__file__)"],
                           capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == str(library / "__init__.py"), done.stderr
@@ -81,7 +83,7 @@ def test_the_sandbox_hides_its_options_and_refuses_namespaces_and_writes_to_dev(
 
 @needs_bwrap
 def test_probes_cannot_import_an_installed_lora_implementation(tmp_path):
-    hidden = grade.installed_implementations()
+    hidden = installed_implementations()
     if not hidden:
         pytest.skip("no installed LoRA implementation (peft) to hide")
     code = "import peft\nprint(hasattr(peft, 'LoraConfig'))"

@@ -76,7 +76,7 @@ BODY_FOR_FUNCTIONS = "return LoRALayer('[3.0, 3.0]')"
 
 def _probe(definitions: str, check: bool = True) -> dict:
     body = BODY_FOR_FUNCTIONS if "swap" in definitions else BODY
-    job = {"definitions": probe.definitions([definitions]), "probes": [["04-lora-layer", body, 1]],
+    job = {"definitions": probe.definitions([definitions]), "probes": [["04-lora-layer", probe.probe_source(body), 1]],
            "owned": {"04-lora-layer": ["LoRALayer"]} if check else {}, "bases": list(probe.BASES)}
     state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
     assert state == "ok", raw[-500:]

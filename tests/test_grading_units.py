@@ -20,8 +20,11 @@ import pytest
 from support import ROOT, save, solution
 
 from course_tools.cli import main as course
-from course_tools.grading import grade, runner, sandbox
-from course_tools.grading.grade import load_tests, own_definition, select_students, shard_of, threads_per_notebook
+from course_tools.grading import reports, runner, sandbox
+from course_tools.grading.grade import select_students, shard_of
+from course_tools.grading.job import Job, Result, grade_one, threads_per_notebook
+from course_tools.grading.ownership import own_definition
+from course_tools.grading.registry import load_tests
 
 NB = "04_lora_layers"
 
@@ -166,19 +169,19 @@ def test_the_output_cap_counts_what_is_written_not_what_arrives():
 # --------------------------------------------------------------------------- names in every output
 def test_names_are_made_safe_for_csv_console_files_and_markdown(tmp_path):
     odd = '=HYPERLINK("x")\x1b[2J\nforged  7 / 7 ' + "n" * 220
-    shown = grade.display_name(odd)
-    assert "\x1b" not in shown and "\n" not in shown and len(shown) <= 80 and shown != grade.display_name(odd + "x")
-    assert grade.display_name("alice") == "alice"
-    assert grade.csv_cell(shown).startswith("'=") and grade.csv_cell("-1+2") == "'-1+2" and grade.csv_cell(3) == 3
-    assert len(grade.file_name("é" * 200).encode()) <= 120 and not grade.file_name(".x").startswith(".")
+    shown = reports.display_name(odd)
+    assert "\x1b" not in shown and "\n" not in shown and len(shown) <= 80 and shown != reports.display_name(odd + "x")
+    assert reports.display_name("alice") == "alice"
+    assert reports.csv_cell(shown).startswith("'=") and reports.csv_cell("-1+2") == "'-1+2" and reports.csv_cell(3) == 3
+    assert len(reports.file_name("é" * 200).encode()) <= 120 and not reports.file_name(".x").startswith(".")
     rows = [{"student": shown, "notebook": "04", "exercise": "e", "points": 0, "max_points": 1, "status": "error",
              "message": "=cmd|' /C calc'!A0"}]
-    grade.write_gradebook(rows, tmp_path / "g.csv")
+    reports.write_gradebook(rows, tmp_path / "g.csv")
     text = (tmp_path / "g.csv").read_text()
     assert ",=" not in text and "\n=" not in text
-    results = [{"notebook": "04", "rows": [{**rows[0], "message": "<script>alert(1)</script>"}],
-                "events": ["`<img src=x>` was not copied."], "written": {}}]
-    grade.write_feedback(shown, results, tmp_path / "fb")
+    results = [Result(shown, "04", rows=[{**rows[0], "message": "<script>alert(1)</script>"}],
+                      events=["`<img src=x>` was not copied."])]
+    reports.write_feedback(shown, results, tmp_path / "fb")
     feedback = next((tmp_path / "fb").iterdir()).read_text()
     assert "<script>" not in feedback and "&lt;script&gt;" in feedback and "<img" not in feedback
 
@@ -193,12 +196,11 @@ def test_a_kernel_that_cannot_start_is_an_error_not_a_missing_definition(tmp_pat
     shutil.copy(ROOT / "solutions" / "04_lora_layers.ipynb", tmp_path / "s")
     (tmp_path / "cache").mkdir()
     (tmp_path / "mpl").mkdir()
-    job = {"student": "s", "notebook": "04_lora_layers", "path": str(tmp_path / "s" / "04_lora_layers.ipynb"),
-           "tests": str(grade.DEFAULT_TESTS), "profile": "smoke", "cell_timeout": 30, "notebook_timeout": 60,
-           "shared_cache": str(tmp_path / "cache"), "mpl_dir": str(tmp_path / "mpl"), "sandbox": False,
-           "limits": {}, "course_dir": str(ROOT / "course_lib"), "threads": 1, "scratch": str(tmp_path)}
-    result = grade.grade_one(job)
-    assert result["rows"] and all(r["status"] == "error" and "could not start" in r["message"] for r in result["rows"])
+    job = Job(student="s", notebook="04_lora_layers", path=tmp_path / "s" / "04_lora_layers.ipynb", cell_timeout=30,
+              notebook_timeout=60, shared_cache=tmp_path / "cache", mpl_dir=tmp_path / "mpl", sandbox=False,
+              course_dir=ROOT / "course_lib", scratch=tmp_path)
+    result = grade_one(job)
+    assert result.rows and all(r["status"] == "error" and "could not start" in r["message"] for r in result.rows)
 
 
 def test_without_bwrap_grading_refuses_in_one_sentence(tmp_path, monkeypatch, capsys):

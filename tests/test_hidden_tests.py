@@ -10,6 +10,7 @@ import nbformat
 import pytest
 
 from course_lib import checks
+from course_tools.grading.probe import probe_source
 from course_tools.grading.registry import load_tests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,9 +94,8 @@ def wiring_problems(exercises, solutions: Path = ROOT / "solutions", students: P
             if not any(set(e.names) & passed for passed in calls):
                 problems.append(f"{e.exercise}: {folder.name}/{e.notebook} does not call {e.check} on {e.name} "
                                 "after the exercise cell")
-        body = "\n".join("    " + line for line in e.probe.strip("\n").split("\n"))
         try:
-            compile(f"def probe(SEED):\n{body}\n", e.exercise, "exec")
+            compile(probe_source(e.probe), e.exercise, "exec")
         except SyntaxError as err:
             problems.append(f"{e.exercise}: its probe does not compile ({err})")
         if not e.probe.strip() or e.name not in e.probe:
@@ -159,9 +159,10 @@ def _probe(definitions, probes, monkeypatch, tmp_path, seconds=5.0):
     from course_tools.grading import probe
 
     monkeypatch.setattr(probe, "STATEMENT_SECONDS", seconds)
-    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"}
-    state, raw = probe.run_probe_process(probe.probe_command(isolated=False), {
-        "definitions": definitions, "probes": [[e, body, 1] for e, body in probes]}, timeout=120, env=env)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    state, raw = probe.run_probe_process(probe.probe_command(ROOT, isolated=False), {
+        "definitions": definitions, "probes": [[e, probe.probe_source(body), 1] for e, body in probes]},
+        timeout=120, env=env)
     assert state == "ok"
     return probe.validate_reply(raw, [e for e, _ in probes])
 
@@ -203,19 +204,17 @@ def test_a_pytorch_not_implemented_error_is_not_an_unwritten_todo(monkeypatch, t
 def _row(payload, exercise="04-lora-layer"):
     import nbformat
 
-    from course_tools.grading.grade import _exercise_row, load_tests
+    from course_tools.grading.scoring import exercise_row
 
-    tests = load_tests(ROOT / "grading" / "hidden_tests.py")
-    test = next(t for t in tests.TESTS if t.exercise == exercise)
+    test = next(t for t in HIDDEN.TESTS if t.exercise == exercise)
     nb = nbformat.read(ROOT / "solutions" / f"{test.notebook}.ipynb", as_version=4)
-    return _exercise_row(test, payload, nb, tests)
+    return exercise_row(test, payload, nb, HIDDEN)
 
 
 def test_every_row_message_names_what_happened():
-    from course_tools.grading.grade import _expected, load_tests
+    from course_tools.grading.scoring import expected
 
-    tests = load_tests(ROOT / "grading" / "hidden_tests.py")
-    answer = _expected(next(t for t in tests.TESTS if t.exercise == "04-lora-layer"), 3, tests)
+    answer = expected(next(t for t in HIDDEN.TESTS if t.exercise == "04-lora-layer"), 3)
     answer[0] = [answer[0][1], answer[0][0]]          # A's shape transposed
     wrong = _row({"ok": True, "result": answer, "seed": 3})
     assert wrong["status"] == "failed" and "passes the visible check" not in wrong["message"]

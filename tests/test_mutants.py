@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from course_lib import checks
+from course_tools.grading.probe import run_in
 from course_tools.grading.registry import load_tests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,16 +93,10 @@ def visible(exercise: str, ns: dict) -> None:
 
 
 # --------------------------------------------------------------------------- hidden tests
-def _run_probe(test, ns: dict, seed: int):
-    body = "\n".join("    " + line for line in test.probe.strip("\n").split("\n"))
-    exec(f"def __probe(SEED):\n{body}\n", ns)
-    return json.loads(json.dumps(ns["__probe"](seed)))
-
-
 @cache
 def expected(exercise: str, seed: int):
     test = EXERCISES[exercise]
-    return json.dumps(_run_probe(test, test.references(), seed))
+    return json.dumps(run_in(test.references(), test.probe, seed))
 
 
 def hidden_accepts(exercise: str, ns: dict, seed: int) -> bool:
@@ -109,7 +104,7 @@ def hidden_accepts(exercise: str, ns: dict, seed: int) -> bool:
     test = EXERCISES[exercise]
     student = {k: ns[k] for k in test.names}
     try:
-        got = _run_probe(test, {**student}, seed)
+        got = run_in(student, test.probe, seed)
     except Exception:
         return False
     return HIDDEN.same(got, json.loads(expected(exercise, seed)), test.tolerance)

@@ -155,7 +155,7 @@ DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, a
             ast.AnnAssign, ast.AugAssign, ast.If, ast.Try, ast.With, ast.Global)
 
 
-def definitions(sources: list[str], values: set[str] = frozenset()) -> list[str]:
+def definitions(sources: list[str]) -> list[str]:
     """The top-level statements of ``sources`` that can define names, in the order they ran:
     imports, functions, classes, assignments and the ``if``/``try``/``with`` blocks around them.
     Bare expressions and loops (training, plots, prints) are left out; the probe process runs each
@@ -181,6 +181,23 @@ def executed_sources(nb: nbformat.NotebookNode, executed: list[int]) -> list[str
 
 
 # --------------------------------------------------------------------------- the probe process
+PROBE_FUNCTION = "__course_probe"
+
+
+def probe_source(body: str) -> str:
+    """A hidden test's ``probe`` body as the function of ``SEED`` that every caller runs: the probe process
+    (which receives this text), the grader's expected answer and the mutation test (:func:`run_in`)."""
+    indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
+    return f"def {PROBE_FUNCTION}(SEED):\n{indented}\n"
+
+
+def run_in(namespace: dict, body: str, seed: int):
+    """The probe's result, as JSON data, run in this process with ``namespace``'s bindings (the references, in
+    the grader; a mutant's definitions, in the mutation test)."""
+    exec(compile(probe_source(body), "<hidden test>", "exec"), namespace)
+    return json.loads(json.dumps(namespace.pop(PROBE_FUNCTION)(seed)))
+
+
 RUNNER = r'''
 def _main():
     import ast, json, os, signal, sys
@@ -285,7 +302,7 @@ def _main():
         return None
     results = {}
     owned = job.pop("owned", {})
-    for exercise, body, seed in job.pop("probes"):
+    for exercise, source, seed in job.pop("probes"):
         try:
             problems = [(name, foreign(namespace[name])) for name in owned.get(exercise, []) if name in namespace]
             problem = next(((n, why) for n, why in problems if why), None)
@@ -295,9 +312,8 @@ def _main():
             results[exercise] = {"ok": False, "error": "not your own", "message": "`" + problem[0] + "` as the "
                                  "notebook's cells left it is not code they define: " + problem[1]}
             continue
-        indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
         try:
-            exec(compile("def __course_probe(SEED):\n" + indented + "\n", "<hidden test>", "exec"), namespace)
+            exec(compile(source, "<hidden test>", "exec"), namespace)
             probe = namespace.pop("__course_probe")
         except BaseException as error:
             results[exercise] = {"ok": False, "error": "grader error", "message": type(error).__name__ + ": " + str(error)[:160]}
@@ -327,9 +343,15 @@ _main()
 '''
 
 
-def probe_command(isolated: bool = True, python: str = sys.executable) -> list[str]:
-    """The probe process's command line; ``isolated`` (inside a sandbox) ignores PYTHON* variables."""
-    return [python, "-I" if isolated else "-s", "-c", RUNNER]
+def probe_command(library_parent: Path | None = None, isolated: bool = True,
+                  python: str = sys.executable) -> list[str]:
+    """The probe process's command line, in a sandbox or not: the folder holding the stripped course_lib
+    (``library_parent``) first on ``sys.path``, then :data:`RUNNER`, which imports PyTorch before any definition
+    runs (an import that takes seconds on a loaded machine must not count against the per-statement limit).
+    ``isolated`` (inside a sandbox) ignores every PYTHON* variable. The job it reads carries each probe as
+    :func:`probe_source` wrote it."""
+    path = f"import sys; sys.path.insert(0, {str(library_parent)!r})\n" if library_parent else ""
+    return [python, "-I" if isolated else "-s", "-c", path + RUNNER]
 
 
 def run_probe_process(command: list[str], job: dict, timeout: float, env: dict[str, str] | None = None,

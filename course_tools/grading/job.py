@@ -1,0 +1,279 @@
+"""One job: one student's notebook graded in a worker process. The notebook runs in its own kernel inside a
+sandbox; then each exercise's probe runs in a fresh sandboxed process holding only the definitions of the cells
+that ran, against a copy of course_lib with the references stubbed; the replies become gradebook rows here."""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from . import sandbox
+from .sandbox import Limits
+from .ownership import plagiarism_flags
+from .probe import printable
+from .registry import DEFAULT_TESTS, load_tests
+from .reports import utf8, written_answers
+from .scoring import exercise_row, rows_for_all
+
+PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
+MAX_NOTEBOOK_BYTES = 20_000_000   # a submitted notebook larger than this is refused unread
+KERNEL_DIR = Path("/.kernel")   # inside a sandbox: the kernel's sockets (in memory; the relay reaches them)
+PROBE_STARTUP = 30   # seconds a probe process may take to start Python and import torch, beyond --cell-timeout
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a worker needs to grade one notebook of one student (sent to it pickled)."""
+    student: str                      # as every output shows it (reports.display_name)
+    notebook: str                     # e.g. "04_lora_layers"
+    path: Path                        # the submitted .ipynb
+    tests: Path = DEFAULT_TESTS       # the exercise registry, loaded again by path in the worker
+    profile: str = "smoke"
+    cell_timeout: int = 120           # seconds
+    notebook_timeout: int = 1200      # seconds for the cells and the probes together
+    shared_cache: Path | None = None  # assets copied into the kernel's working folder (shared.prepare_shared)
+    mpl_dir: Path | None = None       # a matplotlib folder with its font cache built
+    sandbox: bool = True
+    limits: Limits = field(default_factory=Limits)
+    course_dir: Path | None = None    # the course_lib package (a sandbox binds a copy at the same path)
+    readonly: tuple[Path, ...] = ()   # more folders a sandbox may read (the Hugging Face cache in the full profile)
+    probe_courses: dict[str, Path] = field(default_factory=dict)   # exercise -> its stripped course_lib copy
+    threads: int = 1                  # CPU threads of the kernel and the probes (threads_per_notebook)
+    scratch: Path | None = None       # where the job's temporary folders go
+    grader_pid: int | None = None     # owner of the job's cgroups
+    hide_in_probes: tuple[Path, ...] = ()   # installed implementations covered in every probe's sandbox
+
+
+@dataclass
+class Result:
+    """What a worker sends back for one job: the gradebook rows and what the reports need besides."""
+    student: str
+    notebook: str
+    rows: list[dict] = field(default_factory=list)      # one per exercise (reports.FIELDS without student, notebook)
+    events: list[str] = field(default_factory=list)     # notes for the feedback (cells skipped, files not copied)
+    executed: str | None = None                         # the executed notebook, as JSON text
+    written: dict[str, str] = field(default_factory=dict)   # written answers by exercise id
+    flags: list[dict] = field(default_factory=list)     # for the instructor (ownership.plagiarism_flags)
+
+
+class Refused(Exception):
+    """A notebook graded no further: each of its exercises gets ``status`` and the message."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def threads_per_notebook() -> int:
+    """CPU threads for each submission's kernel and probes: one, or ``OMP_NUM_THREADS`` when the
+    instructor sets it. Fixed, whatever the class size or ``--workers``, because the thread count
+    changes PyTorch's reductions (and timings), so the same submission must always get the same.
+    One thread per kernel also keeps workers from oversubscribing the CPU (measured in
+    docs/instructors.md: OpenMP then slows everything down many times)."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        return int(given)
+    return 1
+
+
+def grade_one(job: Job) -> Result:
+    """Grade one student's notebook (runs in a worker process); never raises."""
+    result = Result(job.student, job.notebook)
+    try:
+        return _grade_one(job, result)
+    except Exception as err:  # one submission's failure must not stop the others
+        result.rows = rows_for_all(load_tests(job.tests).tests_for(job.notebook), "error", "The grader could not "
+                                   f"grade this notebook ({type(err).__name__}); tell your instructor.")
+        return result
+
+
+def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
+    """The submitted notebook, or :class:`Refused` saying why not (a link, missing, too large, unreadable)."""
+    if path.is_symlink() or path.parent.is_symlink():
+        raise Refused("invalid notebook", f"{path.name} is a link, not a file; submit the .ipynb file itself.")
+    if not path.is_file():
+        raise Refused("missing notebook", f"{notebook}.ipynb was not submitted.")
+    if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+        raise Refused("invalid notebook", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear "
+                      "its outputs and submit it again.")
+    try:  # readable as a notebook is enough; minor schema slips (cell ids in 4.4) are not the student's fault
+        nb = nbformat.read(path, as_version=4)
+        if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "source" in c
+                                                            for c in nb.cells):
+            raise ValueError("no cells")
+        for cell in nb.cells:
+            cell.setdefault("metadata", nbformat.NotebookNode())
+            if cell.get("cell_type") == "code":
+                cell.setdefault("outputs", [])
+    except Exception:
+        raise Refused("invalid notebook", f"{path.name} is not a readable Jupyter notebook; submit the .ipynb file "
+                      "saved by Jupyter.") from None
+    return nb
+
+
+def _grade_one(job: Job, result: Result) -> Result:
+    from . import probe, runner
+
+    tests = load_tests(job.tests)
+    hidden = tests.tests_for(job.notebook)
+    try:
+        nb = read_submission(Path(job.path), job.notebook)
+    except Refused as refused:
+        result.rows = rows_for_all(hidden, refused.status, str(refused))
+        return result
+    start = time.monotonic()
+    budget = job.notebook_timeout
+    tmp = Path(tempfile.mkdtemp(prefix="job-", dir=job.scratch))
+    try:
+        # With a sandbox the submission's copy, the shared assets and the kernel's sockets are seeded
+        # into folders in memory inside it: a running submission writes nothing to the grader's disk.
+        workdir, copy, private = tmp / "work", tmp / "submission", tmp / "grader"
+        ipc = KERNEL_DIR if job.sandbox else tmp / "ipc"
+        skipped = sandbox.copy_submission(Path(job.path).parent, copy if job.sandbox else workdir)
+        private.mkdir(mode=0o700)
+        (private / "conn").mkdir()
+        seeds = [(copy, workdir), (Path(job.shared_cache), workdir / ".course-cache"),
+                 (Path(job.mpl_dir), workdir / ".matplotlib")]
+        if job.sandbox:
+            workdir.mkdir()   # where the kernel starts; inside, a sized tmpfs covers it
+        else:
+            ipc.mkdir()
+            for source, target in seeds[1:]:
+                shutil.copytree(source, target, dirs_exist_ok=True)
+        env = {**thread_env(job), "COURSE_PROFILE": job.profile, "COURSE_CACHE_DIR": str(workdir / ".course-cache"),
+               "HOME": str(workdir), "IPYTHONDIR": str(workdir / ".ipython"), "MPLCONFIGDIR": str(workdir / ".matplotlib"),
+               "JUPYTER_RUNTIME_DIR": str(ipc), "JUPYTER_PLATFORM_DIRS": "1", "TMPDIR": "/tmp"}
+        env = sandbox_env(job, env) if job.sandbox else {**os.environ, **env, "TMPDIR": str(tmp),
+                                                          "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1"}
+        group = _cgroups(job)
+        try:
+            # the connection file's folder: readable inside, writable only by the grader
+            wrapper = sandbox.in_cgroup(group, sandbox_command(job, [workdir, ipc], Path(job.course_dir), workdir,
+                                                               env, private, also_readonly=[private / "conn"],
+                                                               seeds=seeds))
+            run = runner.run_notebook(nb, workdir, wrapper, env, ipc if job.sandbox else None,
+                                      job.cell_timeout, start + budget * PHASE1_SHARE,
+                                      grader_dir=private if job.sandbox else None)
+        finally:
+            sandbox.remove_cgroups(group)
+        run.events[:0] = skipped
+        if not run.started:
+            result.rows = rows_for_all(hidden, "error", "error: could not start the Python kernel for this "
+                                       "notebook, so nothing was graded; tell your instructor.")
+            result.events = run.events
+            return result
+        executed_nb = nbformat.from_dict({**nb, "cells": [c for i, c in enumerate(nb.cells) if i in set(run.executed)]})
+        defs = probe.definitions(probe.executed_sources(nb, run.executed))
+        payloads = run_probes(job, hidden, defs, tmp, start + budget)
+    finally:
+        sandbox.remove_tree(tmp)
+    result.rows = [exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
+    result.events = run.events
+    result.written = {printable(str(k), 100): utf8(v[:5000]) for k, v in written_answers(nb).items()}
+    result.flags = [{"student": job.student, "notebook": job.notebook, **f}
+                    for f in plagiarism_flags(executed_nb, hidden)]
+    result.executed = nbformat.writes(run.notebook)
+    return result
+
+
+def thread_env(job: Job) -> dict[str, str]:
+    return {"OMP_NUM_THREADS": str(job.threads), "MKL_NUM_THREADS": str(job.threads)}
+
+
+def sandbox_command(job: Job, scratch: list[Path], course_source: Path, cwd: Path, env: dict,
+                    private: Path | None = None, hidden: list[Path] | None = None,
+                    also_readonly: list[Path] = (), seeds: list[tuple[Path, Path]] = ()) -> list[str]:
+    """The command prefix that runs a process of this job inside its sandbox (or [] without one).
+    Its only writable folders are ``scratch`` (in memory, sized: nothing it writes reaches the
+    grader's disk), filled from ``seeds`` (host folder, scratch folder) before the process starts.
+    ``private`` (a folder no sandbox sees) receives bwrap's options, so that they are not on the
+    sandbox's command line; ``hidden`` folders are covered by an empty tmpfs inside."""
+    if not job.sandbox:
+        return []
+    course_dir = Path(job.course_dir)
+    readonly = [(course_source, course_dir)]
+    data = course_dir.parent / "data"
+    if data.is_dir():
+        readonly.append((data, data))
+    for extra in [*job.readonly, *also_readonly]:
+        readonly.append((Path(extra), Path(extra)))
+    box = sandbox.Sandbox(scratch=scratch, readonly=readonly, env=env, cwd=cwd, limits=job.limits,
+                          hidden=hidden or [], seeds=list(seeds))
+    args_file = Path(tempfile.mkstemp(prefix="bwrap-args-", dir=private)[1]) if private else None
+    if args_file:
+        args_file.unlink()
+    return box.command([], args_file=args_file)
+
+
+def sandbox_env(job: Job, extra: dict[str, str]) -> dict[str, str]:
+    """The environment inside a sandbox: minimal, with the course library's folder on PYTHONPATH
+    (where the sandbox binds it), so a library found only through the grader's PYTHONPATH works."""
+    return sandbox.sandboxed_env({**extra, "PYTHONPATH": str(Path(job.course_dir).parent)})
+
+
+def _cgroups(job: Job) -> list[Path]:
+    if not job.sandbox:
+        return []
+    return sandbox.sandbox_cgroups(job.limits, owner=job.grader_pid)
+
+
+def run_probes(job: Job, hidden: list, defs: list[str], tmp: Path, deadline: float) -> dict[str, dict]:
+    """Each exercise probed in a fresh sandboxed process holding only the notebook's definitions.
+    Exercises that share a stripped course are probed together first; if that process does not
+    answer, each is probed again alone, so one endless loop costs only its own exercise."""
+    from . import probe
+
+    groups: dict[Path, list] = {}
+    for test in hidden:
+        groups.setdefault(Path(job.probe_courses[test.exercise]), []).append(test)
+    payloads: dict[str, dict] = {}
+    for course_copy, group in groups.items():
+        pending = [group] if len(group) == 1 else [group] + [[t] for t in group]
+        for tests_now in pending:
+            tests_now = [t for t in tests_now if t.exercise not in payloads or not payloads[t.exercise].get("final")]
+            if not tests_now:
+                continue
+            seeds = {t.exercise: secrets.randbelow(2**31) for t in tests_now}
+            work = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp))
+            env = {**thread_env(job), "HOME": str(work), "MPLBACKEND": "Agg", "COURSE_PROFILE": job.profile,
+                   "COURSE_CACHE_DIR": str(work / ".course-cache"), "MPLCONFIGDIR": str(work / ".matplotlib"),
+                   "TMPDIR": "/tmp"}
+            if job.sandbox:
+                uses = {pkg for t in tests_now for pkg in t.uses}   # 09's exercise *is* peft
+                command = sandbox_command(job, [work], course_copy, work, sandbox_env(job, env), tmp / "grader",
+                                          hidden=[Path(h) for h in job.hide_in_probes if Path(h).name not in uses]) \
+                    + probe.probe_command(Path(job.course_dir).parent)
+                env_arg = None
+            else:
+                command = probe.probe_command(course_copy.parent, isolated=False)
+                env_arg = {**os.environ, **env, "PYTHONPATH": str(course_copy.parent)}
+            left = deadline - time.monotonic()
+            timeout = min(job.cell_timeout * len(tests_now) + PROBE_STARTUP, left)
+            group_id = _cgroups(job)
+            try:
+                state, raw = ("timeout", b"") if left <= 1 else probe.run_probe_process(
+                    sandbox.in_cgroup(group_id, command),
+                    {"definitions": defs, "probes": [[t.exercise, probe.probe_source(t.probe), seeds[t.exercise]]
+                                                     for t in tests_now],
+                     "owned": {t.exercise: [n for n in t.names if n not in t.values] for t in tests_now},
+                     "bases": list(probe.BASES)},
+                    timeout, env=env_arg, cwd=str(work))
+            finally:
+                sandbox.remove_cgroups(group_id)
+            exercises = [t.exercise for t in tests_now]
+            if state == "ok":
+                replies = probe.validate_reply(raw, exercises)
+            else:
+                error = "timeout" if state == "timeout" else "kernel died"
+                replies = {e: {"ok": False, "error": error, "message": "the hidden test did not finish"}
+                           for e in exercises}
+            final = state == "ok" or len(tests_now) == 1 or len(group) == 1
+            for e, reply in replies.items():
+                payloads[e] = {**reply, "seed": seeds[e], "final": final}
+    return payloads

@@ -1,0 +1,162 @@
+"""What counts as the student's own work: the static ownership check (the notebook itself defines each name an
+exercise reads, not imported, assigned or subclassed from course_lib), the installed implementations every probe's
+sandbox covers, and the flags for the instructor when a definition matches the course library's."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+
+import nbformat
+
+from .probe import parse_cell
+
+
+
+def _statements(body: list[ast.stmt]):
+    """Top-level statements, looking inside ``if``/``try``/``with`` blocks (where definitions may sit)."""
+    for node in body:
+        yield node
+        if isinstance(node, (ast.If, ast.With)):
+            yield from _statements(node.body + getattr(node, "orelse", []))
+        elif isinstance(node, ast.Try):
+            yield from _statements(node.body + node.orelse + node.finalbody +
+                                   [s for h in node.handlers for s in h.body])
+
+
+def own_definition(nb: nbformat.NotebookNode, name: str, value: bool = False) -> str | None:
+    """None if the notebook itself defines ``name`` (def or class; for a ``value``, an assignment that
+    uses nothing from course_lib) and keeps that definition; otherwise a sentence saying what is
+    wrong. Read from the cells that ran, so nothing the notebook does at run time changes the answer."""
+    from_course_lib: set[str] = set()
+    last = None
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        tree = parse_cell(cell.source)
+        if tree is None:
+            continue
+        for node in _statements(tree.body):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                module = getattr(node, "module", None) or ""
+                for alias in node.names:
+                    bound = alias.asname or alias.name.split(".")[0]
+                    if module.startswith("course_lib") or alias.name.startswith("course_lib"):
+                        from_course_lib.add(bound)
+                    if bound == name:
+                        last = ("import", module.startswith("course_lib") or alias.name.startswith("course_lib"))
+            elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+                bases = [b.id for b in getattr(node, "bases", []) if isinstance(b, ast.Name)]
+                last = ("def", any(b in from_course_lib for b in bases))
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                    borrowed = node.value is None or "course_lib" in ast.unparse(node.value) or any(
+                        isinstance(n, ast.Name) and n.id in from_course_lib for n in ast.walk(node.value))
+                    last = ("value" if value else "assign", borrowed)
+    if last is None:
+        return f"`{name}` is not defined in the notebook (was its cell deleted?)."
+    kind, borrowed = last
+    if kind in ("def", "value") and not borrowed:
+        return None
+    return (f"`{name}` must be written in the notebook itself, not imported, assigned or subclassed from "
+            "course_lib.")
+
+
+IMPLEMENTATIONS = ("peft", "loralib")   # installed packages that implement the exercises (LoRA)
+SIMILAR = 0.9          # difflib ratio of normalised source above which a definition is flagged
+MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is checked
+
+
+def installed_implementations() -> list[str]:
+    """The folders of installed packages that implement a graded exercise (peft's LoRA, loralib):
+    each probe's sandbox covers them with an empty folder, so no definition can delegate to them."""
+    out = []
+    for name in IMPLEMENTATIONS:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            if os.path.isdir(folder):
+                out.append(os.path.realpath(folder))
+    return sorted(set(out))
+
+
+def _normalised(source: str) -> str:
+    """``source`` re-printed from its syntax tree without docstrings or comments."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return ""
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
+                isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.unparse(tree)
+
+
+def _decoded_blobs(source: str) -> list[str]:
+    """Text hidden in a cell's long string or bytes constants (base64, base85 or hex, optionally
+    zlib-, gzip-, bz2- or lzma-compressed), each decompressed to at most ``MAX_DECODED`` bytes."""
+    import base64
+    import binascii
+    import bz2
+    import lzma
+    import zlib
+
+    tree = parse_cell(source)
+    if tree is None:
+        return []
+    out = []
+    for node in ast.walk(tree):
+        value = getattr(node, "value", None) if isinstance(node, ast.Constant) else None
+        if not isinstance(value, (str, bytes)) or len(value) < 200:
+            continue
+        raw = value.encode("latin-1", "ignore") if isinstance(value, str) else value
+        candidates = [raw]
+        for decode in (base64.b64decode, base64.b85decode, binascii.unhexlify):
+            try:
+                candidates.append(decode(raw))
+            except (ValueError, binascii.Error):
+                pass
+        for blob in candidates:
+            for decompress in (lambda b: zlib.decompressobj(47).decompress(b, MAX_DECODED),
+                               lambda b: bz2.BZ2Decompressor().decompress(b, MAX_DECODED),
+                               lambda b: lzma.LZMADecompressor().decompress(b, MAX_DECODED)):
+                try:
+                    out.append(decompress(blob).decode("utf-8", "replace"))
+                except (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error):
+                    pass
+            if blob is not raw:
+                out.append(blob[:MAX_DECODED].decode("utf-8", "replace"))
+    return out
+
+
+def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
+    """For the instructor, not the grade: each exercise whose definition in the cells that ran (or
+    in text they carry encoded or compressed) is, once docstrings and layout are set aside, at
+    least ``SIMILAR`` alike to the course library's reference."""
+    import difflib
+    import inspect
+
+    sources = [c.source for c in nb.cells if c.get("cell_type") == "code"]
+    texts = sources + [t for src in sources for t in _decoded_blobs(src)]
+    flags = []
+    for test in exercises:
+        try:
+            reference = _normalised(inspect.getsource(test.reference()))
+        except (TypeError, OSError, Exception):
+            continue
+        if not reference:
+            continue
+        for text in texts:
+            tree = parse_cell(text)
+            mine = [ast.unparse(n) for n in (tree.body if tree else [])
+                    if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == test.name]
+            if any(difflib.SequenceMatcher(None, _normalised(m), reference).ratio() >= SIMILAR for m in mine):
+                flags.append({"exercise": test.exercise, "reason": f"`{test.name}` matches course_lib's "
+                              "implementation (a signal to look at, not a grade)."})
+                break
+    return flags

@@ -1,0 +1,189 @@
+"""What the grader writes, after every sandbox is gone: the CSV gradebook (and the instructor's flags), one
+feedback file per student, the executed notebooks, and the console's totals. Everything a submission controls
+(folder names, messages, written answers) is made safe for each: printable, one line, no spreadsheet formulas, no
+HTML, file names without ``/`` or a leading dot."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import nbformat
+
+from course_lib.paths import repo_root
+
+from .probe import printable
+
+if TYPE_CHECKING:
+    from .job import Result
+
+FIELDS = ["student", "notebook", "exercise", "points", "max_points", "status", "message"]
+FLAG_FIELDS = ["student", "notebook", "exercise", "reason"]
+
+
+def _sorted_rows(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["student"], r["notebook"], r["exercise"]))
+
+
+def with_totals(rows: list[dict]) -> list[dict]:
+    """The exercise rows, each student's followed by a TOTAL row."""
+    rows = _sorted_rows([r for r in rows if r["exercise"] != "TOTAL"])
+    out: list[dict] = []
+    for student in sorted({r["student"] for r in rows}):
+        mine = [r for r in rows if r["student"] == student]
+        out += mine
+        out.append({"student": student, "notebook": "ALL", "exercise": "TOTAL",
+                    "points": sum(int(r["points"]) for r in mine), "max_points": sum(int(r["max_points"]) for r in mine),
+                    "status": "total", "message": ""})
+    return out
+
+
+CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "|", "%")
+
+
+def csv_cell(value):
+    """``value`` safe for a spreadsheet: text that a spreadsheet would read as a formula (starting
+    with ``=``, ``+``, ``-``, ``@``, a tab, ...) gets a leading apostrophe (OWASP's advice on CSV
+    injection); numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(CSV_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def display_name(folder: str) -> str:
+    """A student's folder name as every output shows it: printable, on one line, at most 80
+    characters. A name that had to change gets ``~`` and 8 hex digits of its hash, so two folders
+    never share a name in the gradebook."""
+    shown = " ".join(printable(folder, 1000).split())
+    if shown == folder and 0 < len(shown) <= 80 and not shown.startswith(("'", "~")):
+        return shown
+    return f"{shown[:70]}~{hashlib.sha256(folder.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def file_name(name: str) -> str:
+    """``name`` (a display name) as a file name: no ``/``, no leading dot, at most 120 bytes."""
+    safe = name.replace("/", "_").replace("\0", "_")
+    if safe.startswith("."):
+        safe = "_" + safe
+    if len(safe.encode("utf-8", "surrogateescape")) > 120:
+        digest = hashlib.sha256(safe.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        safe = safe.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore") + "~" + digest
+    return safe
+
+
+def write_gradebook(rows: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell(r[k]) for k in FIELDS} for r in with_totals(rows))
+    out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
+
+
+def written_answers(nb: nbformat.NotebookNode) -> dict[str, str]:
+    """Each written-answer cell's text, by exercise id (markdown cells carrying ``course`` metadata)."""
+    from ..notebooks import BEGIN, END
+
+    out: dict[str, str] = {}
+    for cell in nb.cells:
+        exercise = (cell.get("metadata", {}).get("course") or {}).get("exercise")
+        if cell.get("cell_type") != "markdown" or not isinstance(exercise, str):
+            continue
+        lines = cell.source.split("\n")
+        marked = [i for i, line in enumerate(lines) if BEGIN.match(line) or END.match(line)]
+        body = lines[marked[0] + 1:marked[1]] if len(marked) >= 2 else lines
+        out[exercise] = "\n".join(body).strip()
+    return out
+
+
+def model_answers(notebook: str) -> dict[str, str]:
+    """The model answers of ``notebook``'s written questions, from the instructor's solution copy."""
+    path = repo_root() / "solutions" / f"{notebook}.ipynb"
+    try:
+        return written_answers(nbformat.read(path, as_version=4))
+    except Exception:
+        return {}
+
+
+def _answer_block(student_answer: str, model: str) -> list[str]:
+    from ..notebooks import ANSWER_PROMPT
+
+    mine = student_answer.strip()
+    if not mine or ANSWER_PROMPT in mine:
+        mine = "(no answer)"
+    quote = lambda text: ["> " + html.escape(line, quote=False) for line in text.split("\n")]  # noqa: E731
+    return ["  Your answer:", "", *["  " + q for q in quote(mine[:2000])], "", "  Model answer:", "",
+            *["  " + q for q in quote(model)], ""]
+
+
+def write_feedback(student: str, results: list[Result], folder: Path) -> None:
+    """``folder/<student>.md``: points and messages per exercise, notes, and the written answers
+    beside the model answers (students see those only here, after grading)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [r for res in results for r in res.rows]
+    got, total = sum(r["points"] for r in rows), sum(r["max_points"] for r in rows)
+    text = lambda value: html.escape(printable(str(value), 2000), quote=False)  # noqa: E731  one line, no HTML
+    lines = [f"# Feedback for {text(student)}", "", f"**{got} of {total} points.**", ""]
+    for res in sorted(results, key=lambda r: r.notebook):
+        lines += [f"## {res.notebook}", ""]
+        for r in res.rows:
+            mark = "✓" if r["status"] == "passed" else "✗"
+            lines.append(f"- {mark} **{r['exercise']}** ({r['points']}/{r['max_points']}): {text(r['message'])}")
+        for event in res.events:
+            lines.append(f"- Note: {text(event)}")
+        models = model_answers(res.notebook)
+        for exercise, model in models.items():
+            lines += [f"- Written answer **{exercise}** (not scored):", ""]
+            lines += _answer_block(res.written.get(exercise, ""), model)
+        lines.append("")
+    (folder / f"{file_name(student)}.md").write_text("\n".join(lines), encoding="utf-8", errors="backslashreplace")
+
+
+def write_flags(flags: list[dict], out: Path) -> None:
+    """``out``: one row per flagged exercise, for the instructor's eyes only (students never see it)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FLAG_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: csv_cell(f[k]) for k in FLAG_FIELDS}
+                     for f in sorted(flags, key=lambda f: (f["student"], f["notebook"], f["exercise"])))
+    out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
+
+
+def utf8(text: str) -> str:
+    """``text`` that can be written as UTF-8 (a lone surrogate from a notebook becomes ``\\udXXX``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def write_results(results: list[Result], out: Path, feedback_dir: Path, executed_dir: Path) -> list[dict]:
+    """The gradebook at ``out``, the flags beside it, each student's feedback and the executed notebooks; one
+    student's file that cannot be written costs only that file. Returns the gradebook's rows with totals."""
+    rows = [{"student": r.student, "notebook": r.notebook, **row} for r in results for row in r.rows]
+    write_gradebook(rows, out)
+    write_flags([f for r in results for f in r.flags], out.parent / f"{out.stem}-flags.csv")
+    for student in sorted({r.student for r in results}):
+        try:
+            write_feedback(student, [r for r in results if r.student == student], feedback_dir)
+        except (Exception, MemoryError) as err:
+            print(f"warning: could not write the feedback of {student}: {type(err).__name__}", file=sys.stderr)
+    for r in results:
+        if r.executed:
+            target = executed_dir / file_name(r.student) / f"{r.notebook}.ipynb"
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(r.executed, encoding="utf-8", errors="backslashreplace")
+            except (Exception, MemoryError) as err:
+                print(f"warning: could not write the executed notebook of {r.student}: {type(err).__name__}",
+                      file=sys.stderr)
+    return with_totals(rows)
+
+
+def print_totals(rows: list[dict], out: str | Path) -> None:
+    """Each student's total on the console (names as :func:`display_name` made them), and where the gradebook is."""
+    totals = [r for r in rows if r["exercise"] == "TOTAL"]
+    for r in totals:
+        print(f"{r['student']:<24} {r['points']:>4} / {r['max_points']}")
+    print(f"wrote {out} ({len(totals)} students)")
