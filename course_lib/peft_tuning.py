@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -277,6 +278,12 @@ def build_peft_model(model_path: str, lora: dict, num_labels: int = 4, seed: int
     return model.to(device)
 
 
+def _quiet() -> bool:
+    """No progress bars when ``TQDM_DISABLE`` is set (stored outputs, tests): tqdm.auto's notebook bar
+    ignores that variable (tqdm 4.70's ``tqdm.notebook`` passes ``disable`` itself), so it is read here."""
+    return bool(os.environ.get("TQDM_DISABLE"))
+
+
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -287,7 +294,7 @@ def evaluate(model, data: torch.utils.data.TensorDataset, batch_size: int = 64) 
     model.eval()
     preds, labels, losses = [], [], []
     for ids, mask, y in tqdm(_batches(data, batch_size, _device(model)), desc="evaluate", leave=False,
-                             total=-(-len(data) // batch_size)):
+                             total=-(-len(data) // batch_size), disable=_quiet()):
         out = model(input_ids=ids, attention_mask=mask, labels=y)
         preds.append(out.logits.argmax(-1).cpu())
         labels.append(y.cpu())
@@ -308,7 +315,7 @@ def fine_tune(model, train: torch.utils.data.TensorDataset, validation: torch.ut
         for epoch in range(epochs):
             model.train()
             for ids, mask, y in tqdm(_batches(train, batch_size, _device(model), generator), desc=f"epoch {epoch + 1}",
-                                     total=-(-len(train) // batch_size), leave=False):
+                                     total=-(-len(train) // batch_size), leave=False, disable=_quiet()):
                 optimizer.zero_grad()
                 model(input_ids=ids, attention_mask=mask, labels=y).loss.backward()
                 optimizer.step()
