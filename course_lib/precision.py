@@ -120,12 +120,12 @@ def _attend_in_fp32_for_backward(module: MultiHeadAttention, queries: torch.Tens
 def attention_backward_in_fp32(model: nn.Module):
     """Within the block, ``model``'s attention runs in fp32 on a CPU whenever it records gradients in bf16.
 
-    PyTorch's CPU flash-attention backward in bf16 costs several times its fp32 version at the
-    course's short sequences (one GPT-2 block at batch 8 × 32 tokens: about 6 ms against 1.3 ms on the
-    development machine's CPU, ``benchmarks/roofline.py``); attention's own arithmetic is a few percent of a
-    step, so computing it on fp32 copies of the bf16 queries, keys and values is faster and, if
-    anything, more exact (the bf16 kernel also accumulates in fp32). The forward pass without
-    gradients (evaluation) and every other device keep the bf16 kernel.
+    PyTorch's CPU flash-attention backward in bf16 is slower than its fp32 version at the course's short
+    sequences (on the development machine's CPU it was most of the gap between a bf16 LoRA step and its
+    GEMM chain: ``benchmarks/roofline.py``'s ``fast_bf16_attention`` and ``fast`` builds, docs/benchmarks.md);
+    attention's own arithmetic is a few percent of a step, so computing it on fp32 copies of the bf16
+    queries, keys and values costs less and is at least as exact (``tests/test_precision.py``). The
+    forward pass without gradients (evaluation) and every other device keep the bf16 kernel.
     """
     patched = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and "attend" not in vars(m)]
     try:
