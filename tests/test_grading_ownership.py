@@ -69,6 +69,41 @@ def swap(fn):
 def LoRALayer(scale):
     pass
 ''',
+    # the red team's round three: the check's own tools patched, a base relabelled as PyTorch's, carried code
+    # compiled (or renamed) under the notebook's own file name
+    "builtins the check uses patched after the class": HONEST + CARRY + '''
+import builtins
+builtins.vars = lambda *a: {}
+globals()["LoRALayer"] = carried()
+''',
+    "a carried base relabelled as a PyTorch class": HONEST + CARRY + '''
+import torch
+impl = carried()
+impl.__module__, impl.__qualname__ = "torch.nn", "LoRAImpl"
+torch.nn.LoRAImpl = impl
+class LoRALayer(torch.nn.LoRAImpl):
+    pass
+''',
+    "carried code compiled under the notebook's file name": f'''
+def carried():
+    ns = {{}}
+    exec(compile("{CARRIED}", "<notebook>", "exec"), ns)
+    return ns["L"]
+globals()["LoRALayer"] = carried()
+''',
+    "a carried function's code renamed to the notebook's": CARRY + '''
+def renamed():
+    L = carried()
+    L.forward.__code__ = L.forward.__code__.replace(co_filename="<notebook>")
+    return L
+globals()["LoRALayer"] = renamed()
+''',
+}
+# Honest code that wraps its own functions with the standard library's or PyTorch's decorators.
+WRAPPED = {
+    "functools.lru_cache on a method": "import functools\nfunctools.lru_cache(maxsize=None)",
+    "functools.cache on a method": "import functools\nfunctools.cache",
+    "torch.no_grad on a method": "import torch\ntorch.no_grad()",
 }
 BODY = "import torch\nreturn LoRALayer(3.0)(torch.ones(2)).tolist()"
 BODY_FOR_FUNCTIONS = "return LoRALayer('[3.0, 3.0]')"
@@ -90,6 +125,8 @@ def test_an_honest_class_with_properties_and_static_methods_is_the_notebooks_own
 
 @pytest.mark.parametrize("attack", sorted(ATTACKS))
 def test_each_attack_binds_another_implementation_when_the_object_is_not_checked(attack):
+    if "file name" in attack or "renamed" in attack:
+        pytest.skip("refused when the code is made, whether or not the bound object is checked")
     reply = _probe(ATTACKS[attack], check=False)
     assert reply["ok"] and reply["result"] in ([2.0, 2.0], [3.0, 3.0]), reply
     assert reply["result"] == [2.0, 2.0] or "swap" in ATTACKS[attack]
@@ -100,3 +137,20 @@ def test_another_implementation_bound_to_the_graded_name_is_refused(attack):
     reply = _probe(ATTACKS[attack])
     assert reply["ok"] is False and reply["error"] == "not your own", reply
     assert reply["message"].startswith("`LoRALayer` as the notebook's cells left it is not code they define")
+    assert ("own file name" in reply["message"]) == ("file name" in attack or "renamed" in attack)
+
+
+@pytest.mark.parametrize("wrapper", sorted(WRAPPED))
+def test_the_notebooks_own_code_under_a_standard_decorator_is_its_own(wrapper):
+    imports, decorator = WRAPPED[wrapper].split("\n")
+    source = HONEST.replace("    @staticmethod\n    def helper", f"    @staticmethod\n    @{decorator}\n    def helper")
+    assert source != HONEST
+    assert _probe(imports + "\n" + source) == {"ok": True, "result": [3.0, 3.0]}
+
+
+def test_an_exercise_function_under_lru_cache_is_its_own():
+    source = "import functools\n@functools.lru_cache(maxsize=None)\ndef LoRALayer(text):\n    return [3.0, 3.0]\n"
+    job = {"definitions": probe.definitions([source]), "probes": [["x", probe.probe_source("return LoRALayer('a')"), 1]],
+           "owned": {"x": ["LoRALayer"]}, "bases": list(probe.BASES)}
+    state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
+    assert json.loads(raw)["x"] == {"ok": True, "result": [3.0, 3.0]}

@@ -220,12 +220,85 @@ def _main():
     # The per-statement limit counts this process's CPU time (ITIMER_PROF), not the wall clock, so a machine
     # busy with other work cannot trip it; a statement that only waits is bounded by the probe's own timeout.
     signal.signal(signal.SIGPROF, _alarm)
+    # The ownership check's tools, taken before any of the notebook's code runs (which may patch builtins or
+    # sys.modules): the object bound to a graded name is judged with these, reading descriptors directly.
+    import functools, types
+    _function, _type, _str, _len, _tuple, _isinstance = types.FunctionType, type, str, len, tuple, isinstance
+    _code_of = types.FunctionType.__dict__["__code__"].__get__
+    _fn_dict = types.FunctionType.__dict__["__dict__"].__get__
+    _class_dict, _mro_of = type.__dict__["__dict__"].__get__, type.__dict__["__mro__"].__get__
+    _is_type = type.__instancecheck__.__get__(type)
+    _lru, _partial, _cached = functools._lru_cache_wrapper, functools.partial, functools.cached_property
+    _static, _classmethod, _property, _getattr = staticmethod, classmethod, property, getattr
+    roots = []
+    for name in job.get("bases", ()):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if isinstance(path, str):
+            roots.append(os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path)
+    allowed = _tuple(roots)   # files of PyTorch and the standard-library modules a graded class may build on
+    def inner(value):   # what a standard wrapper wraps; None: not one
+        kind = _type(value)
+        if kind is _static or kind is _classmethod:
+            return value.__func__
+        if kind is _property:
+            return value.fget
+        if kind is _partial or kind is _cached:
+            return value.func
+        if kind is _lru:
+            return _getattr(value, "__wrapped__", None)
+        return None
+    def origin(value):   # None: the notebook's own code, or no code at all; else the file the code comes from
+        for _ in range(8):
+            if _type(value) is _function:
+                made = _str(_code_of(value).co_filename)
+                if made == "<notebook>":
+                    return None
+                wrapped = _fn_dict(value).get("__wrapped__")   # functools.wraps, as torch.no_grad() does
+                if _type(wrapped) is not _function or not made.startswith(allowed):
+                    return made
+                value = wrapped
+                continue
+            value = inner(value)
+            if value is None:
+                return None
+        return "too many wrappers"
+    def foreign(obj):
+        # Where the object bound to a graded name comes from, when it is not code the notebook's cells define
+        # (None: all its own), read without running any of its code: a decorator, metaclass, class swap or
+        # carried base cannot make another implementation look like the notebook's.
+        if _type(obj) is _function or inner(obj) is not None:
+            made = origin(obj)
+            return None if made is None else "it is a function from " + made[:80]
+        if not _is_type(obj):
+            return "it is a " + _str(_type(obj).__name__)[:40] + " object, not a function or class the notebook defines"
+        for klass in (*_mro_of(obj), *_mro_of(_type(obj))):
+            for key, value in _class_dict(klass).items():
+                made = origin(value)
+                if made is not None and not made.startswith(allowed):
+                    return "its " + _str(key)[:40] + " comes from " + made[:80]
+        return None
+    # Only this process compiles code under the notebook's name: carried code compiled as "<notebook>" (or
+    # a code object renamed so) is refused when it is made, before it can pass the check above.
+    compiling, renamed = [False], []
+    def audit(event, args):
+        if compiling[0]:
+            return
+        if (event in ("compile", "code.__new__") and _len(args) > 1 and args[1] == "<notebook>") or (
+                event == "marshal.loads" and args and _isinstance(args[0], (bytes, bytearray))
+                and b"<notebook>" in args[0]):
+            renamed.append(event)
+            raise RuntimeError("only the grader compiles code as the notebook's cells")
+    sys.addaudithook(audit)
     namespace = {"__name__": "__main__"}
     slow = []
     for source in job.pop("definitions"):
         try:
             tree = ast.parse(source)
-            code = compile(tree, "<notebook>", "exec")
+            compiling[0] = True
+            try:
+                code = compile(tree, "<notebook>", "exec")
+            finally:
+                compiling[0] = False
         except BaseException:
             continue
         loads_libraries = any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree))
@@ -250,56 +323,6 @@ def _main():
         return found
     def plain(value):   # anything JSON cannot hold becomes a string naming it: a wrong type, not a crash
         return "<" + type(value).__name__ + ": " + repr(value)[:60] + ">"
-    import types
-    module_of, mro_of = type.__dict__["__module__"].__get__, type.__dict__["__mro__"].__get__
-    qualname_of = type.__dict__["__qualname__"].__get__
-    def library_class(klass):   # a class of an allowed package, found where its module says it is
-        module = str(module_of(klass))
-        if module.split(".")[0] not in job.get("bases", ()):
-            return False
-        found = sys.modules.get(module)
-        for part in str(qualname_of(klass)).split("."):
-            found = getattr(found, part, None)
-        return found is klass
-    def package_files():   # the files a decorator of an allowed package (torch.no_grad's wrapper) lives in
-        roots = []
-        for name in job.get("bases", ()):
-            path = getattr(sys.modules.get(name), "__file__", None)
-            if isinstance(path, str):
-                roots.append(os.path.dirname(path) + os.sep if path.endswith("__init__.py") else path)
-        return tuple(roots)
-    wrappers = package_files()
-    def own_function(fn):   # compiled from the cells, or wrapped (functools.wraps) by an allowed package
-        for _ in range(8):
-            made = str(fn.__code__.co_filename)
-            if made == "<notebook>":
-                return None
-            inner = vars(fn).get("__wrapped__")
-            if not isinstance(inner, types.FunctionType) or not made.startswith(wrappers):
-                return made
-            fn = inner
-        return made
-    def foreign(obj):
-        # Where the object bound to a graded name comes from, when it is not code the notebook's cells
-        # define (None: all its own). Read without running any of the object's own code: a decorator,
-        # a metaclass or a class swap cannot make another implementation look like the notebook's.
-        if isinstance(obj, types.FunctionType):
-            made = own_function(obj)
-            return None if made is None else "it is a function from " + made[:80]
-        if not isinstance(obj, type):
-            return "it is a " + type(obj).__name__[:40] + " object, not a function or class the notebook defines"
-        for klass in (*mro_of(obj), *mro_of(type(obj))):
-            if library_class(klass):
-                continue
-            for value in vars(klass).values():
-                if isinstance(value, (staticmethod, classmethod)):
-                    value = value.__func__
-                elif isinstance(value, property):
-                    value = value.fget
-                made = own_function(value) if isinstance(value, types.FunctionType) else None
-                if made is not None:
-                    return "its " + str(value.__name__)[:40] + " comes from " + made[:80]
-        return None
     results = {}
     owned = job.pop("owned", {})
     for exercise, source, seed in job.pop("probes"):
@@ -307,7 +330,10 @@ def _main():
             problems = [(name, foreign(namespace[name])) for name in owned.get(exercise, []) if name in namespace]
             problem = next(((n, why) for n, why in problems if why), None)
         except BaseException as error:
-            problem = ("?", "it could not be inspected (" + type(error).__name__ + ")")
+            problem = ("?", "it could not be inspected (" + _str(_type(error).__name__) + ")")
+        if renamed and owned.get(exercise):
+            problem = (owned[exercise][0], "the cells made code under the notebook's own file name (" + renamed[0]
+                       + "), which only the grader does, so nothing they define can be told from carried code")
         if problem:
             results[exercise] = {"ok": False, "error": "not your own", "message": "`" + problem[0] + "` as the "
                                  "notebook's cells left it is not code they define: " + problem[1]}
