@@ -222,3 +222,51 @@ def test_no_sandbox_says_what_is_then_not_guaranteed(tmp_path, monkeypatch, caps
     assert "--no-sandbox" in err and "hidden tests" in err and "network" in err
     rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(out))}
     assert rows[("honest", "TOTAL")]["points"] == "7"
+
+
+# --------------------------------------------------------------------------- what a notebook's size costs the grader
+def test_a_notebook_of_too_many_cells_is_refused_before_it_is_validated(tmp_path):
+    from course_tools.grading.job import MAX_CELLS, Refused, read_submission
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("") for _ in range(MAX_CELLS + 1)])
+    path = tmp_path / "04_lora_layers.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(Refused) as refused:
+        read_submission(path, "04_lora_layers")
+    assert f"{MAX_CELLS + 1:,} cells" in str(refused.value.args)
+    nb.cells = nb.cells[:MAX_CELLS]
+    nbformat.write(nb, path)
+    assert len(read_submission(path, "04_lora_layers").cells) == MAX_CELLS
+
+
+def test_carried_blobs_decode_within_one_budget_per_notebook_and_carried_code_is_still_flagged():
+    import base64
+    import bz2
+    import inspect
+
+    from course_lib import lora
+    from course_tools.grading import ownership
+
+    bomb = base64.b64encode(bz2.compress(b"\xff" * 1_000_000 + bytes(range(256)))).decode()   # 1 MB from ~400 bytes
+    assert len(bomb) >= 200
+    cell = "\n".join(f"B{i} = {bomb!r}" for i in range(40))
+    budget = [3_000_000]
+    decoded = sum(len(t.encode("utf-8", "replace")) // 3 for t in ownership._decoded_blobs(cell, budget))
+    assert budget[0] <= 0 and decoded <= 3_000_000                    # 40 MB of bombs, 3 MB decoded
+    carried = base64.b64encode(bz2.compress(inspect.getsource(lora.LoRALayer).encode())).decode()
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell),
+                                         nbformat.v4.new_code_cell(f"CARRIED = {carried!r}")])
+    exercise = [t for t in load_tests().TESTS if t.exercise == "04-lora-layer"]
+    flags = ownership.plagiarism_flags(nb, exercise)   # the bombs first: the budget runs out before the carried code
+    assert [f["exercise"] for f in flags] == ["04-lora-layer"] and "more encoded" in flags[0]["reason"]
+    nb.cells.reverse()   # the carried code first: found and named before the bombs use up the budget
+    flags = ownership.plagiarism_flags(nb, exercise)
+    assert [f["exercise"] for f in flags] == ["04-lora-layer"] and "matches course_lib" in flags[0]["reason"]
+    nb.cells = nb.cells[:1]
+    assert ownership.plagiarism_flags(nb, exercise)[0]["reason"].startswith("`LoRALayer` matches")
+    renamed = inspect.getsource(lora.LoRALayer).replace("class LoRALayer", "class Adapter")
+    nb.cells = [nbformat.v4.new_code_cell(renamed)]
+    assert "(as `Adapter`)" in ownership.plagiarism_flags(nb, exercise)[0]["reason"]
+    honest = next(c.source for c in solution("04_lora_layers").cells if "class LoRALayer" in c.source)
+    nb.cells = [nbformat.v4.new_code_cell(honest)]
+    assert ownership.plagiarism_flags(nb, exercise) == []

@@ -3,6 +3,7 @@ sandbox; then each exercise's probe runs in a fresh sandboxed process holding on
 that ran, against a copy of course_lib with the references stubbed; the replies become gradebook rows here."""
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -23,6 +24,7 @@ from .scoring import exercise_row, rows_for_all
 
 PHASE1_SHARE = 0.8   # of --notebook-timeout for running the cells; the rest is for the probes
 MAX_NOTEBOOK_BYTES = 20_000_000   # a submitted notebook larger than this is refused unread
+MAX_CELLS = 2_000                 # cells a submitted notebook may hold (the course's longest has about 100)
 KERNEL_DIR = Path("/.kernel")   # inside a sandbox: the kernel's sockets (in memory; the relay reaches them)
 PROBE_STARTUP = 30   # seconds a probe process may take to start Python and import torch, beyond --cell-timeout
 
@@ -102,8 +104,19 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
     if path.stat().st_size > MAX_NOTEBOOK_BYTES:
         raise Refused("invalid notebook", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear "
                       "its outputs and submit it again.")
+    try:  # counted before nbformat validates it: hundreds of thousands of tiny cells cost the grader, not the student
+        text = path.read_text(encoding="utf-8")
+        cells = json.loads(text).get("cells")
+        if isinstance(cells, list) and len(cells) > MAX_CELLS:
+            raise Refused("invalid notebook", f"{path.name} has {len(cells):,} cells, more than the {MAX_CELLS:,} a "
+                          "notebook of this course may have; merge or delete cells and submit it again.")
+    except Refused:
+        raise
+    except Exception:
+        raise Refused("invalid notebook", f"{path.name} is not a readable Jupyter notebook; submit the .ipynb file "
+                      "saved by Jupyter.") from None
     try:  # readable as a notebook is enough; minor schema slips (cell ids in 4.4) are not the student's fault
-        nb = nbformat.read(path, as_version=4)
+        nb = nbformat.reads(text, as_version=4)
         if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "source" in c
                                                             for c in nb.cells):
             raise ValueError("no cells")
@@ -168,7 +181,8 @@ def _grade_one(job: Job, result: Result) -> Result:
                                        "notebook, so nothing was graded; tell your instructor.")
             result.events = run.events
             return result
-        executed_nb = nbformat.from_dict({**nb, "cells": [c for i, c in enumerate(nb.cells) if i in set(run.executed)]})
+        ran = set(run.executed)
+        executed_nb = nbformat.from_dict({**nb, "cells": [c for i, c in enumerate(nb.cells) if i in ran]})
         defs = probe.definitions(probe.executed_sources(nb, run.executed))
         payloads = run_probes(job, hidden, defs, tmp, start + budget)
     finally:

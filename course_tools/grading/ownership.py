@@ -4,6 +4,7 @@ sandbox covers, and the flags for the instructor when a definition matches the c
 from __future__ import annotations
 
 import ast
+import itertools
 import importlib.util
 import os
 
@@ -66,6 +67,7 @@ def own_definition(nb: nbformat.NotebookNode, name: str, value: bool = False) ->
 IMPLEMENTATIONS = ("peft", "loralib")   # installed packages that implement the exercises (LoRA)
 SIMILAR = 0.9          # difflib ratio of normalised source above which a definition is flagged
 MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is checked
+MAX_DECODED_TOTAL = 8_000_000  # bytes all of a notebook's blobs may decode to while it is checked
 
 
 def installed_implementations() -> list[str]:
@@ -97,9 +99,10 @@ def _normalised(source: str) -> str:
     return ast.unparse(tree)
 
 
-def _decoded_blobs(source: str) -> list[str]:
+def _decoded_blobs(source: str, budget: list[int]):
     """Text hidden in a cell's long string or bytes constants (base64, base85 or hex, optionally
-    zlib-, gzip-, bz2- or lzma-compressed), each decompressed to at most ``MAX_DECODED`` bytes."""
+    zlib-, gzip-, bz2- or lzma-compressed), each decompressed to at most ``MAX_DECODED`` bytes, yielded
+    one at a time while ``budget[0]`` (bytes for the whole notebook) lasts."""
     import base64
     import binascii
     import bz2
@@ -108,8 +111,7 @@ def _decoded_blobs(source: str) -> list[str]:
 
     tree = parse_cell(source)
     if tree is None:
-        return []
-    out = []
+        return
     for node in ast.walk(tree):
         value = getattr(node, "value", None) if isinstance(node, ast.Constant) else None
         if not isinstance(value, (str, bytes)) or len(value) < 200:
@@ -122,16 +124,21 @@ def _decoded_blobs(source: str) -> list[str]:
             except (ValueError, binascii.Error):
                 pass
         for blob in candidates:
-            for decompress in (lambda b: zlib.decompressobj(47).decompress(b, MAX_DECODED),
-                               lambda b: bz2.BZ2Decompressor().decompress(b, MAX_DECODED),
-                               lambda b: lzma.LZMADecompressor().decompress(b, MAX_DECODED)):
+            for decompress in (lambda b: zlib.decompressobj(47).decompress(b, min(MAX_DECODED, budget[0])),
+                               lambda b: bz2.BZ2Decompressor().decompress(b, min(MAX_DECODED, budget[0])),
+                               lambda b: lzma.LZMADecompressor().decompress(b, min(MAX_DECODED, budget[0]))):
+                if budget[0] <= 0:
+                    return
                 try:
-                    out.append(decompress(blob).decode("utf-8", "replace"))
+                    text = decompress(blob)
                 except (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error):
-                    pass
-            if blob is not raw:
-                out.append(blob[:MAX_DECODED].decode("utf-8", "replace"))
-    return out
+                    continue
+                budget[0] -= len(text)
+                yield text.decode("utf-8", "replace")
+            if blob is not raw and budget[0] > 0:
+                text = blob[:min(MAX_DECODED, budget[0])]
+                budget[0] -= len(text)
+                yield text.decode("utf-8", "replace")
 
 
 def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
@@ -142,21 +149,34 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
     import inspect
 
     sources = [c.source for c in nb.cells if c.get("cell_type") == "code"]
-    texts = sources + [t for src in sources for t in _decoded_blobs(src)]
-    flags = []
+    references = {}
     for test in exercises:
         try:
             reference = _normalised(inspect.getsource(test.reference()))
         except (TypeError, OSError, Exception):
             continue
-        if not reference:
-            continue
-        for text in texts:
-            tree = parse_cell(text)
-            mine = [ast.unparse(n) for n in (tree.body if tree else [])
-                    if isinstance(n, (ast.FunctionDef, ast.ClassDef)) and n.name == test.name]
-            if any(difflib.SequenceMatcher(None, _normalised(m), reference).ratio() >= SIMILAR for m in mine):
-                flags.append({"exercise": test.exercise, "reason": f"`{test.name}` matches course_lib's "
-                              "implementation (a signal to look at, not a grade)."})
-                break
-    return flags
+        if reference:
+            references[test.exercise] = (test, reference)
+    budget = [MAX_DECODED_TOTAL]
+    texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget)))
+    flagged: dict[str, dict] = {}
+    for text in texts:   # each text compared as it is decoded, then dropped
+        if len(flagged) == len(references):
+            break
+        tree = parse_cell(text)
+        defined = [n for n in (tree.body if tree else []) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        mine = [(n.name, _normalised(ast.unparse(n).replace(n.name, "_", 1))) for n in defined]
+        for exercise, (test, reference) in references.items():   # whatever the carried definition is named
+            reference = reference.replace(test.name, "_", 1)
+            match = next((name for name, m in mine if exercise not in flagged
+                          and difflib.SequenceMatcher(None, m, reference).ratio() >= SIMILAR), None)
+            if match is not None:
+                also = "" if match == test.name else f" (as `{match}`)"
+                flagged[exercise] = {"exercise": exercise, "reason": f"`{test.name}` matches course_lib's "
+                                     f"implementation{also} (a signal to look at, not a grade)."}
+    if budget[0] <= 0:   # running out is itself a signal: what was not decoded cannot have been compared
+        for exercise, (test, _) in references.items():
+            flagged.setdefault(exercise, {"exercise": exercise, "reason": "the notebook carries more encoded or "
+                               f"compressed text than the grader decodes ({MAX_DECODED_TOTAL:,} bytes), so `{test.name}` "
+                               "was not compared in all of it: look at its long constants."})
+    return [flagged[e] for e in references if e in flagged]

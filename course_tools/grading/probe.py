@@ -173,10 +173,7 @@ def definitions(sources: list[str]) -> list[str]:
 
 def executed_sources(nb: nbformat.NotebookNode, executed: list[int]) -> list[str]:
     """The sources of the code cells that ran, in the order they ran (first run of each)."""
-    seen: list[int] = []
-    for index in executed:
-        if index not in seen:
-            seen.append(index)
+    seen = list(dict.fromkeys(executed))   # first run of each, in order, in linear time
     return [nb.cells[i].source for i in seen if 0 <= i < len(nb.cells) and nb.cells[i].cell_type == "code"]
 
 
