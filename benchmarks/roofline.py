@@ -9,8 +9,9 @@ by round (so a machine slowing down affects them all alike):
   ``written`` (attention, LayerNorm and LoRA written out op by op, as notebooks 01 and 04 teach them),
   ``kernels`` (fused ``scaled_dot_product_attention`` and ``layer_norm``, LoRA as written) and
   ``fast`` (those kernels plus the grouped LoRA path of ``course_lib.lora_fast`` and the fused AdamW of
-  ``make_adamw``: what ``course experiment`` runs); ``fast_loop_adam`` is ``fast`` with the default
-  (per-parameter loop) AdamW, to show what the fused optimizer adds;
+  ``make_adamw``, and in bf16 on a CPU attention's backward in fp32: what ``course experiment`` runs);
+  ``fast_loop_adam`` is ``fast`` with the default (per-parameter loop) AdamW, to show what the fused
+  optimizer adds, and ``fast_bf16_attention`` is ``fast`` with attention's backward in the bf16 kernel;
 * the GEMM chain a step cannot avoid: per block the q, k, v, out, ff1 and ff2 forward GEMMs and their
   input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype;
 * the evaluation pass (no grad) of each build against the forward half of that chain;
@@ -18,7 +19,9 @@ by round (so a machine slowing down affects them all alike):
 then prints the ratios and projects a 5-epoch ``course experiment --trainable-layers lora`` run with
 its evaluations (``train_classifier``'s and the experiment's accuracy passes before and after).
 
-    python benchmarks/roofline.py [--rounds 5] [--device cuda]
+    python benchmarks/roofline.py [--rounds 5] [--threads N] [--builds written,fast] [--device cuda]
+
+Times are the fastest round (``--stat median`` for the median): other work on the machine only adds time.
 """
 from __future__ import annotations
 
