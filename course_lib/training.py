@@ -174,7 +174,7 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
     ``precision``: ``fp32`` (default, exact), ``bf16`` (autocast) or ``auto`` (bf16 where the hardware
     has bf16 units; the choice is printed). LoRA layers train through :func:`fast_training`.
     ``compile``: train and evaluate through ``torch.compile(model)`` (off by default: on the development
-    CPU its compile time outweighed what it saved in a 5-epoch run, docs/benchmarks.md).
+    CPU compiling took minutes and the compiled step was no faster, docs/benchmarks.md).
     """
     history = History(precision=resolve_precision(precision, device))
     if precision == "auto":

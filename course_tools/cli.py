@@ -210,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=None,
                    help="one rate for every strategy (Raschka ch. 6 uses 5e-5 for all); default: each strategy's own")
     p.add_argument("--compile", action="store_true",
-                   help="train through torch.compile (off by default: on a 2-core CPU compiling took longer than "
-                        "a 5-epoch run; see docs/benchmarks.md)")
+                   help="train through torch.compile (off by default: on a 2-core CPU compiling took minutes and "
+                        "the compiled step was no faster; see docs/benchmarks.md)")
     p.add_argument("--profile", choices=["full", "smoke"], default=None)
     p.add_argument("--seed", type=int, default=123)
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: picked automatically)")
