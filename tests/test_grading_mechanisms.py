@@ -100,7 +100,7 @@ def test_probes_cannot_import_an_installed_lora_implementation(tmp_path):
 # --------------------------------------------------------------------------- what a sandboxed process sees
 @needs_bwrap
 def test_the_sandbox_sees_no_network_no_home_and_runs_unprivileged(tmp_path):
-    box = sandbox.Sandbox(writable=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}))
+    box = sandbox.Sandbox(scratch=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}))
     code = ("import os, socket\n"
             "s = socket.socket(); s.settimeout(2)\n"
             "try:\n    s.connect(('1.1.1.1', 80)); net = 'yes'\nexcept OSError:\n    net = 'no'\n"
@@ -118,7 +118,7 @@ def test_a_sandbox_cannot_start_more_processes_than_its_limit(tmp_path):
     group = sandbox.pids_cgroup(limits.processes)
     if group is None and os.geteuid() == 0:
         pytest.skip("running as root without a writable pids cgroup: RLIMIT_NPROC does not bind root")
-    box = sandbox.Sandbox(writable=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}), limits=limits)
+    box = sandbox.Sandbox(scratch=[tmp_path], cwd=tmp_path, env=sandbox.sandboxed_env({}), limits=limits)
     code = ("import threading, time\nstarted = 0\n"
             "try:\n    for _ in range(300):\n"
             "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); started += 1\n"

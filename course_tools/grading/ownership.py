@@ -155,8 +155,8 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
             reference = _normalised(inspect.getsource(test.reference()))
         except (TypeError, OSError, Exception):
             continue
-        if reference:
-            references[test.exercise] = (test, reference)
+        if reference:   # compared with the definition's own name set aside, so a renamed copy matches too
+            references[test.exercise] = (test, reference.replace(test.name, "_", 1))
     budget = [MAX_DECODED_TOTAL]
     texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget)))
     flagged: dict[str, dict] = {}
@@ -167,7 +167,6 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
         defined = [n for n in (tree.body if tree else []) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
         mine = [(n.name, _normalised(ast.unparse(n).replace(n.name, "_", 1))) for n in defined]
         for exercise, (test, reference) in references.items():   # whatever the carried definition is named
-            reference = reference.replace(test.name, "_", 1)
             match = next((name for name, m in mine if exercise not in flagged
                           and difflib.SequenceMatcher(None, m, reference).ratio() >= SIMILAR), None)
             if match is not None:

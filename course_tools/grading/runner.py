@@ -333,7 +333,8 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
     """Run ``nb``'s code cells in a kernel started by ``wrapper`` (a sandbox command prefix).
 
     ``deadline`` (time.monotonic) bounds everything, replays after crashes included. With
-    ``ipc_dir`` the kernel talks over Unix sockets there (which work inside a network namespace);
+    ``ipc_dir`` (a folder inside the sandbox) the kernel talks over Unix sockets there (which work
+    inside a network namespace);
     with ``grader_dir`` too (a folder the sandbox cannot see) the connection file lives in its
     ``conn/`` (which the sandbox must bind read-only) and the grader reaches the kernel only through
     a :class:`KernelRelay` whose sockets are in its ``relay/``."""

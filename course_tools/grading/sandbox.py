@@ -3,8 +3,9 @@
 Every process a submission starts runs inside new user, pid, network, IPC, UTS and mount
 namespaces, as an unprivileged uid, with ``--die-with-parent`` so that nothing outlives the
 grader. The sandbox sees the operating system and the Python environment read-only, the course
-library read-only (or a copy with the references taken out, for probes), and one writable
-folder: the fresh working copy of that one submission. It sees no network, no other
+library read-only (or a copy with the references taken out, for probes), and writes only into
+folders in memory, sized (its working folder, seeded with the copy of that one submission): nothing
+it writes reaches the grader's disk. It sees no network, no other
 submission, none of the instructor's folders and no hidden tests. Resource limits come from
 ``prlimit`` and, where the grader may create them, ``pids`` and ``memory`` cgroups per sandbox;
 where it may not (an unprivileged grader without a delegated cgroup), :func:`cgroups_available`
@@ -62,7 +63,6 @@ class Limits:
 class Sandbox:
     """What one bwrap call binds, sets and limits."""
 
-    writable: list[Path] = field(default_factory=list)                  # bound read-write at the same path
     readonly: list[tuple[Path, Path]] = field(default_factory=list)     # (source, path inside)
     env: dict[str, str] = field(default_factory=dict)
     cwd: Path | None = None
@@ -106,8 +106,6 @@ class Sandbox:
             args += ["--size", "65536", "--tmpfs", str(folder), "--remount-ro", str(folder)]
         for source, target in self.readonly:
             args += ["--ro-bind", str(source), str(target)]
-        for path in self.writable:
-            args += ["--bind", str(path), str(path)]
         for i, (source, _) in enumerate(self.seeds):
             args += ["--ro-bind", str(source), f"{SEED_DIR}/{i}"]
         if self.cwd:
