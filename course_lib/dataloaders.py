@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from collections.abc import Iterator
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, SequentialSampler
 
 PAD_TOKEN_ID = 50256  # <|endoftext|>, GPT-2's usual padding token
 
@@ -151,6 +152,47 @@ def sequential_loader(loader: DataLoader) -> DataLoader:
     for evaluating on the training set without consuming the training loader's shuffling."""
     batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
     return DataLoader(loader.dataset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn)
+
+
+@dataclass
+class LengthGrouped:
+    """The examples of an in-order loader's first batches, regrouped into batches of similar length.
+
+    ``loader`` yields the same examples as the original's first batches, sorted by length (so each
+    batch is padded only to nearly its own length); ``order[k]`` is the position, in the original
+    loader's order, of the k-th example it yields; ``batch_sizes`` are the original batches' sizes.
+    """
+
+    loader: DataLoader
+    order: torch.Tensor
+    batch_sizes: list[int]
+
+
+def group_by_length(loader: DataLoader, num_batches: int | None = None) -> LengthGrouped | None:
+    """Regroup the first ``num_batches`` batches (all by default) of ``loader`` by length, when that
+    cannot change what a causal classifier reads: ``loader`` keeps the dataset's order (no shuffling,
+    no custom batches) and pads each batch only to its longest message (``pad_collate``), so a
+    message's logits at its last real token are the same however far its row is padded. Anything
+    else (a shuffled, bucketed, length-sorted or fixed-width loader, a plain list of batches) gives
+    ``None``: it is evaluated as it is.
+
+    A pass in dataset order pads each batch to its longest message, about 1.75 x the real tokens on
+    the SMS validation and test splits; sorted, a batch holds messages of nearly one length.
+    """
+    collate = getattr(loader, "collate_fn", None)
+    per_batch = collate is pad_collate or (isinstance(collate, partial) and collate.func is pad_collate)
+    sampler = getattr(loader, "batch_sampler", None)
+    if not (isinstance(loader, DataLoader) and per_batch and type(sampler) is BatchSampler
+            and isinstance(sampler.sampler, SequentialSampler)):
+        return None
+    n_batches = len(loader) if num_batches is None else max(0, min(num_batches, len(loader)))
+    n = min(len(loader.dataset), n_batches * sampler.batch_size)
+    sizes = [min(sampler.batch_size, n - start) for start in range(0, n, sampler.batch_size)]
+    pad_token_id = collate.keywords.get("pad_token_id", PAD_TOKEN_ID) if isinstance(collate, partial) else PAD_TOKEN_ID
+    lengths = torch.as_tensor(message_lengths(loader.dataset, pad_token_id)[:n], dtype=torch.long)
+    order = torch.argsort(lengths, stable=True)
+    batches = [order[i:i + sampler.batch_size].tolist() for i in range(0, n, sampler.batch_size)]
+    return LengthGrouped(DataLoader(loader.dataset, batch_sampler=batches, collate_fn=collate), order, sizes)
 
 
 def create_dataloaders(paths: dict[str, Path], tokenizer, batch_size: int = 8, max_length: int | None = None,

@@ -21,7 +21,7 @@ from .profiles import Profile, learning_rate_for, pick_device, set_seed
 from .sms import prepare_sms_splits
 from .strategies import STRATEGIES, build_classifier, save_checkpoint
 from .tokenizer import get_tokenizer
-from .training import calc_accuracy_loader, calc_loss_loader, make_adamw, per_class_accuracy, train_classifier
+from .training import SplitOutputs, make_adamw, split_outputs, train_classifier
 
 COLUMNS = ["model_size", "profile", "trainable_layers", "lora_rank", "lora_alpha", "learning_rate", "trainable_params",
            "total_params", "num_epochs", "seed", "device", "train_acc_before", "val_acc_before",
@@ -67,11 +67,21 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _accuracies(loaders, model, device, precision: str, progress: bool | None, when: str) -> list[float]:
+    return [round(out.accuracy(), 4) for out in _outputs(loaders, model, device, precision, progress, when)]
+
+
+def _outputs(loaders, model, device, precision: str, progress: bool | None, when: str) -> list[SplitOutputs]:
+    """One evaluation pass (``eval`` mode) over each of the training, validation and test loaders:
+    the accuracies, the test set's spam recall and the losses all come from it."""
     names = ("training", "validation", "test")
-    with fast_training(model, precision), autocast(precision, device):
-        return [round(calc_accuracy_loader(loader, model, device, progress=_show(progress),
-                                           desc=f"{name} accuracy {when}"), 4)
-                for name, loader in zip(names, loaders)]
+    was_training = model.training
+    model.eval()
+    try:
+        with fast_training(model, precision), autocast(precision, device):
+            return [split_outputs(loader, model, device, progress=_show(progress), desc=f"{name} accuracy {when}")
+                    for name, loader in zip(names, loaders)]
+    finally:
+        model.train(was_training)
 
 
 def _show(progress: bool | None) -> bool:
@@ -104,11 +114,11 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
                                eval_freq=cfg.eval_freq, eval_iter=cfg.eval_iter_val, progress=cfg.progress,
                                precision=precision, compile=cfg.compile)
     wall = time.perf_counter() - start
-    after = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "after training")
-    with fast_training(model, precision), autocast(precision, device):
-        recall = per_class_accuracy(test_loader, model, device, progress=_show(cfg.progress))[1]
-        train_loss = calc_loss_loader(train_eval, model, device, cfg.eval_iter, progress=_show(cfg.progress))
-        val_loss = calc_loss_loader(val_loader, model, device, cfg.eval_iter, progress=_show(cfg.progress))
+    train_out, val_out, test_out = _outputs((train_eval, val_loader, test_loader), model, device, precision,
+                                            cfg.progress, "after training")
+    after = [round(out.accuracy(), 4) for out in (train_out, val_out, test_out)]
+    recall = test_out.per_class_accuracy()[1]
+    train_loss, val_loss = train_out.loss(num_batches=cfg.eval_iter), val_out.loss(num_batches=cfg.eval_iter)
     count = count_parameters(model)
     row = {"model_size": cfg.model_size, "profile": cfg.profile.name, "trainable_layers": strategy,
            "lora_rank": cfg.lora_rank if strategy == "lora" else "", "lora_alpha": cfg.lora_alpha if strategy == "lora" else "",

@@ -117,3 +117,83 @@ def test_sequential_loader_keeps_order_batch_size_and_padding(train_set):
     x, _ = next(iter(seq))
     assert x.shape[0] == 8 and x.shape[1] == max(train_set.lengths[:8])
     assert [i for i in seq.batch_sampler.sampler] == list(range(len(train_set)))
+
+
+def _validation_loader(paths, shuffle: bool = False, batching: str = "per_batch"):
+    import pandas as pd
+
+    dataset = SpamDataset(pd.read_csv(paths["validation"]), get_tokenizer(), max_length=1024)
+    return make_loader(dataset, 8, batching, shuffle=shuffle, seed=5)
+
+
+def _two_class_model():
+    set_seed(0)
+    model = build_classifier(SMOKE, "last_layer").eval()
+    with torch.no_grad():  # a head that predicts both classes, so every prediction is checked
+        model.out_head.weight.mul_(30)
+    return model
+
+
+def test_whole_split_passes_run_by_length_with_the_in_order_pass_predictions_for_its_real_tokens(paths):
+    from course_lib.training import (
+        calc_accuracy_loader, calc_loss_loader, classifier_logits, per_class_accuracy, predictions, split_outputs)
+
+    loader, model, cpu = _validation_loader(paths), _two_class_model(), torch.device("cpu")
+    dataset = loader.dataset
+    widths = []
+    model.register_forward_pre_hook(lambda m, args: widths.append(args[0].numel()))
+    with torch.no_grad():   # the pass in dataset order, each batch padded to its longest message
+        batches = [(classifier_logits(model, x), y) for x, y in loader]
+    in_order = sum(widths)
+    logits = torch.cat([b[0] for b in batches])
+    predicted_in_order = logits.argmax(dim=-1)
+    assert 0 < int(predicted_in_order.sum()) < len(dataset), "the check needs both classes predicted"
+    widths.clear()
+    predicted, true = predictions(loader, model, cpu)
+    grouped = sum(widths)
+    real = sum(dataset.lengths)
+    # the same predictions, in dataset order, for nearly the real tokens (in order: about 1.65 x them)
+    assert torch.equal(predicted, predicted_in_order) and true.tolist() == dataset.labels
+    assert real <= grouped <= 1.1 * real < 1.5 * real < in_order, (real, grouped, in_order)
+    out = split_outputs(loader, model, cpu)
+    assert torch.allclose(out.logits, logits, atol=1e-5, rtol=0)
+    assert out.batch_sizes == [len(b[1]) for b in batches]
+    assert calc_accuracy_loader(loader, model, cpu) == (predicted_in_order == true).float().mean().item()
+    assert per_class_accuracy(loader, model, cpu) == [
+        ((predicted_in_order == c) & (true == c)).sum().item() / (true == c).sum().item() for c in (0, 1)]
+    # losses average the loader's batch means, over the loader's first batches
+    w = torch.tensor([0.7, 2.0])
+    for num_batches in (None, 3):
+        want = [torch.nn.functional.cross_entropy(b_logits, y, weight=w).item() for b_logits, y in batches[:num_batches]]
+        assert calc_loss_loader(loader, model, cpu, num_batches, w) == pytest.approx(sum(want) / len(want), rel=1e-6)
+
+
+def test_first_batches_are_the_first_examples_in_dataset_order_regrouped_by_length(paths):
+    from course_lib.dataloaders import group_by_length
+    from course_lib.training import predictions
+
+    loader, model = _validation_loader(paths), _two_class_model()
+    grouped = group_by_length(loader, num_batches=5)
+    seen = [i for batch in grouped.loader.batch_sampler for i in batch]
+    assert sorted(seen) == list(range(40)), "the same 40 examples as the first 5 batches, not the 40 shortest"
+    lengths = [loader.dataset.lengths[i] for i in seen]
+    assert lengths == sorted(lengths) and grouped.batch_sizes == [8] * 5
+    predicted, true = predictions(loader, model, torch.device("cpu"), num_batches=5)
+    assert true.tolist() == loader.dataset.labels[:40]
+    assert torch.equal(predicted, predictions(loader, model, torch.device("cpu"))[0][:40])
+
+
+def test_loaders_whose_order_or_padding_is_their_own_are_evaluated_as_they_are(paths):
+    from course_lib.dataloaders import group_by_length
+    from course_lib.distill import length_sorted_loader
+    from course_lib.training import predictions
+
+    shuffled = _validation_loader(paths, shuffle=True, batching="bucketed")
+    fixed = _validation_loader(paths, batching="fixed")
+    for loader in (shuffled, fixed, length_sorted_loader(fixed.dataset, 8), list(fixed)):
+        assert group_by_length(loader) is None
+    assert group_by_length(_validation_loader(paths, batching="bucketed")) is not None  # in order, padded per batch
+    # a shuffled loader's labels come back in the order of its (next) epoch, aligned with the predictions
+    order = [i for batch in shuffled.batch_sampler.batches(0) for i in batch]
+    _, true = predictions(shuffled, _two_class_model(), torch.device("cpu"))
+    assert true.tolist() == [shuffled.dataset.labels[i] for i in order]

@@ -1,6 +1,7 @@
 """course experiment: data limit, eval frequency, precision, progress bars, trainable-only checkpoints."""
 import csv
 
+import pytest
 import torch
 
 from course_lib import experiment, profiles
@@ -81,3 +82,43 @@ def test_checkpoints_hold_only_what_the_strategy_trained_and_reload(tmp_path):
         model.eval()
         with torch.no_grad():
             assert torch.equal(model(ids), load_checkpoint(path, SMOKE)(ids))
+
+
+def test_after_training_one_pass_per_split_gives_the_accuracies_recall_and_losses(monkeypatch, tmp_path):
+    from course_lib.dataloaders import create_dataloaders, group_by_length, sequential_loader
+    from course_lib.sms import prepare_sms_splits
+    from course_lib.tokenizer import get_tokenizer
+    from course_lib.training import calc_accuracy_loader, calc_loss_loader, per_class_accuracy
+
+    kept = {}
+    real_save = experiment.save_checkpoint
+    monkeypatch.setattr(experiment, "save_checkpoint", lambda model, *a, **k: kept.update(model=model) or real_save(model, *a, **k))
+    cfg = experiment.ExperimentConfig(profile=profiles.get_profile("smoke"), model_size=SMOKE, num_epochs=1,
+                                      eval_iter=3, output_dir=tmp_path, eval_freq=100, progress=False)
+    loaders = create_dataloaders(prepare_sms_splits(tmp_path / "splits"), get_tokenizer(), batch_size=8,
+                                 context_length=128, max_examples=40, batching="bucketed")
+    train_eval, val_loader, test_loader = sequential_loader(loaders[0]), loaders[1], loaders[2]
+    assert all(group_by_length(loader) is not None for loader in (train_eval, val_loader, test_loader))
+    tokens = []
+    real_run = experiment.split_outputs
+
+    def counted(loader, model, *args, **kwargs):
+        hook = model.register_forward_pre_hook(lambda m, a: tokens.append(a[0].numel()))
+        try:
+            return real_run(loader, model, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(experiment, "split_outputs", counted)
+    row = experiment.run_strategy(cfg, "last_layer", loaders, torch.device("cpu"))
+    grouped = sum(sum(x.numel() for x, _ in group_by_length(loader).loader)
+                  for loader in (train_eval, val_loader, test_loader))
+    assert sum(tokens) == 2 * grouped   # before and after training: each example once, in batches by length
+    model, cpu = kept["model"], torch.device("cpu")
+    assert row["train_acc"] == round(calc_accuracy_loader(train_eval, model, cpu), 4)
+    assert row["test_acc"] == round(calc_accuracy_loader(test_loader, model, cpu), 4)
+    assert row["test_spam_recall"] == round(per_class_accuracy(test_loader, model, cpu)[1], 4)
+    model.eval()
+    # rounded to 4 places from logits of another grouping, so within half a unit of the last place
+    assert row["train_loss"] == pytest.approx(calc_loss_loader(train_eval, model, cpu, num_batches=3), abs=5.1e-5)
+    assert row["val_loss"] == pytest.approx(calc_loss_loader(val_loader, model, cpu, num_batches=3), abs=5.1e-5)

@@ -15,6 +15,7 @@ from course_lib.training import (
     calc_accuracy_loader,
     calc_loss_batch,
     calc_loss_loader,
+    classifier_logits,
     classify_text,
     per_class_accuracy,
     train_classifier,
@@ -262,3 +263,28 @@ def test_make_adamw_is_fused_and_updates_like_the_plain_adamw_loop():
         moved = [(p - q).abs().max() for p, q in zip(params[fused], initial)]
         assert min(moved) > 1e-3  # every tensor really stepped
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params[True], params[False]))
+
+
+def test_periodic_evaluation_reads_the_first_eval_iter_batches_in_dataset_order(tmp_path):
+    from course_lib.dataloaders import group_by_length, sequential_loader
+
+    train_loader, val_loader, _ = create_dataloaders(prepare_sms_splits(tmp_path), get_tokenizer(), batch_size=8,
+                                                     context_length=128, max_examples=64, batching="bucketed")
+    assert group_by_length(val_loader) is not None   # evaluated in batches of similar length
+    set_seed(4)
+    model = build_classifier(SMOKE, "last_layer")
+    with torch.no_grad():
+        model.out_head.weight.mul_(30)   # losses far from ln 2, so another subset would show
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)  # the model stays put
+    device = torch.device("cpu")
+    history = train_classifier(model, train_loader, val_loader, optimizer, device, num_epochs=1, eval_freq=100,
+                               eval_iter=3, progress=False)
+    model.eval()
+    with torch.no_grad():
+        for loader, losses, accs in ((sequential_loader(train_loader), history.train_losses, history.train_accs),
+                                     (val_loader, history.val_losses, history.val_accs)):
+            first = list(loader)[:3]      # what the in-order loader's first 3 batches hold
+            want = [calc_loss_batch(x, y, model, device).item() for x, y in first]
+            assert losses == [pytest.approx(sum(want) / 3, rel=1e-6)]
+            right = sum((classifier_logits(model, x).argmax(-1) == y).sum().item() for x, y in first)
+            assert accs == [pytest.approx(right / 24)]
