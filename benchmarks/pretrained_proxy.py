@@ -43,7 +43,7 @@ Usage (CoLA needs COURSE_MIRROR or a network; timings depend on the machine and 
 machine column gives the threads and the load average when the run started and ended.
 ``--lr STRATEGY=RATE[,RATE...]`` runs each listed rate (default: ``profiles.learning_rate_for`` in the
 full profile). Validation has 149 SMS messages (one message is 0.7 points; a binomial standard error
-near 97% is about 1.4 points) and test 299 (about 1 point): differences of a point or two are noise.
+near 97% is about 1.4 points) and test 300 (about 1 point): differences of a point or two are noise.
 """
 from __future__ import annotations
 

@@ -51,8 +51,9 @@ def require_bonus_dependencies() -> None:
 
 
 # --------------------------------------------------------------------------- the search
-# Optuna's MedianPruner, with its defaults written out: it prunes nothing until n_startup_trials
-# trials have completed, and never before step n_warmup_steps (here the second epoch, index 1).
+# Optuna's MedianPruner: n_startup_trials is its default (5); n_warmup_steps is raised from its default 0 to 1.
+# It prunes nothing until n_startup_trials trials have completed, and never before step n_warmup_steps (here the
+# second epoch, index 1).
 MEDIAN_PRUNER = {"n_startup_trials": 5, "n_warmup_steps": 1}
 
 

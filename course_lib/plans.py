@@ -126,6 +126,9 @@ def _lora_sweep() -> dict[str, RunPlan]:
 
 
 def _classification() -> dict[str, RunPlan]:
+    # rank 4: Hu et al.'s GPT-2 runs (2021, Appendix D, Table 11; microsoft/LoRA examples/NLG: --lora_dim 4).
+    # alpha 8 (scaling 2) has no source of its own: with scaling alpha/rank only scaling x lr sets the step
+    # size, and learning_rate_for fixes that product at 8e-4 (Raschka's appendix E; docs/benchmarks.md).
     full = ClassificationPlan(size="full", num_epochs=5, eval_freq=50, batching="bucketed", lora_rank=4,
                               lora_alpha=8, learning_rate=learning_rate_for(_FULL, "lora", 4, 8), compare_epochs=5,
                               compare_examples=None, imbalance_examples=1000, imbalance_epochs=3, overfit_examples=8,
@@ -146,6 +149,7 @@ def _distillation() -> dict[str, RunPlan]:
     # epoch on 6,000 +0.08. The second teacher epoch is paid for by a 256-wide student (a training step 3.7x
     # cheaper than a 768-wide one, measured), so the plan costs about what one epoch with 768-wide students did.
     # GPT-2 small costs about 6.6x the proxy per CoLA sentence. The sweep (section 5) is off on a CPU.
+    # Rank 4 and alpha 8 as notebook 07's classifier (_classification: the source of the rank, why alpha is free).
     full = DistillationPlan(size="full", max_train=None, teacher_epochs=3, student_epochs=10, student_dim=768,
                             kd_seeds=5, lora_rank=4, lora_alpha=8, learning_rate=learning_rate_for(_FULL, "lora", 4, 8),
                             temperature=2.0, kd_alpha=0.5, run_sweep=True, sweep_temperatures=(1.0, 2.0, 4.0, 8.0),
