@@ -9,9 +9,11 @@ by round (so a machine slowing down affects them all alike):
   ``written`` (attention, LayerNorm and LoRA written out op by op, as notebooks 01 and 04 teach them),
   ``kernels`` (fused ``scaled_dot_product_attention`` and ``layer_norm``, LoRA as written) and
   ``fast`` (those kernels plus the grouped LoRA path of ``course_lib.lora_fast`` and the fused AdamW of
-  ``make_adamw``, and in bf16 on a CPU attention's backward in fp32: what ``course experiment`` runs);
-  ``fast_loop_adam`` is ``fast`` with the default (per-parameter loop) AdamW, to show what the fused
-  optimizer adds, and ``fast_bf16_attention`` is ``fast`` with attention's backward in the bf16 kernel;
+  ``make_adamw``, and in bf16 on a CPU attention with its softmax in fp32 while it records gradients:
+  what ``course experiment`` runs); ``fast_loop_adam`` is ``fast`` with the default (per-parameter loop)
+  AdamW, to show what the fused optimizer adds; ``fast_bf16_attention`` is ``fast`` with attention in
+  PyTorch's bf16 kernel, and ``fast_fp32_attention`` with attention on fp32 copies of the bf16 queries,
+  keys and values in PyTorch's fp32 kernel while it records gradients;
 * the GEMM chain a step cannot avoid: per block the q, k, v, out, ff1 and ff2 forward GEMMs and their
   input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype;
 * the evaluation pass (no grad) of each build against the forward half of that chain;
@@ -20,8 +22,12 @@ then prints the ratios and projects a 5-epoch ``course experiment --trainable-la
 its evaluations (``train_classifier``'s and the experiment's accuracy passes before and after).
 
     python benchmarks/roofline.py [--rounds 5] [--threads N] [--builds written,fast] [--device cuda]
+                                  [--clock cpu]
 
 Times are the fastest round (``--stat median`` for the median): other work on the machine only adds time.
+The ratio table also gives the median of the per-round ratios (each build against the chain timed in the
+same round). ``--clock cpu`` (with ``--threads 1``) times the CPU time of the one thread that computes,
+which other processes on a loaded machine change far less than the wall clock.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import math
 import os
 import platform
 import statistics
+import time
 
 import pandas as pd
 import torch
@@ -86,6 +93,29 @@ def written_out(model: nn.Module):
             delattr(m, name)
 
 
+def fp32_kernel_attend(self: MultiHeadAttention, queries, keys, values):
+    """Attention on fp32 copies of bf16 queries, keys and values while recording gradients on a CPU, in
+    PyTorch's fp32 kernel: the ``fast_fp32_attention`` build."""
+    if not (queries.dtype == torch.bfloat16 and torch.is_grad_enabled() and queries.requires_grad):
+        return MultiHeadAttention.attend(self, queries, keys, values)
+    with torch.autocast(queries.device.type, enabled=False):
+        context = MultiHeadAttention.attend(self, queries.float(), keys.float(), values.float())
+    return context.to(queries.dtype)
+
+
+@contextlib.contextmanager
+def attention_as(model: nn.Module, attend):
+    """Every attention of ``model`` through ``attend`` within the block."""
+    modules = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    for m in modules:
+        m.attend = attend.__get__(m)
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.attend
+
+
 def build(device: torch.device, model_size: str = "gpt2-small (124M)") -> nn.Module:
     torch.manual_seed(0)
     model = GPTModel(get_config(model_size))
@@ -97,9 +127,11 @@ def build(device: torch.device, model_size: str = "gpt2-small (124M)") -> nn.Mod
 def held(model: nn.Module, build_name: str, precision: str) -> contextlib.AbstractContextManager:
     """How each build's model is held while it trains (as train_classifier holds it)."""
     stack = contextlib.ExitStack()
-    if build_name == "fast_bf16_attention":  # fast, but attention's backward in the bf16 kernel
+    if build_name in ("fast_bf16_attention", "fast_fp32_attention"):  # fast, attention in a PyTorch kernel
         stack.enter_context(frozen_weights_as(model, precision))
         stack.enter_context(fast_lora(model))
+        if build_name == "fast_fp32_attention":
+            stack.enter_context(attention_as(model, fp32_kernel_attend))
     elif build_name.startswith("fast"):
         stack.enter_context(fast_training(model, precision))
     else:
@@ -110,7 +142,7 @@ def held(model: nn.Module, build_name: str, precision: str) -> contextlib.Abstra
 
 
 def make_step(model, precision, device, batch, build_name):
-    if build_name in ("fast", "fast_bf16_attention"):  # as `course experiment` makes it
+    if build_name in ("fast", "fast_bf16_attention", "fast_fp32_attention"):  # as `course experiment` makes it
         optimizer = make_adamw(model, lr=1e-5, weight_decay=0.1)
     else:  # the loop over parameters torch.optim.AdamW runs by default on a CPU
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
@@ -189,17 +221,21 @@ def main() -> None:
     parser.add_argument("--stat", choices=("min", "median"), default="min",
                         help="statistic over the rounds (min: other work only adds time)")
     parser.add_argument("--model", default="gpt2-small (124M)", help="another size only to try the script out")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this thread's CPU time (needs --threads 1 on a CPU), less sensitive to other load")
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock cpu times one thread's CPU time: use it with --threads 1 on a CPU.")
     precisions = ["fp32"] + (["bf16"] if bf16_supported(device) else [])
     builds = args.builds.split(",")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; {args.model} "
           f"architecture, random weights, 2-class head; batch {BATCH} x {TOKENS} tokens; LoRA rank {RANK} on every "
-          f"block Linear; {args.rounds} rounds; load average at start {load:.2f}")
+          f"block Linear; {args.rounds} rounds; {args.clock} clock; load average at start {load:.2f}")
 
     torch.manual_seed(1)
     batch = (torch.randint(0, 50257, (BATCH, TOKENS), device=device), torch.randint(0, 2, (BATCH,), device=device))
@@ -220,7 +256,12 @@ def main() -> None:
     times: dict[str, list[float]] = {v: [] for v in names}
     for r in range(args.rounds):
         for v in names[r % len(names):] + names[:r % len(names)]:
-            times[v].append(timed(fns[v], device))
+            if args.clock == "cpu":
+                start = time.thread_time()
+                fns[v]()
+                times[v].append(time.thread_time() - start)
+            else:
+                times[v].append(timed(fns[v], device))
     ops = {v: aten_calls(fns[v]) for v in names}  # load-independent: operations dispatched per call
     stack.close()
     load_end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -240,15 +281,20 @@ def main() -> None:
             print(f"| {title} | " + " | ".join(
                 f"{1e3 * med[f'{kind}:{b}:{p}']:.0f} ({spread[f'{kind}:{b}:{p}']:.0%}) | {ops[f'{kind}:{b}:{p}']:,}"
                 for p in precisions) + " |")
-    print("\n| ratio (this run) | " + " | ".join(precisions) + " |\n|---|" + "---|" * len(precisions))
+    def paired(a: str, b: str) -> str:  # the median of the per-round ratios and their range
+        ratios = [x / y for x, y in zip(times[a], times[b])]
+        return f"{med[a] / med[b]:.2f} ({statistics.median(ratios):.2f}; {min(ratios):.2f}-{max(ratios):.2f})"
+
+    print(f"\n| ratio (this run): {args.stat}s (median of the per-round ratios; their range) | "
+          + " | ".join(precisions) + " |\n|---|" + "---|" * len(precisions))
     for kind in ("step", "eval"):
         for b in [b for b in builds if f"{kind}:{b}:fp32" in med]:
             print(f"| {kind} {b} / GEMM chain | " + " | ".join(
-                f"{med[f'{kind}:{b}:{p}'] / med[f'{kind}:chain:{p}']:.2f}" for p in precisions) + " |")
+                paired(f"{kind}:{b}:{p}", f"{kind}:chain:{p}") for p in precisions) + " |")
     if "written" in builds and "fast" in builds:
         for kind in ("step", "eval"):
             print(f"| {kind} written / fast | " + " | ".join(
-                f"{med[f'{kind}:written:{p}'] / med[f'{kind}:fast:{p}']:.2f}" for p in precisions) + " |")
+                paired(f"{kind}:written:{p}", f"{kind}:fast:{p}") for p in precisions) + " |")
 
     n = experiment_batches()
     print(f"\nProjected 5-epoch `course experiment --trainable-layers lora` (full profile: {n['steps']} steps, "

@@ -105,32 +105,93 @@ def frozen_weights_as(model: nn.Module, precision: str):
                            "(merge LoRA or load weights after training, not during it); they are back as before.")
 
 
-def _attend_in_fp32_for_backward(module: MultiHeadAttention, queries: torch.Tensor, keys: torch.Tensor,
-                                 values: torch.Tensor) -> torch.Tensor:
-    """``module.attend`` on fp32 copies of bf16 queries, keys and values while gradients are recorded on a CPU."""
-    low = queries.dtype in (torch.bfloat16, torch.float16) and queries.device.type == "cpu"
-    if not (low and torch.is_grad_enabled() and queries.requires_grad):
+@contextlib.contextmanager
+def _fp32_matmuls_on_bf16_units():
+    """Within the block, oneDNN may multiply fp32 matrices on bf16 units, rounding their inputs to bf16 and
+    accumulating in fp32 (``torch.backends.mkldnn.matmul.fp32_precision = "bf16"``, PyTorch >= 2.9, docs:
+    "Bfloat16 (BF16) on MKLDNN backend"); where the setting does not exist they stay plain fp32."""
+    matmul = getattr(torch.backends.mkldnn, "matmul", None)
+    try:
+        old = matmul.fp32_precision
+    except AttributeError:
+        yield
+        return
+    matmul.fp32_precision = "bf16"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision = old
+
+
+class _CausalAttentionFp32Softmax(torch.autograd.Function):
+    """softmax(q kᵀ · scale, future masked) v for bf16 (batch, heads, tokens, head_dim) q, k, v: the scores,
+    the softmax and its backward in fp32, the two products with v in bf16.
+
+    q kᵀ of bf16 numbers is exact in fp32, so the scores are computed on the bf16 units with fp32
+    results (:func:`_fp32_matmuls_on_bf16_units`), and so are the score gradients' products with k and q.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):  # noqa: D102 (autograd's signature)
+        tokens = q.shape[-2]
+        with _fp32_matmuls_on_bf16_units():
+            scores = q.float() @ k.float().transpose(-2, -1)
+        future = torch.ones(tokens, tokens, dtype=torch.bool, device=q.device).triu_(1)
+        probs = torch.softmax(scores.masked_fill_(future, float("-inf")).mul_(scale), dim=-1)
+        probs_low = probs.to(v.dtype)
+        ctx.save_for_backward(q, k, v, probs, probs_low)
+        ctx.scale = scale
+        return probs_low @ v
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        q, k, v, probs, probs_low = ctx.saved_tensors
+        grad = grad.to(v.dtype)
+        grad_v = probs_low.transpose(-2, -1) @ grad
+        grad_probs = (grad @ v.transpose(-2, -1)).float()
+        # softmax's backward: dS = P ⊙ (dP − Σ_j dP_j P_j), then the scale; masked positions have P = 0
+        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
+        grad_scores.mul_(ctx.scale)
+        with _fp32_matmuls_on_bf16_units():
+            grad_q = (grad_scores @ k.float()).to(q.dtype)
+            grad_k = (grad_scores.transpose(-2, -1) @ q.float()).to(k.dtype)
+        return grad_q, grad_k, grad_v, None
+
+
+def _attend_with_fp32_softmax(module: MultiHeadAttention, queries: torch.Tensor, keys: torch.Tensor,
+                              values: torch.Tensor) -> torch.Tensor:
+    """``module.attend`` through :class:`_CausalAttentionFp32Softmax` for bf16 inputs recording gradients on a
+    CPU (without attention dropout); the class's kernel otherwise."""
+    low = queries.dtype == torch.bfloat16 and queries.device.type == "cpu"
+    dropout = module.training and module.dropout.p > 0
+    if not (low and torch.is_grad_enabled() and queries.requires_grad) or dropout:
         return MultiHeadAttention.attend(module, queries, keys, values)
-    with torch.autocast("cpu", enabled=False):  # autocast would cast them back to bf16
-        context = MultiHeadAttention.attend(module, queries.float(), keys.float(), values.float())
-    return context.to(queries.dtype)
+    b, t, _ = queries.shape
+    with torch.autocast("cpu", enabled=False):  # autocast would cast the fp32 scores back to bf16
+        context = _CausalAttentionFp32Softmax.apply(
+            module._split_heads(queries), module._split_heads(keys), module._split_heads(values),
+            module.head_dim ** -0.5)
+    return context.transpose(1, 2).reshape(b, t, module.d_out)
 
 
 @contextlib.contextmanager
-def attention_backward_in_fp32(model: nn.Module):
-    """Within the block, ``model``'s attention runs in fp32 on a CPU whenever it records gradients in bf16.
+def attention_for_bf16_training(model: nn.Module):
+    """Within the block, ``model``'s attention records gradients in bf16 on a CPU through a written-out
+    attention whose scores and softmax are fp32 (:class:`_CausalAttentionFp32Softmax`).
 
     PyTorch's CPU flash-attention backward in bf16 is slower than its fp32 version at the course's short
-    sequences (on the development machine's CPU it was most of the gap between a bf16 LoRA step and its
-    GEMM chain: ``benchmarks/roofline.py``'s ``fast_bf16_attention`` and ``fast`` builds, docs/benchmarks.md);
-    attention's own arithmetic is a few percent of a step, so computing it on fp32 copies of the bf16
-    queries, keys and values costs less and is at least as exact (``tests/test_precision.py``). The
-    forward pass without gradients (evaluation) and every other device keep the bf16 kernel.
+    sequences, and the fp32 kernel on upcast copies pays for the copies and for fp32 products; the
+    written-out form multiplies on the bf16 units and keeps only the softmax in fp32 (on the development
+    machine's CPU a bf16 LoRA step ~5 % faster than with the fp32 kernel, docs/benchmarks.md; without it
+    attention's bf16 backward was most of the gap between a step and its GEMM chain). Its gradients are
+    closer to fp64 than the bf16 kernel's and its output is closer than the notebooks' attention written
+    out under autocast (``tests/test_precision.py``). Evaluation (no gradients), fp32, dropout and other
+    devices keep the class's kernel.
     """
     patched = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and "attend" not in vars(m)]
     try:
         for module in patched:
-            module.attend = functools.partial(_attend_in_fp32_for_backward, module)
+            module.attend = functools.partial(_attend_with_fp32_softmax, module)
         yield
     finally:
         for module in patched:
@@ -142,6 +203,6 @@ def fast_training(model: nn.Module, precision: str):
     """How ``train_classifier`` holds ``model`` while it trains or evaluates: frozen Linear weights in bf16
     when training in bf16 (:func:`frozen_weights_as`), LoRA layers through the grouped fast path
     (:func:`course_lib.lora_fast.fast_lora`: the same mathematics in fewer, larger matmuls) and, in bf16 on
-    a CPU, attention's backward in fp32 (:func:`attention_backward_in_fp32`)."""
-    with frozen_weights_as(model, precision), fast_lora(model), attention_backward_in_fp32(model):
+    a CPU, attention with its softmax in fp32 while it records gradients (:func:`attention_for_bf16_training`)."""
+    with frozen_weights_as(model, precision), fast_lora(model), attention_for_bf16_training(model):
         yield
