@@ -96,29 +96,37 @@ def strategy_learning_rate(cfg: ExperimentConfig, strategy: str) -> float:
 
 
 def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.device,
-                 build: Callable[..., torch.nn.Module] = build_classifier) -> dict:
+                 build: Callable[..., torch.nn.Module] = build_classifier,
+                 timings: dict[str, tuple[float, float]] | None = None) -> dict:
     """Train one fresh classifier with ``strategy``; write its CSV, checkpoint and plots.
 
     ``build(model_size, strategy, rank, alpha, seed=...)`` makes the classifier: GPT-2 by default;
-    benchmarks/pretrained_proxy.py passes a pretrained encoder, so that the same loop is measured."""
+    benchmarks/pretrained_proxy.py passes a pretrained encoder, so that the same loop is measured.
+    ``timings``, when given, receives the (wall, process CPU) seconds of each phase (building,
+    evaluation before training, training, evaluation after, saving): where a run's time went."""
+    clock = _Phases(timings if timings is not None else {})
     set_seed(cfg.seed)
     model = build(cfg.model_size, strategy, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).to(device)
     learning_rate = strategy_learning_rate(cfg, strategy)
     train_loader, val_loader, test_loader = loaders
     precision = resolve_precision(cfg.precision, device)
     train_eval = sequential_loader(train_loader)
+    clock.mark("building")
     before = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "before training")
+    clock.mark("evaluation before")
     optimizer = make_adamw(model, lr=learning_rate, weight_decay=0.1)
     start = time.perf_counter()
     history = train_classifier(model, train_loader, val_loader, optimizer, device, cfg.num_epochs,
                                eval_freq=cfg.eval_freq, eval_iter=cfg.eval_iter_val, progress=cfg.progress,
                                precision=precision, compile=cfg.compile)
     wall = time.perf_counter() - start
+    clock.mark("training")
     train_out, val_out, test_out = _outputs((train_eval, val_loader, test_loader), model, device, precision,
                                             cfg.progress, "after training")
     after = [round(out.accuracy(), 4) for out in (train_out, val_out, test_out)]
     recall = test_out.per_class_accuracy()[1]
     train_loss, val_loss = train_out.loss(num_batches=cfg.eval_iter), val_out.loss(num_batches=cfg.eval_iter)
+    clock.mark("evaluation after")
     count = count_parameters(model)
     row = {"model_size": cfg.model_size, "profile": cfg.profile.name, "trainable_layers": strategy,
            "lora_rank": cfg.lora_rank if strategy == "lora" else "", "lora_alpha": cfg.lora_alpha if strategy == "lora" else "",
@@ -137,7 +145,21 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
     for fig in figs:
         plt.close(fig)
     _write_csv(cfg.output_dir / f"tl_{strategy}_results.csv", [row])
+    clock.mark("saving")
     return row
+
+
+class _Phases:
+    """(wall, process CPU) seconds between successive marks, by phase name."""
+
+    def __init__(self, into: dict[str, tuple[float, float]]) -> None:
+        self.into, self.last = into, (time.perf_counter(), time.process_time())
+
+    def mark(self, phase: str) -> None:
+        now = (time.perf_counter(), time.process_time())
+        wall, cpu = self.into.get(phase, (0.0, 0.0))
+        self.into[phase] = (wall + now[0] - self.last[0], cpu + now[1] - self.last[1])
+        self.last = now
 
 
 def write_summary(cfg: ExperimentConfig, rows: list[dict]) -> None:
@@ -176,10 +198,13 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
     try:
         for strategy in cfg.trainable_layers:
             print(f"== trainable_layers={strategy}, learning rate {strategy_learning_rate(cfg, strategy):g}", flush=True)
-            rows.append(run_strategy(cfg, strategy, loaders, device))
+            timings: dict[str, tuple[float, float]] = {}
+            rows.append(run_strategy(cfg, strategy, loaders, device, timings=timings))
             r = rows[-1]
             print(f"   test accuracy {r['test_acc_before']:.3f} -> {r['test_acc']:.3f}, "
                   f"{r['trainable_params']:,} trainable, {r['wall_time_s']} s", flush=True)
+            print("   wall (CPU) time: " + ", ".join(f"{phase} {wall:.1f} s ({cpu:.1f} s)"
+                                                  for phase, (wall, cpu) in timings.items()), flush=True)
     except KeyboardInterrupt:
         print(f"\nInterrupted: {len(rows)} finished run(s) kept in {cfg.output_dir}.", flush=True)
         if rows:
