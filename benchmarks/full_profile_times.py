@@ -8,12 +8,20 @@ included) and, for notebook 09, a randomly initialised RoBERTa-base and AG News 
 rehearsal means anything.
 
     COURSE_MIRROR=../shared/mirror python benchmarks/full_profile_times.py [09_peft_and_tuning ...]
+
+``--experiment`` times instead one full-profile epoch of ``course experiment --trainable-layers lora``
+with its evaluations, end to end in a fresh process (wall, CPU, peak memory, the load average at its
+start and end; the command prints its own phases), with ``--threads`` threads:
+
+    COURSE_MIRROR=../shared/mirror python benchmarks/full_profile_times.py --experiment --threads 2
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,9 +49,48 @@ def run(name: str, workdir: Path) -> tuple[float, str]:
     return time.perf_counter() - start, "none"
 
 
+def evaluation_tokens(batch_size: int = 8) -> None:
+    """Token positions an evaluation pass over each split processes: each batch padded to its longest
+    message in dataset order, and the same examples regrouped by length (``group_by_length``)."""
+    from course_lib.dataloaders import create_dataloaders, group_by_length, sequential_loader
+    from course_lib.sms import prepare_sms_splits
+    from course_lib.tokenizer import get_tokenizer
+
+    train, val, test = create_dataloaders(prepare_sms_splits(seed=123), get_tokenizer(), batch_size=batch_size,
+                                          context_length=1024, seed=123, batching="bucketed")
+    print("| pass | real tokens | padded in dataset order | regrouped by length |\n|---|---|---|---|")
+    for name, loader, batches in (("training set", sequential_loader(train), None), ("validation", val, None),
+                                  ("test", test, None), ("training set, first 5 batches", sequential_loader(train), 5),
+                                  ("validation, first 5 batches", val, 5)):
+        n = len(loader.dataset) if batches is None else batches * batch_size
+        real = sum(loader.dataset.lengths[:n])
+        in_order = sum(x.numel() for x, _ in list(loader)[:batches])
+        grouped = sum(x.numel() for x, _ in group_by_length(loader, batches).loader)
+        print(f"| {name} | {real:,} | {in_order:,} ({in_order / real:.2f}x) | {grouped:,} ({grouped / real:.2f}x) |")
+
+
+def experiment(tmp: Path, threads: int, epochs: int) -> None:
+    """Run ``course experiment --trainable-layers lora`` in a fresh process and print what it cost."""
+    command = ["course", "experiment", "--trainable-layers", "lora", "--num-epochs", str(epochs),
+               "--output-dir", str(tmp / "experiment")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    print(f"OMP_NUM_THREADS={threads} {' '.join(command)}\nload average at the start {os.getloadavg()[0]:.2f}",
+          flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, env=env, check=True)
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"wall {wall:.1f} s, CPU {usage.ru_utime + usage.ru_stime:.1f} s (user {usage.ru_utime:.1f} s), "
+          f"peak RSS {usage.ru_maxrss / 1e6:.2f} GB, load average at the end {os.getloadavg()[0]:.2f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("notebooks", nargs="*", default=NOTEBOOKS, help="notebook names (default: all nine)")
+    parser.add_argument("--experiment", action="store_true",
+                        help="time `course experiment --trainable-layers lora` end to end instead of notebooks")
+    parser.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS for --experiment (default 2)")
+    parser.add_argument("--epochs", type=int, default=1, help="--num-epochs for --experiment (default 1)")
     args = parser.parse_args()
     mirror = Path(os.environ.get("COURSE_MIRROR") or ROOT.parent / "shared" / "mirror")
     with tempfile.TemporaryDirectory(prefix="full-profile-") as tmp:
@@ -52,6 +99,12 @@ def main() -> None:
         from rehearsal import write_hub_cache_model
 
         write_hub_cache_model(hub, "gpt2-small (124M)")
+        if args.experiment:
+            os.environ.update({"COURSE_PROFILE": "full", "HF_HUB_CACHE": str(hub), "HF_HOME": str(tmp / "home"),
+                               "HF_HUB_OFFLINE": "1", "COURSE_CACHE_DIR": str(tmp / "course-cache"),
+                               "TQDM_DISABLE": "1", "COURSE_MIRROR": str(mirror.resolve())})
+            evaluation_tokens()
+            return experiment(tmp, args.threads, args.epochs)
         if "09_peft_and_tuning" in args.notebooks:
             from rehearsal import write_ag_news, write_roberta
 
