@@ -201,11 +201,11 @@ def test_interrupted_experiment_keeps_finished_runs(tmp_path, monkeypatch):
     real = experiment.run_strategy
     calls = []
 
-    def interrupt_second(cfg, strategy, loaders, device):
+    def interrupt_second(cfg, strategy, loaders, device, **kwargs):
         calls.append(strategy)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(cfg, strategy, loaders, device)
+        return real(cfg, strategy, loaders, device, **kwargs)
 
     monkeypatch.setattr(experiment, "run_strategy", interrupt_second)
     out = tmp_path / "exp"
