@@ -203,6 +203,10 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     else:
         print(sandbox.NO_SANDBOX_WARNING, file=sys.stderr)
     tests = preload(tests_path)
+    if not DEFAULT_TESTS.is_file():   # needed beside --tests: the library's own references stay hidden from probes
+        raise FileNotFoundError(f"The course's exercise registry is not at {DEFAULT_TESTS}: run `course grade` in the "
+                                "course's folder (or set COURSE_ROOT to it), also with --tests, so that the library's "
+                                "reference answers can be hidden from every probe.")
     names = notebooks or tests.notebooks()
     unknown = [n for n in names if n not in tests.notebooks()]
     if unknown:

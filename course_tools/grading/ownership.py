@@ -70,19 +70,25 @@ MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is ch
 MAX_DECODED_TOTAL = 8_000_000  # bytes all of a notebook's blobs may decode to while it is checked
 
 
-def installed_implementations() -> list[str]:
-    """The folders of installed packages that implement a graded exercise (peft's LoRA, loralib):
-    each probe's sandbox covers them with an empty folder, so no definition can delegate to them."""
-    out = []
-    for name in IMPLEMENTATIONS:
+def installed_implementations(course: str = "course_lib") -> list[str]:
+    """Every installed copy of a package that implements a graded exercise (``course_lib`` itself, peft's
+    LoRA, loralib), at every path the sandbox shows it: each probe's sandbox covers them with an empty folder
+    (the probe's own stripped ``course_lib`` is bound over its copy afterwards), so no definition can delegate
+    to a second copy (a ``pip install --user``, an older system-wide install, a linked spelling of the venv)."""
+    from . import sandbox
+
+    found = set()
+    for name in (course, *IMPLEMENTATIONS):
         try:
             spec = importlib.util.find_spec(name)
         except (ImportError, ValueError):
-            continue
-        for folder in (spec.submodule_search_locations or []) if spec else []:
+            spec = None
+        folders = list((spec.submodule_search_locations or []) if spec else [])
+        folders += [os.path.join(root, name) for root in sandbox.package_roots()]
+        for folder in folders:
             if os.path.isdir(folder):
-                out.append(os.path.realpath(folder))
-    return sorted(set(out))
+                found.update(sandbox.spellings(folder))
+    return sorted(found)
 
 
 def _normalised(source: str) -> str:

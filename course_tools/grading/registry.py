@@ -20,7 +20,8 @@ MODULE_NAMES = ("TESTS", "tests_for", "notebooks", "same", "describe_difference"
 def load_tests(path: Path = DEFAULT_TESTS) -> ModuleType:
     """The registry module at ``path``, loaded once per process (a worker reloads it by path)."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"No hidden tests at {path}; pass --tests with the instructor's test file.")
+        raise FileNotFoundError(f"No hidden tests at {path}: run `course grade` in the course's folder (or set "
+                                "COURSE_ROOT to it), or pass --tests with the instructor's test file.")
     name = "course_hidden_tests_" + hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:12]
     if name in sys.modules:
         return sys.modules[name]

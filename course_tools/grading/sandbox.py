@@ -100,8 +100,8 @@ class Sandbox:
         args += ["--remount-ro", "/dev"]           # /dev itself is an unsized tmpfs: nothing may be written there
         for path in self.scratch:   # nothing written here reaches the grader's disk; the size bounds it
             args += ["--size", str(self.limits.scratch_bytes), "--tmpfs", str(path)]
-        for prefix in python_dirs():
-            args += ["--ro-bind", prefix, prefix]
+        for source, target in python_binds():
+            args += ["--ro-bind", source, target]
         for folder in self.hidden:   # e.g. an installed implementation of the exercise, in a probe
             args += ["--size", "65536", "--tmpfs", str(folder), "--remount-ro", str(folder)]
         for source, target in self.readonly:
@@ -157,18 +157,69 @@ def _supports(option: str) -> bool:
 _SUPPORTED: dict[str, bool] = {}
 
 
-def python_dirs() -> list[str]:
-    """The folders the Python environment lives in (prefix, base prefix, site-packages), outermost first."""
+def _python_folders() -> set[str]:
+    """The folders the Python environment lives in, as this interpreter spells them (links unresolved)."""
     import site
     import sysconfig
 
-    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable),
+            os.path.dirname(os.path.realpath(sys.executable))}
     dirs |= {sysconfig.get_paths()[k] for k in ("purelib", "platlib", "stdlib", "platstdlib")}
     dirs |= set(site.getsitepackages())
     if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
         dirs.add(site.getusersitepackages())
-    real = sorted({os.path.realpath(d) for d in dirs if d and os.path.isdir(d)})
-    return [d for d in real if not any(d != o and d.startswith(o + os.sep) for o in real)]
+    return {os.path.abspath(d) for d in dirs if d and os.path.isdir(d)}
+
+
+def _outermost(paths) -> list[str]:
+    paths = sorted(set(paths))
+    return [d for d in paths if not any(d != o and d.startswith(o + os.sep) for o in paths)]
+
+
+def python_dirs() -> list[str]:
+    """The folders the Python environment lives in (prefix, base prefix, site-packages), resolved, outermost first."""
+    return _outermost(os.path.realpath(d) for d in _python_folders())
+
+
+def python_binds() -> list[tuple[str, str]]:
+    """(host folder, path inside) binding the Python environment read-only: every folder of
+    :func:`python_dirs` at its real path and, where this interpreter reaches it through a symbolic link
+    (a venv under ``/home`` when ``/home`` links to ``/data/home``), at that spelling too, so that
+    ``sys.executable`` and its paths exist inside as they do outside."""
+    real = python_dirs()
+    binds = [(d, d) for d in real]
+    aliases = {d: os.path.realpath(d) for d in _python_folders()}
+    for alias in _outermost(a for a, r in aliases.items() if a != r):
+        source = aliases[alias]
+        if any(source == o or source.startswith(o + os.sep) for o in real):
+            binds.append((source, alias))
+    return binds
+
+
+def spellings(path: str) -> list[str]:
+    """Every path at which the sandbox shows ``path`` (a host path under the Python environment): its real
+    path and its spelling under each linked folder of :func:`python_binds`."""
+    real = os.path.realpath(path)
+    out = {real, os.path.abspath(path)}
+    for source, target in python_binds():
+        if real == source or real.startswith(source + os.sep):
+            out.add(target + real[len(source):])
+    return sorted(out)
+
+
+def package_roots() -> list[str]:
+    """Folders a Python package may be installed in on this machine that the sandbox shows (``sys.path``,
+    every site- and dist-packages of the environment, of ``/usr`` and ``/usr/local``, the user's)."""
+    import glob
+    import site
+
+    roots = {p for p in sys.path if p and os.path.isabs(p)}
+    roots |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    for base in {sys.prefix, sys.base_prefix, sys.exec_prefix, "/usr", "/usr/local", *python_dirs()}:
+        for pattern in ("lib/python3*/site-packages", "lib/python3*/dist-packages", "lib/python3/dist-packages",
+                        "local/lib/python3*/site-packages", "local/lib/python3*/dist-packages"):
+            roots |= set(glob.glob(os.path.join(base, pattern)))
+    return sorted(r for r in roots if os.path.isdir(r))
 
 
 def limit_command(limits: Limits) -> list[str]:
