@@ -12,13 +12,18 @@ frozen Linear weights in bf16, ours and peft's alike, and our LoRA layers throug
 (peft's layers are not ours, so they run as peft writes them); both use the fused AdamW of
 ``make_adamw``. All ratios come from this one run.
 
-    python benchmarks/epoch_benchmark.py [--steps 8] [--device cuda]
+    python benchmarks/epoch_benchmark.py [--steps 8] [--device cuda] [--threads 1 --clock cpu]
+
+``--clock cpu`` (with ``--threads 1``) times the CPU time of the one thread that computes, which other
+processes on a loaded machine change far less than the wall clock (the projected minutes then assume
+the machine to yourself).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import os
 import platform
 import statistics
 import time
@@ -103,7 +108,11 @@ def make_eval(model: torch.nn.Module, precision: str, device: torch.device):
     return run
 
 
-def timed(fn, batch, device: torch.device) -> float:
+def timed(fn, batch, device: torch.device, clock: str = "wall") -> float:
+    if clock == "cpu":  # this thread's CPU time: one thread computes everything
+        start = time.thread_time()
+        fn(batch)
+        return time.thread_time() - start
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -141,6 +150,8 @@ def main() -> None:
                         help="comma-separated subset (bucketed is what training uses)")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: this thread's CPU time (needs --threads 1 on a CPU), less sensitive to other load")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -149,13 +160,16 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu" and (device.type != "cpu" or torch.get_num_threads() != 1):
+        parser.error("--clock cpu times one thread's CPU time: use it with --threads 1 on a CPU.")
     precisions = ["fp32"] + (["bf16"] if bf16_supported(device) else [])
     ds = training_set()
     real = sum(ds.lengths)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}; "
           f"{len(ds)} training messages, {real:,} real tokens (mean {real / len(ds):.1f}); batch {BATCH}; "
-          f"GPT-2 124M architecture, random weights; LoRA rank {RANK}; {args.steps} timed steps per variant")
+          f"GPT-2 124M architecture, random weights; LoRA rank {RANK}; {args.steps} timed steps per variant; "
+          f"{args.clock} clock; load average at start {os.getloadavg()[0]:.2f}")
 
     batchings = args.batchings.split(",")
     variants = [f"ours:{b}:{p}" for b in batchings for p in precisions]
@@ -180,8 +194,9 @@ def main() -> None:
     names = list(fns)
     for r in range(args.steps):
         for v in names[r % len(names):] + names[:r % len(names)]:
-            times[v].append(timed(fns[v], samples[v][r], device))
+            times[v].append(timed(fns[v], samples[v][r], device, args.clock))
     stack.close()
+    print(f"load average at end of the timed rounds {os.getloadavg()[0]:.2f}")
     del models, fns
     memory = {} if args.no_memory else {v: peak_memory(v, device) for v in variants}
 
