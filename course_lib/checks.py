@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from contextvars import ContextVar
 from typing import Any
 from collections.abc import Callable
 
@@ -38,9 +39,11 @@ def close(a: Any, b: Any, atol: float = 1e-6) -> bool:
 
 
 def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) -> Any:
-    """Call the learner's ``fn``; an exception becomes a :class:`CheckFailed` naming the case."""
+    """Call the learner's ``fn``; an exception becomes a :class:`CheckFailed` naming the case, and so does a
+    change of PyTorch's global state (:func:`global_torch_state`) the exercise has no reason to make."""
+    before = global_torch_state(rng=not _DRAWS.get())
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except CheckFailed:
         raise
     except NotImplementedError as err:
@@ -50,6 +53,58 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) 
     except Exception as err:  # the learner's code failed: say where, and what to look at
         extra = _explain_error(err)
         raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {extra or hint}".strip()) from err
+    finally:
+        changed = restore_torch_state(before)
+    expect_state_kept(changed, what)
+    return result
+
+
+# ----------------------------------------------------------------------------- global state
+# Whether the exercise being checked may draw from PyTorch's global random generator (set by answer_shape).
+_DRAWS: ContextVar[bool] = ContextVar("draws", default=True)
+
+_STATE_ADVICE = {
+    "grad": "switched autograd off for the whole program (torch.set_grad_enabled(False) or a no_grad that was "
+            "never exited): nothing after it would get gradients; use `with torch.no_grad():`, which restores it",
+    "dtype": "changed PyTorch's default dtype (torch.set_default_dtype): every tensor made after it would change; "
+             "pass dtype= to the tensors you make instead",
+    "device": "changed PyTorch's default device (torch.set_default_device): move your own tensors with .to(device) "
+              "instead",
+    "rng": "used or reset PyTorch's global random generator (torch.manual_seed, torch.rand..., a dropout): this "
+           "exercise has no reason to draw random numbers, and every random draw after it would change",
+}
+
+
+def global_torch_state(rng: bool = False) -> dict[str, Any]:
+    """PyTorch's process-wide settings an exercise's answer must leave as it found them: autograd on or off,
+    the default dtype and device, and (``rng``) the global random generator's state. A function that changes
+    one of them changes every notebook cell that runs after it."""
+    state: dict[str, Any] = {"grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
+                             "device": str(torch.get_default_device())}
+    if rng:
+        state["rng"] = torch.get_rng_state()
+    return state
+
+
+def restore_torch_state(before: dict[str, Any]) -> list[str]:
+    """Put back whatever of ``before`` (a :func:`global_torch_state`) has changed since, so that one wrong
+    answer cannot spoil the cells and checks after it; return the keys that had changed."""
+    now = global_torch_state(rng="rng" in before)
+    changed = [k for k in before if not (torch.equal(before[k], now[k]) if k == "rng" else before[k] == now[k])]
+    if "grad" in changed:
+        torch.set_grad_enabled(before["grad"])
+    if "dtype" in changed:
+        torch.set_default_dtype(before["dtype"])
+    if "device" in changed:
+        torch.set_default_device(before["device"])
+    if "rng" in changed:
+        torch.set_rng_state(before["rng"])
+    return changed
+
+
+def expect_state_kept(changed: list[str], what: str) -> None:
+    """Fail with a sentence when the learner's code (``what``) changed PyTorch's global state."""
+    expect(not changed, f"{what} {_STATE_ADVICE[changed[0]] if changed else ''}.")
 
 
 def _is_int(x: Any) -> bool:
@@ -73,19 +128,24 @@ def _explain_error(err: BaseException) -> str:
     return ""
 
 
-def answer_shape(expected: str) -> Callable[[Callable], Callable]:
+def answer_shape(expected: str, draws: bool = True) -> Callable[[Callable], Callable]:
     """Decorate a check so that whatever the learner's answer is, the learner reads a sentence.
 
     A wrong answer can make the check's own inspection fail (indexing a non-list, reading an
     attribute a wrong object lacks); that is the learner's mistake, so it becomes a
-    :class:`CheckFailed` saying what the check expected, never a traceback from inside the check."""
+    :class:`CheckFailed` saying what the check expected, never a traceback from inside the check.
+    PyTorch's global state (:func:`global_torch_state`) must be as it was when the check ends; with
+    ``draws=False`` (an exercise with no reason to draw random numbers) each call of the learner's code
+    through :func:`attempt` must also leave the global random generator untouched."""
     import functools
 
     def wrap(check: Callable) -> Callable:
         @functools.wraps(check)
         def run(*args: Any, **kwargs: Any) -> Any:
+            before = global_torch_state()
+            token = _DRAWS.set(draws)
             try:
-                return check(*args, **kwargs)
+                result = check(*args, **kwargs)
             except CheckFailed:
                 raise
             except NotImplementedError as err:
@@ -96,6 +156,11 @@ def answer_shape(expected: str) -> Callable[[Callable], Callable]:
             except Exception as err:  # the answer is not of the expected kind
                 raise CheckFailed(f"{expected} Checking your answer failed with {type(err).__name__}: "
                                   f"{str(err)[:200]}.") from None
+            finally:
+                _DRAWS.reset(token)
+                changed = restore_torch_state(before)
+            expect_state_kept(changed, "Your code")
+            return result
         return run
     return wrap
 
@@ -139,7 +204,7 @@ def expect_unchanged(before: Any, after: Any, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- 01
-@answer_shape("count_tensors should return a plain int for every tree.")
+@answer_shape("count_tensors should return a plain int for every tree.", draws=False)
 def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> None:
     """Several trees: a bare tensor, flat and nested dicts and lists, empty containers, one tensor
     reached twice, params. The trees must come back unchanged."""
@@ -191,7 +256,7 @@ _SETTINGS_KEYS = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": 
                   "n_layer": "n_layers"}
 
 
-@answer_shape("settings_to_cfg should return a dict with the model's seven keys.")
+@answer_shape("settings_to_cfg should return a dict with the model's seven keys.", draws=False)
 def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict]) -> None:
     """GPT-2 small and medium (16 heads, 24 layers), other drop_rate and qkv_bias, bad keys."""
     small = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
@@ -243,7 +308,7 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
            "qkv_bias, and refuses missing or unknown keys")
 
 
-@answer_shape("split_c_attn should return two tuples of three tensors: (weights, biases).")
+@answer_shape("split_c_attn should return two tuples of three tensors: (weights, biases).", draws=False)
 def check_split_c_attn(fn: Callable, emb_dim: int = 6) -> None:
     """Distinct values in every position, two sizes, so that order, axis and transpose all matter."""
     for e in (emb_dim, 4):
@@ -286,7 +351,7 @@ def _labelled_frame(n_ham: int, n_spam: int):
     return pd.DataFrame(rows, columns=["Label", "Text"])
 
 
-@answer_shape("create_balanced_dataset should return a DataFrame with the columns Label (0 or 1) and Text.")
+@answer_shape("create_balanced_dataset should return a DataFrame with the columns Label (0 or 1) and Text.", draws=False)
 def check_balanced(fn: Callable, df, reference: Callable) -> None:
     """The SMS table and a small table whose texts say their class, with two seeds; the table given
     must come back unchanged (the notebook uses it again later)."""
@@ -339,7 +404,7 @@ def _explain_balanced_order(what: str, got: list, labels: list, want: list, n: i
     raise CheckFailed(f"On {what} the spam rows are in another order: keep them in the table's order, after the ham rows.")
 
 
-@answer_shape("random_split should return three DataFrames (train, validation, test) with the table's columns.")
+@answer_shape("random_split should return three DataFrames (train, validation, test) with the table's columns.", draws=False)
 def check_split(fn: Callable, df, reference: Callable) -> None:
     """The balanced SMS table with the defaults, and small tables with other fractions and seeds."""
     import pandas as pd
@@ -375,7 +440,7 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
     passed("random_split: right sizes and rows for the defaults and for other fractions and seeds")
 
 
-@answer_shape("num_batches should return an int.")
+@answer_shape("num_batches should return an int.", draws=False)
 def check_num_batches(fn: Callable, loaders: dict) -> None:
     """Exact multiples, a single example, drop_last on and off, and the notebook's loaders."""
     for n, b, drop, want in ((10, 3, False, 4), (10, 3, True, 3), (9, 3, False, 3), (9, 3, True, 3),
@@ -420,6 +485,13 @@ def check_lora_layer(cls: type) -> None:
     expect(layer.A.requires_grad and layer.B.requires_grad, "A and B must be trainable (requires_grad True).")
     expect(torch.count_nonzero(layer.B) == 0, "B should start at zero, so the wrapped layer is unchanged at first.")
     _uniform_kaiming(layer.A, 64, "LoRALayer(64, 6, rank=4, alpha=8)")
+    registered = sorted(n for n, _ in layer.named_parameters(remove_duplicate=False))
+    expect(registered == ["A", "B"], f"LoRALayer should register exactly two parameters, A and B; it registers "
+                                     f"{registered}: an optimiser or a state_dict would see the others as well.")
+    other = attempt("a second LoRALayer(64, 6, rank=4, alpha=8)", cls, in_dim=64, out_dim=6, rank=4, alpha=8)
+    expect(not torch.equal(layer.A.detach(), other.A.detach()),
+           "Two LoRALayers built one after the other got the same A: do not call torch.manual_seed (or a generator "
+           "with a fixed seed) in __init__; draw A from the global generator so that every layer gets its own.")
     for in_dim, out_dim, rank, alpha, shape in ((10, 6, 4, 8, (3, 10)), (10, 6, 4, 6, (2, 5, 10)),
                                                 (7, 5, 4, 3, (2, 3, 7)), (7, 9, 2, 2.5, (4, 7))):
         case = f"LoRALayer({in_dim}, {out_dim}, rank={rank}, alpha={alpha}) on an input of shape {shape}"
@@ -438,6 +510,8 @@ def check_lora_layer(cls: type) -> None:
         expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
                f"{case}: the output should have shape {tuple(want.shape)}, got {tuple(getattr(got, 'shape', ()))}.")
         expect_unchanged(x_before, x, f"the input x ({case})")
+        attempt(f"a second forward pass ({case})", layer, torch.randn(*shape))
+        expect_unchanged(x_before, x, f"the input x of the previous forward pass ({case})")
         if close(got, want, atol=1e-4):
             _expect_lora_gradients(layer, got, x, s, case)
             continue
@@ -504,8 +578,8 @@ def check_linear_with_lora(cls: type) -> None:
                                           "parameter of the linear layer (self.linear.parameters()), not only its weight.")
     expect(wrapped.lora.A.requires_grad and wrapped.lora.B.requires_grad,
            "A and B must stay trainable: freeze the linear layer's parameters only, not the LoRA path's.")
-    trainable = sorted(n for n, p in wrapped.named_parameters() if p.requires_grad)
-    expect(len(trainable) == 2, f"Only the LoRA matrices should be trainable, got {trainable}.")
+    trainable = sorted(n for n, p in wrapped.named_parameters(remove_duplicate=False) if p.requires_grad)
+    expect(len(trainable) == 2, f"Only the LoRA matrices should be trainable, each registered once, got {trainable}.")
     torch.manual_seed(2)
     with torch.no_grad():
         wrapped.lora.A.copy_(torch.randn(2, 10))
@@ -584,11 +658,31 @@ def _wrapped(model: nn.Module, wrapper: type) -> list[str]:
     return sorted(n for n, m in model.named_modules() if isinstance(m, wrapper))
 
 
+def _expect_wrapped_in_place(model: nn.Module, wrapper: type, layers: dict[str, nn.Module],
+                             trainable_before: set[str]) -> None:
+    """Each wrapper holds the model's own layer (its pretrained weights), its LoRA matrices train, and every
+    other parameter keeps the requires_grad it had: the notebook freezes the model itself, before the call."""
+    wrapped = {n: m for n, m in model.named_modules() if isinstance(m, wrapper)}
+    fresh = [n for n, m in wrapped.items() if getattr(m, "linear", None) is not layers.get(n)]
+    expect(not fresh, f"{fresh[:1]} wraps a new layer, not the model's own nn.Linear: pass the child itself, "
+                      "LinearWithLoRA(child, rank, alpha), or its pretrained weights are lost.")
+    frozen = [n for n, m in wrapped.items() if not all(p.requires_grad for p in m.lora.parameters())]
+    expect(not frozen, f"The LoRA matrices of {frozen[:1]} are frozen: they are what trains; replace_linear_with_lora "
+                       "only wraps layers (LinearWithLoRA freezes the wrapped layer itself).")
+    changed = sorted(n for n, p in model.named_parameters()
+                     if p.requires_grad != (n in trainable_before) and not any(n.startswith(w + ".") for w in wrapped))
+    expect(not changed, f"replace_linear_with_lora changed requires_grad of parameters it does not wrap ({changed[:2]}): "
+                        "it should only wrap layers; the notebook freezes the model itself before calling it.")
+
+
 @answer_shape("replace_linear_with_lora should return the list of the dotted names it wrapped.")
 def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     """The smoke GPT and a nested model: names, exclusion, targets by suffix, rank and alpha, idempotence,
     and names that end in a key without its dot."""
     model = make_model()
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    model.trf_blocks[0].norm1.requires_grad_(False)          # a part the caller froze must stay frozen
+    trainable_before = {n for n, p in model.named_parameters() if p.requires_grad}
     replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4,
                        hint="It should return the list of the names it wrapped, and so should every recursive call.")
     expect(isinstance(replaced, list), "Return the list of the full, dotted names of the layers you wrapped.")
@@ -614,6 +708,7 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     expect(tuple(some.lora.A.shape)[0] == 2 and abs(some.lora.scaling - 2.0) < 1e-9,
            "Pass rank and alpha on in that order: LinearWithLoRA(child, rank, alpha); with rank=2, alpha=4 "
            f"A should have 2 rows and scaling 2.0, got {tuple(some.lora.A.shape)[0]} and {some.lora.scaling}.")
+    _expect_wrapped_in_place(model, wrapper, layers, trainable_before)
     again = attempt("a second call", fn, model, rank=2, alpha=4)
     expect(again == [], f"A second call must wrap nothing: skip layers that are already wrapped (it wrapped {again[:2]}).")
     targeted = fn(make_model(), rank=2, alpha=4, target_modules=["W_query", "W_value"])
@@ -655,18 +750,24 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
 
 
 # ----------------------------------------------------------------------------- 06
-@answer_shape("freeze_model and unfreeze should change requires_grad on the model's parameters.")
+@answer_shape("freeze_model and unfreeze should change requires_grad on the model's parameters.", draws=False)
 def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> None:
     """The smoke GPT with the 2-class head (it has a bias), a model four levels deep, and a leaf LayerNorm."""
     from .classifier import add_classification_head
 
     model = make_model()
     add_classification_head(model, num_classes=2)
+    modes = [m.training for m in model.modules()]
     attempt("freeze_model(model)", freeze, model)
     left = [n for n, p in model.named_parameters() if p.requires_grad]
     expect(not left, f"freeze_model should set requires_grad=False on every parameter, at every depth; still "
                      f"trainable: {left[:3]}.")
+    expect([m.training for m in model.modules()] == modes,
+           "freeze_model changed the model's training mode (model.eval() or .train()): freezing sets requires_grad "
+           "only; dropout is the training loop's business.")
     attempt("unfreeze(model.out_head)", unfreeze, model.out_head)
+    expect([m.training for m in model.modules()] == modes,
+           "unfreeze changed the model's training mode (model.eval() or .train()): it should set requires_grad only.")
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
     expect(trainable == ["out_head.bias", "out_head.weight"],
            f"unfreeze(model.out_head) should make exactly out_head.weight and out_head.bias trainable, got "
@@ -701,7 +802,7 @@ def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> 
     passed("freeze_model and unfreeze set exactly the parameters they should, bias and nested modules included")
 
 
-@answer_shape("lora_grads should return the pair of tensors (dA, dB).")
+@answer_shape("lora_grads should return the pair of tensors (dA, dB).", draws=False)
 def check_lora_grads(fn: Callable) -> None:
     """Two shapes and scalings in float64, compared with autograd."""
     for n, d_in, d_out, r, s in ((5, 7, 4, 3, 1.5), (2, 3, 6, 1, 0.25)):
@@ -978,7 +1079,7 @@ def _kd_variants(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, a:
     ]
 
 
-@answer_shape("distillation_loss should return the loss as a 0-dimensional tensor.")
+@answer_shape("distillation_loss should return the loss as a 0-dimensional tensor.", draws=False)
 def check_kd_loss(fn: Callable) -> None:
     """The limits alpha = 0 and 1, several temperatures (an integer one too) and alphas, the gradient the
     student receives (equal to the reference's), none into the teacher, and inputs left unchanged."""
@@ -991,6 +1092,9 @@ def check_kd_loss(fn: Callable) -> None:
     got0 = attempt("distillation_loss(alpha=0)", fn, student, teacher, labels, temperature=2.0, alpha=0.0)
     expect(isinstance(got0, torch.Tensor) and got0.dim() == 0, "Return the loss as a 0-dimensional tensor "
                                                                "(a mean over the batch), so that .backward() works.")
+    expect(got0.requires_grad and student.grad is None,
+           "Return the loss with its graph and leave backward() to the caller: do not call loss.backward() inside "
+           "distillation_loss, or return loss.detach() or loss.item(); the training loop runs backward itself.")
     for T, a in ((2.0, 0.7), (3.0, 0.5), (1.0, 0.4), (4.0, 1.0), (2.0, 0.0), (3, 0.6)):
         want = distillation_loss(student, teacher, labels, temperature=T, alpha=a)
         before = snapshot((student, teacher, labels))
@@ -1132,7 +1236,7 @@ def _diagnose_config(config: Any, got: dict | None, want: dict) -> str:
             "layers differ): set only the six settings listed at the top.")
 
 
-@answer_shape("lora_config should be a peft LoraConfig, and count_trainable(model) should return an int.")
+@answer_shape("lora_config should be a peft LoraConfig, and count_trainable(model) should return an int.", draws=False)
 def check_lora_config(config, count_trainable: Callable, model) -> None:
     """What the learner's LoraConfig builds on a tiny BERT (trainable names and count, each LoRA layer's
     rank, scaling and dropout) against what the original experiment's config builds; count_trainable
@@ -1155,8 +1259,11 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
     ref_model = _peft_model(tiny_encoder(0), _reference_lora_config())
     toy = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
     toy[0].requires_grad_(False)
+    tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
     for what, m, want_count in (
             ("a toy model with Linear(5, 4) frozen and Linear(4, 3) trainable", toy, 15),
+            ("a model whose two Linear(3, 3) share one weight (tied weights; count each tensor once)", tied, 12),
             ("a tiny BERT with the original experiment's LoRA (what that config trains)", ref_model, intended),
             ("the peft model", model, sum(p.numel() for p in model.parameters() if p.requires_grad))):
         got_count = attempt(f"count_trainable on {what}", count_trainable, m)
@@ -1205,6 +1312,7 @@ def _last_token_mistake(got: list[int], rows: list[list[int]], pad: int) -> str:
     return ""
 
 
+@answer_shape("last_token_index should return a tensor of integer indices, one per row.", draws=False)
 def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_token_id: int = 50256) -> None:
     """Right-padded batches: several lengths, a message that fills the width, a batch of one, a pad id
     that also occurs inside messages, and the notebook's own batch; the input must stay unchanged."""

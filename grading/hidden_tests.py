@@ -325,11 +325,13 @@ torch.manual_seed(SEED)
 in_dim, out_dim, rank = 24 + SEED % 7, 3 + SEED % 5, 2 + SEED % 3
 alpha = rank * (1.5 + SEED % 3)          # alpha / rank is never an integer
 layer = LoRALayer(in_dim, out_dim, rank, alpha)
+other = LoRALayer(in_dim, out_dim, rank, alpha)   # built right after: its own A (no reseeding in __init__)
 bound = in_dim ** -0.5
 facts = [list(layer.A.shape), list(layer.B.shape), bool((layer.B == 0).all()), bool((layer.A != 0).all()),
          bool(layer.A.abs().max() <= bound + 1e-6), bool(layer.A.abs().max() > 0.8 * bound),
-         bool(0.4 * bound < layer.A.detach().std() < 0.75 * bound), sorted(n for n, _ in layer.named_parameters()),
-         bool(layer.A.requires_grad and layer.B.requires_grad)]
+         bool(0.4 * bound < layer.A.detach().std() < 0.75 * bound),
+         sorted(n for n, _ in layer.named_parameters(remove_duplicate=False)),
+         bool(layer.A.requires_grad and layer.B.requires_grad), not torch.equal(layer.A.detach(), other.A.detach())]
 with torch.no_grad():
     layer.A.copy_(torch.randn(rank, in_dim, generator=g))
     layer.B.copy_(torch.randn(out_dim, rank, generator=g))
@@ -339,12 +341,14 @@ out = layer(x)
 if out.requires_grad:   # the gradients A and B receive: a forward that reads .data or runs under no_grad gets none
     out.backward(torch.randn(out.shape, generator=g))
 grads = [None if p.grad is None else p.grad.tolist() for p in (layer.A, layer.B)]
+layer(torch.randn(3, 2, in_dim, generator=g))   # a second call must leave the first input alone too
 return facts + [out.tolist(), grads, torch.equal(x, x0)]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
-                "the gradients of A and B after one backward pass, and the input left unchanged",
+                "the gradients of A and B after one backward pass, two layers built in a row with different A, parameters "
+                "registered once, and the input left unchanged, also after the next call",
         parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, "
-              "A and B trainable, the output, A's and B's gradients, the input unchanged"),
+              "A and B trainable, a second layer's A differs, the output, A's and B's gradients, the input unchanged"),
 
     Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
         check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),
@@ -359,7 +363,8 @@ linear = torch.nn.Linear(d_in, d_out)
 x = torch.randn(2, 5, d_in, generator=g)
 wrapped = LinearWithLoRA(linear, rank, 1.5 * rank)
 facts = [bool(torch.allclose(wrapped(x), linear(x))), [p.requires_grad for p in linear.parameters()],
-         [p.requires_grad for p in wrapped.lora.parameters()]]
+         [p.requires_grad for p in wrapped.lora.parameters()],
+         sorted(n for n, _ in wrapped.named_parameters(remove_duplicate=False))]
 with torch.no_grad():
     wrapped.lora.A.copy_(torch.randn(rank, d_in, generator=g))
     wrapped.lora.B.copy_(torch.randn(d_out, rank, generator=g))
@@ -445,13 +450,22 @@ r2.add_module(rng.choice(names) + "_x", nn.Linear(3, 2))
 present = sorted({n.split(".")[-1] for n, mod in r2.named_modules() if isinstance(mod, nn.Linear)} - {"out_head"})
 targets = sorted(rng.sample(present, min(2, len(present))))
 random_targets = sorted(replace_linear_with_lora(r2, rank, 2.0, target_modules=targets)) if targets else []
+# The model's own layers are wrapped (not new ones), A and B train, and the other parameters keep their
+# requires_grad: the caller freezes the model, replace_linear_with_lora only wraps (a frozen LayerNorm stays frozen).
+own = make()
+own.norm.requires_grad_(False)
+layers = {n: mod for n, mod in own.named_modules() if isinstance(mod, nn.Linear)}
+replace_linear_with_lora(own, rank, 2.0)
+same_objects = sorted(n for n, mod in own.named_modules() if isinstance(mod, LinearWithLoRA) and mod.linear is layers.get(n))
+trainable = sorted(n for n, p in own.named_parameters() if p.requires_grad)
 return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head).__name__,
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
-        wrapped_names(r), random_targets, wrapped_names(r2)]
+        wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable]
 ''', reference=_lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
                 "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
-                "an empty exclude, and the layers really wrapped"),
+                "an empty exclude, the layers really wrapped, each wrapping the model's own layer, A and B trainable, and "
+                "the other parameters' requires_grad left as they were"),
 
     Exercise("06-freeze", "06_gradient_checks", 2, "freeze_model",
         also_defines={"unfreeze": lambda: unfreeze},
@@ -462,6 +476,8 @@ from torch import nn
 deep = lambda: nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2), nn.Sequential(nn.Linear(2, 2, bias=False),
                              nn.Sequential(nn.Linear(2, 2)))))
 m = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), nn.Linear(2, 2), deep())
+import torch
+rng = torch.get_rng_state()          # freezing draws no random numbers: the global generator stays as it was
 freeze_model(m)
 freeze_model(m)
 after_freeze = [p.requires_grad for p in m.parameters()]
@@ -477,6 +493,7 @@ freeze_model(m)
 unfreeze(m[3][1][0])                 # a LayerNorm: a module without children
 unfreeze(m[0])                       # a Linear
 after_leaves = [p.requires_grad for p in m.parameters()]
+kept = [torch.equal(rng, torch.get_rng_state()), all(mod.training for mod in m.modules())]   # and no model.eval()
 import random
 rng = random.Random(SEED)
 def grow(depth):   # a random model drawn from the whole seed, some parts frozen and unfrozen at random
@@ -493,10 +510,10 @@ freeze_model(r)
 for _ in range(3):
     unfreeze(rng.choice(modules))
 random_model = [p.requires_grad for p in r.parameters()]
-return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model]
+return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model, kept]
 ''', reference=lambda: freeze_model,
         explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
-                "biases, calling each twice"),
+                "biases, calling each twice, and nothing else changed (training mode, the global random generator)"),
 
     Exercise("06-lora-grads", "06_gradient_checks", 3, "lora_grads",
         check="check_lora_grads", check_args=lambda ns: (ns["lora_grads"],),
@@ -611,18 +628,23 @@ for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
     s, t = s_leaf * 1.0, t_leaf * 1.0                   # logits come out of a model: not leaves
     y = torch.randint(0, 2, (7,), generator=g)
     s0, t0 = s.detach().clone(), t.detach().clone()
+    rng = torch.get_rng_state()
     loss = distillation_loss(s, t, y, temperature=T, alpha=a)
+    # The caller runs backward: a loss that ran it inside and came back detached could not train the student.
+    graph = bool(loss.requires_grad) and s_leaf.grad is None and t_leaf.grad is None
+    kept = torch.equal(rng, torch.get_rng_state())
     if loss.requires_grad:
         loss.backward()
     out.append([float(loss.detach()), t_leaf.grad is None or bool((t_leaf.grad == 0).all()),
                 None if s_leaf.grad is None else s_leaf.grad.tolist(),
-                torch.equal(s.detach(), s0) and torch.equal(t.detach(), t0)])
+                torch.equal(s.detach(), s0) and torch.equal(t.detach(), t0), graph, kept])
 return out
 ''', reference=_lib("course_lib.distill", "distillation_loss"),
         explain="temperatures 1 to 3.5 (an integer one too), alpha 0 and 1, the student's gradient, none into the "
-                "teacher, and the logits left unchanged",
+                "teacher, the logits left unchanged, the loss returned with its graph (backward is the caller's), and the "
+                "global random generator untouched",
         parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
-              "unchanged]"),
+              "unchanged, the loss carries its graph and nothing ran backward inside, the random generator untouched]"),
 
     Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
         also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),
@@ -639,6 +661,9 @@ for frozen in ([], [0], [0, 1], [2], [0, 1, 2]):
     for i, layer in enumerate(m):
         layer.requires_grad_(i not in frozen)
     counts.append(count_trainable(m))
+tied = nn.Sequential(nn.Linear(2 + SEED % 5, 2 + SEED % 5, bias=False), nn.Linear(2 + SEED % 5, 2 + SEED % 5))
+tied[1].weight = tied[0].weight      # one tensor in two places (tied weights): it trains, and counts, once
+counts.append(count_trainable(tied))
 # What the config builds, not its fields: a tiny random BERT classifier drawn from the seed, through peft.
 from peft import get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
@@ -656,8 +681,10 @@ counts.append(count_trainable(model))
 return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora]
 ''', reference=lambda: count_trainable,
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
-                "dropout of each LoRA layer), and the count on that model and on a model with various parts frozen",
-        parts="the count with nothing, [0], [0, 1], [2] and everything frozen, the count on the peft model, the "
+                "dropout of each LoRA layer), and the count on that model, on a model with various parts frozen and "
+                "on one with a tied weight (counted once)",
+        parts="the count with nothing, [0], [0, 1], [2] and everything frozen, on a model with a tied weight, on the peft "
+              "model, the "
               "trainable parameters, the LoRA layers"),
 ]
 

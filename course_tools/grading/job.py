@@ -187,13 +187,24 @@ def _grade_one(job: Job, result: Result) -> Result:
         payloads = run_probes(job, hidden, defs, tmp, start + budget)
     finally:
         sandbox.remove_tree(tmp)
-    result.rows = [exercise_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
+    result.rows = [_row(t, payloads.get(t.exercise), executed_nb, tests) for t in hidden]
     result.events = run.events
     result.written = {printable(str(k), 100): utf8(v[:5000]) for k, v in written_answers(nb).items()}
     result.flags = [{"student": job.student, "notebook": job.notebook, **f}
                     for f in plagiarism_flags(executed_nb, hidden)]
     result.executed = nbformat.writes(run.notebook)
     return result
+
+
+def _row(test, payload: dict | None, nb: nbformat.NotebookNode, tests) -> dict:
+    """:func:`exercise_row`, except that a statement nested too deeply for Python's own tools to walk (the static
+    ownership check reads the graded names' statements) costs only its exercise, with a message, not the notebook."""
+    try:
+        return exercise_row(test, payload, nb, tests)
+    except RecursionError:
+        return {"exercise": test.exercise, "points": 0, "max_points": test.points, "status": "error",
+                "message": f"A statement that defines {test.name} or a name it uses is nested too deeply for the grader "
+                           "to read (thousands of levels); write it in plain steps and submit again."}
 
 
 def thread_env(job: Job) -> dict[str, str]:

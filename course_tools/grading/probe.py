@@ -159,7 +159,9 @@ def definitions(sources: list[str]) -> list[str]:
     """The top-level statements of ``sources`` that can define names, in the order they ran:
     imports, functions, classes, assignments and the ``if``/``try``/``with`` blocks around them.
     Bare expressions and loops (training, plots, prints) are left out; the probe process runs each
-    statement under a short time limit, so a slow assignment costs only itself."""
+    statement under a short time limit, so a slow assignment costs only itself. A statement too deeply
+    nested to be written back out (``ast.unparse`` recurses) is left out on its own: what it defines is
+    then missing from the probe, and the hidden test says which name it could not find."""
     out: list[str] = []
     for source in sources:
         tree = parse_cell(source)
@@ -167,7 +169,10 @@ def definitions(sources: list[str]) -> list[str]:
             continue
         for node in tree.body:
             if isinstance(node, DEFINING):
-                out.append(ast.unparse(node))
+                try:
+                    out.append(ast.unparse(node))
+                except (RecursionError, MemoryError, ValueError):
+                    continue
     return out
 
 
@@ -181,11 +186,40 @@ def executed_sources(nb: nbformat.NotebookNode, executed: list[int]) -> list[str
 PROBE_FUNCTION = "__course_probe"
 
 
+# Run around every probe: PyTorch's process-wide settings (autograd on or off, the default dtype and device) must
+# be as they were when the probe ends. A student's function that switches one of them is wrong (every cell after
+# it would change) and fails with this message; the settings are put back, so the next probe starts clean.
+# (Whether an answer may use the global random generator depends on the exercise: its probe says.)
+STATE_GUARD = """
+    import torch as __torch
+    def __state():
+        return [__torch.is_grad_enabled(), __torch.get_default_dtype(), str(__torch.get_default_device())]
+    __before = __state()
+    try:
+        __result = __course_body(SEED)
+    finally:
+        __after = __state()
+        __torch.set_grad_enabled(__before[0])
+        __torch.set_default_dtype(__before[1])
+        if __after[2] != __before[2]:
+            __torch.set_default_device(__before[2])
+    if __after != __before:
+        __what = [w for w, a, b in zip(("autograd on or off (torch.set_grad_enabled)", "the default dtype",
+                                        "the default device"), __after, __before) if a != b]
+        class GlobalStateChanged(RuntimeError):
+            pass
+        raise GlobalStateChanged("it changed PyTorch's global settings: " + ", ".join(__what)
+                                 + "; leave them as they were (use `with torch.no_grad():`, dtype=, .to(device))")
+    return __result
+"""
+
+
 def probe_source(body: str) -> str:
     """A hidden test's ``probe`` body as the function of ``SEED`` that every caller runs: the probe process
-    (which receives this text), the grader's expected answer and the mutation test (:func:`run_in`)."""
-    indented = "\n".join("    " + line for line in body.strip("\n").split("\n"))
-    return f"def {PROBE_FUNCTION}(SEED):\n{indented}\n"
+    (which receives this text), the grader's expected answer and the mutation test (:func:`run_in`). The body
+    runs inside :data:`STATE_GUARD`, which fails an answer that changes PyTorch's global settings."""
+    indented = "\n".join("        " + line for line in body.strip("\n").split("\n"))
+    return f"def {PROBE_FUNCTION}(SEED):\n    def __course_body(SEED):\n{indented}\n{STATE_GUARD}"
 
 
 def run_in(namespace: dict, body: str, seed: int):
@@ -352,7 +386,8 @@ def _main():
             if slow and isinstance(error, NameError):   # the name was missing because its statement timed out
                 name, message = "timeout", ("the notebook's statement `" + slow[0] + "` ran past its time limit while "
                                             "the hidden test loaded your definitions, so what it defines was missing")
-            results[exercise] = {"ok": False, "error": name, "message": message, "where": where(error)}
+            whose = "notebook" if name == "GlobalStateChanged" else where(error)   # the guard speaks of the student's code
+            results[exercise] = {"ok": False, "error": name, "message": message, "where": whose}
             continue
         try:
             results[exercise] = {"ok": True, "result": loads(dumps(value, default=plain))}

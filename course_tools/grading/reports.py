@@ -8,6 +8,7 @@ import csv
 import hashlib
 import html
 import io
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,9 +58,11 @@ def csv_cell(value):
 def display_name(folder: str) -> str:
     """A student's folder name as every output shows it: printable, on one line, at most 80
     characters. A name that had to change gets ``~`` and 8 hex digits of its hash, so two folders
-    never share a name in the gradebook."""
+    never share a name in the gradebook; a folder whose own name already ends that way is renamed
+    too, or it could be the one another folder's name was changed to."""
     shown = " ".join(printable(folder, 1000).split())
-    if shown == folder and 0 < len(shown) <= 80 and not shown.startswith(("'", "~")):
+    if (shown == folder and 0 < len(shown) <= 80 and not shown.startswith(("'", "~"))
+            and not re.search(r"~[0-9a-f]{8}$", shown)):
         return shown
     return f"{shown[:70]}~{hashlib.sha256(folder.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
