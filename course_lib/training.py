@@ -143,7 +143,9 @@ def split_outputs(loader: DataLoader, model: nn.Module, device: torch.device, nu
     A loader that keeps the dataset's order and pads each batch to its longest message is run in
     batches of similar length instead (:func:`~course_lib.dataloaders.group_by_length`): the same
     examples, each read at its last real token, so the same predictions, for about the real tokens'
-    cost instead of 1.75 x. The logits are put back in the loader's order.
+    cost instead of 1.75 x. The logits are put back in the loader's order. (Every classifier in this
+    course reads a message independently of its padding; one that did not would need a loader of its
+    own batches, e.g. ``list(loader)``, which is evaluated as it is.)
     """
     grouped = group_by_length(loader, num_batches)
     run_on = grouped.loader if grouped is not None else loader
