@@ -250,3 +250,48 @@ def test_attention_keeps_its_kernel_in_fp32_without_gradients_and_with_dropout(m
     x = torch.randn(2, 5, 48, dtype=torch.bfloat16, requires_grad=True)
     with precision.attention_for_bf16_training(att):
         att.attend(x, x, x).float().sum().backward()  # dropout on the weights: the kernel, which draws it
+
+
+@needs_bf16
+def test_a_bf16_step_through_fast_training_is_as_close_to_fp32_as_the_plain_bf16_step(monkeypatch):
+    """The whole model (q, k, v split from one grouped GEMM, attention with the fp32 softmax, LoRA fast path):
+    its loss and LoRA gradients in bf16 are no further from the fp32 ones than plain autocast's."""
+    from torch import nn
+
+    from course_lib import precision
+    from course_lib.classifier import add_classification_head
+    from course_lib.config import get_config
+    from course_lib.lora import lora_layers
+    from course_lib.model import GPTModel
+    from course_lib.strategies import configure_trainable
+
+    torch.manual_seed(7)
+    model = GPTModel(get_config("gpt2-smoke (tiny)"))
+    add_classification_head(model, 2)
+    configure_trainable(model, "lora", rank=4, alpha=8)
+    for layer in lora_layers(model).values():
+        nn.init.normal_(layer.lora.B, std=0.5)
+    ids, labels = torch.randint(0, 1000, (4, 19)), torch.tensor([0, 1, 1, 0])
+
+    def loss_and_grads(precision_name: str, fast: bool):
+        model.zero_grad(set_to_none=True)
+        held = precision.fast_training if fast else precision.frozen_weights_as
+        with held(model, precision_name):
+            with autocast(precision_name, CPU):
+                loss = nn.functional.cross_entropy(model(ids)[:, -1].float(), labels)
+            loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    ref_loss, ref_grads = loss_and_grads("fp32", fast=False)
+    plain_loss, plain_grads = loss_and_grads("bf16", fast=False)
+    calls, apply = [], precision._CausalAttentionFp32Softmax.apply
+    monkeypatch.setattr(precision._CausalAttentionFp32Softmax, "apply", lambda *a: calls.append(1) or apply(*a))
+    fast_loss, fast_grads = loss_and_grads("bf16", fast=True)
+    assert len(calls) == model.cfg["n_layers"]
+
+    def grad_error(grads):
+        return max(((grads[n] - g).norm() / g.norm()).item() for n, g in ref_grads.items())
+
+    assert 0 < grad_error(plain_grads) < 0.1
+    assert grad_error(fast_grads) <= 1.5 * grad_error(plain_grads), (grad_error(plain_grads), grad_error(fast_grads))
+    assert abs(fast_loss - ref_loss) <= max(1.5 * abs(plain_loss - ref_loss), 2e-3 * abs(ref_loss))
