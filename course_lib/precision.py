@@ -146,15 +146,16 @@ class _CausalAttentionFp32Softmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         q, k, v, probs, probs_low = ctx.saved_tensors
-        grad = grad.to(v.dtype)
-        grad_v = probs_low.transpose(-2, -1) @ grad
-        grad_probs = (grad @ v.transpose(-2, -1)).float()
-        # softmax's backward: dS = P ⊙ (dP − Σ_j dP_j P_j), then the scale; masked positions have P = 0
-        grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
-        grad_scores.mul_(ctx.scale)
-        with _fp32_matmuls_on_bf16_units():
-            grad_q = (grad_scores @ k.float()).to(q.dtype)
-            grad_k = (grad_scores.transpose(-2, -1) @ q.float()).to(k.dtype)
+        with torch.autocast("cpu", enabled=False):  # a backward called inside autocast keeps these dtypes too
+            grad = grad.to(v.dtype)
+            grad_v = probs_low.transpose(-2, -1) @ grad
+            grad_probs = (grad @ v.transpose(-2, -1)).float()
+            # softmax's backward: dS = P ⊙ (dP − Σ_j dP_j P_j), then the scale; masked positions have P = 0
+            grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
+            grad_scores.mul_(ctx.scale)
+            with _fp32_matmuls_on_bf16_units():
+                grad_q = (grad_scores @ k.float()).to(q.dtype)
+                grad_k = (grad_scores.transpose(-2, -1) @ q.float()).to(k.dtype)
         return grad_q, grad_k, grad_v, None
 
 
@@ -180,13 +181,13 @@ def attention_for_bf16_training(model: nn.Module):
     attention whose scores and softmax are fp32 (:class:`_CausalAttentionFp32Softmax`).
 
     PyTorch's CPU flash-attention backward in bf16 is slower than its fp32 version at the course's short
-    sequences, and the fp32 kernel on upcast copies pays for the copies and for fp32 products; the
-    written-out form multiplies on the bf16 units and keeps only the softmax in fp32 (on the development
-    machine's CPU a bf16 LoRA step ~5 % faster than with the fp32 kernel, docs/benchmarks.md; without it
-    attention's bf16 backward was most of the gap between a step and its GEMM chain). Its gradients are
-    closer to fp64 than the bf16 kernel's and its output is closer than the notebooks' attention written
-    out under autocast (``tests/test_precision.py``). Evaluation (no gradients), fp32, dropout and other
-    devices keep the class's kernel.
+    sequences (on the development machine it was most of the gap between a bf16 LoRA step and its GEMM
+    chain), and the fp32 kernel on upcast copies pays for the copies and for fp32 products; the
+    written-out form multiplies on the bf16 units and keeps only the softmax in fp32 (a bf16 LoRA step
+    about 3 % faster than with the fp32 kernel on the development machine's CPU, docs/benchmarks.md). Its
+    gradients are about as close to fp64 as the bf16 kernel's or closer, and output and gradients closer
+    than the notebooks' attention written out under autocast (``tests/test_precision.py``). Evaluation (no
+    gradients), fp32, attention dropout and other devices keep the class's kernel.
     """
     patched = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and "attend" not in vars(m)]
     try:
