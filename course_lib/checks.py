@@ -42,6 +42,11 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) 
     """Call the learner's ``fn``; an exception becomes a :class:`CheckFailed` naming the case, and so does a
     change of PyTorch's global state (:func:`global_torch_state`) the exercise has no reason to make."""
     before = global_torch_state(rng=not _DRAWS.get())
+    saved = before.get("rng")
+    if saved is not None:   # a state no torch.manual_seed(n) can give, so that reseeding shows; the caller's comes back
+        torch.manual_seed(_RNG_MARK)
+        torch.rand(1)
+        before["rng"] = torch.get_rng_state()
     try:
         result = fn(*args, **kwargs)
     except CheckFailed:
@@ -55,6 +60,8 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) 
         raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {extra or hint}".strip()) from err
     finally:
         changed = restore_torch_state(before)
+        if saved is not None:
+            torch.set_rng_state(saved)
     expect_state_kept(changed, what)
     return result
 
@@ -62,6 +69,7 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) 
 # ----------------------------------------------------------------------------- global state
 # Whether the exercise being checked may draw from PyTorch's global random generator (set by answer_shape).
 _DRAWS: ContextVar[bool] = ContextVar("draws", default=True)
+_RNG_MARK = 20_240_917   # any seed: the generator is seeded with it and drawn from once while the learner's code runs
 
 _STATE_ADVICE = {
     "grad": "switched autograd off for the whole program (torch.set_grad_enabled(False) or a no_grad that was "

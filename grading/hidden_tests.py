@@ -477,6 +477,8 @@ deep = lambda: nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2), nn.
                              nn.Sequential(nn.Linear(2, 2)))))
 m = nn.Sequential(nn.Linear(3, 3), nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2)), nn.Linear(2, 2), deep())
 import torch
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 rng = torch.get_rng_state()          # freezing draws no random numbers: the global generator stays as it was
 freeze_model(m)
 freeze_model(m)
@@ -526,9 +528,13 @@ A = torch.randn(r, d_in, generator=g, dtype=torch.float64)
 B = torch.randn(d_out, r, generator=g, dtype=torch.float64)
 up = torch.randn(n, d_out, generator=g, dtype=torch.float64)
 before = [t.clone() for t in (x, A, B, up)]
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+rng = torch.get_rng_state()          # a gradient draws no random numbers: the global generator stays as it was
 dA, dB = lora_grads(x, A, B, 0.5 + SEED % 4, up)
-return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up)))]
-''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged"),
+return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up))),
+        torch.equal(rng, torch.get_rng_state())]
+''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged, the global random generator untouched"),
 
     # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
     # of one, and pad ids that also occur inside messages; the input must come back unchanged.
@@ -550,6 +556,9 @@ def draw(batch, width, vocab, pad, full_row):
         x[row, n:] = pad
     return x
 out = []
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+rng = torch.get_rng_state()          # finding positions draws no random numbers: the global generator stays as it was
 cases = [(1, 1 + SEED % 9, 50257, 50256, False), (1, 2 + SEED % 7, 50257, 50256, True),
          (2 + SEED % 7, 3 + SEED % 11, 50257, 50256, True), (3 + SEED % 5, 4 + SEED % 6, 6, SEED % 6, True),
          (4, 5 + SEED % 4, 4, 0, False)]
@@ -565,10 +574,12 @@ for batch, width, vocab, pad, full_row in cases:
 x = draw(3, 6, 50257, 50256, True)
 got = last_token_index(x)            # the default pad id is GPT-2's <|endoftext|>
 out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
+out.append(torch.equal(rng, torch.get_rng_state()))
 return out
 """, reference=_lib("course_lib.training", "last_token_index"),
         explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
-                "that also occur inside messages, the default pad id, integer indices, and the batch left unchanged"),
+                "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, and the global "
+                "random generator untouched"),
 
     Exercise("07-train-loop", "07_classification_training", 5, "train_classifier_simple",
         check="check_training_loop", check_args=lambda ns: (ns["train_classifier_simple"],),
@@ -622,6 +633,8 @@ return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], 
 import torch
 g = torch.Generator().manual_seed(SEED)
 out = []
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
     s_leaf = torch.randn(7, 2, generator=g, requires_grad=True)
     t_leaf = torch.randn(7, 2, generator=g, requires_grad=True)

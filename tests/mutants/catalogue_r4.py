@@ -70,6 +70,17 @@ MUTANTS = [
     ("float64-default", "06-lora-grads", "wrong",
      [("    h = x @ A.T", "    torch.set_default_dtype(torch.float64)\n    h = x @ A.T")], "default dtype"),
 
+    ("reseeds", "06-lora-grads", "wrong",
+     [("    h = x @ A.T", "    torch.manual_seed(0)\n    h = x @ A.T")], "random generator"),
+
+    # ------------------------------------------------------------------ 07-last-token
+    ("reseeds", "07-last-token", "wrong",
+     [("    real = input_batch != pad_token_id", "    torch.manual_seed(0)\n    real = input_batch != pad_token_id")],
+     "random generator"),
+    ("grad-off", "07-last-token", "wrong",
+     [("    real = input_batch != pad_token_id", "    torch.set_grad_enabled(False)\n    real = input_batch != pad_token_id")],
+     "autograd off"),
+
     # ------------------------------------------------------------------ 08-kd-loss
     ("backward-inside", "08-kd-loss", "wrong",
      [("    return alpha * temperature ** 2 * soft + (1 - alpha) * hard",
