@@ -1,26 +1,10 @@
 import os
 import socket
-import tempfile
 
-# OpenMP threads that find no work sleep instead of spinning. With the default (spin first), a
-# two-thread kernel beside any other busy process loses most of its time: the thread that finished
-# its half spins on the core its partner needs. Measured on the 2-core machine at a load average of
-# about 5: 3.5 s for what takes 0.55 s on one thread, and 0.57 s on two threads with PASSIVE
-# (benchmark in docs/testing.md). Set before torch is imported (support imports it), and inherited by
-# every kernel the tests start; the thread count, and so every result, is unchanged.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import pytest
+from support import MIRROR
 
-import pytest  # noqa: E402
-from support import MIRROR  # noqa: E402
-
-# Under pytest-xdist (`pytest -n 2`) each worker gets a course cache of its own: the notebooks and tests
-# write the smoke checkpoint and the data splits there (not atomically), and two workers writing the same
-# file at once would corrupt it. Only the cache the root conftest.py made for the session is replaced;
-# a COURSE_CACHE_DIR the caller set is kept.
-_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-_MADE = os.path.join(tempfile.gettempdir(), "lora-course-test-cache-")
-if _WORKER and os.environ.get("COURSE_CACHE_DIR", "").startswith(_MADE):
-    os.environ["COURSE_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"lora-course-test-cache-{_WORKER}-")
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")   # the root conftest.py gives each worker its own course cache
 
 
 @pytest.fixture
