@@ -178,29 +178,32 @@ def predictions(loader: DataLoader, model: nn.Module, device: torch.device,
                 desc: str = "predictions") -> tuple[torch.Tensor, torch.Tensor]:
     """(predicted, true) labels over the first ``num_batches`` batches, in the loader's order
     (``progress``: a tqdm bar). Evaluated in ``eval`` mode; the model's mode is restored after."""
+    outputs = _eval_outputs(loader, model, device, num_batches, progress, desc)
+    return outputs.predicted(), outputs.labels
+
+
+def _eval_outputs(loader: DataLoader, model: nn.Module, device: torch.device, num_batches: int | None,
+                  progress: bool, desc: str) -> SplitOutputs:
+    """:func:`split_outputs` in ``eval`` mode, the model's mode restored after."""
     was_training = model.training
     model.eval()
     try:
-        outputs = split_outputs(loader, model, device, num_batches, progress, desc)
+        return split_outputs(loader, model, device, num_batches, progress, desc)
     finally:
         model.train(was_training)
-    return outputs.predicted(), outputs.labels
 
 
 def calc_accuracy_loader(loader: DataLoader, model: nn.Module, device: torch.device,
                          num_batches: int | None = None, progress: bool = False, desc: str = "accuracy") -> float:
     """Share of correctly classified examples."""
-    predicted, true = predictions(loader, model, device, num_batches, progress, desc)
-    return (predicted == true).float().mean().item() if len(true) else float("nan")
+    return _eval_outputs(loader, model, device, num_batches, progress, desc).accuracy()
 
 
 def per_class_accuracy(loader: DataLoader, model: nn.Module, device: torch.device,
                        num_classes: int = 2, num_batches: int | None = None, progress: bool = False,
                        desc: str = "per-class accuracy") -> list[float]:
     """Accuracy within each true class (recall); for spam, class 1 is the share of spam caught."""
-    predicted, true = predictions(loader, model, device, num_batches, progress, desc)
-    return [((predicted == c) & (true == c)).sum().item() / max(1, (true == c).sum().item())
-            for c in range(num_classes)]
+    return _eval_outputs(loader, model, device, num_batches, progress, desc).per_class_accuracy(num_classes)
 
 
 def make_adamw(model: nn.Module, lr: float, weight_decay: float = 0.1) -> torch.optim.AdamW:
