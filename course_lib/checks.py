@@ -887,22 +887,94 @@ def _padded_ids(n: int, width: int, g: torch.Generator) -> torch.Tensor:
     return torch.where(torch.arange(width) < lengths[:, None], x, torch.full_like(x, PAD_TOKEN_ID))
 
 
-def _tiny_run(fn: Callable, drop: float, seed: int, num_epochs: int, eval_freq: int, eval_iter: int):
+class NotMoved(RuntimeError):
+    """The loop computed with a batch before moving it to its ``device``."""
+
+
+_NOT_MOVED = ("your loop computes with a batch it did not move to `device` (the loop's argument): on a GPU the "
+              "model's weights are there and the batch is not. Move both with input_batch.to(device) and "
+              "target_batch.to(device) (calc_loss_batch does) before using them")
+
+
+# The device an "elsewhere" case passes to the loop: the CPU, named with an index, so that a batch moved to a
+# device the loop chose itself (.to("cpu"), .cuda()) is told apart from one moved to the loop's `device`.
+_ELSEWHERE_DEVICE = torch.device("cpu", 0)
+
+
+class _ElsewhereBatch(torch.Tensor):
+    """A batch that stands for one on another device than the model (a CPU batch beside a model on the GPU):
+    its size can be read, and ``.to(device)`` (or ``.cpu()``, to collect numbers) gives the plain tensor to
+    compute with; any computation on it before that, or after a move to another device, raises
+    :class:`NotMoved`. So a loop that ignores ``device`` fails on a CPU-only machine, as it would on a GPU."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            if func is torch.Tensor.cpu:                     # to the host, to collect numbers
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+            if func is torch.Tensor.to:                      # moved only to the loop's device (or beside a tensor)
+                target = [a for a in (*args[1:], kwargs.get("device"))
+                          if isinstance(a, (torch.device, str, torch.Tensor))]
+                out = func(*args, **kwargs)
+                moved = target and (isinstance(target[0], torch.Tensor)
+                                    or torch.device(target[0]) == _ELSEWHERE_DEVICE)
+                return out.as_subclass(torch.Tensor if moved else cls)
+            if func in (torch.Tensor.size, torch.Tensor.__len__, torch.Tensor.dim, torch.Tensor.numel,
+                        torch.Tensor.__repr__, torch.Tensor.__format__):
+                return func(*args, **kwargs)
+            if getattr(func, "__name__", "") == "__get__":     # .shape, .dtype, .device; not .T or .data
+                out = func(*args, **kwargs)
+                if not isinstance(out, torch.Tensor):
+                    return out
+        raise NotMoved(_NOT_MOVED)
+
+
+def _elsewhere_collate(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
+    from torch.utils.data import default_collate
+
+    x, y = default_collate(rows)
+    return x.as_subclass(_ElsewhereBatch), y.as_subclass(_ElsewhereBatch)
+
+
+def _tiny_setup(drop: float, seed: int, elsewhere: bool = False) -> tuple:
+    """The toy model, its shuffled training loader and validation loader, and an SGD optimiser.
+    ``elsewhere``: the loaders' batches must be moved to ``device`` before use (:class:`_ElsewhereBatch`)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
     model = _TinyClassifier(drop, seed)
     g = torch.Generator().manual_seed(seed)
     x, y = _padded_ids(26, 6, g), torch.randint(0, 2, (26,), generator=g)
+    collate = {"collate_fn": _elsewhere_collate} if elsewhere else {}
     # A shuffled training loader with its own generator, as in the notebook: evaluating on it (instead of on
     # train_eval_loader) consumes its shuffling and changes what training sees. Padded rows: a loss read at
     # the last position of the row, instead of the last real token, gives other numbers.
     train = DataLoader(TensorDataset(x[:14], y[:14]), batch_size=3, drop_last=True, shuffle=True,
-                       generator=torch.Generator().manual_seed(seed + 7))
-    val = DataLoader(TensorDataset(x[14:], y[14:]), batch_size=4, generator=torch.Generator())
+                       generator=torch.Generator().manual_seed(seed + 7), **collate)
+    val = DataLoader(TensorDataset(x[14:], y[14:]), batch_size=4, generator=torch.Generator(), **collate)
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
-    return fn(model, train, val, opt, torch.device("cpu"), num_epochs=num_epochs,
+    return model, train, val, opt
+
+
+def _tiny_run(fn: Callable, drop: float, seed: int, num_epochs: int, eval_freq: int, eval_iter: int,
+              models: list | None = None, elsewhere: bool = False):
+    """``fn`` run on :func:`_tiny_setup`; the model is appended to ``models`` when given."""
+    model, train, val, opt = _tiny_setup(drop, seed, elsewhere)
+    if models is not None:
+        models.append(model)
+    return fn(model, train, val, opt, _ELSEWHERE_DEVICE if elsewhere else torch.device("cpu"), num_epochs=num_epochs,
               eval_freq=eval_freq, eval_iter=eval_iter)
+
+
+def _end_state(fn: Callable, caller_seed: int) -> torch.Tensor:
+    """The global random generator's state after ``fn`` ran one tiny epoch from a state the caller chose
+    (``caller_seed``): a loop that reseeds ends in the same state whatever the caller chose."""
+    model, train, val, opt = _tiny_setup(0.5, 5)
+    torch.manual_seed(caller_seed)
+    torch.rand(1)
+    fn(model, train, val, opt, torch.device("cpu"), num_epochs=1, eval_freq=2, eval_iter=2)
+    return torch.get_rng_state()
 
 
 def _reference_loop(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter):
@@ -931,7 +1003,7 @@ def _variant_loop(kind: str) -> Callable:
             for xb, yb in train_loader:
                 optimizer.zero_grad()
                 if kind == "last_position":
-                    loss = nn.functional.cross_entropy(model(xb)[:, -1, :], yb)
+                    loss = nn.functional.cross_entropy(model(xb.to(device))[:, -1, :], yb.to(device))
                 else:
                     loss = calc_loss_batch(xb, yb, model, device)
                 loss.backward()
@@ -994,9 +1066,10 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     cases = [("1 epoch, eval_freq=1, no dropout", 0.0, 1, 1, 1, 2),
              ("2 epochs, eval_freq=3, eval_iter=2, no dropout", 0.0, 2, 2, 3, 2),
              ("2 epochs, eval_freq=2, eval_iter=3, dropout 0.5", 0.5, 3, 2, 2, 3)]
+    models: list[nn.Module] = []
     for case in cases:
         what, drop, seed, epochs, freq, it = case
-        out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it)
+        out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it, models)
         expect(isinstance(out, (tuple, list)) and len(out) == 5,
                "Return (train_losses, val_losses, train_accs, val_accs, examples_seen).")
         tl, vl, ta, va = (_floats(v, n) for v, n in zip(out[:4], ("train_losses", "val_losses", "train_accs", "val_accs")))
@@ -1046,6 +1119,32 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
                 raise CheckFailed(f"With {what}: the {name} accuracies should be {[round(v, 4) for v in want]}, got "
                                   f"{[round(v, 4) for v in got]}: after each epoch append calc_accuracy_loader({loader}, "
                                   "model, device, num_batches=eval_iter).")
+    # The reference hands the model back in training mode (model.train() after each evaluation; the accuracies
+    # are taken in eval mode and the mode put back), as the exercise's text asks.
+    expect(all(m.training for model in models for m in model.modules()),
+           "Your loop hands the model back in eval mode: after evaluating switch back with model.train(), so that "
+           "the model comes back in the mode it trains in (calc_accuracy_loader switches to eval and back by itself).")
+    # Batches that must be moved to `device` before use: on a CPU-only machine a loop that ignores `device`
+    # would otherwise look right.
+    try:
+        moved = attempt("Your loop (batches on another device than the model)", _tiny_run, fn, 0.5, 3, 1, 2, 3,
+                        elsewhere=True)
+    except CheckFailed as failure:
+        if isinstance(failure.__cause__, NotMoved):
+            raise CheckFailed(f"With batches on another device than the model: {_NOT_MOVED}.") from None
+        raise
+    expect(isinstance(moved, (tuple, list)) and len(moved) == 5 and moved[4] == 12,
+           "With batches on another device than the model the loop should still see 12 training examples.")
+    # The caller's seed chooses the dropout masks and the shuffling after the loop: a loop that reseeds the
+    # global generator (torch.manual_seed inside it) makes every run the same whatever seed the caller set.
+    saved = torch.get_rng_state()
+    try:
+        ends = [attempt("Your loop (from two random states)", _end_state, fn, s) for s in (11, 12)]
+    finally:
+        torch.set_rng_state(saved)
+    expect(not torch.equal(*ends), "Your loop resets PyTorch's global random generator (torch.manual_seed inside "
+                                   "it): every run then draws the same numbers whatever seed the caller set. Seed once, "
+                                   "before calling the loop, and leave the random generator to the caller.")
     if make_setup is not None:
         model, train_loader, val_loader, optimizer, device = make_setup()
         out = attempt("Your loop on the notebook's model", fn, model, train_loader, val_loader, optimizer, device,

@@ -588,7 +588,37 @@ return out
         probe=r'''
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset, default_collate
+DEVICE = torch.device("cpu", 0)      # the CPU named with an index: a batch moved to .to("cpu") instead shows
+class NotMoved(RuntimeError):
+    pass
+class Elsewhere(torch.Tensor):
+    # A batch on another device than the model (a CPU batch beside a model on the GPU): its size can be read and
+    # .to(device) or .cpu() (to collect numbers) gives the tensor to compute with; computing on it before that, or
+    # after moving it to another device than the loop's, raises, as on a GPU.
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            if func is torch.Tensor.cpu:                     # to the host, to collect numbers
+                return func(*args, **kwargs).as_subclass(torch.Tensor)
+            if func is torch.Tensor.to:                      # moved only to the loop's device (or beside a tensor)
+                target = [a for a in (*args[1:], kwargs.get("device"))
+                          if isinstance(a, (torch.device, str, torch.Tensor))]
+                out = func(*args, **kwargs)
+                moved = target and (isinstance(target[0], torch.Tensor) or torch.device(target[0]) == DEVICE)
+                return out.as_subclass(torch.Tensor if moved else cls)
+            if func in (torch.Tensor.size, torch.Tensor.__len__, torch.Tensor.dim, torch.Tensor.numel,
+                        torch.Tensor.__repr__, torch.Tensor.__format__):
+                return func(*args, **kwargs)
+            if getattr(func, "__name__", "") == "__get__":
+                out = func(*args, **kwargs)
+                if not isinstance(out, torch.Tensor):
+                    return out
+        raise NotMoved("a batch was used before it was moved to device")
+def elsewhere(rows):
+    x, y = default_collate(rows)
+    return x.as_subclass(Elsewhere), y.as_subclass(Elsewhere)
 class Tiny(nn.Module):
     # Dropout masks from the model's own generator, drawn only in training mode; the pad id has its own
     # embedding, so the logits at a pad position differ from those at the last real token.
@@ -611,20 +641,39 @@ x = torch.where(torch.arange(5) < lengths[:, None], ids, torch.full_like(ids, 50
 y = torch.randint(0, 2, (23,), generator=g)
 # A shuffled training loader with its own generator: evaluating on it instead of train_eval_loader changes
 # the order training sees.
+# The batches must be moved to device before use (Elsewhere): a loop that ignores device fails here as on a GPU.
 train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=3, drop_last=True, shuffle=True,
-                   generator=torch.Generator().manual_seed(SEED + 2))
+                   generator=torch.Generator().manual_seed(SEED + 2), collate_fn=elsewhere)
 # Validation rows come in pairs, one message with both labels, one pair per batch: the validation accuracy is
 # exactly 0.5 on every seed, so accuracies in percent or taken from another loader always show.
 val_x, val_y = x[16:20].repeat_interleave(2, dim=0), torch.stack([y[16:20], 1 - y[16:20]], dim=1).reshape(-1)
-val = DataLoader(TensorDataset(val_x, val_y), batch_size=2, generator=torch.Generator())
+val = DataLoader(TensorDataset(val_x, val_y), batch_size=2, generator=torch.Generator(), collate_fn=elsewhere)
 opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.3)
-tl, vl, ta, va, seen = train_classifier_simple(model, train, val, opt, torch.device("cpu"), num_epochs=2, eval_freq=3,
-                                               eval_iter=3)
-return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen]
+try:
+    tl, vl, ta, va, seen = train_classifier_simple(model, train, val, opt, DEVICE, num_epochs=2,
+                                                   eval_freq=3, eval_iter=3)
+except NotMoved:
+    return "a batch was used before it was moved to device"
+modes = all(m.training for m in model.modules())   # handed back in training mode, as the reference does
+def end_state(caller_seed):   # one epoch from a random state the caller chose: a loop that reseeds forgets it
+    m = Tiny()
+    loader = DataLoader(TensorDataset(x[:9], y[:9]), batch_size=3, shuffle=True,
+                        generator=torch.Generator().manual_seed(SEED + 3))
+    torch.manual_seed(caller_seed)
+    torch.rand(1)
+    train_classifier_simple(m, loader, loader, torch.optim.SGD(m.parameters(), lr=0.1), DEVICE,
+                            num_epochs=1, eval_freq=2, eval_iter=1)
+    return torch.get_rng_state()
+seeded = not torch.equal(end_state(SEED + 4), end_state(SEED + 5))
+return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
+        seeded]
 ''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
-                "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies",
-        parts="training losses, validation losses, training accuracies, validation accuracies, examples seen"),
+                "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies, batches that must be "
+                "moved to device, the model handed back in training mode, and the caller's random state still "
+                "mattering after the loop (no reseeding inside)",
+        parts="training losses, validation losses, training accuracies, validation accuracies, examples seen, the "
+              "model in training mode after the loop, the global random state still the caller's"),
 
     Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
         check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),

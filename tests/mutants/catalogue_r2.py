@@ -218,7 +218,8 @@ def random_split(df: pd.DataFrame, train_frac: float = 0.7, validation_frac: flo
       ("calc_accuracy_loader(train_eval_loader", "calc_accuracy_loader(sequential_loader(train_loader)")], ""),
     ("pooled-by-hand", "07-train-loop", "right",
      [("loss = calc_loss_batch(input_batch, target_batch, model, device)",
-       "last = (input_batch != 50256).long().cumsum(dim=1).argmax(dim=1)\n"
+       "input_batch, target_batch = input_batch.to(device), target_batch.to(device)\n"
+       "            last = (input_batch != 50256).long().cumsum(dim=1).argmax(dim=1)\n"
        "            logits = model(input_batch)[torch.arange(input_batch.shape[0]), last]\n"
        "            loss = F.cross_entropy(logits, target_batch)")], ""),
 

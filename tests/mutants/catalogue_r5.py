@@ -1,0 +1,43 @@
+"""Mutants for the fifth round of blind spots (see catalogue_a for the format): a training loop that reseeds the
+global random generator, hands the model back in eval mode, or ignores ``device`` (its batches never moved, or
+moved to a device of its own choosing); and the right answers that must stay accepted beside them."""
+
+MUTANTS = [
+    # ------------------------------------------------------------------ 07-train-loop
+    ("reseeds", "07-train-loop", "wrong",
+     [("    for epoch in range(num_epochs):\n", "    torch.manual_seed(123)\n    for epoch in range(num_epochs):\n")],
+     "random generator"),
+    ("reseeds-at-the-end", "07-train-loop", "wrong",
+     [("    return train_losses, val_losses", "    torch.manual_seed(0)\n    return train_losses, val_losses")],
+     "random generator"),
+    # The exercise's text: evaluate in model.eval() mode, then back to model.train(); the reference hands the model
+    # back in training mode.
+    ("ends-in-eval", "07-train-loop", "wrong",
+     [("        train_accs.append(", "        model.eval()\n        train_accs.append(")], "eval mode"),
+    ("ignores-device", "07-train-loop", "wrong",
+     [("loss = calc_loss_batch(input_batch, target_batch, model, device)",
+       "last = (input_batch != 50256).long().cumsum(dim=1).argmax(dim=1)\n"
+       "            logits = model(input_batch)[torch.arange(input_batch.shape[0]), last]\n"
+       "            loss = F.cross_entropy(logits, target_batch)")], "to(device)"),
+    ("hard-coded-cpu", "07-train-loop", "wrong",
+     [("loss = calc_loss_batch(input_batch, target_batch, model, device)",
+       "loss = calc_loss_batch(input_batch, target_batch, model, 'cpu')")], "to(device)"),
+    ("moves-inputs-only", "07-train-loop", "wrong",
+     [("loss = calc_loss_batch(input_batch, target_batch, model, device)",
+       "input_batch = input_batch.to(device)\n"
+       "            last = (input_batch != 50256).long().cumsum(dim=1).argmax(dim=1)\n"
+       "            logits = model(input_batch)[torch.arange(input_batch.shape[0]), last]\n"
+       "            loss = F.cross_entropy(logits, target_batch)")], "target_batch.to(device)"),
+    ("eval-and-back-for-accs", "07-train-loop", "right",
+     [("        train_accs.append(", "        model.eval()\n        train_accs.append("),
+      ("        val_accs.append(calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter))\n",
+       "        val_accs.append(calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter))\n"
+       "        model.train()\n")], ""),
+    ("moves-batch-first", "07-train-loop", "right",
+     [("            optimizer.zero_grad()\n",
+       "            input_batch, target_batch = input_batch.to(device), target_batch.to(device)\n"
+       "            optimizer.zero_grad()\n")], ""),
+    ("seeds-own-generator", "07-train-loop", "right",
+     [("    for epoch in range(num_epochs):\n",
+       "    unused = torch.Generator().manual_seed(123)\n    for epoch in range(num_epochs):\n")], ""),
+]
