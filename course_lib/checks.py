@@ -38,10 +38,12 @@ def close(a: Any, b: Any, atol: float = 1e-6) -> bool:
             and torch.allclose(a.double(), b.double(), atol=atol, rtol=0))
 
 
-def attempt(what: str, fn: Callable, *args: Any, hint: str = "", **kwargs: Any) -> Any:
+def attempt(what: str, fn: Callable, *args: Any, hint: str = "", draws: bool | None = None, **kwargs: Any) -> Any:
     """Call the learner's ``fn``; an exception becomes a :class:`CheckFailed` naming the case, and so does a
-    change of PyTorch's global state (:func:`global_torch_state`) the exercise has no reason to make."""
-    before = global_torch_state(rng=not _DRAWS.get())
+    change of PyTorch's global state (:func:`global_torch_state`) the exercise has no reason to make.
+    ``draws=False``: this call has no reason to draw random numbers, though the exercise's other calls may
+    (a layer's constructor initialises weights, its forward and merge do not); by default the check's."""
+    before = global_torch_state(rng=not (_DRAWS.get() if draws is None else draws))
     saved = before.get("rng")
     if saved is not None:   # a state no torch.manual_seed(n) can give, so that reseeding shows; the caller's comes back
         torch.manual_seed(_RNG_MARK)
@@ -596,7 +598,7 @@ def check_linear_with_lora(cls: type) -> None:
     delta = s * wrapped.lora.B.detach() @ wrapped.lora.A.detach()
     want = x @ (w0 + delta).T + b0
     x_before = x.clone()
-    unmerged = attempt("The wrapped layer's forward", wrapped, x)
+    unmerged = attempt("The wrapped layer's forward", wrapped, x, draws=False)
     expect_unchanged(x_before, x, "the input x of the wrapped layer's forward")
     expect(not close(unmerged, linear(x)), "After B changes, the output should change: add self.lora(x).")
     expect(close(unmerged, want, atol=1e-4), "forward(x) should be linear(x) + lora(x), with lora's scaling alpha / rank.")
@@ -607,7 +609,10 @@ def check_linear_with_lora(cls: type) -> None:
     wrapped.unmerge()
     expect(close(linear.weight, w0) and close(wrapped(x), want, atol=1e-4),
            "unmerge() on a layer that is not merged must change nothing: only subtract what merge() added.")
-    attempt("merge()", wrapped.merge)
+    attempt("merge()", wrapped.merge, draws=False)
+    expect(all(m.training for m in wrapped.modules()),
+           "merge() switched the layer to eval mode (self.eval() or .train(False)): merging folds the update into the "
+           "weight and changes nothing else; the training mode is the caller's to set.")
     merged_w = linear.weight.detach().clone()
     if close(merged_w, w0):
         raise CheckFailed("merge() should add (alpha / rank) * B @ A to the linear layer's weight; the weight did not change.")
@@ -621,19 +626,29 @@ def check_linear_with_lora(cls: type) -> None:
     expect(wrapped.linear.weight is linear.weight and not linear.weight.requires_grad,
            "merge() made the weight trainable again (or replaced it): update it in place "
            "(weight += ..., or weight.data) instead of assigning a new nn.Parameter.")
-    attempt("a second merge()", wrapped.merge)
+    attempt("a second merge()", wrapped.merge, draws=False)
     expect(close(linear.weight, merged_w, atol=1e-6), "Calling merge() twice added the update twice: "
                                                       "merge only when the layer is not merged yet.")
     expect(close(wrapped(x), want, atol=1e-4), "After merge() twice the output should still be the unmerged one.")
-    attempt("unmerge()", wrapped.unmerge)
+    attempt("unmerge()", wrapped.unmerge, draws=False)
+    expect(all(m.training for m in wrapped.modules()),
+           "unmerge() switched the layer to eval mode: it should only subtract the update; the training mode is the "
+           "caller's to set.")
     expect(close(linear.weight, w0, atol=1e-5), "unmerge() should restore the original weight: subtract "
                                                 "(alpha / rank) * B @ A once.")
     expect(not linear.weight.requires_grad, "unmerge() made the weight trainable again: update it in place.")
     expect(close(wrapped(x), want, atol=1e-4), "After unmerge() the output should be the unmerged one again: "
                                                "forward must add the LoRA path again.")
-    attempt("unmerge() a second time", wrapped.unmerge)
+    attempt("unmerge() a second time", wrapped.unmerge, draws=False)
     expect(close(linear.weight, w0, atol=1e-5), "Calling unmerge() twice subtracted the update twice: "
                                                 "unmerge only when the layer is merged.")
+    wrapped.eval()
+    attempt("merge() in eval mode", wrapped.merge, draws=False)
+    attempt("unmerge() in eval mode", wrapped.unmerge, draws=False)
+    expect(not any(m.training for m in wrapped.modules()),
+           "merge() or unmerge() switched an evaluating layer back to training mode (self.train()): they should change "
+           "the weight only; the training mode is the caller's to set.")
+    wrapped.train()
     passed("LinearWithLoRA: identical at init, frozen base (weight and bias), merge and unmerge exact, "
            "idempotent, and W stays frozen")
 

@@ -370,6 +370,9 @@ with torch.no_grad():
     wrapped.lora.B.copy_(torch.randn(d_out, rank, generator=g))
 w0 = linear.weight.detach().clone()
 x0 = x.clone()
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+rng = torch.get_rng_state()          # forward, merge and unmerge draw no random numbers
 unmerged = wrapped(x)
 if unmerged.requires_grad:   # one backward pass: LoRA's A and B get gradients, the frozen layer none
     unmerged.backward(torch.randn(unmerged.shape, generator=g))
@@ -383,12 +386,20 @@ facts += [bool(wrapped.linear.weight is linear.weight), [p.requires_grad for p i
           (wrapped.linear.weight - w0).tolist()]
 wrapped.merge()   # a second merge must not add the update twice
 merged = wrapped(x)
+modes = [all(m.training for m in wrapped.modules())]   # merging changes the weight, not the training mode
 wrapped.unmerge()
-return facts + [unmerged.tolist(), merged.tolist(), bool((linear.weight - w0).abs().max() < 1e-5), wrapped(x).tolist(),
-                [p.requires_grad for p in wrapped.linear.parameters()]]
+restored, final = bool((linear.weight - w0).abs().max() < 1e-5), wrapped(x).tolist()
+wrapped.eval()                       # nor does it switch an evaluating layer back to training
+wrapped.merge()
+wrapped.unmerge()
+modes.append(not any(m.training for m in wrapped.modules()))
+return facts + [unmerged.tolist(), merged.tolist(), restored, final,
+                [p.requires_grad for p in wrapped.linear.parameters()], modes, torch.equal(rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A and B and none into the frozen layer, the input left unchanged, "
-                "merge twice, unmerge when not merged, W frozen after merging, 3-D input"),
+                "merge twice, unmerge when not merged, W frozen after merging, 3-D input, the training mode left as it "
+                "was by merge and unmerge (in training and in eval mode), and the global random generator untouched "
+                "by forward, merge and unmerge"),
 
     Exercise("05-replace", "05_lora_injection", 5, "replace_linear_with_lora",
         check="check_replace", check_args=lambda ns: (ns["replace_linear_with_lora"], smoke_gpt, ns["LinearWithLoRA"]),

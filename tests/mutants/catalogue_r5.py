@@ -1,6 +1,7 @@
 """Mutants for the fifth round of blind spots (see catalogue_a for the format): a training loop that reseeds the
 global random generator, hands the model back in eval mode, or ignores ``device`` (its batches never moved, or
-moved to a device of its own choosing); and the right answers that must stay accepted beside them."""
+moved to a device of its own choosing), a LoRA merge or unmerge that changes the layer's training mode or reseeds
+the global generator; and the right answers that must stay accepted beside them."""
 
 MUTANTS = [
     # ------------------------------------------------------------------ 07-train-loop
@@ -40,4 +41,20 @@ MUTANTS = [
     ("seeds-own-generator", "07-train-loop", "right",
      [("    for epoch in range(num_epochs):\n",
        "    unused = torch.Generator().manual_seed(123)\n    for epoch in range(num_epochs):\n")], ""),
+
+    # ------------------------------------------------------------------ 04-linear-with-lora (merge and unmerge)
+    ("merge-calls-eval", "04-linear-with-lora", "wrong",
+     [("        if not self.merged:\n", "        self.eval()\n        if not self.merged:\n")], "eval mode"),
+    ("unmerge-calls-train", "04-linear-with-lora", "wrong",
+     [("        if self.merged:\n", "        self.train()\n        if self.merged:\n")], "training mode"),
+    ("merge-reseeds", "04-linear-with-lora", "wrong",
+     [("        if not self.merged:\n", "        torch.manual_seed(0)\n        if not self.merged:\n")],
+     "random generator"),
+    ("merge-keeps-mode", "04-linear-with-lora", "right",
+     [("        if not self.merged:\n",
+       "        was_training = self.training\n        self.eval()\n        self.train(was_training)\n"
+       "        if not self.merged:\n")], ""),
+    ("merge-through-data", "04-linear-with-lora", "right",
+     [("            self.linear.weight += self.lora.scaling * (self.lora.B @ self.lora.A)",
+       "            self.linear.weight.data.add_(self.lora.scaling * (self.lora.B @ self.lora.A))")], ""),
 ]
