@@ -209,21 +209,29 @@ def grow(depth):   # a random tree drawn from the whole seed: its count cannot b
     kids = [grow(depth - 1) for _ in range(rng.randint(0, 4))]
     return {f"k{i}": k for i, k in enumerate(kids)} if rng.random() < 0.5 else kids
 trees += [[grow(5), torch.zeros(1)] for _ in range(3)]
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # counting draws no random numbers: the global generator stays as it was
 out = []
 for t in trees:
     before = skeleton(t)
     v = count_tensors(t)
     out.append([type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40], skeleton(t) == before])
-return out
+return out + [torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
-                                    "several places, the count an int, and the tree left unchanged",
-        parts="one entry per tree: [is a plain int, the count, the tree unchanged]"),
+                                    "several places, the count an int, the tree left unchanged, and the global random "
+                                    "generator untouched",
+        parts="one entry per tree: [is a plain int, the count, the tree unchanged]; last, the random generator untouched"),
 
     Exercise("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg",
         check="check_settings_to_cfg",
         check_args=lambda ns: (ns["settings_to_cfg"], _lib("course_lib.config", "settings_to_cfg")()),
         hides=("config.settings_to_cfg",),
         probe=r'''
+import torch
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # building a config draws no random numbers: the global generator stays as it was
 n_head = 2 + SEED % 3
 s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1 + SEED % 64), "n_head": n_head,
      "n_layer": n_head + 1 + SEED % 4}
@@ -241,10 +249,11 @@ for bad, key in ((dict(s, n_embed=3), "n_embed"), ({k: v for k, v in s.items() i
         out.append(["KeyError", key in str(e)])
     except Exception as e:
         out.append(type(e).__name__)
-return out
+return out + [torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
                                                             "other drop_rate and qkv_bias, an unknown key and a missing key, "
-                                                            "the settings left unchanged"),
+                                                            "the settings left unchanged, the global random generator "
+                                                            "untouched"),
 
     Exercise("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn",
         check="check_split_c_attn", check_args=lambda ns: (ns["split_c_attn"],),
@@ -255,9 +264,14 @@ g = torch.Generator().manual_seed(SEED)
 e = 2 + SEED % 8
 w, b = torch.randn(e, 3 * e, generator=g), torch.randn(3 * e, generator=g)
 w0, b0 = w.clone(), b.clone()
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # splitting draws no random numbers: the global generator stays as it was
 ws, bs = split_c_attn(w, b)
-return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0)]
-''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged"),
+return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0),
+        torch.equal(global_rng, torch.get_rng_state())]
+''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged, the global random generator "
+                                            "untouched"),
 
     Exercise("03-balance", "03_data_balancing", 2, "create_balanced_dataset",
         check="check_balanced",
@@ -265,6 +279,10 @@ return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) a
         hides=("sms.create_balanced_dataset", "sms.prepare_sms_splits"),
         probe=r'''
 import pandas as pd
+import torch
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
 out = []
 for k in range(2):
     n_ham, n_spam = 20 + (SEED + k) % 13, 5 + (SEED + 3 * k) % 7
@@ -278,11 +296,13 @@ for k in range(2):
                 all(not isinstance(x, (str, float)) and float(x) == int(x) for x in labels)
                 and str(got["Label"].dtype)[:3] in ("int", "Int"),
                 df.equals(original) and list(df.columns) == list(original.columns)])
-return out
+return out + [torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
-                "and the caller's table left unchanged",
-        parts="one entry per table: [labels, texts in order, integer labels, the given table unchanged]"),
+                "the caller's table left unchanged, and PyTorch's global random generator untouched (the seed goes to "
+                "pandas)",
+        parts="one entry per table: [labels, texts in order, integer labels, the given table unchanged]; last, the "
+              "random generator untouched"),
 
     Exercise("03-split", "03_data_balancing", 2, "random_split",
         check="check_split",
@@ -290,6 +310,10 @@ return out
         hides=("sms.random_split", "sms.prepare_sms_splits"),
         probe=r'''
 import pandas as pd
+import torch
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
 n = 30 + SEED % 50
 df = pd.DataFrame({"Label": [i % 2 for i in range(n)], "Text": [f"m{i}" for i in range(n)]})
 original = df.copy()
@@ -298,22 +322,30 @@ parts = random_split(df, *fractions, seed=1000 + SEED % 1000)
 big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for i in range(1494)]})
 default = random_split(big, seed=1000 + SEED % 1000)
 return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(default[1]["Text"]),
-                                           df.equals(original) and list(df.columns) == list(original.columns)]
+                                           df.equals(original) and list(df.columns) == list(original.columns),
+                                           torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.sms", "random_split"),
-        explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, and the caller's table left unchanged"),
+        explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, the caller's table left unchanged, "
+                "and PyTorch's global random generator untouched (the seed goes to pandas)"),
 
     Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",
         check="check_num_batches", check_args=lambda ns: (ns["num_batches"], small_loaders()),
         hides=("dataloaders.num_batches", "dataloaders.create_dataloaders"),
         probe=r'''
+import torch
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # counting batches draws no random numbers: the global generator stays as it was
 cases = [(1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True), (1000 + SEED % 97, 3 + SEED % 11, False),
          (1000 + SEED % 97, 3 + SEED % 11, True)]
 import random
 rng = random.Random(SEED)
 cases += [(rng.randint(1, 10**6), rng.randint(1, 999), rng.random() < 0.5) for _ in range(6)]
-return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
-        for v in (num_batches(n, b, d) for n, b, d in cases)]
-''', reference=_lib("course_lib.dataloaders", "num_batches"), explain="exact multiples, a single example, and drop_last"),
+out = [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
+       for v in (num_batches(n, b, d) for n, b, d in cases)]
+return out + [torch.equal(global_rng, torch.get_rng_state())]
+''', reference=_lib("course_lib.dataloaders", "num_batches"),
+        explain="exact multiples, a single example, drop_last, and the global random generator untouched"),
 
     Exercise("04-lora-layer", "04_lora_layers", 3, "LoRALayer",
         check="check_lora_layer", check_args=lambda ns: (ns["LoRALayer"],),
@@ -729,14 +761,20 @@ import torch
 from torch import nn
 torch.manual_seed(SEED)
 m = nn.Sequential(nn.Linear(3 + SEED % 4, 5), nn.LayerNorm(5), nn.Sequential(nn.Linear(5, 2 + SEED % 3)))
+kept = []
+def counted(model):   # counting draws no random numbers: the global generator stays as it was (the models' own
+    rng = torch.get_rng_state()      # initialisation drew from it: a state no torch.manual_seed(n) gives)
+    v = count_trainable(model)
+    kept.append(torch.equal(rng, torch.get_rng_state()))
+    return v
 counts = []
 for frozen in ([], [0], [0, 1], [2], [0, 1, 2]):
     for i, layer in enumerate(m):
         layer.requires_grad_(i not in frozen)
-    counts.append(count_trainable(m))
+    counts.append(counted(m))
 tied = nn.Sequential(nn.Linear(2 + SEED % 5, 2 + SEED % 5, bias=False), nn.Linear(2 + SEED % 5, 2 + SEED % 5))
 tied[1].weight = tied[0].weight      # one tensor in two places (tied weights): it trains, and counts, once
-counts.append(count_trainable(tied))
+counts.append(counted(tied))
 # What the config builds, not its fields: a tiny random BERT classifier drawn from the seed, through peft.
 from peft import get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
@@ -750,15 +788,16 @@ lora = sorted([n, int(mod.r["default"]), float(mod.scaling["default"]),
                float(getattr(mod.lora_dropout["default"], "p", 0.0))]
               for n, mod in model.named_modules() if isinstance(getattr(mod, "r", None), dict) and "default" in mod.r
               and hasattr(mod, "lora_A"))
-counts.append(count_trainable(model))
-return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora]
+counts.append(counted(model))
+return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora,
+                                                                                                   all(kept)]
 ''', reference=lambda: count_trainable,
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
                 "dropout of each LoRA layer), and the count on that model, on a model with various parts frozen and "
-                "on one with a tied weight (counted once)",
+                "on one with a tied weight (counted once), and the global random generator untouched by counting",
         parts="the count with nothing, [0], [0, 1], [2] and everything frozen, on a model with a tied weight, on the peft "
               "model, the "
-              "trainable parameters, the LoRA layers"),
+              "trainable parameters, the LoRA layers, the random generator untouched"),
 ]
 
 def tests_for(notebook: str) -> list[Exercise]:

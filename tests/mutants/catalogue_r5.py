@@ -1,7 +1,7 @@
 """Mutants for the fifth round of blind spots (see catalogue_a for the format): a training loop that reseeds the
 global random generator, hands the model back in eval mode, or ignores ``device`` (its batches never moved, or
 moved to a device of its own choosing), a LoRA merge or unmerge that changes the layer's training mode or reseeds
-the global generator; and the right answers that must stay accepted beside them."""
+the global generator, and answers of 01, 02, 03 and 09 that reseed it; and the right answers that must stay accepted beside them."""
 
 MUTANTS = [
     # ------------------------------------------------------------------ 07-train-loop
@@ -57,4 +57,31 @@ MUTANTS = [
     ("merge-through-data", "04-linear-with-lora", "right",
      [("            self.linear.weight += self.lora.scaling * (self.lora.B @ self.lora.A)",
        "            self.linear.weight.data.add_(self.lora.scaling * (self.lora.B @ self.lora.A))")], ""),
+
+    # ------------------------------------------------------------------ the global random generator, in the probes too
+    # Exercises that draw no random numbers: the visible checks already failed an answer that reseeds or draws from
+    # PyTorch's global generator; their probes now do as well.
+    ("reseeds", "01-count-tensors", "wrong",
+     [("    if isinstance(tree, torch.Tensor):\n        return 1\n",
+       "    torch.manual_seed(0)\n    if isinstance(tree, torch.Tensor):\n        return 1\n")], "random generator"),
+    ("reseeds", "02-settings-to-cfg", "wrong",
+     [("    cfg.update(drop_rate=drop_rate, qkv_bias=qkv_bias)\n",
+       "    cfg.update(drop_rate=drop_rate, qkv_bias=qkv_bias)\n    torch.manual_seed(123)\n")], "random generator"),
+    ("reseeds", "02-split-c-attn", "wrong",
+     [("    q_w, k_w, v_w = torch.chunk(w, 3, dim=-1)\n",
+       "    torch.manual_seed(0)\n    q_w, k_w, v_w = torch.chunk(w, 3, dim=-1)\n")], "random generator"),
+    ("torch-seed-too", "03-balance", "wrong",
+     [("    spam = df[df[\"Label\"] == \"spam\"]\n", "    torch.manual_seed(seed)\n    spam = df[df[\"Label\"] == \"spam\"]\n")],
+     "random generator"),
+    ("torch-seed-too", "03-split", "wrong",
+     [("    shuffled = df.sample(", "    torch.manual_seed(seed)\n    shuffled = df.sample(")], "random generator"),
+    ("reseeds", "03-num-batches", "wrong",
+     [("    if drop_last:\n", "    torch.manual_seed(0)\n    if drop_last:\n")], "random generator"),
+    ("reseeds", "09-lora-config", "wrong",
+     [("    return sum(p.numel() for p in model.parameters() if p.requires_grad)",
+       "    torch.manual_seed(0)\n    return sum(p.numel() for p in model.parameters() if p.requires_grad)")],
+     "random generator"),
+    ("own-generator", "03-split", "right",
+     [("    shuffled = df.sample(frac=1, random_state=seed)",
+       "    unused = torch.Generator().manual_seed(seed)\n    shuffled = df.sample(frac=1, random_state=seed)")], ""),
 ]
