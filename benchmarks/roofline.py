@@ -13,9 +13,13 @@ by round (so a machine slowing down affects them all alike):
   what ``course experiment`` runs); ``fast_loop_adam`` is ``fast`` with the default (per-parameter loop)
   AdamW, to show what the fused optimizer adds; ``fast_bf16_attention`` is ``fast`` with attention in
   PyTorch's bf16 kernel, and ``fast_fp32_attention`` with attention on fp32 copies of the bf16 queries,
-  keys and values in PyTorch's fp32 kernel while it records gradients;
+  keys and values in PyTorch's fp32 kernel while it records gradients; ``fast_whole`` is ``fast`` with the
+  model run at every position and the logits picked after (``fast`` asks the model for the last real
+  tokens only, ``read_at``, so its last block skips the other positions);
 * the GEMM chain a step cannot avoid: per block the q, k, v, out, ff1 and ff2 forward GEMMs and their
-  input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype;
+  input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype, for
+  every position (``chain``) and with the last block's q, out, ff1 and ff2 at the one position per row a
+  classifier reads (``chain_read``: what a step that reads only those positions cannot avoid);
 * the evaluation pass (no grad) of each build against the forward half of that chain;
 
 then prints the ratios and projects a 5-epoch ``course experiment --trainable-layers lora`` run with
@@ -53,7 +57,7 @@ from course_lib.model import GPTModel, LayerNorm, MultiHeadAttention
 from course_lib.precision import autocast, bf16_supported, fast_training, frozen_weights_as
 from course_lib.sms import prepare_sms_splits
 from course_lib.strategies import configure_trainable
-from course_lib.training import calc_loss_batch, make_adamw
+from course_lib.training import calc_loss_batch, make_adamw, pool_last_token
 
 BATCH, TOKENS, RANK, ALPHA, EPOCHS = 8, 32, 4, 4, 5
 EVAL_FREQ, EVAL_ITER, EVAL_ITER_LOSS = 50, 5, 50  # ExperimentConfig's eval_freq, eval_iter_val, eval_iter
@@ -141,33 +145,44 @@ def held(model: nn.Module, build_name: str, precision: str) -> contextlib.Abstra
     return stack
 
 
+def loss_of(build_name: str):
+    """The loss each build computes: ``calc_loss_batch`` (the model asked for the positions read), or for
+    the builds named ``*_whole`` and the written-out one the model run at every position, logits picked after."""
+    if build_name.endswith("_whole") or build_name in ("written", "kernels"):
+        return lambda x, y, model, device: nn.functional.cross_entropy(pool_last_token(model(x), x).float(), y)
+    return calc_loss_batch
+
+
 def make_step(model, precision, device, batch, build_name):
-    if build_name in ("fast", "fast_bf16_attention", "fast_fp32_attention"):  # as `course experiment` makes it
+    if build_name in ("fast", "fast_whole", "fast_bf16_attention", "fast_fp32_attention"):  # as `course experiment`
         optimizer = make_adamw(model, lr=1e-5, weight_decay=0.1)
     else:  # the loop over parameters torch.optim.AdamW runs by default on a CPU
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
     x, y = batch
+    loss_fn = loss_of(build_name)
 
     def step() -> None:
         optimizer.zero_grad()
         with autocast(precision, device):
-            loss = calc_loss_batch(x, y, model, device)
+            loss = loss_fn(x, y, model, device)
         loss.backward()
         optimizer.step()
     return step
 
 
-def make_eval(model, precision, device, batch):
+def make_eval(model, precision, device, batch, build_name):
     x, y = batch
+    loss_fn = loss_of(build_name)
 
     def run() -> None:
         with torch.no_grad(), autocast(precision, device):
-            calc_loss_batch(x, y, model, device)
+            loss_fn(x, y, model, device)
     return run
 
 
-def make_chain(model: nn.Module, precision: str, device: torch.device, backward: bool):
-    """The GEMMs a LoRA step (or, with ``backward=False``, an evaluation) cannot avoid, in the compute dtype."""
+def make_chain(model: nn.Module, precision: str, device: torch.device, backward: bool, read: bool = False):
+    """The GEMMs a LoRA step (or, with ``backward=False``, an evaluation) cannot avoid, in the compute dtype;
+    ``read``: with the last block's q, out, ff1 and ff2 at one position per row (its k and v need them all)."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     weights = []
     for block in model.trf_blocks:
@@ -179,15 +194,23 @@ def make_chain(model: nn.Module, precision: str, device: torch.device, backward:
     h = torch.randn(BATCH * TOKENS, 4 * width, device=device, dtype=dtype)
     linear = nn.functional.linear
 
+    x_read, h_read = x[:BATCH], h[:BATCH]
+
     def chain() -> None:
-        for wq, wk, wv, wo, w1, w2 in weights:
-            for w in (wq, wk, wv, wo, w1):
+        for i, (wq, wk, wv, wo, w1, w2) in enumerate(weights):
+            last = read and i == len(weights) - 1
+            xa, ha = (x_read, h_read) if last else (x, h)
+            for w in (wk, wv):
                 linear(x, w)
-            linear(h, w2)
+            for w in (wq, wo, w1):
+                linear(xa, w)
+            linear(ha, w2)
             if backward:  # input gradients: grad_out @ W
-                for w in (wq, wk, wv, wo, w2):
+                for w in (wk, wv):
                     torch.mm(x, w)
-                torch.mm(h, w1)
+                for w in (wq, wo, w2):
+                    torch.mm(xa, w)
+                torch.mm(ha, w1)
     return chain
 
 
@@ -247,9 +270,10 @@ def main() -> None:
             stack.enter_context(held(model, b, precision))
             fns[f"step:{b}:{precision}"] = make_step(model, precision, device, batch, b)
             if b != "fast_loop_adam":  # evaluates exactly as fast
-                fns[f"eval:{b}:{precision}"] = make_eval(model, precision, device, batch)
-        fns[f"step:chain:{precision}"] = make_chain(model, precision, device, backward=True)
-        fns[f"eval:chain:{precision}"] = make_chain(model, precision, device, backward=False)
+                fns[f"eval:{b}:{precision}"] = make_eval(model, precision, device, batch, b)
+        for chain in ("chain", "chain_read"):
+            fns[f"step:{chain}:{precision}"] = make_chain(model, precision, device, True, chain == "chain_read")
+            fns[f"eval:{chain}:{precision}"] = make_chain(model, precision, device, False, chain == "chain_read")
     names = list(fns)
     for v in names:  # warm-up: allocator, oneDNN primitives, autocast
         fns[v]()
@@ -275,9 +299,9 @@ def main() -> None:
     print("| | " + " | ".join(f"{p} ms (spread) | {p} aten ops" for p in precisions) + " |\n|---|"
           + "---|---|" * len(precisions))
     for kind, label in (("step", "training step"), ("eval", "evaluation pass")):
-        for b in [b for b in builds + ["chain"] if f"{kind}:{b}:fp32" in med]:
+        for b in [b for b in builds + ["chain", "chain_read"] if f"{kind}:{b}:fp32" in med]:
             what = "GEMM chain (forward + input grads)" if kind == "step" else "GEMM chain (forward)"
-            title = f"{label}, {b}" if b != "chain" else what
+            title = {"chain": what, "chain_read": what + ", last block at the positions read"}.get(b, f"{label}, {b}")
             print(f"| {title} | " + " | ".join(
                 f"{1e3 * med[f'{kind}:{b}:{p}']:.0f} ({spread[f'{kind}:{b}:{p}']:.0%}) | {ops[f'{kind}:{b}:{p}']:,}"
                 for p in precisions) + " |")
@@ -291,6 +315,9 @@ def main() -> None:
         for b in [b for b in builds if f"{kind}:{b}:fp32" in med]:
             print(f"| {kind} {b} / GEMM chain | " + " | ".join(
                 paired(f"{kind}:{b}:{p}", f"{kind}:chain:{p}") for p in precisions) + " |")
+        if "fast" in builds:
+            print(f"| {kind} fast / GEMM chain, last block at the positions read | " + " | ".join(
+                paired(f"{kind}:fast:{p}", f"{kind}:chain_read:{p}") for p in precisions) + " |")
     if "written" in builds and "fast" in builds:
         for kind in ("step", "eval"):
             print(f"| {kind} written / fast | " + " | ".join(
@@ -302,13 +329,14 @@ def main() -> None:
           "experiment's accuracy passes before and after), minutes:\n")
     print("| build | " + " | ".join(f"{p}: train_classifier | {p}: whole experiment" for p in precisions)
           + " |\n|---|" + "---|---|" * len(precisions))
-    for b in [b for b in builds + ["chain"] if f"eval:{b}:fp32" in med]:
+    for b in [b for b in builds + ["chain", "chain_read"] if f"eval:{b}:fp32" in med]:
         cells = []
         for p in precisions:
             train = n["steps"] * med[f"step:{b}:{p}"] + n["train_classifier_evals"] * med[f"eval:{b}:{p}"]
             whole = train + n["experiment_evals"] * med[f"eval:{b}:{p}"]
             cells += [f"{train / 60:.1f}", f"{whole / 60:.1f}"]
-        print(f"| {b if b != 'chain' else 'GEMM chain alone'} | " + " | ".join(cells) + " |")
+        title = {"chain": "GEMM chain alone", "chain_read": "GEMM chain alone, last block at the positions read"}
+        print(f"| {title.get(b, b)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

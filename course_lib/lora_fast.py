@@ -117,11 +117,11 @@ def _fast_linear_forward(module: LinearWithLoRA, group: _LoRAGroup, x: torch.Ten
     return group(x)
 
 
-def _fast_attention_forward(module: MultiHeadAttention, group: _LoRAGroup, x: torch.Tensor) -> torch.Tensor:
+def _fast_attention_project(module: MultiHeadAttention, group: _LoRAGroup,
+                            x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if not group.usable():
-        return MultiHeadAttention.forward(module, x)
-    queries, keys, values = group(x).split([layer.linear.out_features for layer in group.layers], dim=-1)
-    return module.out_proj(module.attend(queries, keys, values))
+        return MultiHeadAttention.project(module, x)
+    return tuple(group(x).split([layer.linear.out_features for layer in group.layers], dim=-1))
 
 
 def _groupable(layers: list[nn.Module]) -> bool:
@@ -144,7 +144,7 @@ def fast_lora(model: nn.Module):
             if isinstance(module, MultiHeadAttention):
                 qkv = [module.W_query, module.W_key, module.W_value]
                 if _groupable(qkv):
-                    module.forward = functools.partial(_fast_attention_forward, module, _LoRAGroup(qkv))
+                    module.project = functools.partial(_fast_attention_project, module, _LoRAGroup(qkv))
                     patched.append(module)
                     grouped.update(id(layer) for layer in qkv)
         for module in model.modules():
@@ -153,5 +153,5 @@ def fast_lora(model: nn.Module):
                 patched.append(module)
         yield
     finally:
-        for module in patched:
-            del module.forward  # the class's forward again
+        for module in patched:  # the class's methods again
+            vars(module).pop("project" if isinstance(module, MultiHeadAttention) else "forward")

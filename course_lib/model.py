@@ -41,7 +41,25 @@ class MultiHeadAttention(nn.Module):
         return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.attend(self.W_query(x), self.W_key(x), self.W_value(x)))
+        return self.out_proj(self.attend(*self.project(x)))
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values of (batch, tokens, d_in) inputs."""
+        return self.W_query(x), self.W_key(x), self.W_value(x)
+
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """What :meth:`forward` gives at one position per row, (batch, 1, d_out): the query of
+        ``positions`` (a (batch,) long tensor) attending to the keys up to it. The keys and values
+        need every position; the output projection only the ones read."""
+        queries, keys, values = self.project(x)
+        rows = torch.arange(x.shape[0], device=x.device)
+        b, t, _ = keys.shape
+        visible = torch.arange(t, device=x.device) <= positions[:, None]  # (batch, tokens): the causal mask's row
+        context = nn.functional.scaled_dot_product_attention(
+            self._split_heads(queries[rows, positions].unsqueeze(1)), self._split_heads(keys),
+            self._split_heads(values), attn_mask=visible[:, None, None, :],
+            dropout_p=self.dropout.p if self.training else 0.0)
+        return self.out_proj(context.transpose(1, 2).reshape(b, 1, self.d_out))
 
     def attend(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Causal attention of (batch, tokens, d_out) queries, keys and values, heads split and merged back.
@@ -111,6 +129,14 @@ class TransformerBlock(nn.Module):
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward`'s output at one position per row, (batch, 1, emb_dim), for the cost of those
+        rows (plus the keys and values of all positions, which attention reads)."""
+        rows = torch.arange(x.shape[0], device=x.device)
+        x = x[rows, positions].unsqueeze(1) + self.drop_shortcut(self.att.forward_at(self.norm1(x), positions))
+        x = x + self.drop_shortcut(self.ff(self.norm2(x)))
+        return x
+
 
 class GPTModel(nn.Module):
     """GPT-2: token and position embeddings, ``n_layers`` blocks, final norm, output head."""
@@ -129,7 +155,14 @@ class GPTModel(nn.Module):
         self.final_norm = LayerNorm(cfg["emb_dim"])
         self.out_head = nn.Linear(cfg["emb_dim"], cfg["vocab_size"], bias=False)
 
-    def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, in_idx: torch.Tensor, read_at: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, tokens, vocab) logits of (batch, tokens) token ids.
+
+        ``read_at`` (a (batch,) long tensor of positions, optional) asks for the logits at those positions
+        only, (batch, 1, vocab): the same numbers (up to the last digits), for less work, since the last
+        block then computes its attention output and feed-forward for the positions read alone. A
+        classifier reads one position per message (:func:`course_lib.training.classifier_logits`).
+        """
         _, seq_len = in_idx.shape
         if seq_len > self.cfg["context_length"]:
             raise ValueError(f"The input has {seq_len} tokens but the model's context length is "
@@ -137,7 +170,12 @@ class GPTModel(nn.Module):
         positions = torch.arange(seq_len, device=in_idx.device)
         x = self.tok_emb(in_idx) + self.pos_emb(positions)
         x = self.drop_emb(x)
-        x = self.trf_blocks(x)
+        if read_at is None:
+            x = self.trf_blocks(x)
+        else:
+            for block in self.trf_blocks[:-1]:
+                x = block(x)
+            x = self.trf_blocks[-1].forward_at(x, read_at.to(x.device))
         x = self.final_norm(x)
         return self.out_head(x)
 

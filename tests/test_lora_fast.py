@@ -98,10 +98,10 @@ def test_layers_are_restored_and_merged_or_hooked_layers_run_as_written():
     with torch.no_grad():
         expected = model(ids)
         with fast_lora(model):
-            assert "forward" in model.trf_blocks[0].att.__dict__
+            assert "project" in model.trf_blocks[0].att.__dict__
             merge_lora(model)  # writes into the frozen weights: the fast path must not use a stale copy
             merged = model(ids)
-        assert not any("forward" in m.__dict__ for m in model.modules())
+        assert not any("forward" in m.__dict__ or "project" in m.__dict__ for m in model.modules())
     assert (merged - expected).abs().max() <= 1e-5
     hooked = []
     model = lora_classifier(seed=3)
@@ -138,3 +138,54 @@ def test_layers_of_different_rank_or_alpha_are_not_grouped_but_still_fast():
             assert "forward" in model.trf_blocks[0].att.W_value.__dict__
             got = model(ids)
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def _positions_read(ids, seed):
+    """One position per row, the first and the last among them: what a classifier reads."""
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randint(0, ids.shape[1], (ids.shape[0],), generator=g)
+    index[0], index[-1] = 0, ids.shape[1] - 1
+    return index
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_reading_some_positions_gives_the_whole_forwards_logits_and_gradients_there(fast):
+    torch.manual_seed(5)
+    ids = torch.randint(0, 1000, (5, 9))
+    index = _positions_read(ids, seed=5)
+    rows = torch.arange(5)
+    results = []
+    for read_at in (None, index):
+        model = lora_classifier(seed=6)
+        with fast_lora(model) if fast else torch.enable_grad():
+            out = model(ids, read_at=read_at)
+            logits = out[rows, index] if read_at is None else out[:, 0]
+            (logits ** 2).sum().backward()
+        assert out.shape == ((5, 9, 2) if read_at is None else (5, 1, 2))
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+    (whole, whole_grads), (read, read_grads) = results
+    assert (read - whole).abs().max() <= 1e-5
+    assert whole_grads.keys() == read_grads.keys()
+    for name, grad in whole_grads.items():
+        assert torch.allclose(read_grads[name], grad, atol=1e-5, rtol=1e-4), name
+    # the last block's B gradients come from the positions read alone: a wrong position would change them
+    assert read_grads["trf_blocks.1.ff.layers.2.lora.B"].abs().sum() > 0
+
+
+@needs_bf16
+def test_reading_some_positions_in_bf16_training_stays_as_close_to_fp32_as_the_whole_forward():
+    from course_lib.precision import fast_training
+
+    torch.manual_seed(7)
+    ids = torch.randint(0, 1000, (4, 12))
+    index = _positions_read(ids, seed=7)
+    rows = torch.arange(4)
+    reference = lora_classifier(seed=8)(ids)[rows, index].detach()
+    errors = []
+    for read_at in (None, index):
+        model = lora_classifier(seed=8)
+        with fast_training(model, "bf16"), torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids, read_at=read_at)
+        logits = (out[rows, index] if read_at is None else out[:, 0]).float()
+        errors.append((logits - reference).abs().max().item())
+    assert errors[1] <= max(2 * errors[0], 0.05), errors

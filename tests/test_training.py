@@ -288,3 +288,37 @@ def test_periodic_evaluation_reads_the_first_eval_iter_batches_in_dataset_order(
             assert losses == [pytest.approx(sum(want) / 3, rel=1e-6)]
             right = sum((classifier_logits(model, x).argmax(-1) == y).sum().item() for x, y in first)
             assert accs == [pytest.approx(right / 24)]
+
+
+def test_classifier_logits_reads_the_course_gpt_at_the_last_real_tokens_only():
+    from course_lib.training import classifier_logits, pool_last_token
+    from course_lib.dataloaders import PAD_TOKEN_ID
+
+    torch.manual_seed(0)
+    model = GPTModel(get_config("gpt2-smoke (tiny)")).eval()
+    add_classification_head(model, 2)
+    ids = torch.randint(0, 1000, (4, 7))
+    ids[1, 3:] = PAD_TOKEN_ID
+    ids[2, 1:] = PAD_TOKEN_ID
+    asked = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: asked.append(kwargs.get("read_at")), with_kwargs=True)
+    with torch.no_grad():
+        got = classifier_logits(model, ids)
+        whole = pool_last_token(model(ids), ids)
+    assert asked[0].tolist() == [6, 2, 0, 6]  # the last real token of each row, not the padded end
+    assert got.shape == (4, 2) and (got - whole).abs().max() <= 1e-5
+
+
+def test_classifier_logits_runs_the_whole_model_while_last_block_dropout_draws_masks():
+    from course_lib.training import classifier_logits, pool_last_token
+
+    cfg = dict(get_config("gpt2-smoke (tiny)"), drop_rate=0.2)
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    add_classification_head(model, 2)
+    ids = torch.randint(0, 1000, (3, 6))
+    torch.manual_seed(1)
+    got = classifier_logits(model.train(), ids)
+    torch.manual_seed(1)
+    whole = pool_last_token(model(ids), ids)  # the same masks drawn: the same numbers
+    assert torch.equal(got, whole)
