@@ -197,3 +197,19 @@ def test_loaders_whose_order_or_padding_is_their_own_are_evaluated_as_they_are(p
     order = [i for batch in shuffled.batch_sampler.batches(0) for i in batch]
     _, true = predictions(shuffled, _two_class_model(), torch.device("cpu"))
     assert true.tolist() == [shuffled.dataset.labels[i] for i in order]
+
+
+def test_regrouped_batches_run_short_messages_more_at_a_time_within_the_token_budget(paths):
+    from course_lib.dataloaders import EVAL_TOKENS_PER_BATCH, group_by_length
+
+    loader = _validation_loader(paths)
+    grouped = group_by_length(loader)
+    batches = list(grouped.loader.batch_sampler)
+    assert sorted(i for b in batches for i in b) == list(range(len(loader.dataset)))
+    lengths = loader.dataset.lengths
+    for batch in batches[:-1]:
+        assert len(batch) >= 8  # never fewer rows than the loader's batches
+        padded = len(batch) * max(lengths[i] for i in batch)
+        assert len(batch) == 8 or padded <= EVAL_TOKENS_PER_BATCH
+    assert max(len(b) for b in batches) > 8, "short messages share larger batches"
+    assert len(batches) < len(loader)
