@@ -47,3 +47,19 @@ def test_same_logits_gradients_and_trainable_count_as_peft():
         assert (layer.lora.B.grad - peft_layer.lora_B["default"].weight.grad).abs().max().item() <= 1e-6
     trainable_peft, _ = theirs.get_nb_trainable_parameters()
     assert count_parameters(ours).trainable == trainable_peft
+
+
+def test_peft_wrapped_model_is_read_at_the_last_real_tokens_like_ours():
+    from course_lib.dataloaders import PAD_TOKEN_ID
+    from course_lib.training import classifier_logits, pool_last_token
+
+    ours, theirs = _pair()
+    ids = torch.randint(0, 1000, (3, 7))
+    ids[1, 4:] = PAD_TOKEN_ID
+    asked = []
+    theirs.get_base_model().register_forward_pre_hook(lambda m, a, kw: asked.append(kw.get("read_at")), with_kwargs=True)
+    with torch.no_grad():
+        got = classifier_logits(theirs, ids)
+        assert asked[0].tolist() == [6, 3, 6]  # peft passed the positions through to our GPTModel
+        assert torch.allclose(got, pool_last_token(theirs(ids), ids), atol=1e-5)
+        assert torch.allclose(got, classifier_logits(ours, ids), atol=1e-5)
