@@ -7,6 +7,7 @@ import ast
 import itertools
 import importlib.util
 import os
+import time
 
 import nbformat
 
@@ -68,6 +69,9 @@ IMPLEMENTATIONS = ("peft", "loralib")   # installed packages that implement the 
 SIMILAR = 0.9          # difflib ratio of normalised source above which a definition is flagged
 MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is checked
 MAX_DECODED_TOTAL = 8_000_000  # bytes all of a notebook's blobs may decode to while it is checked
+# Seconds the comparison may take per notebook. It runs in the grader after the notebook's sandbox is gone, outside
+# --notebook-timeout; a notebook whose definitions take longer to compare is flagged for that (no mark changes).
+FLAG_SECONDS = 30.0
 
 
 def installed_implementations(course: str = "course_lib") -> list[str]:
@@ -97,12 +101,20 @@ def _normalised(source: str) -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return ""
+    return _printed(tree)
+
+
+def _printed(tree: ast.AST) -> str:
+    """``tree`` (changed in place) printed without docstrings; comments are not in a syntax tree."""
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
                 isinstance(getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
-    return ast.unparse(tree)
+    try:
+        return ast.unparse(tree)
+    except (RecursionError, MemoryError, ValueError):
+        return ""
 
 
 def _decoded_blobs(source: str, budget: list[int]):
@@ -147,13 +159,23 @@ def _decoded_blobs(source: str, budget: list[int]):
                 yield text.decode("utf-8", "replace")
 
 
-def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
+def _similar(matcher, mine: str) -> bool:
+    """Whether ``mine`` is at least ``SIMILAR`` alike to the matcher's reference (its second sequence).
+    ``real_quick_ratio`` (from the lengths) and ``quick_ratio`` (from the characters) are upper bounds of
+    ``ratio``, each far cheaper: a definition they rule out could not have matched."""
+    matcher.set_seq1(mine)
+    return matcher.real_quick_ratio() >= SIMILAR and matcher.quick_ratio() >= SIMILAR and matcher.ratio() >= SIMILAR
+
+
+def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float = FLAG_SECONDS) -> list[dict]:
     """For the instructor, not the grade: each exercise whose definition in the cells that ran (or
     in text they carry encoded or compressed) is, once docstrings and layout are set aside, at
-    least ``SIMILAR`` alike to the course library's reference."""
+    least ``SIMILAR`` alike to the course library's reference. Bounded by ``seconds``: when the notebook's
+    definitions take longer to compare, each exercise not flagged yet is flagged as not compared in all of it."""
     import difflib
     import inspect
 
+    deadline = time.monotonic() + seconds
     sources = [c.source for c in nb.cells if c.get("cell_type") == "code"]
     references = {}
     for test in exercises:
@@ -162,23 +184,38 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list) -> list[dict]:
         except (TypeError, OSError, Exception):
             continue
         if reference:   # compared with the definition's own name set aside, so a renamed copy matches too
-            references[test.exercise] = (test, reference.replace(test.name, "_", 1))
+            matcher = difflib.SequenceMatcher(None, autojunk=True)
+            matcher.set_seq2(reference.replace(test.name, "_", 1))
+            references[test.exercise] = (test, matcher)
     budget = [MAX_DECODED_TOTAL]
     texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget)))
     flagged: dict[str, dict] = {}
+    seen: set[str] = set()   # a definition repeated (or carried again) is compared once
+    out_of_time = False
     for text in texts:   # each text compared as it is decoded, then dropped
-        if len(flagged) == len(references):
+        if len(flagged) == len(references) or out_of_time:
             break
         tree = parse_cell(text)
-        defined = [n for n in (tree.body if tree else []) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
-        mine = [(n.name, _normalised(ast.unparse(n).replace(n.name, "_", 1))) for n in defined]
-        for exercise, (test, reference) in references.items():   # whatever the carried definition is named
-            match = next((name for name, m in mine if exercise not in flagged
-                          and difflib.SequenceMatcher(None, m, reference).ratio() >= SIMILAR), None)
-            if match is not None:
-                also = "" if match == test.name else f" (as `{match}`)"
-                flagged[exercise] = {"exercise": exercise, "reason": f"`{test.name}` matches course_lib's "
-                                     f"implementation{also} (a signal to look at, not a grade)."}
+        for node in (tree.body if tree else []):
+            if time.monotonic() > deadline:
+                out_of_time = True
+                break
+            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                continue
+            mine = _printed(node).replace(node.name, "_", 1)
+            if not mine or mine in seen:
+                continue
+            seen.add(mine)
+            for exercise, (test, matcher) in references.items():   # whatever the carried definition is named
+                if exercise not in flagged and _similar(matcher, mine):
+                    also = "" if node.name == test.name else f" (as `{node.name}`)"
+                    flagged[exercise] = {"exercise": exercise, "reason": f"`{test.name}` matches course_lib's "
+                                         f"implementation{also} (a signal to look at, not a grade)."}
+    if out_of_time:   # what was not compared cannot have matched: say so, for a human to look
+        for exercise, (test, _) in references.items():
+            flagged.setdefault(exercise, {"exercise": exercise, "reason": "could not compare in full: the notebook "
+                               f"holds more code than the grader compares in {seconds:g} s, so `{test.name}` was "
+                               "compared with only part of it: look at its definitions (a signal, not a grade)."})
     if budget[0] <= 0:   # running out is itself a signal: what was not decoded cannot have been compared
         for exercise, (test, _) in references.items():
             flagged.setdefault(exercise, {"exercise": exercise, "reason": "the notebook carries more encoded or "

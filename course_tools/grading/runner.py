@@ -27,6 +27,7 @@ import nbformat
 import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
 from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
@@ -68,15 +69,33 @@ def _capped_context() -> zmq.asyncio.Context:
     return context
 
 
+def python_kernel_spec() -> KernelSpec:
+    """This interpreter's ipykernel, made here instead of looked up by name. The lookup reads folders in the
+    HOME of whoever runs ``course grade`` (``~/.local/share/jupyter/kernels``, ``~/.ipython/kernels``, which
+    IPython creates when it is missing): the kernel that runs a submission would depend on the grader's
+    account, and grading would leave an empty ``~/.ipython`` behind."""
+    from ipykernel.kernelspec import RESOURCES, get_kernel_dict
+
+    fields = {k: v for k, v in get_kernel_dict().items() if k in ("argv", "display_name", "language", "metadata")}
+    return KernelSpec(resource_dir=RESOURCES, **fields)
+
+
 class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel process starts inside ``wrapper`` (a bwrap command prefix).
 
     With ``kernel_ip`` the kernel binds its sockets at that path (inside the sandbox) while the
-    grader's own sockets, the control socket included, connect to ``ip`` (the relay's path)."""
+    grader's own sockets, the control socket included, connect to ``ip`` (the relay's path).
+    The kernel is always :func:`python_kernel_spec`'s, whatever kernel specs the grader's account has."""
 
     wrapper = List(Unicode(), default_value=[]).tag(config=True)
     kernel_ip = Unicode("").tag(config=True)
     client_factory = Type(CappedKernelClient)
+
+    @property
+    def kernel_spec(self) -> KernelSpec:
+        if self._kernel_spec is None:
+            self._kernel_spec = python_kernel_spec()
+        return self._kernel_spec
 
     def _context_default(self) -> zmq.asyncio.Context:
         self._created_context = True
