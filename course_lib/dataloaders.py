@@ -79,7 +79,7 @@ class LengthBucketSampler(Sampler[list[int]]):
     Each epoch: shuffle all indices, cut them into chunks of ``bucket_batches`` batches, sort each
     chunk by length, cut it into batches, and shuffle the batches. The order depends only on
     ``seed`` and the epoch number (which advances on every pass, or is set by ``set_epoch``).
-    Every message appears exactly once per epoch (``drop_last`` drops the last, smaller batch).
+    Every message appears exactly once per epoch; with ``drop_last=True`` the last, smaller batch is left out.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int = 123, bucket_batches: int = 100,

@@ -116,7 +116,7 @@ _FULL, _SMOKE = get_profile("full"), get_profile("smoke")  # learning rates: pro
 
 
 def _lora_sweep() -> dict[str, RunPlan]:
-    # Scaling 16 / 8 = 2 at 4e-4 gives appendix E's product 8e-4 (see profiles.LORA_SCALED_LEARNING_RATE).
+    # Scaling 16 / 8 = 2 at 4e-4: the product 8e-4 of Hu et al.'s RoBERTa-base runs (see profiles.LORA_SCALED_LEARNING_RATE).
     full = LoraSweepPlan(size="full", rank=8, alpha=16, sweep_steps=None, sweep_rank=8, sweep_alpha=16,
                          sweep_lr=learning_rate_for(_FULL, "lora", 8, 16), sweep_ranks=(1, 32), sweep_alphas=(4, 64),
                          sweep_lrs=(5e-5, 2e-3), sweep_targets=(("W_query", "W_value"),), sweep_seed=123)
@@ -128,7 +128,7 @@ def _lora_sweep() -> dict[str, RunPlan]:
 def _classification() -> dict[str, RunPlan]:
     # rank 4: Hu et al.'s GPT-2 runs (2021, Appendix D, Table 11; microsoft/LoRA examples/NLG: --lora_dim 4).
     # alpha 8 (scaling 2) has no source of its own: with scaling alpha/rank only scaling x lr sets the step
-    # size, and learning_rate_for fixes that product at 8e-4 (Raschka's appendix E; docs/benchmarks.md).
+    # size, and learning_rate_for fixes that product at 8e-4 (Hu et al.'s RoBERTa-base product; docs/benchmarks.md).
     full = ClassificationPlan(size="full", num_epochs=5, eval_freq=50, batching="bucketed", lora_rank=4,
                               lora_alpha=8, learning_rate=learning_rate_for(_FULL, "lora", 4, 8), compare_epochs=5,
                               compare_examples=None, imbalance_examples=1000, imbalance_epochs=3, overfit_examples=8,

@@ -127,8 +127,10 @@ class _CausalAttentionFp32Softmax(torch.autograd.Function):
     """softmax(q kᵀ · scale, future masked) v for bf16 (batch, heads, tokens, head_dim) q, k, v: the scores,
     the softmax and its backward in fp32, the two products with v in bf16.
 
-    q kᵀ of bf16 numbers is exact in fp32, so the scores are computed on the bf16 units with fp32
-    results (:func:`_fp32_matmuls_on_bf16_units`), and so are the score gradients' products with k and q.
+    A product of two bf16 numbers is exact in fp32 (8 + 8 significant bits fit in 24), so the scores are
+    computed on the bf16 units with fp32 accumulation (:func:`_fp32_matmuls_on_bf16_units`), losing nothing
+    against an fp32 matmul of the same bf16 inputs beyond fp32's rounding of the sums; so are the score
+    gradients' products with k and q.
     """
 
     @staticmethod

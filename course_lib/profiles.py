@@ -18,10 +18,13 @@ from .config import SMOKE_MODEL
 STRATEGIES = ("lora", "last_block", "last_layer", "all")  # what trains: see course_lib.strategies
 
 # Learning rates on pretrained GPT-2 (the full profile), one per strategy; AdamW, weight decay 0.1.
-# LoRA is set by the product (alpha / rank) · lr, which its update's size follows. Raschka's appendix E
-# (LLMs-from-scratch, appendix-E/01_main-chapter-code/appendix-E.ipynb at commit 28c65cd, 2026-04)
-# scales by alpha / rank = 16 / 16 and trains at lr 8e-4; the printed book scales by alpha = 16 alone at
-# lr 5e-5: the same product, 8e-4. Full and last-block fine-tuning follow his ch. 6
+# LoRA is set by the product (alpha / rank) · lr, which its first steps follow for a given start of A.
+# 8e-4 is the product of Hu et al.'s RoBERTa-base runs at lr 4e-4 (microsoft/LoRA c4593f0,
+# examples/NLU/roberta_base_*.sh: r 8, alpha 16; their 5e-4 runs give 1e-3), whose A starts as ours
+# (Kaiming-uniform over fan-in = in_features). Raschka's appendix E (LLMs-from-scratch,
+# appendix-E/01_main-chapter-code/appendix-E.ipynb at commit 28c65cd) also uses 8e-4 (alpha / rank = 16 / 16
+# at lr 8e-4; the printed book alpha = 16 alone at 5e-5), but stores A as in x rank, so its A starts
+# sqrt(in / rank) times larger (6.9x at r = 16) and its steps are that much larger at the same product. Full and last-block fine-tuning follow his ch. 6
 # (ch06/01_main-chapter-code/ch06.ipynb: lr 5e-5, weight decay 0.1). The head alone (a linear probe)
 # has no rate in ch. 6. All four were measured on a pretrained encoder reachable offline
 # (benchmarks/pretrained_proxy.py, all-MiniLM-L6-v2; the table in docs/benchmarks.md).
