@@ -120,3 +120,12 @@ def test_an_ordinary_notebook_is_compared_in_full_and_each_copy_still_flagged():
                  nbformat.v4.new_code_cell(inspect.getsource(LinearWithLoRA).replace("LinearWithLoRA", "Mine"))]
     flags = {f["exercise"]: f["reason"] for f in ownership.plagiarism_flags(nb, hidden)}
     assert "matches course_lib" in flags["04-lora-layer"] and "(as `Mine`)" in flags["04-linear-with-lora"], flags
+
+
+def test_a_temporary_folder_too_long_for_the_graders_sockets_is_refused_before_anyone_is_graded(tmp_path):
+    from course_tools.grading.grade import _check_socket_room
+
+    _check_socket_room(Path("/tmp"))
+    long = tmp_path / ("t" * 60)
+    with pytest.raises(ValueError, match="set TMPDIR to a shorter folder"):
+        _check_socket_room(long)

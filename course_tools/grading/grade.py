@@ -182,6 +182,20 @@ def _worker_start(tests_path: Path, grader_pid: int) -> None:
 
 
 # --------------------------------------------------------------------------- the command
+SOCKET_PATH_MAX = 107   # bytes of a Unix socket's path (sun_path holds 108 on Linux, the last a NUL)
+
+
+def _check_socket_room(temp: Path) -> None:
+    """Refuse, before grading anyone, a temporary folder too long for the grader's Unix sockets: the relay to each
+    kernel listens at ``TMPDIR/course-grade-shared-*/jobs/job-*/grader/relay/kernel-N`` (each ``*`` eight
+    characters), and a longer path fails every notebook's start."""
+    longest = temp / ("course-grade-shared-" + "x" * 8) / "jobs" / ("job-" + "x" * 8) / "grader" / "relay" / "kernel-5"
+    room = SOCKET_PATH_MAX - (len(os.fsencode(str(longest))) - len(os.fsencode(str(temp))))
+    if len(os.fsencode(str(temp))) > room:
+        raise ValueError(f"The temporary folder {temp} is too long for the grader's sockets (at most {room} "
+                         "bytes): set TMPDIR to a shorter folder, e.g. TMPDIR=/tmp course grade ...")
+
+
 def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feedback_dir: Path | None = None,
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
@@ -197,8 +211,10 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
     limits = limits or sandbox.Limits()
     course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
+    roots = tuple(Path(r) for r in sandbox.course_folders(DEFAULT_TESTS.parent.parent, course_dir.parent))
     if use_sandbox:
-        sandbox.check_available(course_dir)
+        sandbox.check_course_hidden(roots)
+        sandbox.check_available(course_dir, covered=roots)
         workers, limits = _limits_here(limits, workers)
     else:
         print(sandbox.NO_SANDBOX_WARNING, file=sys.stderr)
@@ -219,6 +235,8 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         from huggingface_hub import constants
 
         readonly = tuple(Path(p) for p in {constants.HF_HUB_CACHE} if Path(p).is_dir())
+    if use_sandbox:   # without one the kernel is reached over TCP
+        _check_socket_room(Path(tempfile.gettempdir()))
     tmp = Path(tempfile.mkdtemp(prefix="course-grade-shared-"))
     try:
         cache, mpl = prepare_shared(profile, tmp)
@@ -229,7 +247,10 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                      cell_timeout=cell_timeout, notebook_timeout=notebook_timeout, shared_cache=cache, mpl_dir=mpl,
                      sandbox=use_sandbox, limits=limits, course_dir=course_dir, readonly=readonly,
                      probe_courses=probe_courses, threads=threads_per_notebook(), scratch=scratch,
-                     grader_pid=os.getpid(), hide_in_probes=tuple(Path(p) for p in installed_implementations()))
+                     grader_pid=os.getpid(), course_roots=roots,
+                     hide_in_probes=tuple(Path(p) for p in [*installed_implementations(),
+                                                            *sandbox.renamed_courses(course_dir)]),
+                     null_in_probes=tuple(Path(p) for p in sandbox.zipped_courses()))
         jobs = [dataclasses.replace(common, student=shown[f], notebook=n, path=submissions / f / f"{n}.ipynb")
                 for f in folders for n in names]
         results = _run_jobs(jobs, workers, tests_path, progress)
