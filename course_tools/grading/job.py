@@ -50,6 +50,8 @@ class Job:
     scratch: Path | None = None       # where the job's temporary folders go
     grader_pid: int | None = None     # owner of the job's cgroups
     hide_in_probes: tuple[Path, ...] = ()   # installed implementations covered in every probe's sandbox
+    null_in_probes: tuple[Path, ...] = ()   # zipped copies of course_lib (eggs, wheels) /dev/null is bound over
+    course_roots: tuple[Path, ...] = ()     # course folders every sandbox empties (sandbox.course_folders)
 
 
 @dataclass
@@ -213,12 +215,14 @@ def thread_env(job: Job) -> dict[str, str]:
 
 def sandbox_command(job: Job, scratch: list[Path], course_source: Path, cwd: Path, env: dict,
                     private: Path | None = None, hidden: list[Path] | None = None,
-                    also_readonly: list[Path] = (), seeds: list[tuple[Path, Path]] = ()) -> list[str]:
+                    also_readonly: list[Path] = (), seeds: list[tuple[Path, Path]] = (),
+                    nulled: list[Path] = ()) -> list[str]:
     """The command prefix that runs a process of this job inside its sandbox (or [] without one).
     Its only writable folders are ``scratch`` (in memory, sized: nothing it writes reaches the
     grader's disk), filled from ``seeds`` (host folder, scratch folder) before the process starts.
     ``private`` (a folder no sandbox sees) receives bwrap's options, so that they are not on the
-    sandbox's command line; ``hidden`` folders are covered by an empty tmpfs inside."""
+    sandbox's command line; ``hidden`` folders are covered by an empty tmpfs inside, ``nulled`` files by
+    /dev/null, and the course folders (``job.course_roots``) are emptied but for the library and data bound in."""
     if not job.sandbox:
         return []
     course_dir = Path(job.course_dir)
@@ -229,7 +233,8 @@ def sandbox_command(job: Job, scratch: list[Path], course_source: Path, cwd: Pat
     for extra in [*job.readonly, *also_readonly]:
         readonly.append((Path(extra), Path(extra)))
     box = sandbox.Sandbox(scratch=scratch, readonly=readonly, env=env, cwd=cwd, limits=job.limits,
-                          hidden=hidden or [], seeds=list(seeds))
+                          hidden=hidden or [], seeds=list(seeds), covered=list(job.course_roots),
+                          nulled=list(nulled))
     args_file = Path(tempfile.mkstemp(prefix="bwrap-args-", dir=private)[1]) if private else None
     if args_file:
         args_file.unlink()
@@ -272,7 +277,8 @@ def run_probes(job: Job, hidden: list, defs: list[str], tmp: Path, deadline: flo
             if job.sandbox:
                 uses = {pkg for t in tests_now for pkg in t.uses}   # 09's exercise *is* peft
                 command = sandbox_command(job, [work], course_copy, work, sandbox_env(job, env), tmp / "grader",
-                                          hidden=[Path(h) for h in job.hide_in_probes if Path(h).name not in uses]) \
+                                          hidden=[Path(h) for h in job.hide_in_probes if Path(h).name not in uses],
+                                          nulled=list(job.null_in_probes)) \
                     + probe.probe_command(Path(job.course_dir).parent)
                 env_arg = None
             else:

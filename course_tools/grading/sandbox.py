@@ -68,6 +68,8 @@ class Sandbox:
     cwd: Path | None = None
     limits: Limits = Limits()
     hidden: list[Path] = field(default_factory=list)                    # folders covered by an empty tmpfs
+    covered: list[Path] = field(default_factory=list)   # course folders: emptied, then only binds inside shown
+    nulled: list[Path] = field(default_factory=list)    # files /dev/null is bound over (a zipped course_lib)
     scratch: list[Path] = field(default_factory=list)                   # writable, in memory, sized
     seeds: list[tuple[Path, Path]] = field(default_factory=list)        # (host folder, scratch folder) copied in
 
@@ -98,16 +100,29 @@ class Sandbox:
         for folder in ("/tmp", "/run", "/var/tmp", "/dev/shm"):  # in memory: sized, charged to the memory cgroup
             args += ["--size", str(self.limits.tmpfs_bytes), "--tmpfs", folder]
         args += ["--remount-ro", "/dev"]           # /dev itself is an unsized tmpfs: nothing may be written there
+        binds = python_binds()
+        for source, target in binds:
+            args += ["--ro-bind", source, target]
+        # A course folder inside a folder bound above (a clone under the venv's src/, a course under /usr) would
+        # show solutions/, grading/ and .git: it is emptied, and only what is bound into it afterwards is seen.
+        covered = visible_spellings(self.covered, [t for _, t in binds])
+        for folder in covered:
+            args += ["--size", "65536", "--tmpfs", folder]
+        for source, target in binds:   # a venv inside the course folder (.venv/) stays visible
+            if any(target.startswith(c + os.sep) for c in covered):
+                args += ["--ro-bind", source, target]
         for path in self.scratch:   # nothing written here reaches the grader's disk; the size bounds it
             args += ["--size", str(self.limits.scratch_bytes), "--tmpfs", str(path)]
-        for source, target in python_binds():
-            args += ["--ro-bind", source, target]
+        for path in self.nulled:
+            args += ["--ro-bind-try", "/dev/null", str(path)]
         for folder in self.hidden:   # e.g. an installed implementation of the exercise, in a probe
             args += ["--size", "65536", "--tmpfs", str(folder), "--remount-ro", str(folder)]
         for source, target in self.readonly:
             args += ["--ro-bind", str(source), str(target)]
         for i, (source, _) in enumerate(self.seeds):
             args += ["--ro-bind", str(source), f"{SEED_DIR}/{i}"]
+        for folder in covered:
+            args += ["--remount-ro", folder]
         if self.cwd:
             args += ["--chdir", str(self.cwd)]
         args += ["--clearenv"]
@@ -220,6 +235,123 @@ def package_roots() -> list[str]:
                         "local/lib/python3*/site-packages", "local/lib/python3*/dist-packages"):
             roots |= set(glob.glob(os.path.join(base, pattern)))
     return sorted(r for r in roots if os.path.isdir(r))
+
+
+def visible_spellings(folders, bound: list[str]) -> list[str]:
+    """The spellings (:func:`spellings`) of ``folders`` that lie inside a folder the sandbox binds (``bound``, or
+    a system folder), outermost first: elsewhere the sandbox shows nothing of them to hide."""
+    roots = [*bound, *(d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))]
+    out = {s for f in folders for s in spellings(str(f))
+           if any(s == r or s.startswith(r + os.sep) for r in roots)}
+    return _outermost(out)
+
+
+def is_course_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a copy of the course (its ``solutions/`` beside ``grading/`` or ``data/``)."""
+    path = Path(path)
+    try:
+        return (path / "solutions").is_dir() and ((path / "grading").is_dir() or (path / "data").is_dir())
+    except OSError:
+        return False
+
+
+def course_folders(*known: Path) -> list[str]:
+    """Every copy of the course a sandbox could show: ``known`` (the course root, the folder above course_lib)
+    where they are course folders, and any course folder directly in, or one level under, a folder of the
+    Python environment (``pip install -e git+...`` clones into ``<venv>/src/<name>``)."""
+    found = {os.path.realpath(k) for k in known if k and is_course_folder(k)}
+    for base in {sys.prefix, sys.exec_prefix, *python_dirs()}:
+        for sub in ("", "src"):
+            folder = os.path.join(base, sub)
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                continue
+            found |= {os.path.realpath(os.path.join(folder, n)) for n in names
+                      if is_course_folder(os.path.join(folder, n))}
+    return sorted(found)
+
+
+def check_course_hidden(folders) -> None:
+    """Raise SandboxUnavailable when a course folder *is* a folder of the Python environment (a venv made with
+    ``python -m venv .`` in the course folder): it cannot be hidden without hiding Python itself."""
+    real = {os.path.realpath(f) for f in folders}
+    for d in python_dirs():
+        if d in real:
+            raise SandboxUnavailable(
+                f"the Python environment lives in the course folder itself ({d}), so every submission would see "
+                "solutions/ and grading/: make the venv in a folder of its own (e.g. `python -m venv .venv` in the "
+                "course folder) and grade with that.")
+
+
+def zipped_courses(course: str = "course_lib") -> list[str]:
+    """Zip files, eggs and wheels on ``sys.path`` or in a package folder that hold ``course/`` (an egg installed
+    by easy_install, a wheel put on ``sys.path``), at every spelling: a probe's sandbox binds /dev/null over
+    them, so that zipimport finds no copy of the references there."""
+    import zipfile
+
+    candidates = {p for p in sys.path if p and os.path.isabs(p) and os.path.isfile(p)}
+    for root in package_roots():
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        candidates |= {os.path.join(root, n) for n in names
+                       if n.endswith((".egg", ".zip", ".whl")) and os.path.isfile(os.path.join(root, n))}
+    found: set[str] = set()
+    for path in candidates:
+        try:
+            with zipfile.ZipFile(path) as z:
+                if any(n.split("/")[-2:-1] == [course] or n.startswith(course + "/") or f"/{course}/" in n
+                       for n in z.namelist()):
+                    found.update(spellings(path))
+        except (OSError, zipfile.BadZipFile, ValueError):
+            continue
+    return sorted(found)
+
+
+def renamed_courses(course_dir: Path) -> list[str]:
+    """Folders in the package folders that hold a copy of ``course_dir`` under another name (``course_lib_2025/``,
+    an unzipped ``course_lib-*.egg/course_lib``): most of its module names, among them a ``lora.py`` that defines
+    ``LoRALayer``. Each probe's sandbox empties them, at every spelling."""
+    own = {p.name for p in Path(course_dir).glob("*.py")} - {"__init__.py"}
+    real_course = os.path.realpath(course_dir)
+
+    def is_copy(folder: str) -> bool:
+        if os.path.realpath(folder) == real_course:
+            return False
+        try:
+            names = set(os.listdir(folder))
+            if "lora.py" not in names or len(own & names) * 2 < len(own):
+                return False
+            with open(os.path.join(folder, "lora.py"), encoding="utf-8", errors="replace") as f:
+                return "class LoRALayer" in f.read(2_000_000)
+        except OSError:
+            return False
+
+    found: set[str] = set()
+    for root in package_roots():
+        try:
+            names = os.listdir(root)
+        except OSError:
+            continue
+        for name in names:
+            folder = os.path.join(root, name)
+            if not os.path.isdir(folder):
+                continue
+            inner = [folder] + [os.path.join(folder, n) for n in _listdir(folder) if n == Path(course_dir).name
+                                or n.endswith(".egg")]
+            for candidate in inner:
+                if os.path.isdir(candidate) and is_copy(candidate):
+                    found.update(spellings(candidate))
+    return sorted(found)
+
+
+def _listdir(folder: str) -> list[str]:
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
 
 
 def limit_command(limits: Limits) -> list[str]:
@@ -388,9 +520,10 @@ def remove_cgroups(groups) -> None:
 
 
 # --------------------------------------------------------------------------- availability
-def check_available(course_dir: Path | None = None) -> None:
+def check_available(course_dir: Path | None = None, covered=()) -> None:
     """Raise SandboxUnavailable, naming the real cause, unless bwrap can build a sandbox here in
-    which this Python runs (and, with ``course_dir``, imports the course library bound there)."""
+    which this Python runs (and, with ``course_dir``, imports the course library bound there, with the
+    course folders ``covered`` emptied as every job's sandbox empties them)."""
     if not sys.platform.startswith("linux"):
         raise SandboxUnavailable(f"course grade sandboxes submissions with Linux namespaces, which "
                                  f"{sys.platform} does not have: grade on Linux, or {INSTALL_HINT}.")
@@ -404,7 +537,8 @@ def check_available(course_dir: Path | None = None) -> None:
     env = {"PYTHONPATH": str(course_dir.parent)} if course_dir else {}
     readonly = [(course_dir, course_dir)] if course_dir else []
     code = "import course_lib; print('ok')" if course_dir else "print('ok')"
-    probe = Sandbox(env=sandboxed_env(env), readonly=readonly).command([sys.executable, "-c", code])
+    probe = Sandbox(env=sandboxed_env(env), readonly=readonly, covered=list(covered)).command(
+        [sys.executable, "-c", code])
     try:
         done = subprocess.run(probe, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
