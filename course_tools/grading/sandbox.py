@@ -113,14 +113,14 @@ class Sandbox:
                 args += ["--ro-bind", source, target]
         for path in self.scratch:   # nothing written here reaches the grader's disk; the size bounds it
             args += ["--size", str(self.limits.scratch_bytes), "--tmpfs", str(path)]
-        for path in self.nulled:
-            args += ["--ro-bind-try", "/dev/null", str(path)]
         for folder in self.hidden:   # e.g. an installed implementation of the exercise, in a probe
             args += ["--size", "65536", "--tmpfs", str(folder), "--remount-ro", str(folder)]
         for source, target in self.readonly:
             args += ["--ro-bind", str(source), str(target)]
         for i, (source, _) in enumerate(self.seeds):
             args += ["--ro-bind", str(source), f"{SEED_DIR}/{i}"]
+        for path in self.nulled:   # last: no later bind may show the file again
+            args += ["--ro-bind-try", "/dev/null", str(path)]
         for folder in covered:
             args += ["--remount-ro", folder]
         if self.cwd:

@@ -1,0 +1,138 @@
+"""Round five of the red team, the grader's side: course folders inside folders a sandbox binds, zipped and
+renamed copies of course_lib, the probe's own namespace, TMPDIR, read-only courses, left-over folders and an
+output folder inside the submissions. Each test fails on the grader before its fix."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from course_tools.grading import sandbox
+
+ROOT = Path(__file__).resolve().parent.parent
+needs_bwrap = pytest.mark.skipif(not shutil.which("bwrap") and not os.environ.get("COURSE_REQUIRE_SANDBOX"),
+                                 reason="needs bubblewrap (apt-get install bubblewrap)")
+
+# Runs in the venv: a sandbox as every job builds it (course folders covered, the library bound back) reports
+# which of the given paths it can read.
+SEEN = """
+import json, os, subprocess, sys
+from pathlib import Path
+from course_tools.grading import sandbox
+course, paths = Path(sys.argv[1]), sys.argv[2:]
+roots = [Path(r) for r in sandbox.course_folders(course)]
+box = sandbox.Sandbox(env=sandbox.sandboxed_env({}), covered=roots,
+                      readonly=[(course / "course_lib", course / "course_lib")])
+code = "import json, os, sys; print(json.dumps({p: os.path.exists(p) for p in sys.argv[1:]}))"
+done = subprocess.run(box.command([sys.executable, "-c", code, *paths]), capture_output=True, text=True, timeout=120)
+print(json.dumps({"roots": [str(r) for r in roots], "rc": done.returncode, "stderr": done.stderr[-1500:],
+                  "seen": json.loads(done.stdout) if done.returncode == 0 else None}))
+"""
+
+
+def _fake_course(folder: Path) -> Path:
+    """A course folder: solutions/, grading/, data/, .git and the library."""
+    for sub in ("solutions", "grading", "data", ".git"):
+        (folder / sub).mkdir(parents=True)
+    (folder / "solutions" / "02_settings_to_cfg.ipynb").write_text("{}")
+    (folder / "grading" / "hidden_tests.py").write_text("")
+    shutil.copytree(ROOT / "course_lib", folder / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    return folder
+
+
+def _venv(where: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(where)], check=True)
+    return where / "bin" / "python"
+
+
+@needs_bwrap
+def test_a_course_cloned_into_the_venvs_src_shows_only_its_library_inside_every_sandbox(tmp_path):
+    python = _venv(tmp_path / "venv")
+    course = _fake_course(tmp_path / "venv" / "src" / "course-lib")   # where `pip install -e git+...` clones
+    wanted = [course / "solutions" / "02_settings_to_cfg.ipynb", course / "grading" / "hidden_tests.py",
+              course / ".git", course / "course_lib" / "lora.py"]
+    done = subprocess.run([str(python), "-c", SEEN, str(course), *map(str, wanted)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0, report["stderr"]
+    assert str(course.resolve()) in report["roots"]
+    seen = report["seen"]
+    assert not seen[str(wanted[0])] and not seen[str(wanted[1])] and not seen[str(wanted[2])], seen
+    assert seen[str(wanted[3])], "the library bound back into the emptied course folder must stay readable"
+
+
+@needs_bwrap
+def test_a_venv_inside_the_course_folder_still_runs_and_the_course_beside_it_is_hidden(tmp_path):
+    course = _fake_course(tmp_path / "course")
+    python = _venv(course / ".venv")
+    wanted = [course / "solutions" / "02_settings_to_cfg.ipynb", course / "course_lib" / "lora.py"]
+    done = subprocess.run([str(python), "-c", SEEN, str(course), *map(str, wanted)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["rc"] == 0, report["stderr"]        # the venv's python, bound back inside the emptied folder
+    assert report["seen"] == {str(wanted[0]): False, str(wanted[1]): True}
+
+
+def test_a_venv_that_is_the_course_folder_is_refused_with_the_fix(tmp_path, monkeypatch):
+    course = _fake_course(tmp_path / "course")
+    monkeypatch.setattr(sandbox, "python_dirs", lambda: ["/usr", str(course)])
+    with pytest.raises(sandbox.SandboxUnavailable, match="venv"):
+        sandbox.check_course_hidden(sandbox.course_folders(course))
+    monkeypatch.setattr(sandbox, "python_dirs", lambda: ["/usr", str(course / ".venv")])
+    sandbox.check_course_hidden(sandbox.course_folders(course))   # a venv inside it is fine
+
+
+def _package_folder(tmp_path: Path, monkeypatch) -> Path:
+    site = tmp_path / "site-packages"
+    site.mkdir()
+    monkeypatch.setattr(sandbox, "package_roots", lambda: [str(site)])
+    return site
+
+
+def test_a_zipped_egg_holding_course_lib_is_found_and_an_unrelated_zip_is_not(tmp_path, monkeypatch):
+    site = _package_folder(tmp_path, monkeypatch)
+    with zipfile.ZipFile(site / "course_lib-0.0.9-py3.11.egg", "w") as z:
+        z.writestr("course_lib/config.py", "SETTINGS_TO_CFG = {}\n")
+    with zipfile.ZipFile(site / "other-1.0.egg", "w") as z:
+        z.writestr("other/config.py", "")
+    outside = tmp_path / "course_lib.zip"   # on sys.path, as easy-install.pth puts an egg
+    with zipfile.ZipFile(outside, "w") as z:
+        z.writestr("course_lib/__init__.py", "")
+    monkeypatch.setattr(sys, "path", [*sys.path, str(outside)])
+    found = sandbox.zipped_courses()
+    assert str(site / "course_lib-0.0.9-py3.11.egg") in found and str(outside) in found
+    assert not any("other" in f for f in found)
+
+
+def test_a_renamed_copy_of_course_lib_is_found_in_the_package_folders(tmp_path, monkeypatch):
+    site = _package_folder(tmp_path, monkeypatch)
+    shutil.copytree(ROOT / "course_lib", site / "course_lib_2025", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "course_lib", site / "old-0.1.egg" / "course_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    (site / "unrelated").mkdir()
+    (site / "unrelated" / "lora.py").write_text("class LoRALayer: pass\n")
+    found = sandbox.renamed_courses(ROOT / "course_lib")
+    assert str(site / "course_lib_2025") in found and str(site / "old-0.1.egg" / "course_lib") in found
+    assert not any(f.endswith("unrelated") for f in found)
+
+
+@needs_bwrap
+def test_a_nulled_egg_cannot_be_read_inside_the_sandbox(tmp_path):
+    egg = tmp_path / "course_lib-0.0.9-py3.11.egg"
+    with zipfile.ZipFile(egg, "w") as z:
+        z.writestr("course_lib/config.py", "SECRET = 1\n")
+    code = ("import os, sys, zipfile\np = sys.argv[1]\n"
+            "try:\n    print(zipfile.ZipFile(p).read('course_lib/config.py'))\nexcept Exception as e:\n"
+            "    print('unreadable', os.path.isfile(p))\n")
+    box = sandbox.Sandbox(env=sandbox.sandboxed_env({}), readonly=[(tmp_path, tmp_path)], nulled=[egg])
+    done = subprocess.run(box.command([sys.executable, "-c", code, str(egg)]), capture_output=True, text=True,
+                          timeout=120)
+    assert done.stdout.strip() == "unreadable False", done.stdout + done.stderr[-800:]
