@@ -108,18 +108,60 @@ def _open(browser, lab, path: str):
     page.goto(f"{url}/lab/workspaces/{Path(path).parent.name}/tree/{path}?reset&token={token}",
               wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # The kernel is ready when the toolbar's status says Idle.
-    page.wait_for_function("() => document.querySelector('.jp-Notebook') && "
-                           "[...document.querySelectorAll('.jp-Toolbar-kernelStatus, .jp-KernelStatus, "
-                           "[data-jp-item-name=\"kernelStatus\"]')].some(e => /Idle/.test(e.textContent || e.title || ''))"
-                           " || document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]') !== null",
-                           timeout=90_000)
+    # The kernel is ready when the toolbar's status says Idle. On a loaded machine JupyterLab may ask
+    # which kernel to start instead (a dialog over the page): the notebook's own kernel is accepted.
+    deadline = time.monotonic() + 90
+    while not page.evaluate(IDLE_JS):
+        _accept_kernel_dialog(page)
+        if time.monotonic() > deadline:
+            raise AssertionError("the notebook's kernel did not become idle within 90 s")
+        time.sleep(0.5)
     return page
 
 
-def _menu(page, menu: str, item: str) -> None:
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{menu}$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).first.click()
+IDLE_JS = ("() => Boolean(document.querySelector('.jp-Notebook') && "
+           "[...document.querySelectorAll('.jp-Toolbar-kernelStatus, .jp-KernelStatus, "
+           "[data-jp-item-name=\"kernelStatus\"]')].some(e => /Idle/.test(e.textContent || e.title || ''))"
+           " || document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]') !== null)")
+
+
+def _accept_kernel_dialog(page) -> bool:
+    """Accept JupyterLab's kernel-selection dialog if one is open (its default is the notebook's
+    kernelspec, python3), so that it cannot intercept the test's clicks; say so on stderr."""
+    dialog = page.locator(".jp-Dialog")
+    if not dialog.count() or not dialog.first.locator("select").count():
+        return False
+    print("accepting JupyterLab's kernel dialog:", " ".join(dialog.first.inner_text().split())[:200], file=sys.stderr)
+    dialog.first.locator(".jp-Dialog-button.jp-mod-accept").click()
+    page.wait_for_timeout(500)
+    return True
+
+
+def _click(page, locator, attempts: int = 8) -> None:
+    """Click ``locator``; a kernel dialog that opens over the page meanwhile is accepted and the click
+    tried again (Playwright would otherwise wait 30 s on the dialog that intercepts it)."""
+    for _ in range(attempts):
+        _accept_kernel_dialog(page)
+        try:
+            locator.click(timeout=5_000)
+            return
+        except Exception as error:  # playwright's TimeoutError: the click was intercepted or the element hidden
+            if "Timeout" not in type(error).__name__:
+                raise
+    raise AssertionError(f"could not click {locator} in {attempts} attempts")
+
+
+def _menu(page, menu: str, item: str, attempts: int = 4) -> None:
+    """Choose ``menu`` > ``item``; if a dialog closed the menu before the item was clicked, open it again."""
+    for _ in range(attempts):
+        _click(page, page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{menu}$")))
+        try:
+            _click(page, page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).first,
+                   attempts=2)
+            return
+        except AssertionError:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not choose {menu} > {item}")
 
 
 def _started(page) -> bool:
@@ -131,7 +173,7 @@ def _start_run_all(page, attempts: int = 3) -> None:
     """Click Run > Run All Cells, with the notebook focused; a click that lands while JupyterLab
     is still wiring the notebook up can be lost, so check that cells started and try again."""
     for _ in range(attempts):
-        page.locator(f"{PANEL} .jp-Cell").first.click()
+        _click(page, page.locator(f"{PANEL} .jp-Cell").first)
         _menu(page, "Run", "Run All Cells")
         for _ in range(40):
             if _started(page):
