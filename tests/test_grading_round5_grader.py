@@ -136,3 +136,53 @@ def test_a_nulled_egg_cannot_be_read_inside_the_sandbox(tmp_path):
     done = subprocess.run(box.command([sys.executable, "-c", code, str(egg)]), capture_output=True, text=True,
                           timeout=120)
     assert done.stdout.strip() == "unreadable False", done.stdout + done.stderr[-800:]
+
+
+# --------------------------------------------------------------------------- the probe's own namespace
+def _probe(definitions, probes, tmp_path, names=None):
+    """The real probe process (no sandbox) on ``definitions``; ``probes``: (exercise, body) pairs."""
+    from course_tools.grading import probe
+
+    job = {"definitions": probe.definitions(definitions),
+           "probes": [[e, probe.probe_source(body), 1] for e, body in probes]}
+    if names is not None:
+        job["names"] = names
+    state, raw = probe.run_probe_process(probe.probe_command(ROOT, isolated=False), job, timeout=300,
+                                         env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=str(tmp_path))
+    assert state == "ok"
+    return probe.validate_reply(raw, [e for e, _ in probes])
+
+
+def test_a_patched_pytorch_function_or_method_is_refused_not_believed(tmp_path):
+    # e4_patched_equal: `torch.equal = lambda a, b: True` made every comparison of the probe pass
+    body = "import torch\nreturn torch.equal(f(), torch.zeros(2))"
+    cases = {"module": "torch.equal = lambda a, b: True",
+             "method": "torch.Tensor.equal = lambda self, other: True",
+             "module-class": "torch.nn.Module.train = lambda self, mode=True: self",
+             "builtins": "import builtins\nbuiltins.isinstance = lambda *a: True"}
+    for what, patch in cases.items():
+        replies = _probe(["import torch", "def f():\n    return torch.ones(2)", patch], [("x", body)], tmp_path,
+                         names={"x": ["f"]})
+        if what == "builtins":   # put back before the probe: the wrong answer is judged wrong
+            assert replies["x"] == {"ok": True, "result": False}, replies
+        else:
+            assert replies["x"]["error"] == "patched PyTorch" and "torch." in replies["x"]["message"], (what, replies)
+    # patched while the answer runs: refused after it
+    replies = _probe(["import torch", "def f():\n    torch.equal = lambda a, b: True\n    return torch.ones(2)"],
+                     [("x", body)], tmp_path, names={"x": ["f"]})
+    assert replies["x"]["error"] == "patched PyTorch", replies
+    # the honest answer is not refused, also after a library that wraps PyTorch's functions is imported
+    replies = _probe(["import torch", "import peft", "def f():\n    return torch.zeros(2)"], [("x", body)], tmp_path,
+                     names={"x": ["f"]})
+    assert replies["x"] == {"ok": True, "result": True}, replies
+
+
+def test_the_probe_runs_in_its_own_globals_so_a_shadowed_builtin_cannot_change_its_checks(tmp_path):
+    # float_shadowed_type: a top-level `type = _Type()` answered `type(v) is int` for the probe
+    definitions = ["import builtins", "def count():\n    return 3.0",
+                   "class _Type:\n    def __call__(self, v, *rest):\n"
+                   "        return int if builtins.type(v) is float else builtins.type(v, *rest)",
+                   "type = _Type()", "helper = 5"]
+    replies = _probe(definitions, [("x", "v = count()\nreturn [type(v) is int, 'helper' in globals()]")], tmp_path,
+                     names={"x": ["count"]})
+    assert replies["x"] == {"ok": True, "result": [False, False]}, replies

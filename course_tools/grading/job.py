@@ -293,6 +293,7 @@ def run_probes(job: Job, hidden: list, defs: list[str], tmp: Path, deadline: flo
                     {"definitions": defs, "probes": [[t.exercise, probe.probe_source(t.probe), seeds[t.exercise]]
                                                      for t in tests_now],
                      "owned": {t.exercise: [n for n in t.names if n not in t.values] for t in tests_now},
+                     "names": {t.exercise: list(t.names) for t in tests_now},
                      "bases": list(probe.BASES)},
                     timeout, env=env_arg, cwd=str(work))
             finally:

@@ -32,7 +32,10 @@ REPLY_LIMIT = 4_000_000      # bytes of JSON a probe process may send back
 MAX_DEPTH = 24
 CELL_MAGICS_TO_UNWRAP = ("%%capture", "%%time", "%%timeit", "%%prun")
 STATEMENT_SECONDS = 5.0      # CPU seconds per top-level statement the probe process re-runs (imports: no limit)
-PRELOAD = ("torch",)          # imported before any statement, with no time limit
+# Imported before any statement, with no time limit. torch._dynamo wraps torch.manual_seed when it is first
+# imported (PyTorch 2.x, torch/_dynamo/__init__.py); imported here, that happens before the probe's snapshot of
+# PyTorch's functions, so a library that loads it later (peft) does not look like a patched PyTorch.
+PRELOAD = ("torch", "torch._dynamo")
 
 
 # --------------------------------------------------------------------------- stripped course_lib
@@ -320,6 +323,48 @@ def _main():
             renamed.append(event)
             raise RuntimeError("only the grader compiles code as the notebook's cells")
     sys.addaudithook(audit)
+    # What the hidden test itself relies on, taken before any of the notebook's code runs: clean builtins for the
+    # probe's own globals, and PyTorch's functions and classes, which a top-level `torch.equal = ...` (or a
+    # patched nn.Module.train) would otherwise change under the probe's bookkeeping; such a patch is refused.
+    import builtins as _builtins_module
+    clean_builtins = dict(_builtins_module.__dict__)
+    _modules = sys.modules
+    _module_dict = types.ModuleType.__dict__["__dict__"].__get__
+    def watched_objects():
+        torch = _modules.get("torch")
+        if torch is None:
+            return []
+        found = [("torch", torch)]
+        for label in ("torch.nn", "torch.nn.functional", "torch.testing", "torch.autograd"):
+            if label in _modules:
+                found.append((label, _modules[label]))
+        for label, owner, attr in (("torch.Tensor", torch, "Tensor"), ("torch.nn.Module", _modules.get("torch.nn"),
+                                   "Module"), ("torch.nn.Parameter", _modules.get("torch.nn"), "Parameter"),
+                                   ("torch.nn.Linear", _modules.get("torch.nn"), "Linear"),
+                                   ("torch._C.TensorBase", getattr(torch, "_C", None), "TensorBase")):
+            klass = getattr(owner, attr, None) if owner is not None else None
+            if _is_type(klass):
+                found.append((label, klass))
+        return found
+    def contents(obj):
+        return dict(_class_dict(obj)) if _is_type(obj) else dict(_module_dict(obj))
+    pristine = [(label, obj, _type(obj), contents(obj), label in _modules and _modules[label] is obj,
+                 set(dir(obj)) if _is_type(obj) else set()) for label, obj in watched_objects()]
+    def patched():   # the watched names the notebook's code replaced, added to a class or deleted
+        out = []
+        for label, obj, kind, saved, registered, inherited in pristine:
+            if _type(obj) is not kind or (registered and _modules.get(label) is not obj):
+                out.append(label)
+                continue
+            now = contents(obj)
+            if _is_type(obj):   # a new name counts where it overrides an inherited one (Tensor.equal over TensorBase's);
+                # one no class had (transformers adds nn.Module.smart_apply) cannot change what a probe calls
+                changed = [k for k in now if (k in saved and now[k] is not saved[k]) or (k not in saved and k in inherited)]
+                changed += [k for k in saved if k not in now]
+            else:   # a module gains attributes as PyTorch loads its parts lazily: only replaced or deleted ones count
+                changed = [k for k, v in saved.items() if not k.startswith("_") and now.get(k, clean_builtins) is not v]
+            out += [label + "." + _str(k) for k in changed]
+        return out
     namespace = {"__name__": "__main__"}
     slow = []
     for source in job.pop("definitions"):
@@ -356,7 +401,17 @@ def _main():
         return "<" + type(value).__name__ + ": " + repr(value)[:60] + ">"
     results = {}
     owned = job.pop("owned", {})
+    needs = job.pop("names", None)   # exercise -> the notebook's names its probe reads (None: all of them)
     for exercise, source, seed in job.pop("probes"):
+        # the builtins module is shared by every module (this runner's bookkeeping too): what the cells replaced in
+        # it is put back; a name they shadow in their own globals stays theirs
+        _module_dict(_builtins_module).update(clean_builtins)
+        changed = patched()
+        if changed:
+            results[exercise] = {"ok": False, "error": "patched PyTorch", "where": "notebook", "message": "the "
+                                 "notebook's code replaced PyTorch's own " + ", ".join(changed[:3])[:120] + ", which the "
+                                 "hidden test relies on; remove that assignment and submit again"}
+            continue
         try:
             problems = [(name, foreign(namespace[name])) for name in owned.get(exercise, []) if name in namespace]
             problem = next(((n, why) for n, why in problems if why), None)
@@ -369,9 +424,14 @@ def _main():
             results[exercise] = {"ok": False, "error": "not your own", "message": "`" + problem[0] + "` as the "
                                  "notebook's cells left it is not code they define: " + problem[1]}
             continue
-        try:
-            exec(compile(source, "<hidden test>", "exec"), namespace)
-            probe = namespace.pop("__course_probe")
+        try:   # the probe's own globals: the graded names and clean builtins, nothing else of the notebook's
+            if needs is None:
+                own = {k: v for k, v in namespace.items() if k != "__builtins__"}
+            else:
+                own = {name: namespace[name] for name in needs.get(exercise, []) if name in namespace}
+            scope = {**own, "__name__": "__hidden_test__", "__builtins__": clean_builtins}
+            exec(compile(source, "<hidden test>", "exec"), scope)
+            probe = scope.pop("__course_probe")
         except BaseException as error:
             results[exercise] = {"ok": False, "error": "grader error", "message": type(error).__name__ + ": " + str(error)[:160]}
             continue
@@ -388,6 +448,12 @@ def _main():
                                             "the hidden test loaded your definitions, so what it defines was missing")
             whose = "notebook" if name == "GlobalStateChanged" else where(error)   # the guard speaks of the student's code
             results[exercise] = {"ok": False, "error": name, "message": message, "where": whose}
+            continue
+        changed = patched()   # while it ran, the answer patched what the check after it reads
+        if changed:
+            results[exercise] = {"ok": False, "error": "patched PyTorch", "where": "notebook", "message": "your code "
+                                 "replaced PyTorch's own " + ", ".join(changed[:3])[:120] + " while the hidden test ran; "
+                                 "leave PyTorch's functions and classes as they are"}
             continue
         try:
             results[exercise] = {"ok": True, "result": loads(dumps(value, default=plain))}
