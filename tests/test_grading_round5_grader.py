@@ -186,3 +186,29 @@ def test_the_probe_runs_in_its_own_globals_so_a_shadowed_builtin_cannot_change_i
     replies = _probe(definitions, [("x", "v = count()\nreturn [type(v) is int, 'helper' in globals()]")], tmp_path,
                      names={"x": ["count"]})
     assert replies["x"] == {"ok": True, "result": [False, False]}, replies
+
+
+# --------------------------------------------------------------------------- the grader's own folders
+def test_the_stripped_course_is_writable_by_the_grader_when_the_course_is_read_only(tmp_path):
+    from course_tools.grading.probe import build_stripped_course
+
+    source = tmp_path / "course_lib"
+    shutil.copytree(ROOT / "course_lib", source, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [*source.rglob("*"), source]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        target = build_stripped_course(source, tmp_path / "copy" / "course_lib", set(), {"lora": {"LoRALayer"}})
+        # a grader that is not root writes the stubs (and later removes the copy) only if it may write there
+        assert all(p.stat().st_mode & 0o200 for p in [target, *target.rglob("*")])
+        assert "is course_lib's reference" in (target / "lora.py").read_text()
+    finally:
+        for path in [source, *source.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_tmpdir_inside_a_folder_every_sandbox_shows_is_refused_naming_tmpdir(tmp_path, monkeypatch):
+    monkeypatch.setattr(sandbox, "python_binds", lambda: [(str(tmp_path / "venv"), str(tmp_path / "venv"))])
+    (tmp_path / "venv" / "tmp").mkdir(parents=True)
+    with pytest.raises(sandbox.SandboxUnavailable, match="TMPDIR"):
+        sandbox.check_tmpdir(str(tmp_path / "venv" / "tmp"))
+    sandbox.check_tmpdir(str(tmp_path))   # beside it is fine

@@ -214,6 +214,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     roots = tuple(Path(r) for r in sandbox.course_folders(DEFAULT_TESTS.parent.parent, course_dir.parent))
     if use_sandbox:
         sandbox.check_course_hidden(roots)
+        sandbox.check_tmpdir()
         sandbox.check_available(course_dir, covered=roots)
         workers, limits = _limits_here(limits, workers)
     else:

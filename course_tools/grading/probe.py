@@ -102,7 +102,12 @@ def build_stripped_course(course_dir: Path, target: Path, allowed: set[str],
         from .registry import load_tests
 
         hidden = hidden_names(load_tests().TESTS)
-    shutil.copytree(course_dir, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "grading"))
+    # contents only (shutil.copyfile), not modes: a course whose files are read-only (an installed copy, a clone
+    # made read-only) would otherwise give a copy that a grader not running as root cannot write the stubs into
+    shutil.copytree(course_dir, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "grading"),
+                    copy_function=shutil.copyfile)
+    for folder in [target, *(p for p in target.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        folder.chmod(0o755)
     (target / "grading").mkdir()
     (target / "grading" / "__init__.py").write_text("")
     for module, names in hidden.items():

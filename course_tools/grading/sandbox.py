@@ -284,6 +284,20 @@ def check_course_hidden(folders) -> None:
                 "course folder) and grade with that.")
 
 
+def check_tmpdir(tmp: str | None = None) -> None:
+    """Raise SandboxUnavailable when the grader's temporary folder (``TMPDIR``) lies inside a folder every sandbox
+    shows (the Python environment, a system folder): the grader's working folders there would be readable by
+    every submission, and the kernels could not start in them."""
+    import tempfile
+
+    tmp = os.path.realpath(tmp or tempfile.gettempdir())
+    shown = [s for pair in python_binds() for s in pair] + [os.path.realpath(d) for d in _SYSTEM_DIRS if os.path.isdir(d)]
+    inside = next((d for d in shown if tmp == d or tmp.startswith(d + os.sep)), None)
+    if inside:
+        raise SandboxUnavailable(f"TMPDIR ({tmp}) is inside {inside}, which every sandbox shows read-only: set TMPDIR "
+                                 "to a folder outside the Python environment and the system folders (e.g. /tmp).")
+
+
 def zipped_courses(course: str = "course_lib") -> list[str]:
     """Zip files, eggs and wheels on ``sys.path`` or in a package folder that hold ``course/`` (an egg installed
     by easy_install, a wheel put on ``sys.path``), at every spelling: a probe's sandbox binds /dev/null over
