@@ -126,13 +126,18 @@ IDLE_JS = ("() => Boolean(document.querySelector('.jp-Notebook') && "
 
 
 def _accept_kernel_dialog(page) -> bool:
-    """Accept JupyterLab's kernel-selection dialog if one is open (its default is the notebook's
-    kernelspec, python3), so that it cannot intercept the test's clicks; say so on stderr."""
+    """Close JupyterLab's kernel-selection dialog if one is open, so that it cannot intercept the test's
+    clicks; say so on stderr. On a loaded machine JupyterLab may open it although the notebook's kernel
+    is running (selecting a kernel then starts another and the dialog comes back): then it is cancelled,
+    which keeps the running kernel; with no kernel it is accepted (its default is the notebook's python3)."""
     dialog = page.locator(".jp-Dialog")
     if not dialog.count() or not dialog.first.locator("select").count():
         return False
-    print("accepting JupyterLab's kernel dialog:", " ".join(dialog.first.inner_text().split())[:200], file=sys.stderr)
-    dialog.first.locator(".jp-Dialog-button.jp-mod-accept").click()
+    kernel = " ".join(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-KernelName").all_inner_texts())
+    keep = bool(kernel.strip()) and "No Kernel" not in kernel
+    print(f"{'cancelling' if keep else 'accepting'} JupyterLab's kernel dialog (kernel: {kernel.strip() or '?'}):",
+          " ".join(dialog.first.inner_text().split())[:160], file=sys.stderr)
+    dialog.first.locator(".jp-Dialog-button.jp-mod-reject" if keep else ".jp-Dialog-button.jp-mod-accept").click()
     page.wait_for_timeout(500)
     return True
 
