@@ -543,13 +543,16 @@ def test_killing_the_grader_takes_its_workers_and_their_kernels_with_it(tmp_path
     import signal
     import subprocess
     import sys
+    import tempfile
 
     subs = tmp_path / "subs"
     for who in ("a", "b"):
         save(subs, who, appended(solution(), "while True:\n    pass"))
+    # its own TMPDIR (short: the relay's sockets live there): the killed grader's working folder is left in it
+    temp = Path(tempfile.mkdtemp(prefix="kill-", dir="/tmp"))
     grader = subprocess.Popen([sys.executable, "-m", "course_tools.cli", "grade", str(subs), "--out",
                                str(tmp_path / "grades.csv"), "--notebooks", NB, "--workers", "2", "--cell-timeout", "600"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(temp)})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(b"ipykernel" in _cmdline(p) for p in _descendants(grader.pid)):
         time.sleep(0.5)
@@ -561,3 +564,9 @@ def test_killing_the_grader_takes_its_workers_and_their_kernels_with_it(tmp_path
     while time.monotonic() < deadline and any(_alive(p) for p in below):
         time.sleep(0.5)
     assert not [p for p in below if _alive(p)], "workers or kernels outlived the grader"
+    from course_tools.grading.grade import sweep_dead_graders
+    from course_tools.grading.sandbox import remove_tree
+
+    left = sorted(temp.iterdir())
+    assert sweep_dead_graders(temp) == left and not list(temp.iterdir()), "the next grader sweeps the dead one's folder"
+    remove_tree(temp)

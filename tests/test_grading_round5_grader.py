@@ -212,3 +212,19 @@ def test_a_tmpdir_inside_a_folder_every_sandbox_shows_is_refused_naming_tmpdir(t
     with pytest.raises(sandbox.SandboxUnavailable, match="TMPDIR"):
         sandbox.check_tmpdir(str(tmp_path / "venv" / "tmp"))
     sandbox.check_tmpdir(str(tmp_path))   # beside it is fine
+
+
+def test_a_dead_graders_working_folder_is_swept_and_a_running_ones_is_kept(tmp_path):
+    from course_tools.grading.grade import _shared_prefix, sweep_dead_graders
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()   # a pid that ran and is gone (reused only after the whole pid space wraps)
+    left = tmp_path / f"{_shared_prefix(dead.pid)}abcdefgh"
+    (left / "jobs" / "job-x").mkdir(parents=True)
+    (left / "jobs" / "job-x" / "locked").mkdir(mode=0o000)
+    running = tmp_path / f"{_shared_prefix()}ijklmnop"
+    running.mkdir()
+    other = tmp_path / "course-grade-shared-abcdefgh"   # no pid in the name: not ours to judge
+    other.mkdir()
+    assert sweep_dead_graders(tmp_path) == [left]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, other.name])

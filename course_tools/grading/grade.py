@@ -183,13 +183,40 @@ def _worker_start(tests_path: Path, grader_pid: int) -> None:
 
 # --------------------------------------------------------------------------- the command
 SOCKET_PATH_MAX = 107   # bytes of a Unix socket's path (sun_path holds 108 on Linux, the last a NUL)
+SHARED_PREFIX = "course-grade-shared-"   # then the grader's pid, a dash and mkdtemp's eight characters
+
+
+def _shared_prefix(pid: int | None = None) -> str:
+    return f"{SHARED_PREFIX}{pid or os.getpid()}-"
+
+
+def sweep_dead_graders(temp: Path) -> list[Path]:
+    """Remove the working folders (``course-grade-shared-<pid>-*``, 15-33 MB each) that graders killed before
+    their own clean-up left in ``temp``: those of this user whose grader is no longer running. Returns them."""
+    removed = []
+    try:
+        entries = list(os.scandir(temp))
+    except OSError:
+        return removed
+    for entry in entries:
+        pid = entry.name[len(SHARED_PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(SHARED_PREFIX) or not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or not entry.is_dir(follow_symlinks=False):
+                continue
+        except OSError:
+            continue
+        sandbox.remove_tree(Path(entry.path))
+        removed.append(Path(entry.path))
+    return removed
 
 
 def _check_socket_room(temp: Path) -> None:
     """Refuse, before grading anyone, a temporary folder too long for the grader's Unix sockets: the relay to each
-    kernel listens at ``TMPDIR/course-grade-shared-*/jobs/job-*/grader/relay/kernel-N`` (each ``*`` eight
-    characters), and a longer path fails every notebook's start."""
-    longest = temp / ("course-grade-shared-" + "x" * 8) / "jobs" / ("job-" + "x" * 8) / "grader" / "relay" / "kernel-5"
+    kernel listens at ``TMPDIR/course-grade-shared-<pid>-*/jobs/job-*/grader/relay/kernel-N`` (each ``*``
+    eight characters), and a longer path fails every notebook's start."""
+    longest = temp / (_shared_prefix(4194304) + "x" * 8) / "jobs" / ("job-" + "x" * 8) / "grader" / "relay" / "kernel-5"
     room = SOCKET_PATH_MAX - (len(os.fsencode(str(longest))) - len(os.fsencode(str(temp))))
     if len(os.fsencode(str(temp))) > room:
         raise ValueError(f"The temporary folder {temp} is too long for the grader's sockets (at most {room} "
@@ -238,7 +265,8 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         readonly = tuple(Path(p) for p in {constants.HF_HUB_CACHE} if Path(p).is_dir())
     if use_sandbox:   # without one the kernel is reached over TCP
         _check_socket_room(Path(tempfile.gettempdir()))
-    tmp = Path(tempfile.mkdtemp(prefix="course-grade-shared-"))
+    sweep_dead_graders(Path(tempfile.gettempdir()))
+    tmp = Path(tempfile.mkdtemp(prefix=_shared_prefix()))
     try:
         cache, mpl = prepare_shared(profile, tmp)
         probe_courses = _probe_courses(tests, tmp)
