@@ -228,3 +228,15 @@ def test_a_dead_graders_working_folder_is_swept_and_a_running_ones_is_kept(tmp_p
     other.mkdir()
     assert sweep_dead_graders(tmp_path) == [left]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, other.name])
+
+
+def test_an_output_folder_inside_the_submissions_is_refused_before_anyone_is_graded(tmp_path):
+    from course_tools.grading.grade import grade
+
+    subs = tmp_path / "subs"
+    (subs / "alice").mkdir(parents=True)
+    for kwargs in ({"out": subs / "grades.csv"}, {"out": tmp_path / "g.csv", "feedback_dir": subs / "fb"},
+                   {"out": tmp_path / "g.csv", "executed_dir": subs / "alice" / "x"}):
+        with pytest.raises(ValueError, match="inside the submissions folder"):
+            grade(subs, use_sandbox=False, progress=False, **kwargs)
+    assert sorted(p.name for p in subs.iterdir()) == ["alice"]   # nothing written

@@ -223,6 +223,18 @@ def _check_socket_room(temp: Path) -> None:
                          "bytes): set TMPDIR to a shorter folder, e.g. TMPDIR=/tmp course grade ...")
 
 
+def _check_outputs_outside(submissions: Path, outputs: list[Path]) -> None:
+    """Refuse output folders inside the submissions folder: the next run would grade feedback/ and executed/ as
+    students (and a student folder named like them would receive the grader's files)."""
+    top = submissions.resolve()
+    for folder in outputs:
+        where = folder.resolve()
+        if where == top or top in where.parents:
+            raise ValueError(f"The grader's output folder {folder} is inside the submissions folder {submissions}, "
+                             "where the next run would grade it as a student: write the gradebook elsewhere, e.g. "
+                             "--out grades/grades.csv beside the submissions folder.")
+
+
 def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feedback_dir: Path | None = None,
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
@@ -236,6 +248,8 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     process after every sandbox is gone."""
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
+    _check_outputs_outside(submissions, [out.parent, feedback_dir or out.parent / "feedback",
+                                         executed_dir or out.parent / "executed"])
     limits = limits or sandbox.Limits()
     course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
     roots = tuple(Path(r) for r in sandbox.course_folders(DEFAULT_TESTS.parent.parent, course_dir.parent))
