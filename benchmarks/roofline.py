@@ -222,17 +222,30 @@ def aten_calls(fn) -> int:
     return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
 
 
-def experiment_batches() -> dict[str, int]:
-    """Batches a 5-epoch `course experiment --trainable-layers lora` (full profile) trains and evaluates."""
-    paths = prepare_sms_splits(seed=123)
-    n = {split: math.ceil(len(pd.read_csv(paths[split])) / BATCH) for split in ("train", "validation", "test")}
-    steps = EPOCHS * n["train"]
-    loss_evals = math.ceil(steps / EVAL_FREQ) * 2 * EVAL_ITER  # train_classifier: every eval_freq steps
-    acc_evals = EPOCHS * 2 * EVAL_ITER  # train_classifier: after each epoch
-    accuracy_passes = 2 * (n["train"] + n["validation"] + n["test"])  # the experiment, before and after
-    after = n["test"] + min(EVAL_ITER_LOSS, n["train"]) + min(EVAL_ITER_LOSS, n["validation"])
-    return {"steps": steps, "train_classifier_evals": loss_evals + acc_evals,
-            "experiment_evals": accuracy_passes + after}
+def experiment_batches() -> dict[str, float]:
+    """What a 5-epoch `course experiment --trainable-layers lora` (full profile) trains and evaluates, in
+    batches of BATCH x TOKENS: its bucketed training batches' padded tokens, and the padded tokens of its
+    evaluation passes as they run them (regrouped by length, ``group_by_length``), each divided by that size.
+    Costs per token fall as batches grow (benchmarks/eval_batch.py), so evaluation is if anything overstated."""
+    from course_lib.dataloaders import group_by_length, sequential_loader
+    from course_lib.dataloaders import create_dataloaders
+    from course_lib.tokenizer import get_tokenizer
+
+    size = BATCH * TOKENS
+    train, val, test = create_dataloaders(prepare_sms_splits(seed=123), get_tokenizer(), batch_size=BATCH,
+                                          context_length=1024, batching="bucketed")
+    train_eval = sequential_loader(train)
+
+    def tokens(loader, num_batches=None) -> int:
+        grouped = group_by_length(loader, num_batches)
+        return sum(x.numel() for x, _ in (grouped.loader if grouped is not None else loader))
+
+    steps = EPOCHS * len(train)
+    train_tokens = EPOCHS * sum(x.numel() for x, _ in train)
+    inside = (math.ceil(steps / EVAL_FREQ) + EPOCHS) * (tokens(train_eval, EVAL_ITER) + tokens(val, EVAL_ITER))
+    whole = tokens(train_eval) + tokens(val) + tokens(test)  # one pass per split before training, one after
+    return {"steps": steps, "step_equivalents": train_tokens / size, "train_classifier_evals": inside / size,
+            "experiment_evals": 2 * whole / size}
 
 
 def main() -> None:
@@ -324,15 +337,16 @@ def main() -> None:
                 paired(f"{kind}:written:{p}", f"{kind}:fast:{p}") for p in precisions) + " |")
 
     n = experiment_batches()
-    print(f"\nProjected 5-epoch `course experiment --trainable-layers lora` (full profile: {n['steps']} steps, "
-          f"{n['train_classifier_evals']} evaluation batches inside train_classifier, {n['experiment_evals']} in the "
-          "experiment's accuracy passes before and after), minutes:\n")
+    print(f"\nProjected 5-epoch `course experiment --trainable-layers lora` (full profile: {n['steps']} steps whose "
+          f"padded tokens make {n['step_equivalents']:.0f} steps of {BATCH} x {TOKENS}; evaluation inside "
+          f"train_classifier {n['train_classifier_evals']:.0f} and in the experiment's passes before and after "
+          f"{n['experiment_evals']:.0f} batches of {BATCH} x {TOKENS}, counted in padded tokens as they run), minutes:\n")
     print("| build | " + " | ".join(f"{p}: train_classifier | {p}: whole experiment" for p in precisions)
           + " |\n|---|" + "---|---|" * len(precisions))
     for b in [b for b in builds + ["chain", "chain_read"] if f"eval:{b}:fp32" in med]:
         cells = []
         for p in precisions:
-            train = n["steps"] * med[f"step:{b}:{p}"] + n["train_classifier_evals"] * med[f"eval:{b}:{p}"]
+            train = n["step_equivalents"] * med[f"step:{b}:{p}"] + n["train_classifier_evals"] * med[f"eval:{b}:{p}"]
             whole = train + n["experiment_evals"] * med[f"eval:{b}:{p}"]
             cells += [f"{train / 60:.1f}", f"{whole / 60:.1f}"]
         title = {"chain": "GEMM chain alone", "chain_read": "GEMM chain alone, last block at the positions read"}
