@@ -706,6 +706,9 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     layers = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     model.trf_blocks[0].norm1.requires_grad_(False)          # a part the caller froze must stay frozen
     trainable_before = {n for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    model.trf_blocks[0].eval()                               # modes mixed: wrapping must leave each as it was
+    modes = [(n, m, m.training) for n, m in model.named_modules()]   # by object: a wrapper takes its layer's name
     replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4,
                        hint="It should return the list of the names it wrapped, and so should every recursive call.")
     expect(isinstance(replaced, list), "Return the list of the full, dotted names of the layers you wrapped.")
@@ -732,6 +735,13 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
            "Pass rank and alpha on in that order: LinearWithLoRA(child, rank, alpha); with rank=2, alpha=4 "
            f"A should have 2 rows and scaling 2.0, got {tuple(some.lora.A.shape)[0]} and {some.lora.scaling}.")
     _expect_wrapped_in_place(model, wrapper, layers, trainable_before)
+    switched = [n or "the model" for n, m, was in modes if m.training != was]
+    expect(not switched, f"replace_linear_with_lora switched {switched[:1]} between train and eval mode: leave each "
+                         "module's mode as it was (no model.eval() or model.train() in it).")
+    same_shape = [m.lora.A for n, m in model.named_modules() if isinstance(m, wrapper) and n.endswith(".att.W_query")]
+    expect(len(same_shape) < 2 or not torch.equal(same_shape[0], same_shape[1]),
+           "Two W_query layers got the same LoRA matrix A: each LinearWithLoRA draws its own A, so do not reseed "
+           "(torch.manual_seed) inside replace_linear_with_lora.")
     again = attempt("a second call", fn, model, rank=2, alpha=4)
     expect(again == [], f"A second call must wrap nothing: skip layers that are already wrapped (it wrapped {again[:2]}).")
     targeted = fn(make_model(), rank=2, alpha=4, target_modules=["W_query", "W_value"])

@@ -497,18 +497,25 @@ random_targets = sorted(replace_linear_with_lora(r2, rank, 2.0, target_modules=t
 # requires_grad: the caller freezes the model, replace_linear_with_lora only wraps (a frozen LayerNorm stays frozen).
 own = make()
 own.norm.requires_grad_(False)
+own.encoder.eval()                    # modes mixed: wrapping leaves each module's train/eval mode (no model.eval()/.train())
+modes = [(mod, mod.training) for mod in own.modules()]
 layers = {n: mod for n, mod in own.named_modules() if isinstance(mod, nn.Linear)}
 replace_linear_with_lora(own, rank, 2.0)
 same_objects = sorted(n for n, mod in own.named_modules() if isinstance(mod, LinearWithLoRA) and mod.linear is layers.get(n))
 trainable = sorted(n for n, p in own.named_parameters() if p.requires_grad)
+modes_kept = all(mod.training == was for mod, was in modes)
+# four 4x4 layers: each wrapper draws its own A (an answer that reseeds before each gives them all the same A)
+own_A = [own.get_submodule(n).lora.A for n in ("W_query", "query_proj", "subquery", "attn.query")]
+distinct_A = all(not torch.equal(own_A[i], own_A[j]) for i in range(4) for j in range(i + 1, 4))
 return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head).__name__,
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
-        wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable]
+        wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable, modes_kept, distinct_A]
 ''', reference=_lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
                 "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
-                "an empty exclude, the layers really wrapped, each wrapping the model's own layer, A and B trainable, and "
-                "the other parameters' requires_grad left as they were"),
+                "an empty exclude, the layers really wrapped, each wrapping the model's own layer, A and B trainable, "
+                "the other parameters' requires_grad and every module's train/eval mode left as they were, and a "
+                "different A drawn for each layer (no reseeding)"),
 
     Exercise("06-freeze", "06_gradient_checks", 2, "freeze_model",
         also_defines={"unfreeze": lambda: unfreeze},
@@ -754,7 +761,7 @@ return out
     Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
         also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),
         check="check_lora_config", check_args=lambda ns: (ns["lora_config"], ns["count_trainable"], half_frozen()),
-        hides=("peft_tuning.*",),
+        hides=("peft_tuning.*", "lora.count_parameters", "distill.parameter_share"),   # both count what it counts
         probe=r'''
 import copy
 import torch

@@ -240,3 +240,21 @@ def test_an_output_folder_inside_the_submissions_is_refused_before_anyone_is_gra
         with pytest.raises(ValueError, match="inside the submissions folder"):
             grade(subs, use_sandbox=False, progress=False, **kwargs)
     assert sorted(p.name for p in subs.iterdir()) == ["alice"]   # nothing written
+
+
+def test_09s_probe_cannot_reach_the_librarys_own_parameter_counters(tmp_path):
+    # e1_count_params: count_trainable returned course_lib.lora.count_parameters(model).trainable
+    from course_tools.grading.probe import build_stripped_course, hidden_names
+    from course_tools.grading.registry import load_tests
+
+    exercises = load_tests().TESTS
+    nine = next(t for t in exercises if t.exercise == "09-lora-config")
+    target = build_stripped_course(ROOT / "course_lib", tmp_path / "c" / "course_lib", set(nine.may_use),
+                                   hidden_names(exercises))
+    done = subprocess.run([sys.executable, "-c", "import torch\nfrom course_lib.lora import count_parameters\n"
+                           "from course_lib.distill import parameter_share\nfor f in (count_parameters, parameter_share):\n"
+                           "    try:\n        f(torch.nn.Linear(2, 2))\n        print('reached')\n"
+                           "    except RuntimeError as e:\n        print('stub' if 'reference' in str(e) else e)"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(target.parent)})
+    assert done.stdout.split() == ["stub", "stub"], done.stdout + done.stderr[-1000:]
