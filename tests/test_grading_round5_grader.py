@@ -258,3 +258,33 @@ def test_09s_probe_cannot_reach_the_librarys_own_parameter_counters(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(target.parent)})
     assert done.stdout.split() == ["stub", "stub"], done.stdout + done.stderr[-1000:]
+
+
+# --------------------------------------------------------------------------- the global-state guard
+@pytest.mark.parametrize("change, named", [
+    ("torch.autocast('cpu', dtype=torch.bfloat16).__enter__()", "autocast on the CPU"),
+    ("torch.autograd.set_detect_anomaly(True)", "anomaly detection"),
+    ("torch.use_deterministic_algorithms(True)", "deterministic algorithms"),
+    ("torch.set_num_threads(max(1, torch.get_num_threads() - 1) if torch.get_num_threads() > 1 else 2)",
+     "number of threads"),
+    ("warnings.simplefilter('ignore')", "warnings filters"),
+    # restores autograd when the model dies: in a notebook the model is a global, so autograd stays off
+    ("torch.set_grad_enabled(False)\n    weakref.finalize(model, torch.set_grad_enabled, True)", "autograd on or off"),
+])
+def test_the_guard_names_each_global_setting_an_answer_leaves_changed_and_puts_it_back(change, named):
+    import warnings
+
+    import torch
+
+    from course_tools.grading.probe import run_in
+
+    ns: dict = {}
+    exec(f"import torch, warnings, weakref\ndef f(model):\n    {change}\n    return 1\n", ns)
+    state = lambda: [torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"), torch.is_anomaly_enabled(),
+                     torch.are_deterministic_algorithms_enabled(), torch.get_num_threads(), list(warnings.filters),
+                     torch.is_grad_enabled()]
+    before = state()
+    with pytest.raises(RuntimeError, match=named):
+        run_in({"f": ns["f"]}, "import torch\nmodel = torch.nn.Linear(2, 2)\nreturn f(model)", 1)
+    assert state() == before
+    assert run_in({"f": lambda model: 1}, "import torch\nmodel = torch.nn.Linear(2, 2)\nreturn f(model)", 1) == 1

@@ -194,30 +194,67 @@ def executed_sources(nb: nbformat.NotebookNode, executed: list[int]) -> list[str
 PROBE_FUNCTION = "__course_probe"
 
 
-# Run around every probe: PyTorch's process-wide settings (autograd on or off, the default dtype and device) must
-# be as they were when the probe ends. A student's function that switches one of them is wrong (every cell after
-# it would change) and fails with this message; the settings are put back, so the next probe starts clean.
+# Run around every probe: PyTorch's process-wide settings (autograd on or off, the default dtype and device, autocast,
+# anomaly detection, deterministic algorithms, the number of threads) and the warnings filters that silence or raise
+# every warning must be as they were when the probe ends. A student's function that switches one of them is wrong
+# (every cell after it would change) and fails with this message; the settings are put back, so the next probe starts
+# clean. The body's frame is held until the check has run, so a weakref.finalize that would restore a setting when the
+# probe's model dies cannot hide the change (in a notebook the model is a global, and the setting stays switched).
 # (Whether an answer may use the global random generator depends on the exercise: its probe says.)
 STATE_GUARD = """
+    import sys as __sys, warnings as __warnings
     import torch as __torch
+    def __autocast(device):
+        try:
+            return [__torch.is_autocast_enabled(device), str(__torch.get_autocast_dtype(device))]
+        except (TypeError, AttributeError, RuntimeError):
+            return [None, None]
+    def __blanket():   # filters that ignore or raise every warning of a built-in category, whatever its text or module
+        return [f[:3] for f in __warnings.filters if f[0] in ("ignore", "error") and not f[1] and not f[3]
+                and getattr(f[2], "__module__", "") == "builtins"]
     def __state():
-        return [__torch.is_grad_enabled(), __torch.get_default_dtype(), str(__torch.get_default_device())]
+        return [__torch.is_grad_enabled(), __torch.get_default_dtype(), str(__torch.get_default_device()),
+                __autocast("cpu"), __autocast("cuda"), __torch.is_anomaly_enabled(),
+                [__torch.are_deterministic_algorithms_enabled(), __torch.is_deterministic_algorithms_warn_only_enabled()],
+                __torch.get_num_threads(), __blanket()]
+    __hold = []
+    __filters = list(__warnings.filters)
     __before = __state()
     try:
         __result = __course_body(SEED)
     finally:
         __after = __state()
+        __hold.clear()
         __torch.set_grad_enabled(__before[0])
         __torch.set_default_dtype(__before[1])
         if __after[2] != __before[2]:
             __torch.set_default_device(__before[2])
+        for __i, __device in ((3, "cpu"), (4, "cuda")):
+            if __after[__i] != __before[__i] and __before[__i][0] is not None:
+                try:
+                    __torch.set_autocast_enabled(__device, __before[__i][0])
+                    __torch.set_autocast_dtype(__device, getattr(__torch, __before[__i][1].split(".")[-1]))
+                except (TypeError, AttributeError, RuntimeError):
+                    pass
+        __torch.autograd.set_detect_anomaly(__before[5])
+        __torch.use_deterministic_algorithms(__before[6][0], warn_only=__before[6][1])
+        if __after[7] != __before[7]:
+            __torch.set_num_threads(__before[7])
+        __warnings.filters[:] = __filters
+        __warnings._filters_mutated()
     if __after != __before:
         __what = [w for w, a, b in zip(("autograd on or off (torch.set_grad_enabled)", "the default dtype",
-                                        "the default device"), __after, __before) if a != b]
+                                        "the default device", "autocast on the CPU", "autocast on the GPU",
+                                        "anomaly detection (torch.autograd.set_detect_anomaly)",
+                                        "deterministic algorithms (torch.use_deterministic_algorithms)",
+                                        "the number of threads (torch.set_num_threads)",
+                                        "the warnings filters (a filter that ignores or raises every warning)"),
+                                       __after, __before) if a != b]
         class GlobalStateChanged(RuntimeError):
             pass
         raise GlobalStateChanged("it changed PyTorch's global settings: " + ", ".join(__what)
-                                 + "; leave them as they were (use `with torch.no_grad():`, dtype=, .to(device))")
+                                 + "; leave them as they were (use `with torch.no_grad():`, dtype=, .to(device), "
+                                   "context managers that restore what they change)")
     return __result
 """
 
@@ -227,7 +264,8 @@ def probe_source(body: str) -> str:
     (which receives this text), the grader's expected answer and the mutation test (:func:`run_in`). The body
     runs inside :data:`STATE_GUARD`, which fails an answer that changes PyTorch's global settings."""
     indented = "\n".join("        " + line for line in body.strip("\n").split("\n"))
-    return f"def {PROBE_FUNCTION}(SEED):\n    def __course_body(SEED):\n{indented}\n{STATE_GUARD}"
+    hold = "        __hold.append(__sys._getframe())   # its locals live until the guard has looked\n"
+    return f"def {PROBE_FUNCTION}(SEED):\n    def __course_body(SEED):\n{hold}{indented}\n{STATE_GUARD}"
 
 
 def run_in(namespace: dict, body: str, seed: int):
