@@ -224,7 +224,7 @@ def test_a_dead_graders_working_folder_is_swept_and_a_running_ones_is_kept(tmp_p
     (left / "jobs" / "job-x" / "locked").mkdir(mode=0o000)
     running = tmp_path / f"{_shared_prefix()}ijklmnop"
     running.mkdir()
-    other = tmp_path / "course-grade-shared-abcdefgh"   # no pid in the name: not ours to judge
+    other = tmp_path / "course-grade-shared-abcdefgh"   # no pid in the name (an older grader's): not ours to judge
     other.mkdir()
     assert sweep_dead_graders(tmp_path) == [left]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, other.name])

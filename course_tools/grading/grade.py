@@ -183,7 +183,7 @@ def _worker_start(tests_path: Path, grader_pid: int) -> None:
 
 # --------------------------------------------------------------------------- the command
 SOCKET_PATH_MAX = 107   # bytes of a Unix socket's path (sun_path holds 108 on Linux, the last a NUL)
-SHARED_PREFIX = "course-grade-shared-"   # then the grader's pid, a dash and mkdtemp's eight characters
+SHARED_PREFIX = "course-grade-"   # then the grader's pid, a dash and mkdtemp's eight characters (short: sockets live there)
 
 
 def _shared_prefix(pid: int | None = None) -> str:
@@ -191,7 +191,7 @@ def _shared_prefix(pid: int | None = None) -> str:
 
 
 def sweep_dead_graders(temp: Path) -> list[Path]:
-    """Remove the working folders (``course-grade-shared-<pid>-*``, 15-33 MB each) that graders killed before
+    """Remove the working folders (``course-grade-<pid>-*``, 15-33 MB each) that graders killed before
     their own clean-up left in ``temp``: those of this user whose grader is no longer running. Returns them."""
     removed = []
     try:
@@ -214,9 +214,9 @@ def sweep_dead_graders(temp: Path) -> list[Path]:
 
 def _check_socket_room(temp: Path) -> None:
     """Refuse, before grading anyone, a temporary folder too long for the grader's Unix sockets: the relay to each
-    kernel listens at ``TMPDIR/course-grade-shared-<pid>-*/jobs/job-*/grader/relay/kernel-N`` (each ``*``
+    kernel listens at ``TMPDIR/course-grade-<pid>-*/jobs/job-*/grader/relay/kernel-N`` (each ``*``
     eight characters), and a longer path fails every notebook's start."""
-    longest = temp / (_shared_prefix(4194304) + "x" * 8) / "jobs" / ("job-" + "x" * 8) / "grader" / "relay" / "kernel-5"
+    longest = temp / (_shared_prefix() + "x" * 8) / "jobs" / ("job-" + "x" * 8) / "grader" / "relay" / "kernel-5"
     room = SOCKET_PATH_MAX - (len(os.fsencode(str(longest))) - len(os.fsencode(str(temp))))
     if len(os.fsencode(str(temp))) > room:
         raise ValueError(f"The temporary folder {temp} is too long for the grader's sockets (at most {room} "
