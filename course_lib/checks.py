@@ -524,6 +524,8 @@ def check_lora_layer(cls: type) -> None:
         expect_unchanged(x_before, x, f"the input x of the previous forward pass ({case})")
         if close(got, want, atol=1e-4):
             _expect_lora_gradients(layer, got, x, s, case)
+            _expect_follows_a_and_b(layer, lambda v: s * (v @ layer.A.detach().T @ layer.B.detach().T), x, case)
+            _expect_input_gradient(layer, lambda v: s * (v @ layer.A.detach().T @ layer.B.detach().T), x, case)
             continue
         for wrong, why in ((float(alpha // rank) * base, "rounds alpha / rank down to an integer (alpha // rank or "
                                                          "int(...)): keep the scaling a float"),
@@ -562,6 +564,42 @@ def _expect_lora_gradients(lora: nn.Module, out: torch.Tensor, x: torch.Tensor, 
         stray = [n for n, p in frozen.named_parameters() if p.grad is not None and torch.count_nonzero(p.grad) > 0]
         expect(not stray, f"{case}: the frozen layer's {stray} received gradients: freeze its parameters.")
     A.grad = B.grad = None
+
+
+def _expect_follows_a_and_b(module: nn.Module, formula: Callable, x: torch.Tensor, case: str) -> None:
+    """Change A and B as an optimiser step would, and compare the next forward pass with ``formula``: a forward
+    that caches B @ A (or its output) on the first call would keep the LoRA update of the start forever."""
+    lora = getattr(module, "lora", module)
+    with torch.no_grad():
+        lora.A.mul_(-0.5)
+        lora.B.add_(0.25)
+    got = attempt(f"a forward pass after A and B changed ({case})", module, x, draws=False)
+    expect(close(got, formula(x), atol=1e-4),
+           f"{case}: after A and B changed (as an optimiser step changes them) the output did not follow: compute the "
+           "output from self.A and self.B on every call; do not keep B @ A, or anything computed from them, from an "
+           "earlier call.")
+
+
+def _expect_input_gradient(module: nn.Module, formula: Callable, x: torch.Tensor, case: str) -> None:
+    """Backpropagate through ``module`` from an input that requires grad and compare the input's gradient with
+    autograd on ``formula``: a branch that detaches x (or runs under no_grad) still trains A and B, but the
+    layers before it lose that branch's share of their gradient."""
+    x_leaf = x.detach().clone().requires_grad_(True)
+    upstream = None
+
+    def backward() -> None:
+        nonlocal upstream
+        out = module(x_leaf * 1.0)
+        upstream = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        out.backward(upstream)
+    attempt(f"a backward pass from an input that requires grad ({case})", backward, draws=False)
+    x_ref = x.detach().clone().requires_grad_(True)
+    formula(x_ref).backward(upstream)
+    for p in module.parameters():
+        p.grad = None
+    expect(x_leaf.grad is not None and close(x_leaf.grad, x_ref.grad, atol=1e-4),
+           f"{case}: the gradient that flows back into the input x differs from autograd's on the formula: do not "
+           "detach x (or compute a branch under torch.no_grad()); the layers before this one learn through x.")
 
 
 def _lora_linear(in_dim: int, out_dim: int, seed: int) -> nn.Linear:
@@ -604,6 +642,8 @@ def check_linear_with_lora(cls: type) -> None:
     expect(close(unmerged, want, atol=1e-4), "forward(x) should be linear(x) + lora(x), with lora's scaling alpha / rank.")
     _expect_lora_gradients(wrapped.lora, unmerged, x, s, "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)",
                            frozen=linear)
+    _expect_input_gradient(wrapped, lambda v: v @ (w0 + delta).T + b0, x,
+                           "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)")
     expect(close(wrapped(x3), x3 @ (w0 + delta).T + b0, atol=1e-4),
            "forward must work on (batch, tokens, features) inputs as well.")
     wrapped.unmerge()

@@ -367,20 +367,29 @@ facts = [list(layer.A.shape), list(layer.B.shape), bool((layer.B == 0).all()), b
 with torch.no_grad():
     layer.A.copy_(torch.randn(rank, in_dim, generator=g))
     layer.B.copy_(torch.randn(out_dim, rank, generator=g))
-x = torch.randn(3, 2, in_dim, generator=g)
-x0 = x.clone()
+x_leaf = torch.randn(3, 2, in_dim, generator=g, requires_grad=True)
+x = x_leaf * 1.0                     # an input that requires grad, as the output of the layers before
+x0 = x.detach().clone()
 out = layer(x)
 if out.requires_grad:   # the gradients A and B receive: a forward that reads .data or runs under no_grad gets none
     out.backward(torch.randn(out.shape, generator=g))
 grads = [None if p.grad is None else p.grad.tolist() for p in (layer.A, layer.B)]
+grads.append(None if x_leaf.grad is None else x_leaf.grad.tolist())   # and the input's: no branch detaches x
 layer(torch.randn(3, 2, in_dim, generator=g))   # a second call must leave the first input alone too
-return facts + [out.tolist(), grads, torch.equal(x, x0)]
+kept = torch.equal(x.detach(), x0)
+with torch.no_grad():                # an optimiser step changes A and B: the next forward must follow them
+    layer.A.add_(torch.randn(rank, in_dim, generator=g))
+    layer.B.add_(torch.randn(out_dim, rank, generator=g))
+after_step = layer(x0.clone()).detach().tolist()
+return facts + [out.tolist(), grads, kept, after_step]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
-                "the gradients of A and B after one backward pass, two layers built in a row with different A, parameters "
-                "registered once, and the input left unchanged, also after the next call",
+                "the gradients of A, B and the input after one backward pass, two layers built in a row with different "
+                "A, parameters registered once, the input left unchanged, also after the next call, and the output after "
+                "A and B changed (nothing cached from an earlier call)",
         parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, "
-              "A and B trainable, a second layer's A differs, the output, A's and B's gradients, the input unchanged"),
+              "A and B trainable, a second layer's A differs, the output, A's, B's and the input's gradients, the input "
+              "unchanged, the output after A and B changed"),
 
     Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
         check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),
@@ -410,6 +419,11 @@ if unmerged.requires_grad:   # one backward pass: LoRA's A and B get gradients, 
     unmerged.backward(torch.randn(unmerged.shape, generator=g))
 grads = [None if p.grad is None else p.grad.tolist() for p in (wrapped.lora.A, wrapped.lora.B)]
 grads.append([p.grad is None or bool((p.grad == 0).all()) for p in linear.parameters()])
+x_leaf = torch.randn(2, 5, d_in, generator=g, requires_grad=True)   # the input's gradient: neither path detaches x
+through = wrapped(x_leaf * 1.0)
+if through.requires_grad:
+    through.backward(torch.randn(through.shape, generator=g))
+grads.append(None if x_leaf.grad is None else x_leaf.grad.tolist())
 facts += [grads, torch.equal(x, x0)]
 wrapped.unmerge()  # not merged: must change nothing
 facts.append(bool((linear.weight - w0).abs().max() < 1e-6))
@@ -428,7 +442,8 @@ modes.append(not any(m.training for m in wrapped.modules()))
 return facts + [unmerged.tolist(), merged.tolist(), restored, final,
                 [p.requires_grad for p in wrapped.linear.parameters()], modes, torch.equal(rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
-        explain="a layer with a bias, gradients into A and B and none into the frozen layer, the input left unchanged, "
+        explain="a layer with a bias, gradients into A, B and the input and none into the frozen layer, the input left "
+                "unchanged, "
                 "merge twice, unmerge when not merged, W frozen after merging, 3-D input, the training mode left as it "
                 "was by merge and unmerge (in training and in eval mode), and the global random generator untouched "
                 "by forward, merge and unmerge"),

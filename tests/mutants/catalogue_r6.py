@@ -1,0 +1,35 @@
+"""Mutants for the sixth round of blind spots (see catalogue_a for the format): a forward right in value but wrong
+in gradient (the input detached in one branch), a forward that caches B @ A on its first call, a function whose
+mutable default argument makes every returned dict one shared object, tables that keep the old index as a column,
+a replacement that deletes and re-adds children (reordering an nn.Sequential), unfreeze switching a module to
+training mode, a training loop that unfreezes the model, a LoraConfig that initialises LoRA otherwise; and the
+right answers that must stay accepted beside them."""
+
+MUTANTS = [
+    # ------------------------------------------------------------------ 04-lora-layer
+    # Right in value, A and B get the right gradients, but nothing flows back into x: the layers before it lose
+    # this branch's share of their gradient.
+    ("x-detached", "04-lora-layer", "wrong",
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        return self.scaling * (x.detach() @ self.A.T @ self.B.T)")], "flows back into the input"),
+    # B @ A computed once, on the first forward pass: right until an optimiser step changes A and B.
+    ("caches-delta", "04-lora-layer", "wrong",
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        if not hasattr(self, '_delta'):\n            self._delta = self.scaling * (self.B @ self.A)\n"
+       "        return x @ self._delta.T")], "did not follow"),
+    ("delta-each-call", "04-lora-layer", "right",
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        delta = self.scaling * (self.B @ self.A)\n        return x @ delta.T")], ""),
+
+    # ------------------------------------------------------------------ 04-linear-with-lora
+    ("lora-x-detached", "04-linear-with-lora", "wrong",
+     [("        return self.linear(x) + self.lora(x)", "        return self.linear(x) + self.lora(x.detach())")],
+     "flows back into the input"),
+    ("base-x-detached", "04-linear-with-lora", "wrong",
+     [("        return self.linear(x) + self.lora(x)", "        return self.linear(x.detach()) + self.lora(x)")],
+     "flows back into the input"),
+    ("base-under-no-grad-input-kept", "04-linear-with-lora", "right",
+     [("        return self.linear(x) + self.lora(x)",
+       "        base = F.linear(x, self.linear.weight.detach(), self.linear.bias.detach())\n"
+       "        return base + self.lora(x)")], ""),
+]
