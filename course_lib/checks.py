@@ -275,10 +275,12 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
     cases = [("GPT-2 small", small, {}), ("GPT-2 medium (16 heads, 24 layers)", medium, {}),
              ("a small model with n_vocab=1000, n_ctx=64, n_embd=48, n_head=3, n_layer=5", odd, {}),
              ("GPT-2 small with drop_rate=0.1, qkv_bias=False", small, {"drop_rate": 0.1, "qkv_bias": False})]
+    returned: list[tuple[str, dict, dict]] = []
     for what, settings, kwargs in cases:
         given = dict(settings)
         got = attempt(f"settings_to_cfg for {what}", fn, given, **kwargs)
         expect(isinstance(got, dict), f"settings_to_cfg should return a dict, got {type(got).__name__}.")
+        returned.append((what, got, dict(got)))
         expect(given == settings, "settings_to_cfg changed the settings dict it was given; build a new dict "
                                   "instead of popping or renaming keys in place.")
         want = reference(dict(settings), **kwargs)
@@ -301,6 +303,10 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
                 raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}{origin}, got {got[key]!r}{extra}.")
         extra = set(got) - set(want)
         expect(not extra, f"The cfg has keys the model does not use: {sorted(extra)}.")
+    for what, got, kept in returned:
+        expect(got == kept, f"The cfg returned for {what} changed when settings_to_cfg was called again: return a new "
+                            "dict on every call (a default argument such as cfg={} is made once and shared by every "
+                            "call).")
     for bad, what in ((dict(small, n_foo=1), "unknown key 'n_foo'"),
                       ({k: v for k, v in small.items() if k != "n_head"}, "missing key 'n_head'"),
                       ({k: v for k, v in medium.items() if k != "n_ctx"}, "missing key 'n_ctx'")):
@@ -378,6 +384,7 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
         expect(hasattr(got, "columns") and "Label" in got.columns and "Text" in got.columns,
                f"On {what} the result should be a DataFrame with the columns Label and Text, got "
                f"{type(got).__name__}.")
+        _expect_columns(got, frame, f"On {what} the balanced table")
         want = reference(frame.copy(), seed=seed)
         labels = list(got["Label"])
         expect(all(_is_int(x) or (hasattr(x, "dtype") and x.dtype.kind in "iu") for x in labels),
@@ -397,6 +404,16 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
             _explain_balanced_order(what, list(got["Text"]), list(got["Label"]), list(want["Text"]), n)
     passed("create_balanced_dataset: as many ham as spam, ham 0 and spam 1, the same rows as the reference "
            "for three tables and seeds")
+
+
+def _expect_columns(got: Any, frame: Any, what: str) -> None:
+    """Fail when a result table has other columns than the table it was made from (typically the old index,
+    kept as a column by reset_index() without drop=True)."""
+    extra = [str(c) for c in got.columns if c not in frame.columns]
+    expect(not extra and len(got.columns) == len(frame.columns),
+           f"{what} has the columns {[str(c) for c in got.columns]}, the given table {[str(c) for c in frame.columns]}: "
+           "keep the table's columns only (reset_index(drop=True) drops the old index instead of keeping it as a "
+           "column).")
 
 
 def _explain_balanced_order(what: str, got: list, labels: list, want: list, n: int) -> None:
@@ -433,6 +450,8 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
         expect(isinstance(parts, (tuple, list)) and len(parts) == 3 and all(hasattr(p, "columns") for p in parts),
                f"Return three DataFrames: train, validation, test; got {type(parts).__name__}"
                + (f" of {[type(p).__name__ for p in parts][:3]}." if isinstance(parts, (tuple, list)) else "."))
+        for name, part in zip(("train", "validation", "test"), parts):
+            _expect_columns(part, frame, f"On {what} the {name} part")
         want = reference(frame.copy(), **kwargs)
         sizes = tuple(len(p) for p in parts)
         want_sizes = tuple(len(p) for p in want)

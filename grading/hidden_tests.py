@@ -237,7 +237,9 @@ s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1
      "n_layer": n_head + 1 + SEED % 4}
 odd = {"n_vocab": 300 + SEED % 7, "n_ctx": 20 + SEED % 9, "n_embd": 30 + SEED % 11, "n_head": 5, "n_layer": 7}
 given, given_odd = dict(s), dict(odd)
-out = [sorted([k, v] for k, v in settings_to_cfg(given).items()), given == s,
+first = settings_to_cfg(given)
+kept = dict(first) if isinstance(first, dict) else None   # a later call must not change it (no shared default dict)
+out = [sorted([k, v] for k, v in first.items()), given == s,
        sorted([k, v] for k, v in settings_to_cfg(given_odd).items()), given_odd == odd]
 out.append(sorted([k, v] for k, v in settings_to_cfg(dict(s), drop_rate=0.05 * (1 + SEED % 3), qkv_bias=False).items()))
 out.append(sorted([k, v] for k, v in settings_to_cfg(dict(s), 0.2, True).items()))
@@ -249,11 +251,11 @@ for bad, key in ((dict(s, n_embed=3), "n_embed"), ({k: v for k, v in s.items() i
         out.append(["KeyError", key in str(e)])
     except Exception as e:
         out.append(type(e).__name__)
-return out + [torch.equal(global_rng, torch.get_rng_state())]
+return out + [first == kept, torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
                                                             "other drop_rate and qkv_bias, an unknown key and a missing key, "
-                                                            "the settings left unchanged, the global random generator "
-                                                            "untouched"),
+                                                            "the settings left unchanged, the first cfg unchanged by the "
+                                                            "calls after it, the global random generator untouched"),
 
     Exercise("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn",
         check="check_split_c_attn", check_args=lambda ns: (ns["split_c_attn"],),
@@ -292,17 +294,17 @@ for k in range(2):
     original = df.copy()
     got = create_balanced_dataset(df, seed=1000 + (SEED + k) % 1000)
     labels = list(got["Label"])
-    out.append([[x if isinstance(x, str) else int(x) for x in labels], list(got["Text"]),
+    out.append([[x if isinstance(x, str) else int(x) for x in labels], list(got["Text"]), [str(c) for c in got.columns],
                 all(not isinstance(x, (str, float)) and float(x) == int(x) for x in labels)
                 and str(got["Label"].dtype)[:3] in ("int", "Int"),
                 df.equals(original) and list(df.columns) == list(original.columns)])
 return out + [torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
-                "the caller's table left unchanged, and PyTorch's global random generator untouched (the seed goes to "
+                "the table's columns only, the caller's table left unchanged, and PyTorch's global random generator untouched (the seed goes to "
                 "pandas)",
-        parts="one entry per table: [labels, texts in order, integer labels, the given table unchanged]; last, the "
-              "random generator untouched"),
+        parts="one entry per table: [labels, texts in order, the columns, integer labels, the given table "
+              "unchanged]; last, the random generator untouched"),
 
     Exercise("03-split", "03_data_balancing", 2, "random_split",
         check="check_split",
@@ -321,11 +323,13 @@ fractions = (0.5 + 0.05 * (SEED % 3), 0.15 + 0.05 * (SEED % 2))
 parts = random_split(df, *fractions, seed=1000 + SEED % 1000)
 big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for i in range(1494)]})
 default = random_split(big, seed=1000 + SEED % 1000)
-return [list(p["Text"]) for p in parts] + [[len(p) for p in default], list(default[1]["Text"]),
+return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in (*parts, *default)],
+                                           [len(p) for p in default], list(default[1]["Text"]),
                                            df.equals(original) and list(df.columns) == list(original.columns),
                                            torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=_lib("course_lib.sms", "random_split"),
-        explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, the caller's table left unchanged, "
+        explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, the table's columns only, the "
+                "caller's table left unchanged, "
                 "and PyTorch's global random generator untouched (the seed goes to pandas)"),
 
     Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",

@@ -33,3 +33,31 @@ MUTANTS = [
        "        base = F.linear(x, self.linear.weight.detach(), self.linear.bias.detach())\n"
        "        return base + self.lora(x)")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 02-settings-to-cfg
+    # The classic mutable default: every call fills and returns the same dict, so building GPT-2 medium's cfg
+    # changes the small model's cfg the notebook still holds.
+    ("mutable-default", "02-settings-to-cfg", "wrong",
+     [("qkv_bias: bool = True) -> dict:", "qkv_bias: bool = True, cfg={}) -> dict:"),
+      ("    cfg = {names[key]: value for key, value in settings.items()}",
+       "    cfg.update({names[key]: value for key, value in settings.items()})")], "new dict on every call"),
+    ("copies-default", "02-settings-to-cfg", "right",
+     [("qkv_bias: bool = True) -> dict:", "qkv_bias: bool = True, base={}) -> dict:"),
+      ("    cfg = {names[key]: value for key, value in settings.items()}",
+       "    cfg = dict(base)\n    cfg.update({names[key]: value for key, value in settings.items()})")], ""),
+
+    # ------------------------------------------------------------------ 03: reset_index() without drop=True
+    ("index-column", "03-balance", "wrong",
+     [("    balanced = pd.concat([ham, spam]).reset_index(drop=True)", "    balanced = pd.concat([ham, spam]).reset_index()")],
+     "drop=True"),
+    ("index-column-dropped", "03-balance", "right",
+     [("    balanced = pd.concat([ham, spam]).reset_index(drop=True)",
+       "    balanced = pd.concat([ham, spam]).reset_index().drop(columns='index')")], ""),
+    ("index-column", "03-split", "wrong",
+     [("    shuffled = df.sample(frac=1, random_state=seed).reset_index(drop=True)",
+       "    shuffled = df.sample(frac=1, random_state=seed).reset_index()")], "drop=True"),
+    ("index-column-dropped", "03-split", "right",
+     [("    shuffled = df.sample(frac=1, random_state=seed).reset_index(drop=True)",
+       "    shuffled = df.sample(frac=1, random_state=seed).reset_index().drop(columns=['index'])")], ""),
+]
