@@ -768,6 +768,7 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     model.train()
     model.trf_blocks[0].eval()                               # modes mixed: wrapping must leave each as it was
     modes = [(n, m, m.training) for n, m in model.named_modules()]   # by object: a wrapper takes its layer's name
+    order = {n: list(m._modules) for n, m in model.named_modules() if not isinstance(m, nn.Linear)}
     replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4,
                        hint="It should return the list of the names it wrapped, and so should every recursive call.")
     expect(isinstance(replaced, list), "Return the list of the full, dotted names of the layers you wrapped.")
@@ -794,6 +795,11 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
            "Pass rank and alpha on in that order: LinearWithLoRA(child, rank, alpha); with rank=2, alpha=4 "
            f"A should have 2 rows and scaling 2.0, got {tuple(some.lora.A.shape)[0]} and {some.lora.scaling}.")
     _expect_wrapped_in_place(model, wrapper, layers, trainable_before)
+    moved = [(n, before, list(model.get_submodule(n)._modules)) for n, before in order.items()
+             if list(model.get_submodule(n)._modules) != before]
+    expect(not moved, f"replace_linear_with_lora changed the order of {moved[0][0] or 'the model'}'s children "
+                      f"({moved[0][1]} became {moved[0][2]}): an nn.Sequential runs its children in that order; "
+                      "replace each child in its place with setattr (no delattr first)." if moved else "")
     switched = [n or "the model" for n, m, was in modes if m.training != was]
     expect(not switched, f"replace_linear_with_lora switched {switched[:1]} between train and eval mode: leave each "
                          "module's mode as it was (no model.eval() or model.train() in it).")
@@ -824,7 +830,11 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
              "with target_modules=['out_head', 'query_proj'] and the default exclude, `exclude` wins over "
              "`target_modules`"),
             ({"exclude": ()}, ["attn.query", "aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1", "head.out_head",
-                               "out_head", "query_proj", "subquery"], "with exclude=() every Linear layer is wrapped")):
+                               "out_head", "query_proj", "subquery"], "with exclude=() every Linear layer is wrapped"),
+            ({"exclude": ("encoder",)}, ["attn.query", "aux_out_head", "encoder.0", "encoder.2.0", "encoder.2.1",
+                                         "head.out_head", "out_head", "query_proj", "subquery"],
+             "exclude=('encoder',) names a container, not a Linear layer: exclusions apply to Linear layers' names, "
+             "so the layers inside encoder are wrapped (recurse into every child that is not a Linear)")):
         m = _nested_model()
         got = attempt(f"replace_linear_with_lora on {_NESTED}, {kwargs or 'the defaults'}", fn, m, rank=1, alpha=1,
                       **kwargs)

@@ -483,7 +483,8 @@ first = replace_linear_with_lora(a, rank, 2.0)
 second = replace_linear_with_lora(a, rank, 2.0)
 calls = []
 for kwargs in ({"target_modules": ["W_query", "2.0"]}, {"target_modules": ["out_head", "W_query"]}, {"exclude": ()},
-               {"target_modules": ["query"]}, {"exclude": ("head.out_head",)}, {"target_modules": ["head.out_head"], "exclude": ()}):
+               {"target_modules": ["query"]}, {"exclude": ("head.out_head",)}, {"target_modules": ["head.out_head"], "exclude": ()},
+               {"exclude": ("encoder",)}):   # a container's name: the rule is for Linear layers, encoder's are wrapped
     m = make()
     returned = replace_linear_with_lora(m, rank, 2.0, **kwargs)
     calls.append([sorted(returned), wrapped_names(m)])
@@ -528,13 +529,16 @@ own_A = [own.get_submodule(n).lora.A for n in ("W_query", "query_proj", "subquer
 distinct_A = all(not torch.equal(own_A[i], own_A[j]) for i in range(4) for j in range(i + 1, 4))
 return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head).__name__,
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
-        wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable, modes_kept, distinct_A]
+        wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable, modes_kept, distinct_A,
+        [[n, list(mod._modules)] for n, mod in a.named_modules()       # each container's children in their order
+         if not isinstance(mod, (LinearWithLoRA, nn.Linear))]]         # (an nn.Sequential runs them in it)
 ''', reference=_lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
                 "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
                 "an empty exclude, the layers really wrapped, each wrapping the model's own layer, A and B trainable, "
-                "the other parameters' requires_grad and every module's train/eval mode left as they were, and a "
-                "different A drawn for each layer (no reseeding)"),
+                "the other parameters' requires_grad and every module's train/eval mode left as they were, a "
+                "different A drawn for each layer (no reseeding), an exclude that names a container (the Linear "
+                "layers inside it are still wrapped), and each container's children kept in their order"),
 
     Exercise("06-freeze", "06_gradient_checks", 2, "freeze_model",
         also_defines={"unfreeze": lambda: unfreeze},

@@ -61,3 +61,27 @@ MUTANTS += [
      [("    shuffled = df.sample(frac=1, random_state=seed).reset_index(drop=True)",
        "    shuffled = df.sample(frac=1, random_state=seed).reset_index().drop(columns=['index'])")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 05-replace
+    # delattr, then setattr: the wrapper is appended after its siblings, so an nn.Sequential (GPT-2's FeedForward:
+    # Linear, GELU, Linear) runs its layers in another order.
+    ("reorders-children", "05-replace", "wrong",
+     [("    for child_name, child in module.named_children():", "    for child_name, child in list(module.named_children()):"),
+      ("            setattr(module, child_name, LinearWithLoRA(child, rank, alpha))",
+       "            delattr(module, child_name)\n            setattr(module, child_name, LinearWithLoRA(child, rank, alpha))")],
+     "changed the order"),
+    # A key matched against any component of the name: 'encoder' then excludes (or targets) every layer inside it.
+    ("component-match", "05-replace", "wrong",
+     [("    return any(name == key or name.endswith(\".\" + key) for key in keys)",
+       "    return any(name == key or name.endswith(\".\" + key) or key in name.split(\".\") for key in keys)")],
+     "names a container"),
+    # Exclusion tested before the Linear test: an excluded container is not recursed into.
+    ("exclude-containers", "05-replace", "wrong",
+     [("        if isinstance(child, LinearWithLoRA):\n            continue\n",
+       "        if isinstance(child, LinearWithLoRA) or matches(name, exclude):\n            continue\n")],
+     "names a container"),
+    ("modules-dict-in-place", "05-replace", "right",
+     [("            setattr(module, child_name, LinearWithLoRA(child, rank, alpha))",
+       "            module._modules[child_name] = LinearWithLoRA(child, rank, alpha)")], ""),
+]
