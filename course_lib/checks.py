@@ -1384,8 +1384,12 @@ def lora_behaviour(config: Any, seed: int = 0, layers: int = 2) -> dict:
         if isinstance(ranks, dict) and "default" in ranks and hasattr(module, "lora_A"):
             drop = module.lora_dropout["default"] if hasattr(module, "lora_dropout") else None
             lora[name] = [int(ranks["default"]), float(module.scaling["default"]), float(getattr(drop, "p", 0.0))]
+    # How the LoRA matrices start (A drawn, B zero, so the model starts as the pretrained one), and the base weights
+    # left as they were: sums of each LoRA tensor and of the whole model, all drawn from the same seeded generator.
+    init = {n: round(float(p.detach().double().sum()), 6) for n, p in model.named_parameters() if "lora_" in n}
+    init["(all)"] = round(float(sum(p.detach().double().abs().sum() for p in model.parameters())), 4)
     return {"trainable": trainable, "count": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "lora": lora}
+            "lora": lora, "init": init}
 
 
 def _reference_lora_config():
@@ -1412,6 +1416,10 @@ def _diagnose_config(config: Any, got: dict | None, want: dict) -> str:
     if getattr(config, "use_dora", False):
         return ("use_dora=True adds DoRA's trainable magnitude vectors: the original experiment is plain LoRA, "
                 "leave use_dora at False.")
+    if getattr(config, "init_lora_weights", True) is not True:
+        return (f"init_lora_weights={getattr(config, 'init_lora_weights', None)!r} starts LoRA otherwise than the "
+                "original experiment (A Kaiming-uniform and B zero, so the model starts as the pretrained one): leave "
+                "init_lora_weights at its default, True.")
     if getattr(config, "use_rslora", False):
         return ("use_rslora=True scales the update by lora_alpha / sqrt(r) instead of lora_alpha / r: the original "
                 "experiment uses plain LoRA's scaling, leave use_rslora at False.")

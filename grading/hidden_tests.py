@@ -819,15 +819,20 @@ lora = sorted([n, int(mod.r["default"]), float(mod.scaling["default"]),
               for n, mod in model.named_modules() if isinstance(getattr(mod, "r", None), dict) and "default" in mod.r
               and hasattr(mod, "lora_A"))
 counts.append(counted(model))
+# How LoRA starts (A drawn, B zero) and the base weights left as they were: sums of each tensor, all drawn
+# from the seeded generator.
+init = sorted([n, float(p.detach().double().sum())] for n, p in model.named_parameters() if "lora_" in n)
+init.append(float(sum(p.detach().double().abs().sum() for p in model.parameters())))
 return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora,
-                                                                                                   all(kept)]
+                                                                                                   all(kept), init]
 ''', reference=lambda: count_trainable,
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
-                "dropout of each LoRA layer), and the count on that model, on a model with various parts frozen and "
-                "on one with a tied weight (counted once), and the global random generator untouched by counting",
+                "dropout of each LoRA layer, and how the LoRA matrices start), and the count on that model, on a model "
+                "with various parts frozen and on one with a tied weight (counted once), and the global random generator untouched by counting",
         parts="the count with nothing, [0], [0, 1], [2] and everything frozen, on a model with a tied weight, on the peft "
               "model, the "
-              "trainable parameters, the LoRA layers, the random generator untouched"),
+              "trainable parameters, the LoRA layers, the random generator untouched, the LoRA and base weights' "
+              "sums"),
 ]
 
 def tests_for(notebook: str) -> list[Exercise]:

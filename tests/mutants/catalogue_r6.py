@@ -85,3 +85,17 @@ MUTANTS += [
      [("            setattr(module, child_name, LinearWithLoRA(child, rank, alpha))",
        "            module._modules[child_name] = LinearWithLoRA(child, rank, alpha)")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 09-lora-config
+    # Same layers, ranks, scalings and dropouts, but LoRA starts otherwise: with B random the model no longer starts
+    # as the pretrained one; 'gaussian' draws A from another distribution than the original experiment's.
+    ("init-false", "09-lora-config", "wrong",
+     [('bias="none", task_type="SEQ_CLS")', 'bias="none", task_type="SEQ_CLS", init_lora_weights=False)')],
+     "init_lora_weights"),
+    ("init-gaussian", "09-lora-config", "wrong",
+     [('bias="none", task_type="SEQ_CLS")', 'bias="none", task_type="SEQ_CLS", init_lora_weights="gaussian")')],
+     "init_lora_weights"),
+    ("init-true-explicit", "09-lora-config", "right",
+     [('bias="none", task_type="SEQ_CLS")', 'bias="none", task_type="SEQ_CLS", init_lora_weights=True)')], ""),
+]
