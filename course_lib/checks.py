@@ -901,6 +901,13 @@ def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> 
     freeze(m)
     expect(not any(p.requires_grad for p in m.parameters()), "Calling freeze_model twice must leave everything frozen: "
                                                             "set requires_grad to False, do not toggle it.")
+    m.eval()                                                  # a model the caller put in eval mode stays there
+    attempt("freeze_model on a model in eval mode", freeze, m)
+    attempt("unfreeze(m[1]) on a model in eval mode", unfreeze, m[1])
+    awake = [n or "the model" for n, mod in m.named_modules() if mod.training]
+    expect(not awake, f"freeze_model or unfreeze switched {awake[0]!r} of a model in eval mode to training mode "
+                      "(.train()): they should set requires_grad only; the training mode is the caller's to set."
+           if awake else "")
     passed("freeze_model and unfreeze set exactly the parameters they should, bias and nested modules included")
 
 
@@ -1038,6 +1045,7 @@ def _tiny_setup(drop: float, seed: int, elsewhere: bool = False) -> tuple:
 
     torch.manual_seed(seed)
     model = _TinyClassifier(drop, seed)
+    model.emb.requires_grad_(False)   # frozen by the caller, as the pretrained model is: the loop must leave it so
     g = torch.Generator().manual_seed(seed)
     x, y = _padded_ids(26, 6, g), torch.randint(0, 2, (26,), generator=g)
     collate = {"collate_fn": _elsewhere_collate} if elsewhere else {}
@@ -1164,6 +1172,9 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     for case in cases:
         what, drop, seed, epochs, freq, it = case
         out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it, models)
+        expect(not models[-1].emb.weight.requires_grad,
+               "Your loop made parameters the caller froze trainable again (requires_grad_(True)): the caller freezes "
+               "the pretrained model on purpose; the loop trains what is trainable and leaves requires_grad alone.")
         expect(isinstance(out, (tuple, list)) and len(out) == 5,
                "Return (train_losses, val_losses, train_accs, val_accs, examples_seen).")
         tl, vl, ta, va = (_floats(v, n) for v, n in zip(out[:4], ("train_losses", "val_losses", "train_accs", "val_accs")))

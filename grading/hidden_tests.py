@@ -569,6 +569,10 @@ unfreeze(m[3][1][0])                 # a LayerNorm: a module without children
 unfreeze(m[0])                       # a Linear
 after_leaves = [p.requires_grad for p in m.parameters()]
 kept = [torch.equal(rng, torch.get_rng_state()), all(mod.training for mod in m.modules())]   # and no model.eval()
+m.eval()                             # nor .train() on a model the caller put in eval mode
+freeze_model(m)
+unfreeze(m[1])
+kept.append(not any(mod.training for mod in m.modules()))
 import random
 rng = random.Random(SEED)
 def grow(depth):   # a random model drawn from the whole seed, some parts frozen and unfrozen at random
@@ -588,7 +592,8 @@ random_model = [p.requires_grad for p in r.parameters()]
 return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model, kept]
 ''', reference=lambda: freeze_model,
         explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
-                "biases, calling each twice, and nothing else changed (training mode, the global random generator)"),
+                "biases, calling each twice, and nothing else changed (training mode, also of a model in eval mode, the global "
+                "random generator)"),
 
     Exercise("06-lora-grads", "06_gradient_checks", 3, "lora_grads",
         check="check_lora_grads", check_args=lambda ns: (ns["lora_grads"],),
@@ -707,6 +712,7 @@ class Tiny(nn.Module):
         return self.out(h)
 torch.manual_seed(SEED)
 model = Tiny()
+model.emb.requires_grad_(False)      # frozen by the caller, as the pretrained model is: it must stay frozen
 g = torch.Generator().manual_seed(SEED)
 ids = torch.randint(0, 19, (23, 5), generator=g)
 lengths = torch.randint(1, 5, (23,), generator=g)          # every row ends in at least one pad token
@@ -728,6 +734,7 @@ try:
 except NotMoved:
     return "a batch was used before it was moved to device"
 modes = all(m.training for m in model.modules())   # handed back in training mode, as the reference does
+frozen = [not model.emb.weight.requires_grad, model.emb.weight.detach().sum().item()]
 def end_state(caller_seed):   # one epoch from a random state the caller chose: a loop that reseeds forgets it
     m = Tiny()
     loader = DataLoader(TensorDataset(x[:9], y[:9]), batch_size=3, shuffle=True,
@@ -739,14 +746,15 @@ def end_state(caller_seed):   # one epoch from a random state the caller chose: 
     return torch.get_rng_state()
 seeded = not torch.equal(end_state(SEED + 4), end_state(SEED + 5))
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
-        seeded]
+        seeded, frozen]
 ''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
                 "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies, batches that must be "
-                "moved to device, the model handed back in training mode, and the caller's random state still "
-                "mattering after the loop (no reseeding inside)",
+                "moved to device, the model handed back in training mode, its frozen embedding left frozen and "
+                "unchanged, and the caller's random state still mattering after the loop (no reseeding inside)",
         parts="training losses, validation losses, training accuracies, validation accuracies, examples seen, the "
-              "model in training mode after the loop, the global random state still the caller's"),
+              "model in training mode after the loop, the global random state still the caller's, the frozen embedding "
+              "still frozen and its sum"),
 
     Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
         check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),

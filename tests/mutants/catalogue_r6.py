@@ -99,3 +99,27 @@ MUTANTS += [
     ("init-true-explicit", "09-lora-config", "right",
      [('bias="none", task_type="SEQ_CLS")', 'bias="none", task_type="SEQ_CLS", init_lora_weights=True)')], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 06-freeze
+    # "Make it trainable" read as train mode too: invisible on a model already in training mode.
+    ("unfreeze-calls-train", "06-freeze", "wrong",
+     [("    for p in module.parameters():\n        p.requires_grad_(True)",
+       "    module.train()\n    for p in module.parameters():\n        p.requires_grad_(True)")], "eval mode"),
+    ("freeze-calls-train", "06-freeze", "wrong",
+     [("    for p in model.parameters():\n        p.requires_grad_(False)",
+       "    model.train()\n    for p in model.parameters():\n        p.requires_grad_(False)")], "eval mode"),
+    ("unfreeze-keeps-mode", "06-freeze", "right",
+     [("    for p in module.parameters():\n        p.requires_grad_(True)",
+       "    mode = module.training\n    module.train()\n    module.train(mode)\n"
+       "    for p in module.parameters():\n        p.requires_grad_(True)")], ""),
+
+    # ------------------------------------------------------------------ 07-train-loop
+    # "Make sure everything trains": the pretrained model the caller froze is fine-tuned in full.
+    ("unfreezes-model", "07-train-loop", "wrong",
+     [("    for epoch in range(num_epochs):\n",
+       "    for p in model.parameters():\n        p.requires_grad_(True)\n    for epoch in range(num_epochs):\n")],
+     "froze trainable again"),
+    ("model-zero-grad", "07-train-loop", "right",
+     [("            optimizer.zero_grad()\n", "            model.zero_grad()\n")], ""),
+]
