@@ -517,6 +517,10 @@ def check_lora_layer(cls: type) -> None:
     registered = sorted(n for n, _ in layer.named_parameters(remove_duplicate=False))
     expect(registered == ["A", "B"], f"LoRALayer should register exactly two parameters, A and B; it registers "
                                      f"{registered}: an optimiser or a state_dict would see the others as well.")
+    saved = sorted(layer.state_dict())
+    expect(saved == ["A", "B"], f"LoRALayer's state_dict should hold A and B only; it holds {saved}: keep alpha / rank "
+                                "(and any flag) as a plain Python attribute, not a buffer, which is saved with the "
+                                "weights and cast with them by .to(dtype).")
     other = attempt("a second LoRALayer(64, 6, rank=4, alpha=8)", cls, in_dim=64, out_dim=6, rank=4, alpha=8)
     expect(not torch.equal(layer.A.detach(), other.A.detach()),
            "Two LoRALayers built one after the other got the same A: do not call torch.manual_seed (or a generator "
@@ -647,6 +651,11 @@ def check_linear_with_lora(cls: type) -> None:
            "A and B must stay trainable: freeze the linear layer's parameters only, not the LoRA path's.")
     trainable = sorted(n for n, p in wrapped.named_parameters(remove_duplicate=False) if p.requires_grad)
     expect(len(trainable) == 2, f"Only the LoRA matrices should be trainable, each registered once, got {trainable}.")
+    saved = sorted(wrapped.state_dict())
+    expect(saved == ["linear.bias", "linear.weight", "lora.A", "lora.B"],
+           f"LinearWithLoRA's state_dict should hold the layer's weight and bias and lora's A and B only; it holds "
+           f"{saved}: keep the merged flag (and the scaling) as plain Python attributes, not buffers, which are saved "
+           "with the weights and cast with them by .to(dtype).")
     torch.manual_seed(2)
     with torch.no_grad():
         wrapped.lora.A.copy_(torch.randn(2, 10))

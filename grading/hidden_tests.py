@@ -366,7 +366,7 @@ bound = in_dim ** -0.5
 facts = [list(layer.A.shape), list(layer.B.shape), bool((layer.B == 0).all()), bool((layer.A != 0).all()),
          bool(layer.A.abs().max() <= bound + 1e-6), bool(layer.A.abs().max() > 0.8 * bound),
          bool(0.4 * bound < layer.A.detach().std() < 0.75 * bound),
-         sorted(n for n, _ in layer.named_parameters(remove_duplicate=False)),
+         sorted(n for n, _ in layer.named_parameters(remove_duplicate=False)), sorted(layer.state_dict()),
          bool(layer.A.requires_grad and layer.B.requires_grad), not torch.equal(layer.A.detach(), other.A.detach())]
 with torch.no_grad():
     layer.A.copy_(torch.randn(rank, in_dim, generator=g))
@@ -389,9 +389,10 @@ return facts + [out.tolist(), grads, kept, after_step]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
                 "the gradients of A, B and the input after one backward pass, two layers built in a row with different "
-                "A, parameters registered once, the input left unchanged, also after the next call, and the output after "
+                "A, parameters registered once and no buffers, the input left unchanged, also after the next call, and the output after "
                 "A and B changed (nothing cached from an earlier call)",
-        parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, "
+        parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, the "
+              "state_dict's keys, "
               "A and B trainable, a second layer's A differs, the output, A's, B's and the input's gradients, the input "
               "unchanged, the output after A and B changed"),
 
@@ -409,7 +410,7 @@ x = torch.randn(2, 5, d_in, generator=g)
 wrapped = LinearWithLoRA(linear, rank, 1.5 * rank)
 facts = [bool(torch.allclose(wrapped(x), linear(x))), [p.requires_grad for p in linear.parameters()],
          [p.requires_grad for p in wrapped.lora.parameters()],
-         sorted(n for n, _ in wrapped.named_parameters(remove_duplicate=False))]
+         sorted(n for n, _ in wrapped.named_parameters(remove_duplicate=False)), sorted(wrapped.state_dict())]
 with torch.no_grad():
     wrapped.lora.A.copy_(torch.randn(rank, d_in, generator=g))
     wrapped.lora.B.copy_(torch.randn(d_out, rank, generator=g))

@@ -123,3 +123,21 @@ MUTANTS += [
     ("model-zero-grad", "07-train-loop", "right",
      [("            optimizer.zero_grad()\n", "            model.zero_grad()\n")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 04: buffers
+    # A buffer is saved in the state_dict (a checkpoint of the reference layout no longer loads strictly) and cast
+    # by .to(dtype) (in bf16, alpha / rank = 8 / 3 becomes 2.671875).
+    ("scaling-buffer", "04-lora-layer", "wrong",
+     [("        self.scaling = alpha / rank", "        self.register_buffer('scaling', torch.tensor(alpha / rank))")],
+     "state_dict"),
+    ("scaling-property", "04-lora-layer", "right",
+     [("        self.scaling = alpha / rank\n",
+       "        self.alpha, self.rank = alpha, rank\n\n    @property\n    def scaling(self):\n"
+       "        return self.alpha / self.rank\n")], ""),
+    ("merged-buffer", "04-linear-with-lora", "wrong",
+     [("        self.merged = False\n\n    def forward",
+       "        self.register_buffer('merged', torch.tensor(False))\n\n    def forward"),
+      ("            self.merged = True", "            self.merged.fill_(True)"),
+      ("            self.merged = False", "            self.merged.fill_(False)")], "state_dict"),
+]
