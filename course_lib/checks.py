@@ -1541,6 +1541,24 @@ def _last_token_mistake(got: list[int], rows: list[list[int]], pad: int) -> str:
     return ""
 
 
+def _expect_device_of_batch(fn: Callable) -> None:
+    """Run ``fn`` with PyTorch's default device elsewhere than the batch ("meta"), as on a GPU, where the batch is on
+    cuda and a tensor made without ``device=`` on the CPU: computing with both fails there, and here."""
+    x = torch.tensor([[5, 6, 7, 50256, 50256], [5, 50256, 50256, 50256, 50256]])
+
+    def elsewhere() -> Any:
+        with torch.device("meta"):
+            return fn(x, 50256)
+    try:
+        attempt("last_token_index on a batch on another device than PyTorch's default", elsewhere)
+    except CheckFailed as failure:
+        if "device" not in str(failure):
+            raise
+        raise CheckFailed("last_token_index computes with a tensor made on PyTorch's default device beside the batch: "
+                          "on a GPU the batch is on cuda and that tensor on the CPU, and the two cannot be combined; "
+                          "make it on the batch's device (torch.arange(..., device=input_batch.device)).") from None
+
+
 @answer_shape("last_token_index should return a tensor of integer indices, one per row.", draws=False)
 def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_token_id: int = 50256) -> None:
     """Right-padded batches: several lengths, a message that fills the width, a batch of one, a pad id
@@ -1578,5 +1596,6 @@ def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_
             why = _last_token_mistake(values, rows, pad)
             raise CheckFailed(f"last_token_index on {what} should be {want}, got {values}" + (f": it {why}" if why else
                               ": each entry is the position of the row's last token that is not padding."))
+    _expect_device_of_batch(fn)
     passed("last_token_index finds the last real token with right-padding, full-width rows, a batch of one and a "
            "pad id inside messages, and leaves the batch unchanged")

@@ -653,12 +653,20 @@ for batch, width, vocab, pad, full_row in cases:
 x = draw(3, 6, 50257, 50256, True)
 got = last_token_index(x)            # the default pad id is GPT-2's <|endoftext|>
 out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
+x = draw(2, 5, 50257, 50256, True)
+try:                                 # the default device elsewhere than the batch, as on a GPU: a tensor made
+    with torch.device("meta"):       # without device= cannot be combined with the batch
+        last_token_index(x, 50256)
+    out.append("computes on the batch's device")
+except Exception as e:
+    out.append(type(e).__name__)
 out.append(torch.equal(rng, torch.get_rng_state()))
 return out
 """, reference=_lib("course_lib.training", "last_token_index"),
         explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
-                "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, and the global "
-                "random generator untouched"),
+                "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, tensors "
+                "made on the batch's device (PyTorch's default device set elsewhere), and the global random generator "
+                "untouched"),
 
     Exercise("07-train-loop", "07_classification_training", 5, "train_classifier_simple",
         check="check_training_loop", check_args=lambda ns: (ns["train_classifier_simple"],),

@@ -141,3 +141,14 @@ MUTANTS += [
       ("            self.merged = True", "            self.merged.fill_(True)"),
       ("            self.merged = False", "            self.merged.fill_(False)")], "state_dict"),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 07-last-token
+    # torch.arange without device=: right on a CPU, fails on a GPU (the batch on cuda, the positions on the CPU).
+    ("arange-no-device", "07-last-token", "wrong",
+     [("    positions = torch.arange(input_batch.shape[1], device=input_batch.device)",
+       "    positions = torch.arange(input_batch.shape[1])")], "device=input_batch.device"),
+    ("arange-like-batch", "07-last-token", "right",
+     [("    positions = torch.arange(input_batch.shape[1], device=input_batch.device)",
+       "    positions = torch.ones_like(input_batch[0]).cumsum(dim=0) - 1")], ""),
+]
