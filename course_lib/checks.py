@@ -8,6 +8,7 @@ be accepted)."""
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from contextvars import ContextVar
 from typing import Any
@@ -82,6 +83,11 @@ _STATE_ADVICE = {
               "instead",
     "rng": "used or reset PyTorch's global random generator (torch.manual_seed, torch.rand..., a dropout): this "
            "exercise has no reason to draw random numbers, and every random draw after it would change",
+    "numpy_rng": "used or reset NumPy's global random generator (np.random.seed, np.random.rand..., pandas' sample "
+                 "without random_state): pass the function's seed argument to what draws instead "
+                 "(df.sample(..., random_state=seed)); every NumPy random draw after it would change",
+    "python_rng": "used or reset Python's global random generator (random.seed, random.shuffle...): this exercise has "
+                  "no reason to draw random numbers, and every random draw after it would change",
 }
 
 
@@ -93,14 +99,30 @@ def global_torch_state(rng: bool = False) -> dict[str, Any]:
                              "device": str(torch.get_default_device())}
     if rng:
         state["rng"] = torch.get_rng_state()
+        state["numpy_rng"] = _numpy_rng_state()
+        state["python_rng"] = random.getstate()
     return state
+
+
+def _numpy_rng_state() -> tuple:
+    import numpy as np
+
+    return np.random.get_state()
+
+
+def _same_state(key: str, a: Any, b: Any) -> bool:
+    if key == "rng":
+        return bool(torch.equal(a, b))
+    if key == "numpy_rng":   # ('MT19937', keys, pos, has_gauss, cached_gaussian)
+        return a[0] == b[0] and (a[1] == b[1]).all() and a[2:] == b[2:]
+    return a == b
 
 
 def restore_torch_state(before: dict[str, Any]) -> list[str]:
     """Put back whatever of ``before`` (a :func:`global_torch_state`) has changed since, so that one wrong
     answer cannot spoil the cells and checks after it; return the keys that had changed."""
     now = global_torch_state(rng="rng" in before)
-    changed = [k for k in before if not (torch.equal(before[k], now[k]) if k == "rng" else before[k] == now[k])]
+    changed = [k for k in before if not _same_state(k, before[k], now[k])]
     if "grad" in changed:
         torch.set_grad_enabled(before["grad"])
     if "dtype" in changed:
@@ -109,6 +131,12 @@ def restore_torch_state(before: dict[str, Any]) -> list[str]:
         torch.set_default_device(before["device"])
     if "rng" in changed:
         torch.set_rng_state(before["rng"])
+    if "numpy_rng" in changed:
+        import numpy as np
+
+        np.random.set_state(before["numpy_rng"])
+    if "python_rng" in changed:
+        random.setstate(before["python_rng"])
     return changed
 
 

@@ -285,6 +285,12 @@ import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
+import random
+import numpy as np
+def host_rngs():                     # nor NumPy's and Python's global generators (no np.random.seed: the seed goes to pandas)
+    s = np.random.get_state()
+    return [s[1].tolist(), s[2], s[3], s[4], random.getstate()]
+host = host_rngs()
 out = []
 for k in range(2):
     n_ham, n_spam = 20 + (SEED + k) % 13, 5 + (SEED + 3 * k) % 7
@@ -298,13 +304,13 @@ for k in range(2):
                 all(not isinstance(x, (str, float)) and float(x) == int(x) for x in labels)
                 and str(got["Label"].dtype)[:3] in ("int", "Int"),
                 df.equals(original) and list(df.columns) == list(original.columns)])
-return out + [torch.equal(global_rng, torch.get_rng_state())]
+return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
-                "the table's columns only, the caller's table left unchanged, and PyTorch's global random generator untouched (the seed goes to "
-                "pandas)",
+                "the table's columns only, the caller's table left unchanged, and the global random generators of "
+                "PyTorch, NumPy and Python untouched (the seed goes to pandas)",
         parts="one entry per table: [labels, texts in order, the columns, integer labels, the given table "
-              "unchanged]; last, the random generator untouched"),
+              "unchanged]; last, PyTorch's random generator untouched, NumPy's and Python's untouched"),
 
     Exercise("03-split", "03_data_balancing", 2, "random_split",
         check="check_split",
@@ -316,6 +322,12 @@ import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
+import random
+import numpy as np
+def host_rngs():                     # nor NumPy's and Python's global generators (no np.random.seed: the seed goes to pandas)
+    s = np.random.get_state()
+    return [s[1].tolist(), s[2], s[3], s[4], random.getstate()]
+host = host_rngs()
 n = 30 + SEED % 50
 df = pd.DataFrame({"Label": [i % 2 for i in range(n)], "Text": [f"m{i}" for i in range(n)]})
 original = df.copy()
@@ -326,11 +338,11 @@ default = random_split(big, seed=1000 + SEED % 1000)
 return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in (*parts, *default)],
                                            [len(p) for p in default], list(default[1]["Text"]),
                                            df.equals(original) and list(df.columns) == list(original.columns),
-                                           torch.equal(global_rng, torch.get_rng_state())]
+                                           torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.sms", "random_split"),
         explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, the table's columns only, the "
-                "caller's table left unchanged, "
-                "and PyTorch's global random generator untouched (the seed goes to pandas)"),
+                "caller's table left unchanged, and the global random generators of PyTorch, NumPy and Python "
+                "untouched (the seed goes to pandas)"),
 
     Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",
         check="check_num_batches", check_args=lambda ns: (ns["num_batches"], small_loaders()),

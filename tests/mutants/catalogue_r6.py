@@ -152,3 +152,21 @@ MUTANTS += [
      [("    positions = torch.arange(input_batch.shape[1], device=input_batch.device)",
        "    positions = torch.ones_like(input_batch[0]).cumsum(dim=0) - 1")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 03: NumPy's global generator
+    # np.random.seed(seed), then sample() without random_state: the same rows (pandas then draws from NumPy's global
+    # generator), but every NumPy random draw of the notebook after it changes.
+    ("np-seed", "03-balance", "wrong",
+     [("    ham = df[df[\"Label\"] == \"ham\"].sample(len(spam), random_state=seed)",
+       "    np.random.seed(seed)\n    ham = df[df[\"Label\"] == \"ham\"].sample(len(spam))")], "NumPy's global random"),
+    ("own-random-state", "03-balance", "right",
+     [("    ham = df[df[\"Label\"] == \"ham\"].sample(len(spam), random_state=seed)",
+       "    ham = df[df[\"Label\"] == \"ham\"].sample(len(spam), random_state=np.random.RandomState(seed))")], ""),
+    ("np-seed", "03-split", "wrong",
+     [("    shuffled = df.sample(frac=1, random_state=seed)", "    np.random.seed(seed)\n    shuffled = df.sample(frac=1)")],
+     "NumPy's global random"),
+    ("own-random-state", "03-split", "right",
+     [("    shuffled = df.sample(frac=1, random_state=seed)",
+       "    shuffled = df.sample(frac=1, random_state=np.random.RandomState(seed))")], ""),
+]
