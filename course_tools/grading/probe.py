@@ -236,8 +236,10 @@ STATE_GUARD = """
                     __torch.set_autocast_dtype(__device, getattr(__torch, __before[__i][1].split(".")[-1]))
                 except (TypeError, AttributeError, RuntimeError):
                     pass
-        __torch.autograd.set_detect_anomaly(__before[5])
-        __torch.use_deterministic_algorithms(__before[6][0], warn_only=__before[6][1])
+        if __after[5] != __before[5]:
+            __torch.autograd.set_detect_anomaly(__before[5])
+        if __after[6] != __before[6]:   # only then: the call loads torch._inductor, which makes a folder in TMPDIR
+            __torch.use_deterministic_algorithms(__before[6][0], warn_only=__before[6][1])
         if __after[7] != __before[7]:
             __torch.set_num_threads(__before[7])
         __warnings.filters[:] = __filters
