@@ -93,7 +93,8 @@ _STATE_ADVICE = {
 
 def global_torch_state(rng: bool = False) -> dict[str, Any]:
     """PyTorch's process-wide settings an exercise's answer must leave as it found them: autograd on or off,
-    the default dtype and device, and (``rng``) the global random generator's state. A function that changes
+    the default dtype and device, and (``rng``) the global random generators' states (PyTorch's, NumPy's and
+    Python's). A function that changes
     one of them changes every notebook cell that runs after it."""
     state: dict[str, Any] = {"grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
                              "device": str(torch.get_default_device())}
@@ -1344,6 +1345,9 @@ def check_kd_loss(fn: Callable) -> None:
     expect(got0.requires_grad and student.grad is None,
            "Return the loss with its graph and leave backward() to the caller: do not call loss.backward() inside "
            "distillation_loss, or return loss.detach() or loss.item(); the training loop runs backward itself.")
+    expect(teacher.requires_grad and student.requires_grad,
+           "distillation_loss switched off requires_grad of the logits it was given (detach_() or requires_grad_(False) "
+           "work in place, on the caller's tensor): use teacher_logits.detach(), which returns a new tensor.")
     for T, a in ((2.0, 0.7), (3.0, 0.5), (1.0, 0.4), (4.0, 1.0), (2.0, 0.0), (3, 0.6)):
         want = distillation_loss(student, teacher, labels, temperature=T, alpha=a)
         before = snapshot((student, teacher, labels))

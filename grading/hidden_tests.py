@@ -796,6 +796,7 @@ for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
     loss = distillation_loss(s, t, y, temperature=T, alpha=a)
     # The caller runs backward: a loss that ran it inside and came back detached could not train the student.
     graph = bool(loss.requires_grad) and s_leaf.grad is None and t_leaf.grad is None
+    graph = graph and s.requires_grad and t.requires_grad   # the caller's logits not detached in place (detach_())
     kept = torch.equal(rng, torch.get_rng_state())
     if loss.requires_grad:
         loss.backward()
@@ -805,10 +806,11 @@ for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
 return out
 ''', reference=_lib("course_lib.distill", "distillation_loss"),
         explain="temperatures 1 to 3.5 (an integer one too), alpha 0 and 1, the student's gradient, none into the "
-                "teacher, the logits left unchanged, the loss returned with its graph (backward is the caller's), and the "
-                "global random generator untouched",
+                "teacher, the logits left unchanged (values and requires_grad), the loss returned with its graph "
+                "(backward is the caller's), and the global random generator untouched",
         parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
-              "unchanged, the loss carries its graph and nothing ran backward inside, the random generator untouched]"),
+              "unchanged, the loss carries its graph, nothing ran backward inside and the logits still require grad, "
+              "the random generator untouched]"),
 
     Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
         also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),

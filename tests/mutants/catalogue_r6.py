@@ -170,3 +170,14 @@ MUTANTS += [
      [("    shuffled = df.sample(frac=1, random_state=seed)",
        "    shuffled = df.sample(frac=1, random_state=np.random.RandomState(seed))")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 08-kd-loss
+    # detach_() for detach(): the value and the gradients are right, but the caller's teacher logits no longer
+    # require grad (a teacher trained beside the student would stop learning).
+    ("detach-in-place", "08-kd-loss", "wrong",
+     [("F.softmax(teacher_logits.detach() / temperature", "F.softmax(teacher_logits.detach_() / temperature")],
+     "in place"),
+    ("detach-clone", "08-kd-loss", "right",
+     [("F.softmax(teacher_logits.detach() / temperature", "F.softmax(teacher_logits.clone().detach_() / temperature")], ""),
+]
