@@ -280,6 +280,13 @@ def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> Non
     expected = 4 + 12 * n_layer
     got = attempt("count_tensors(params)", count_tensors, params)
     expect(got == expected, f"params has {expected} tensors (4 outside the blocks, 12 per block), got {got}.")
+    grown = {"w": t(1), "blocks": [{"b": t(1)}]}
+    first = attempt("count_tensors on a small tree", count_tensors, grown)
+    grown["blocks"].append({"b": t(1), "c": t(2)})
+    grown["blocks"][0]["d"] = t(1)
+    again = attempt("count_tensors on the same tree after adding three tensors to it", count_tensors, grown)
+    expect(again == first + 3, f"count_tensors on the same tree after adding three tensors to it should be {first + 3}, "
+                               f"got {again}: count the tree as it is on every call (remember nothing between calls).")
     passed(f"count_tensors is right on {len(cases)} small trees and on params: {got} tensors")
 
 
@@ -964,6 +971,10 @@ def check_lora_grads(fn: Callable) -> None:
         before = snapshot(given)
         out = attempt(f"lora_grads ({case})", fn, given[0], given[1], given[2], s, given[3])
         expect_unchanged(before, given, "x, A, B or the upstream gradient g")
+        expect(not any(t.requires_grad or t.grad is not None for t in given),
+               "lora_grads switched on requires_grad of the tensors it was given, or left a .grad on them "
+               "(requires_grad_() works in place, and .grad adds up over calls): run autograd on copies "
+               "(A.clone().requires_grad_(True)), or compute dA and dB by hand.")
         expect(isinstance(out, (tuple, list)) and len(out) == 2, "Return the pair (dA, dB).")
         dA, dB = out
         expect(isinstance(dA, torch.Tensor) and isinstance(dB, torch.Tensor), "dA and dB should be tensors.")
@@ -983,6 +994,12 @@ def check_lora_grads(fn: Callable) -> None:
                 raise CheckFailed(f"{case}: {name} is divided by the batch size; the gradient sums over the rows of x.")
             raise CheckFailed(f"{case}: {name} differs from autograd's. Write y = s · h Bᵀ with h = x Aᵀ and "
                               f"apply the chain rule one product at a time.")
+        again = attempt(f"lora_grads a second time on the same tensors ({case})", fn, given[0], given[1], given[2], s,
+                        given[3])
+        expect(isinstance(again, (tuple, list)) and len(again) == 2 and close(again[0], A.grad, atol=1e-10)
+               and close(again[1], B.grad, atol=1e-10),
+               f"{case}: a second call on the same tensors returned other gradients than the first: compute them "
+               "afresh on every call (nothing kept or added up between calls).")
     passed("your dA and dB equal autograd's for two shapes and scalings")
 
 

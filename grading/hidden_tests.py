@@ -217,11 +217,16 @@ for t in trees:
     before = skeleton(t)
     v = count_tensors(t)
     out.append([type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40], skeleton(t) == before])
+tree["blocks"].append({"more": [torch.zeros(1), torch.zeros(2)]})   # the first tree, grown: counted as it
+tree["empty"]["now"] = torch.zeros(1)                                # is now (nothing remembered between calls)
+v = count_tensors(tree)
+out.append(v if type(v) in (int, float, bool) else repr(v)[:40])
 return out + [torch.equal(global_rng, torch.get_rng_state())]
 ''', reference=lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
-                                    "several places, the count an int, the tree left unchanged, and the global random "
-                                    "generator untouched",
-        parts="one entry per tree: [is a plain int, the count, the tree unchanged]; last, the random generator untouched"),
+                                    "several places, the count an int, the tree left unchanged, a tree counted again after "
+                                    "it grew, and the global random generator untouched",
+        parts="one entry per tree: [is a plain int, the count, the tree unchanged]; then the first tree's count after it "
+              "grew; last, the random generator untouched"),
 
     Exercise("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg",
         check="check_settings_to_cfg",
@@ -623,9 +628,13 @@ torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 rng = torch.get_rng_state()          # a gradient draws no random numbers: the global generator stays as it was
 dA, dB = lora_grads(x, A, B, 0.5 + SEED % 4, up)
+dA2, dB2 = lora_grads(x, A, B, 0.5 + SEED % 4, up)   # the same again: nothing kept or added up between calls
 return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up))),
-        torch.equal(rng, torch.get_rng_state())]
-''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged, the global random generator untouched"),
+        torch.equal(rng, torch.get_rng_state()), dA2.tolist(), dB2.tolist(),
+        [t.requires_grad or t.grad is not None for t in (x, A, B, up)]]
+''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged "
+                                                          "(values, requires_grad, no .grad), the same answer on a second "
+                                                          "call, the global random generator untouched"),
 
     # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
     # of one, and pad ids that also occur inside messages; the input must come back unchanged.

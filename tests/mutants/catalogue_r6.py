@@ -181,3 +181,46 @@ MUTANTS += [
     ("detach-clone", "08-kd-loss", "right",
      [("F.softmax(teacher_logits.detach() / temperature", "F.softmax(teacher_logits.clone().detach_() / temperature")], ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ 01-count-tensors
+    # Counts remembered by id(): right on every tree seen once, stale on a tree that grew since.
+    ("memo-by-id", "01-count-tensors", "wrong", '''
+_seen = {}
+def count_tensors(tree) -> int:
+    if id(tree) in _seen:
+        return _seen[id(tree)]
+    if isinstance(tree, torch.Tensor):
+        n = 1
+    elif isinstance(tree, dict):
+        n = sum(count_tensors(v) for v in tree.values())
+    else:
+        n = sum(count_tensors(v) for v in tree)
+    _seen[id(tree)] = n
+    return n
+''', "remember nothing between calls"),
+    ("memo-within-call", "01-count-tensors", "right", '''
+def count_tensors(tree, _seen=None) -> int:
+    seen = {} if _seen is None else _seen
+    if isinstance(tree, torch.Tensor):
+        return 1
+    items = tree.values() if isinstance(tree, dict) else tree
+    return sum(count_tensors(v, seen) for v in items)
+''', ""),
+
+    # ------------------------------------------------------------------ 06-lora-grads
+    # Autograd on the caller's own A and B: right once, but they now require grad and keep .grad, which the
+    # next call adds to.
+    ("autograd-on-caller", "06-lora-grads", "wrong", '''
+def lora_grads(x, A, B, s, g):
+    A.requires_grad_(True)
+    B.requires_grad_(True)
+    (s * x @ A.T @ B.T).backward(g)
+    return A.grad, B.grad
+''', "requires_grad"),
+    ("autograd-functional", "06-lora-grads", "right", '''
+def lora_grads(x, A, B, s, g):
+    _, vjp = torch.autograd.functional.vjp(lambda a, b: s * x @ a.T @ b.T, (A, B), g)
+    return vjp
+''', ""),
+]
