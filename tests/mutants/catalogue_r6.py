@@ -224,3 +224,13 @@ def lora_grads(x, A, B, s, g):
     return vjp
 ''', ""),
 ]
+
+MUTANTS += [
+    # ------------------------------------------------------------------ in-place steps autograd allows
+    ("scales-hidden-in-place", "04-lora-layer", "right",
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        h = x @ self.A.T\n        h.mul_(self.scaling)\n        return h @ self.B.T")], ""),
+    ("adds-in-place", "04-linear-with-lora", "right",
+     [("        return self.linear(x) + self.lora(x)", "        out = self.linear(x)\n        out += self.lora(x)\n        return out")],
+     ""),
+]
