@@ -76,9 +76,11 @@ class Sandbox:
     def command(self, argv: list[str], args_file: Path | None = None) -> list[str]:
         """``argv`` wrapped so that it runs inside this sandbox.
 
-        The sized tmpfs folders are mounted first and every bind after them, so that a Python
-        environment, a course copy or a working folder under /tmp, /run or /var/tmp stays
-        visible (a later mount hides what an earlier one put there). With ``args_file`` (a path
+        The sized /tmp, /run, /var/tmp and /dev/shm are mounted first and every bind after them, so that a
+        Python environment, a course copy or a working folder under them stays visible (a later mount hides
+        what an earlier one put there); the course folders (``covered``) are emptied after the Python
+        environment is bound, so that one inside it is hidden too, and everything meant to be seen inside
+        them (a venv in ``.venv/``, the library, ``data/``, the working folders) is mounted after that. With ``args_file`` (a path
         in a folder only the grader can read) bwrap reads its options from that file, so the
         sandbox's ``/proc/1/cmdline`` shows ``bwrap --args 3`` and not the host's paths."""
         bwrap = shutil.which(BWRAP)
