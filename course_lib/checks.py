@@ -848,10 +848,11 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     switched = [n or "the model" for n, m, was in modes if m.training != was]
     expect(not switched, f"replace_linear_with_lora switched {switched[:1]} between train and eval mode: leave each "
                          "module's mode as it was (no model.eval() or model.train() in it).")
-    same_shape = [m.lora.A for n, m in model.named_modules() if isinstance(m, wrapper) and n.endswith(".att.W_query")]
-    expect(len(same_shape) < 2 or not torch.equal(same_shape[0], same_shape[1]),
-           "Two W_query layers got the same LoRA matrix A: each LinearWithLoRA draws its own A, so do not reseed "
-           "(torch.manual_seed) inside replace_linear_with_lora.")
+    drawn = [(n, m.lora.A) for n, m in model.named_modules() if isinstance(m, wrapper)]
+    shared = next(([n, o] for i, (n, a) in enumerate(drawn) for o, b in drawn[i + 1:]
+                   if a.shape == b.shape and torch.equal(a, b)), None)
+    expect(shared is None, f"{shared} got the same LoRA matrix A: each LinearWithLoRA draws its own A, so do not "
+                           "reseed (torch.manual_seed) inside replace_linear_with_lora.")
     again = attempt("a second call", fn, model, rank=2, alpha=4)
     expect(again == [], f"A second call must wrap nothing: skip layers that are already wrapped (it wrapped {again[:2]}).")
     targeted = fn(make_model(), rank=2, alpha=4, target_modules=["W_query", "W_value"])

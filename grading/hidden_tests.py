@@ -542,9 +542,10 @@ replace_linear_with_lora(own, rank, 2.0)
 same_objects = sorted(n for n, mod in own.named_modules() if isinstance(mod, LinearWithLoRA) and mod.linear is layers.get(n))
 trainable = sorted(n for n, p in own.named_parameters() if p.requires_grad)
 modes_kept = all(mod.training == was for mod, was in modes)
-# four 4x4 layers: each wrapper draws its own A (an answer that reseeds before each gives them all the same A)
-own_A = [own.get_submodule(n).lora.A for n in ("W_query", "query_proj", "subquery", "attn.query")]
-distinct_A = all(not torch.equal(own_A[i], own_A[j]) for i in range(4) for j in range(i + 1, 4))
+# each wrapper draws its own A: no two layers of the same shape share one (an answer that reseeds before each layer,
+# or at the start of each recursive call, gives layers in different submodules the same A)
+own_A = [mod.lora.A for _, mod in own.named_modules() if isinstance(mod, LinearWithLoRA)]
+distinct_A = not any(a.shape == b.shape and torch.equal(a, b) for i, a in enumerate(own_A) for b in own_A[i + 1:])
 return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head).__name__,
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
         wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable, modes_kept, distinct_A,
