@@ -43,7 +43,6 @@ import platform
 import statistics
 import time
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -227,8 +226,7 @@ def experiment_batches() -> dict[str, float]:
     batches of BATCH x TOKENS: its bucketed training batches' padded tokens, and the padded tokens of its
     evaluation passes as they run them (regrouped by length, ``group_by_length``), each divided by that size.
     Costs per token fall as batches grow (benchmarks/eval_batch.py), so evaluation is if anything overstated."""
-    from course_lib.dataloaders import group_by_length, sequential_loader
-    from course_lib.dataloaders import create_dataloaders
+    from course_lib.dataloaders import create_dataloaders, group_by_length, sequential_loader
     from course_lib.tokenizer import get_tokenizer
 
     size = BATCH * TOKENS
