@@ -583,8 +583,11 @@ def check_lora_layer(cls: type) -> None:
         expect_unchanged(x_before, x, f"the input x of the previous forward pass ({case})")
         if close(got, want, atol=1e-4):
             _expect_lora_gradients(layer, got, x, s, case)
-            _expect_follows_a_and_b(layer, lambda v: s * (v @ layer.A.detach().T @ layer.B.detach().T), x, case)
-            _expect_input_gradient(layer, lambda v: s * (v @ layer.A.detach().T @ layer.B.detach().T), x, case)
+            def expected(v: torch.Tensor, s: float = s, layer: nn.Module = layer) -> torch.Tensor:
+                return s * (v @ layer.A.detach().T @ layer.B.detach().T)
+
+            _expect_follows_a_and_b(layer, expected, x, case)
+            _expect_input_gradient(layer, expected, x, case)
             continue
         for wrong, why in ((float(alpha // rank) * base, "rounds alpha / rank down to an integer (alpha // rank or "
                                                          "int(...)): keep the scaling a float"),
