@@ -4,8 +4,9 @@ The GPT-2 124M classifier (random weights: timing does not depend on them) with 
 mode under the course's fast path, is read at the last token of random batches of one width
 (``--tokens``) and 8 to 128 rows, fp32 and bf16 (where the CPU has bf16 units); rounds interleaved,
 the fastest round kept. ``--clock cpu`` (with ``--threads 1``) times this thread's CPU time, which
-other work on a loaded machine changes far less than the wall clock. This is what sets
-``course_lib.dataloaders.EVAL_TOKENS_PER_BATCH``.
+other work on a loaded machine changes far less than the wall clock. One shape repeated: on the SMS
+splits' whole passes, batches of varied widths, running short messages more at a time did not pay
+(docs/benchmarks.md), so evaluation keeps the loader's batch size.
 
     python benchmarks/eval_batch.py [--tokens 24] [--rounds 3] [--threads 1] [--clock cpu]
 """

@@ -177,10 +177,8 @@ def group_by_length(loader: DataLoader, num_batches: int | None = None) -> Lengt
     ``None``: it is evaluated as it is.
 
     A pass in dataset order pads each batch to its longest message, about 1.75 x the real tokens on
-    the SMS validation and test splits; sorted, a batch holds messages of nearly one length. Short
-    messages are run more at a time, up to ``EVAL_TOKENS_PER_BATCH`` padded tokens (never fewer rows
-    than the loader's batches): larger matrix products cost less per token (about a tenth less at 32
-    rows than at 8 for GPT-2 small on the development CPU, docs/benchmarks.md).
+    the SMS validation and test splits; sorted, a batch holds messages of nearly one length. (Running
+    short messages more at a time was measured and not kept: docs/benchmarks.md.)
     """
     collate = getattr(loader, "collate_fn", None)
     per_batch = collate is pad_collate or (isinstance(collate, partial) and collate.func is pad_collate)
@@ -194,32 +192,8 @@ def group_by_length(loader: DataLoader, num_batches: int | None = None) -> Lengt
     pad_token_id = collate.keywords.get("pad_token_id", PAD_TOKEN_ID) if isinstance(collate, partial) else PAD_TOKEN_ID
     lengths = torch.as_tensor(message_lengths(loader.dataset, pad_token_id)[:n], dtype=torch.long)
     order = torch.argsort(lengths, stable=True)
-    batches = _token_budget_batches(lengths[order].tolist(), sampler.batch_size, EVAL_TOKENS_PER_BATCH)
-    batches = [order[start:stop].tolist() for start, stop in batches]
+    batches = [order[i:i + sampler.batch_size].tolist() for i in range(0, n, sampler.batch_size)]
     return LengthGrouped(DataLoader(loader.dataset, batch_sampler=batches, collate_fn=collate), order, sizes)
-
-
-EVAL_TOKENS_PER_BATCH = 768  # 32 messages of 24 tokens: past this, GPT-2 small's cost per token stopped falling
-
-
-def _token_budget_batches(sorted_lengths: list[int], min_rows: int, budget: int,
-                          max_padding: float = 0.05) -> list[tuple[int, int]]:
-    """(start, stop) of consecutive runs of ascending lengths: each at least ``min_rows`` long (but the
-    last), and longer while its rows padded to its longest stay within ``budget`` tokens and add at most
-    ``max_padding`` of its real tokens as padding (a larger batch that pads more would save nothing)."""
-    batches, start, n = [], 0, len(sorted_lengths)
-    while start < n:
-        stop = min(n, start + min_rows)
-        real = sum(max(1, length) for length in sorted_lengths[start:stop])
-        while stop < n:
-            width, real_next = max(1, sorted_lengths[stop]), real + max(1, sorted_lengths[stop])
-            rows = stop - start + 1
-            if rows * width > budget or rows * width > (1 + max_padding) * real_next:
-                break
-            stop, real = stop + 1, real_next
-        batches.append((start, stop))
-        start = stop
-    return batches
 
 
 def create_dataloaders(paths: dict[str, Path], tokenizer, batch_size: int = 8, max_length: int | None = None,

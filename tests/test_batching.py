@@ -156,7 +156,8 @@ def test_whole_split_passes_run_by_length_with_the_in_order_pass_predictions_for
     assert torch.equal(predicted, predicted_in_order) and true.tolist() == dataset.labels
     assert real <= grouped <= 1.1 * real < 1.5 * real < in_order, (real, grouped, in_order)
     out = split_outputs(loader, model, cpu)
-    assert torch.allclose(out.logits, logits, atol=1e-5, rtol=0)
+    # other batch shapes, other summation orders: the logits (about 30 in size here) agree to a few ulp
+    assert torch.allclose(out.logits, logits, atol=1e-5, rtol=1e-6), (out.logits - logits).abs().max()
     assert out.batch_sizes == [len(b[1]) for b in batches]
     assert calc_accuracy_loader(loader, model, cpu) == (predicted_in_order == true).float().mean().item()
     assert per_class_accuracy(loader, model, cpu) == [
@@ -198,18 +199,3 @@ def test_loaders_whose_order_or_padding_is_their_own_are_evaluated_as_they_are(p
     _, true = predictions(shuffled, _two_class_model(), torch.device("cpu"))
     assert true.tolist() == [shuffled.dataset.labels[i] for i in order]
 
-
-def test_regrouped_batches_run_short_messages_more_at_a_time_within_the_token_budget(paths):
-    from course_lib.dataloaders import EVAL_TOKENS_PER_BATCH, group_by_length
-
-    loader = _validation_loader(paths)
-    grouped = group_by_length(loader)
-    batches = list(grouped.loader.batch_sampler)
-    assert sorted(i for b in batches for i in b) == list(range(len(loader.dataset)))
-    lengths = loader.dataset.lengths
-    for batch in batches[:-1]:
-        assert len(batch) >= 8  # never fewer rows than the loader's batches
-        padded = len(batch) * max(lengths[i] for i in batch)
-        assert len(batch) == 8 or padded <= EVAL_TOKENS_PER_BATCH
-    assert max(len(b) for b in batches) > 8, "short messages share larger batches"
-    assert len(batches) < len(loader)
