@@ -130,6 +130,23 @@ def _lora_config():
     return LoraConfig(**LORA_FIELDS)
 
 
+# The start of 03's balance and split probes: the global generators in states no seeding gives, kept to compare
+# after the answer ran (pandas' sample(random_state=seed) draws from none of them).
+_SEEDED_FRAMES_PRELUDE = r'''
+import pandas as pd
+import torch
+torch.manual_seed(SEED)
+torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
+global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
+import random
+import numpy as np
+def host_rngs():                     # nor NumPy's and Python's global generators (no np.random.seed: the seed goes to pandas)
+    s = np.random.get_state()
+    return [s[1].tolist(), s[2], s[3], s[4], random.getstate()]
+host = host_rngs()
+'''
+
+
 def _lib(module: str, attr: str) -> Callable[[], Any]:
     def load():
         import importlib
@@ -284,18 +301,7 @@ return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) a
         check="check_balanced",
         check_args=lambda ns: (ns["create_balanced_dataset"], sms_frames()[0], _lib("course_lib.sms", "create_balanced_dataset")()),
         hides=("sms.create_balanced_dataset", "sms.prepare_sms_splits"),
-        probe=r'''
-import pandas as pd
-import torch
-torch.manual_seed(SEED)
-torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
-global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
-import random
-import numpy as np
-def host_rngs():                     # nor NumPy's and Python's global generators (no np.random.seed: the seed goes to pandas)
-    s = np.random.get_state()
-    return [s[1].tolist(), s[2], s[3], s[4], random.getstate()]
-host = host_rngs()
+        probe=_SEEDED_FRAMES_PRELUDE + r'''
 out = []
 for k in range(2):
     n_ham, n_spam = 20 + (SEED + k) % 13, 5 + (SEED + 3 * k) % 7
@@ -321,18 +327,7 @@ return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == hos
         check="check_split",
         check_args=lambda ns: (ns["random_split"], sms_frames()[1], _lib("course_lib.sms", "random_split")()),
         hides=("sms.random_split", "sms.prepare_sms_splits"),
-        probe=r'''
-import pandas as pd
-import torch
-torch.manual_seed(SEED)
-torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
-global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
-import random
-import numpy as np
-def host_rngs():                     # nor NumPy's and Python's global generators (no np.random.seed: the seed goes to pandas)
-    s = np.random.get_state()
-    return [s[1].tolist(), s[2], s[3], s[4], random.getstate()]
-host = host_rngs()
+        probe=_SEEDED_FRAMES_PRELUDE + r'''
 n = 30 + SEED % 50
 df = pd.DataFrame({"Label": [i % 2 for i in range(n)], "Text": [f"m{i}" for i in range(n)]})
 original = df.copy()
