@@ -47,11 +47,15 @@ def pool_last_token(logits: torch.Tensor, input_batch: torch.Tensor, lengths: to
     """
     if logits.shape[1] != input_batch.shape[1]:
         return logits[:, -1, :]
-    if lengths is None:
-        index = last_token_index(input_batch, pad_token_id)
-    else:
-        index = (lengths.to(logits.device) - 1).clamp(min=0)
+    index = _last_positions(input_batch, lengths, pad_token_id)
     return logits[torch.arange(logits.shape[0], device=logits.device), index.to(logits.device)]
+
+
+def _last_positions(input_batch: torch.Tensor, lengths: torch.Tensor | None, pad_token_id: int) -> torch.Tensor:
+    """Each row's last real position: from ``lengths`` when given, else from the padding."""
+    if lengths is None:
+        return last_token_index(input_batch, pad_token_id)
+    return (lengths.to(input_batch.device) - 1).clamp(min=0)
 
 
 def last_position_logits(model: nn.Module, input_batch: torch.Tensor) -> torch.Tensor:
@@ -70,11 +74,7 @@ def classifier_logits(model: nn.Module, input_batch: torch.Tensor, lengths: torc
     model runs whole.
     """
     if _reads_positions(model):
-        if lengths is None:
-            index = last_token_index(input_batch, pad_token_id)
-        else:
-            index = (lengths.to(input_batch.device) - 1).clamp(min=0)
-        return model(input_batch, read_at=index)[:, 0, :]
+        return model(input_batch, read_at=_last_positions(input_batch, lengths, pad_token_id))[:, 0, :]
     return pool_last_token(model(input_batch), input_batch, lengths, pad_token_id)
 
 
