@@ -270,3 +270,50 @@ def test_carried_blobs_decode_within_one_budget_per_notebook_and_carried_code_is
     honest = next(c.source for c in solution("04_lora_layers").cells if "class LoRALayer" in c.source)
     nb.cells = [nbformat.v4.new_code_cell(honest)]
     assert ownership.plagiarism_flags(nb, exercise) == []
+
+
+# --------------------------------------------------------------------------- nothing outlives the grader
+def _gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_child_started_for_the_grader_dies_with_its_starter_even_while_it_is_still_starting():
+    """The kernel's and the probes' processes are started with ``dies_with_this_process``: a starter killed
+    with SIGKILL while its child's command is still starting (here a shell that sleeps before it execs the long
+    runner, as ``sh``, ``prlimit`` and bwrap do before bwrap asks for its own signal) takes the child with it."""
+    starter_code = (
+        "import subprocess, sys\n"
+        "from course_tools.grading.sandbox import dies_with_this_process\n"
+        "child = subprocess.Popen(['/bin/sh', '-c', 'sleep 0.5; exec sleep 1000'], preexec_fn=dies_with_this_process())\n"
+        "print(child.pid, flush=True)\n"
+        "sys.stdin.read()\n")
+    starter = subprocess.Popen([sys.executable, "-c", starter_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    child = int(starter.stdout.readline())
+    starter.kill()
+    starter.wait()
+    try:
+        assert _gone(child, 10), "the child outlived the process that started it"
+    finally:
+        if not _gone(child, 0):
+            os.kill(child, 9)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
+def test_a_process_whose_parent_died_before_it_asked_for_the_signal_exits_at_once():
+    code = ("from course_tools.grading.sandbox import tie_to_parent\n"
+            "tie_to_parent(1)\n"   # pid 1 is not this process's parent: as if the real one had already died
+            "print('ran on')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "ran on" not in done.stdout

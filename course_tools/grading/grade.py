@@ -170,14 +170,7 @@ def _run_jobs(jobs: list[Job], workers: int, tests_path: Path, progress: bool) -
 
 def _worker_start(tests_path: Path, grader_pid: int) -> None:
     """A worker dies with the grader (killed or interrupted), then imports what grading needs."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != grader_pid:  # the grader died before the line above took effect
-        os._exit(1)
+    sandbox.tie_to_parent(grader_pid)
     preload(tests_path)
 
 

@@ -533,9 +533,11 @@ def run_probe_process(command: list[str], job: dict, timeout: float, env: dict[s
     import signal
     import threading
 
+    from .sandbox import dies_with_this_process
+
     try:
         proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True, preexec_fn=dies_with_this_process())
     except OSError:
         return "crashed", b""
     payload = json.dumps({"preload": list(PRELOAD), **job, "statement_seconds": STATEMENT_SECONDS}).encode()

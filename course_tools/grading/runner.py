@@ -34,6 +34,8 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 from traitlets import List, Type, Unicode
 
+from .sandbox import dies_with_this_process
+
 OUTPUT_LIMIT = 1_000_000  # characters of output kept per notebook, all message kinds together
 MESSAGE_LIMIT = 16_000_000  # bytes of one message part from the kernel; a larger one disconnects it
 RECEIVE_LIMIT = 128_000_000  # bytes the kernel may send the grader per notebook, every channel together
@@ -397,7 +399,7 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
                 relay.owner = None
             try:
                 client.start_new_kernel(env=env, cwd=str(workdir), stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL, preexec_fn=dies_with_this_process())
                 if relay is not None:
                     relay.owner = client.km.provisioner.process.pid
                 client.start_new_kernel_client()
