@@ -44,12 +44,9 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", draws: bool | N
     change of PyTorch's global state (:func:`global_torch_state`) the exercise has no reason to make.
     ``draws=False``: this call has no reason to draw random numbers, though the exercise's other calls may
     (a layer's constructor initialises weights, its forward and merge do not); by default the check's."""
-    before = global_torch_state(rng=not (_DRAWS.get() if draws is None else draws))
-    saved = before.get("rng")
-    if saved is not None:   # a state no torch.manual_seed(n) can give, so that reseeding shows; the caller's comes back
-        torch.manual_seed(_RNG_MARK)
-        torch.rand(1)
-        before["rng"] = torch.get_rng_state()
+    before = global_torch_state(rng=not (_DRAWS.get() if draws is None else draws), host=True)
+    saved = {k: before[k] for k in ("rng", "numpy_rng", "python_rng") if k in before}
+    _mark_generators(before)   # states no seeding can give, so that reseeding shows; the caller's come back
     try:
         result = fn(*args, **kwargs)
     except CheckFailed:
@@ -63,10 +60,29 @@ def attempt(what: str, fn: Callable, *args: Any, hint: str = "", draws: bool | N
         raise CheckFailed(f"{what} raised {type(err).__name__}: {err}. {extra or hint}".strip()) from err
     finally:
         changed = restore_torch_state(before)
-        if saved is not None:
-            torch.set_rng_state(saved)
+        restore_torch_state({**before, **saved})
     expect_state_kept(changed, what)
     return result
+
+
+def _mark_generators(state: dict[str, Any]) -> None:
+    """Put each global generator named in ``state`` (a :func:`global_torch_state`) in a state that no seeding gives
+    (seeded with :data:`_RNG_MARK`, then drawn from once), and record it there: an answer that reseeds shows, even
+    with the seed the caller last used."""
+    if "rng" in state:
+        torch.manual_seed(_RNG_MARK)
+        torch.rand(1)
+        state["rng"] = torch.get_rng_state()
+    if "numpy_rng" in state:
+        import numpy as np
+
+        np.random.seed(_RNG_MARK)
+        np.random.rand()
+        state["numpy_rng"] = np.random.get_state()
+    if "python_rng" in state:
+        random.seed(_RNG_MARK)
+        random.random()
+        state["python_rng"] = random.getstate()
 
 
 # ----------------------------------------------------------------------------- global state
@@ -84,22 +100,23 @@ _STATE_ADVICE = {
     "rng": "used or reset PyTorch's global random generator (torch.manual_seed, torch.rand..., a dropout): this "
            "exercise has no reason to draw random numbers, and every random draw after it would change",
     "numpy_rng": "used or reset NumPy's global random generator (np.random.seed, np.random.rand..., pandas' sample "
-                 "without random_state): pass the function's seed argument to what draws instead "
-                 "(df.sample(..., random_state=seed)); every NumPy random draw after it would change",
-    "python_rng": "used or reset Python's global random generator (random.seed, random.shuffle...): this exercise has "
-                  "no reason to draw random numbers, and every random draw after it would change",
+                 "without random_state): no exercise draws from it (a seed argument goes to what draws: "
+                 "df.sample(..., random_state=seed)), and every NumPy random draw after it would change",
+    "python_rng": "used or reset Python's global random generator (random.seed, random.shuffle...): no exercise "
+                  "draws from it (use a random.Random(seed) of your own), and every random draw after it would change",
 }
 
 
-def global_torch_state(rng: bool = False) -> dict[str, Any]:
+def global_torch_state(rng: bool = False, host: bool | None = None) -> dict[str, Any]:
     """PyTorch's process-wide settings an exercise's answer must leave as it found them: autograd on or off,
-    the default dtype and device, and (``rng``) the global random generators' states (PyTorch's, NumPy's and
-    Python's). A function that changes
+    the default dtype and device, (``rng``) PyTorch's global random generator and (``host``, by default with
+    ``rng``) NumPy's and Python's. A function that changes
     one of them changes every notebook cell that runs after it."""
     state: dict[str, Any] = {"grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
                              "device": str(torch.get_default_device())}
     if rng:
         state["rng"] = torch.get_rng_state()
+    if rng if host is None else host:   # no exercise draws from NumPy's or Python's: guarded on every call
         state["numpy_rng"] = _numpy_rng_state()
         state["python_rng"] = random.getstate()
     return state
@@ -122,7 +139,7 @@ def _same_state(key: str, a: Any, b: Any) -> bool:
 def restore_torch_state(before: dict[str, Any]) -> list[str]:
     """Put back whatever of ``before`` (a :func:`global_torch_state`) has changed since, so that one wrong
     answer cannot spoil the cells and checks after it; return the keys that had changed."""
-    now = global_torch_state(rng="rng" in before)
+    now = global_torch_state(rng="rng" in before, host="numpy_rng" in before)
     changed = [k for k in before if not _same_state(k, before[k], now[k])]
     if "grad" in changed:
         torch.set_grad_enabled(before["grad"])
@@ -339,6 +356,7 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
                 raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}{origin}, got {got[key]!r}{extra}.")
         extra = set(got) - set(want)
         expect(not extra, f"The cfg has keys the model does not use: {sorted(extra)}.")
+    _expect_own_table(fn, reference(dict(small)), small)
     for what, got, kept in returned:
         expect(got == kept, f"The cfg returned for {what} changed when settings_to_cfg was called again: return a new "
                             "dict on every call (a default argument such as cfg={} is made once and shared by every "
@@ -358,6 +376,24 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
             raise CheckFailed(f"A settings dict with a {what} should raise KeyError naming it.")
     passed("settings_to_cfg maps all five keys for small, medium and odd sizes, honours drop_rate and "
            "qkv_bias, and refuses missing or unknown keys")
+
+
+def _expect_own_table(fn: Callable[..., dict], want: dict, settings: dict) -> None:
+    """Call ``fn`` with course_lib's own key table (``course_lib.config.SETTINGS_TO_CFG``) emptied for the call: an
+    answer that reads it (imported, or copied on each call) is the library's answer, not the learner's."""
+    from . import config
+
+    table = config.SETTINGS_TO_CFG
+    kept = dict(table)
+    table.clear()
+    try:
+        got = fn(dict(settings))
+    except Exception:   # its own checks ran on an empty table: it read the library's
+        got = None
+    finally:
+        table.update(kept)
+    expect(got == want, "settings_to_cfg reads course_lib's table of the five keys (course_lib.config.SETTINGS_TO_CFG): "
+                        "that mapping is the exercise; write it out yourself.")
 
 
 @answer_shape("split_c_attn should return two tuples of three tensors: (weights, biases).", draws=False)

@@ -88,6 +88,22 @@ def count_tensors(tree) -> int:
     return sum(count_tensors(v) for v in items)
 
 
+SETTINGS_KEYS = {"n_vocab": "vocab_size", "n_ctx": "context_length", "n_embd": "emb_dim", "n_head": "n_heads",
+                 "n_layer": "n_layers"}
+
+
+def settings_to_cfg(settings, drop_rate=0.0, qkv_bias=True):
+    """course_lib.config.settings_to_cfg with a table of its own: 02's probe empties the library's table while the
+    answer runs, and this reference must not depend on it."""
+    for key in SETTINGS_KEYS:
+        if key not in settings:
+            raise KeyError(f"settings is missing {key!r}")
+    for key in settings:
+        if key not in SETTINGS_KEYS:
+            raise KeyError(f"settings has an unknown key {key!r}")
+    return {**{SETTINGS_KEYS[k]: int(v) for k, v in settings.items()}, "drop_rate": drop_rate, "qkv_bias": qkv_bias}
+
+
 def split_c_attn(w, b):
     ws, bs = torch.chunk(w, 3, dim=-1), torch.chunk(b, 3, dim=-1)
     return tuple(x.T for x in ws), bs
@@ -130,20 +146,30 @@ def _lora_config():
     return LoraConfig(**LORA_FIELDS)
 
 
-# The start of 03's balance and split probes: the global generators in states no seeding gives, kept to compare
-# after the answer ran (pandas' sample(random_state=seed) draws from none of them).
-_SEEDED_FRAMES_PRELUDE = r'''
+# The start of every probe: NumPy's and Python's global generators in states no seeding gives (seeded, then drawn
+# from once), kept to compare after the answer ran (`host_rngs() == host`, the last entry of every probe's result):
+# no exercise draws from them (03's seed goes to pandas, which then draws from neither; 04, 05 and 07 draw from
+# PyTorch's generator).
+_HOST_RNGS_PRELUDE = r'''
+import random as _random
+import numpy as _np
+_np.random.seed(SEED % 2**32)
+_np.random.rand()
+_random.seed(SEED)
+_random.random()
+def host_rngs():
+    s = _np.random.get_state()
+    return [s[1].tolist(), s[2], s[3], s[4], _random.getstate()]
+host = host_rngs()
+'''
+# The start of 03's balance and split probes: PyTorch's global generator too, in a state no seeding gives, kept to
+# compare after the answer ran (pandas' sample(random_state=seed) draws from none of them).
+_SEEDED_FRAMES_PRELUDE = _HOST_RNGS_PRELUDE + r'''
 import pandas as pd
 import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
-import random
-import numpy as np
-def host_rngs():                     # nor NumPy's and Python's global generators (no np.random.seed: the seed goes to pandas)
-    s = np.random.get_state()
-    return [s[1].tolist(), s[2], s[3], s[4], random.getstate()]
-host = host_rngs()
 '''
 
 
@@ -202,7 +228,7 @@ def half_frozen():
 TESTS: list[Exercise] = [
     Exercise("01-count-tensors", "01_loading_weights", 2, "count_tensors",
         check="check_count_tensors", check_args=lambda ns: (ns["count_tensors"], params_tree()),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 def skeleton(t):   # the tree's containers and tensor identities: count_tensors must not change them
     if isinstance(t, torch.Tensor):
@@ -238,19 +264,30 @@ tree["blocks"].append({"more": [torch.zeros(1), torch.zeros(2)]})   # the first 
 tree["empty"]["now"] = torch.zeros(1)                                # is now (nothing remembered between calls)
 v = count_tensors(tree)
 out.append(v if type(v) in (int, float, bool) else repr(v)[:40])
-return out + [torch.equal(global_rng, torch.get_rng_state())]
+return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
                                     "several places, the count an int, the tree left unchanged, a tree counted again after "
-                                    "it grew, and the global random generator untouched",
+                                    "it grew, and the global random generators (PyTorch's, NumPy's, Python's) untouched",
         parts="one entry per tree: [is a plain int, the count, the tree unchanged]; then the first tree's count after it "
-              "grew; last, the random generator untouched"),
+              "grew; last, PyTorch's random generator untouched, NumPy's and Python's untouched"),
 
     Exercise("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg",
         check="check_settings_to_cfg",
         check_args=lambda ns: (ns["settings_to_cfg"], _lib("course_lib.config", "settings_to_cfg")()),
-        hides=("config.settings_to_cfg",),
-        probe=r'''
+        hides=("config.settings_to_cfg", "config.SETTINGS_TO_CFG"),   # the table of the five keys is the answer too
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
+import course_lib.config as _config
+def call(*args, **kwargs):           # course_lib's own table of the five keys emptied while the answer runs: that
+    table = _config.SETTINGS_TO_CFG  # mapping is the exercise, and an answer that reads it is the library's
+    if type(table) is not dict:      # the grader's copy of course_lib holds a stub there already
+        return settings_to_cfg(*args, **kwargs)
+    kept = dict(table)
+    table.clear()
+    try:
+        return settings_to_cfg(*args, **kwargs)
+    finally:
+        table.update(kept)
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # building a config draws no random numbers: the global generator stays as it was
@@ -259,30 +296,31 @@ s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1
      "n_layer": n_head + 1 + SEED % 4}
 odd = {"n_vocab": 300 + SEED % 7, "n_ctx": 20 + SEED % 9, "n_embd": 30 + SEED % 11, "n_head": 5, "n_layer": 7}
 given, given_odd = dict(s), dict(odd)
-first = settings_to_cfg(given)
+first = call(given)
 kept = dict(first) if isinstance(first, dict) else None   # a later call must not change it (no shared default dict)
 out = [sorted([k, v] for k, v in first.items()), given == s,
-       sorted([k, v] for k, v in settings_to_cfg(given_odd).items()), given_odd == odd]
-out.append(sorted([k, v] for k, v in settings_to_cfg(dict(s), drop_rate=0.05 * (1 + SEED % 3), qkv_bias=False).items()))
-out.append(sorted([k, v] for k, v in settings_to_cfg(dict(s), 0.2, True).items()))
+       sorted([k, v] for k, v in call(given_odd).items()), given_odd == odd]
+out.append(sorted([k, v] for k, v in call(dict(s), drop_rate=0.05 * (1 + SEED % 3), qkv_bias=False).items()))
+out.append(sorted([k, v] for k, v in call(dict(s), 0.2, True).items()))
 for bad, key in ((dict(s, n_embed=3), "n_embed"), ({k: v for k, v in s.items() if k != "n_ctx"}, "n_ctx")):
     try:
-        settings_to_cfg(bad)
+        call(bad)
         out.append("no error")
     except KeyError as e:
         out.append(["KeyError", key in str(e)])
     except Exception as e:
         out.append(type(e).__name__)
-return out + [first == kept, torch.equal(global_rng, torch.get_rng_state())]
-''', reference=_lib("course_lib.config", "settings_to_cfg"), explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
-                                                            "other drop_rate and qkv_bias, an unknown key and a missing key, "
-                                                            "the settings left unchanged, the first cfg unchanged by the "
-                                                            "calls after it, the global random generator untouched"),
+return out + [first == kept, torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
+''', reference=lambda: settings_to_cfg, explain="other sizes (n_head never equal to n_layer, an n_embd below 64), "
+                                                  "other drop_rate and qkv_bias, an unknown key and a missing key, "
+                                                  "the settings left unchanged, the first cfg unchanged by the "
+                                                  "calls after it, no use of course_lib's own table of the keys, the "
+                                                  "global random generators (PyTorch's, NumPy's, Python's) untouched"),
 
     Exercise("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn",
         check="check_split_c_attn", check_args=lambda ns: (ns["split_c_attn"],),
         hides=("weights.*",),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 e = 2 + SEED % 8
@@ -293,9 +331,9 @@ torch.rand(1)                        # a state no torch.manual_seed(n) gives: a 
 global_rng = torch.get_rng_state()   # splitting draws no random numbers: the global generator stays as it was
 ws, bs = split_c_attn(w, b)
 return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0),
-        torch.equal(global_rng, torch.get_rng_state())]
-''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged, the global random generator "
-                                            "untouched"),
+        torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
+''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged, the global random generators "
+                                            "(PyTorch's, NumPy's, Python's) untouched"),
 
     Exercise("03-balance", "03_data_balancing", 2, "create_balanced_dataset",
         check="check_balanced",
@@ -347,7 +385,7 @@ return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in
     Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",
         check="check_num_batches", check_args=lambda ns: (ns["num_batches"], small_loaders()),
         hides=("dataloaders.num_batches", "dataloaders.create_dataloaders"),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
@@ -359,14 +397,15 @@ rng = random.Random(SEED)
 cases += [(rng.randint(1, 10**6), rng.randint(1, 999), rng.random() < 0.5) for _ in range(6)]
 out = [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
        for v in (num_batches(n, b, d) for n, b, d in cases)]
-return out + [torch.equal(global_rng, torch.get_rng_state())]
+return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.dataloaders", "num_batches"),
-        explain="exact multiples, a single example, drop_last, and the global random generator untouched"),
+        explain="exact multiples, a single example, drop_last, and the global random generators (PyTorch's, NumPy's, "
+                "Python's) untouched"),
 
     Exercise("04-lora-layer", "04_lora_layers", 3, "LoRALayer",
         check="check_lora_layer", check_args=lambda ns: (ns["LoRALayer"],),
         hides=("lora.LoRALayer",),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 torch.manual_seed(SEED)
@@ -397,21 +436,22 @@ with torch.no_grad():                # an optimiser step changes A and B: the ne
     layer.A.add_(torch.randn(rank, in_dim, generator=g))
     layer.B.add_(torch.randn(out_dim, rank, generator=g))
 after_step = layer(x0.clone()).detach().tolist()
-return facts + [out.tolist(), grads, kept, after_step]
+return facts + [out.tolist(), grads, kept, after_step, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
                 "the gradients of A, B and the input after one backward pass, two layers built in a row with different "
                 "A, parameters registered once and no buffers, the input left unchanged, also after the next call, and the output after "
-                "A and B changed (nothing cached from an earlier call)",
+                "A and B changed (nothing cached from an earlier call), and NumPy's and Python's global random "
+                "generators untouched (A is drawn from PyTorch's)",
         parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, the "
               "state_dict's keys, "
               "A and B trainable, a second layer's A differs, the output, A's, B's and the input's gradients, the input "
-              "unchanged, the output after A and B changed"),
+              "unchanged, the output after A and B changed, NumPy's and Python's random generators untouched"),
 
     Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
         check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),
         hides=("lora.LinearWithLoRA", "lora.merge_lora", "lora.unmerge_lora", "lora_fast.*"), builds_on=("04-lora-layer",),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 torch.manual_seed(SEED)
@@ -457,19 +497,20 @@ wrapped.merge()
 wrapped.unmerge()
 modes.append(not any(m.training for m in wrapped.modules()))
 return facts + [unmerged.tolist(), merged.tolist(), restored, final,
-                [p.requires_grad for p in wrapped.linear.parameters()], modes, torch.equal(rng, torch.get_rng_state())]
+                [p.requires_grad for p in wrapped.linear.parameters()], modes, torch.equal(rng, torch.get_rng_state()),
+                host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A, B and the input and none into the frozen layer, the input left "
                 "unchanged, "
                 "merge twice, unmerge when not merged, W frozen after merging, 3-D input, the training mode left as it "
-                "was by merge and unmerge (in training and in eval mode), and the global random generator untouched "
-                "by forward, merge and unmerge"),
+                "was by merge and unmerge (in training and in eval mode), the global random generator untouched "
+                "by forward, merge and unmerge, and NumPy's and Python's by everything"),
 
     Exercise("05-replace", "05_lora_injection", 5, "replace_linear_with_lora",
         check="check_replace", check_args=lambda ns: (ns["replace_linear_with_lora"], smoke_gpt, ns["LinearWithLoRA"]),
         hides=("lora.replace_linear_with_lora", "lora._replace", "lora._matches", "lora.lora_layers"),
         may_use=("lora.LoRALayer", "lora.LinearWithLoRA"),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 from torch import nn
 from course_lib.lora import LinearWithLoRA
@@ -545,20 +586,22 @@ return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head)
         type(a.head.out_head).__name__, list(wrapped.lora.A.shape), float(wrapped.lora.scaling), random_all,
         wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable, modes_kept, distinct_A,
         [[n, list(mod._modules)] for n, mod in a.named_modules()       # each container's children in their order
-         if not isinstance(mod, (LinearWithLoRA, nn.Linear))]]         # (an nn.Sequential runs them in it)
+         if not isinstance(mod, (LinearWithLoRA, nn.Linear))],         # (an nn.Sequential runs them in it)
+        host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
                 "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
                 "an empty exclude, the layers really wrapped, each wrapping the model's own layer, A and B trainable, "
                 "the other parameters' requires_grad and every module's train/eval mode left as they were, a "
                 "different A drawn for each layer (no reseeding), an exclude that names a container (the Linear "
-                "layers inside it are still wrapped), and each container's children kept in their order"),
+                "layers inside it are still wrapped), each container's children kept in their order, and NumPy's and Python's "
+                "global random generators untouched"),
 
     Exercise("06-freeze", "06_gradient_checks", 2, "freeze_model",
         also_defines={"unfreeze": lambda: unfreeze},
         check="check_freeze", check_args=lambda ns: (ns["freeze_model"], ns["unfreeze"], smoke_gpt),
         hides=("lora.freeze_model", "lora.unfreeze", "lora.mark_only_lora_as_trainable", "strategies.*"),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 from torch import nn
 deep = lambda: nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.LayerNorm(2), nn.Sequential(nn.Linear(2, 2, bias=False),
                              nn.Sequential(nn.Linear(2, 2)))))
@@ -603,15 +646,15 @@ freeze_model(r)
 for _ in range(3):
     unfreeze(rng.choice(modules))
 random_model = [p.requires_grad for p in r.parameters()]
-return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model, kept]
+return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model, kept, host_rngs() == host]
 ''', reference=lambda: freeze_model,
         explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
                 "biases, calling each twice, and nothing else changed (training mode, also of a model in eval mode, the global "
-                "random generator)"),
+                "random generators of PyTorch, NumPy and Python)"),
 
     Exercise("06-lora-grads", "06_gradient_checks", 3, "lora_grads",
         check="check_lora_grads", check_args=lambda ns: (ns["lora_grads"],),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 n, d_in, d_out, r = 2 + SEED % 5, 3 + SEED % 4, 2 + SEED % 6, 1 + SEED % 3
@@ -627,10 +670,11 @@ dA, dB = lora_grads(x, A, B, 0.5 + SEED % 4, up)
 dA2, dB2 = lora_grads(x, A, B, 0.5 + SEED % 4, up)   # the same again: nothing kept or added up between calls
 return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up))),
         torch.equal(rng, torch.get_rng_state()), dA2.tolist(), dB2.tolist(),
-        [t.requires_grad or t.grad is not None for t in (x, A, B, up)]]
+        [t.requires_grad or t.grad is not None for t in (x, A, B, up)], host_rngs() == host]
 ''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged "
                                                           "(values, requires_grad, no .grad), the same answer on a second "
-                                                          "call, the global random generator untouched"),
+                                                          "call, the global random generators (PyTorch's, "
+                                                          "NumPy's, Python's) untouched"),
 
     # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
     # of one, and pad ids that also occur inside messages; the input must come back unchanged.
@@ -638,7 +682,7 @@ return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, 
         check="check_last_token_index", check_args=lambda ns: (ns["last_token_index"],),
         hides=("training.last_token_index", "training.pool_last_token", "training.classifier_logits",
                "dataloaders.pad_collate", "dataloaders.message_lengths"),
-        probe=r"""
+        probe=_HOST_RNGS_PRELUDE + r"""
 import torch
 g = torch.Generator().manual_seed(SEED)
 def draw(batch, width, vocab, pad, full_row):
@@ -678,18 +722,18 @@ try:                                 # the default device elsewhere than the bat
 except Exception as e:
     out.append(type(e).__name__)
 out.append(torch.equal(rng, torch.get_rng_state()))
-return out
+return out + [host_rngs() == host]
 """, reference=_lib("course_lib.training", "last_token_index"),
         explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
                 "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, tensors "
-                "made on the batch's device (PyTorch's default device set elsewhere), and the global random generator "
-                "untouched"),
+                "made on the batch's device (PyTorch's default device set elsewhere), and the global random generators "
+                "(PyTorch's, NumPy's, Python's) untouched"),
 
     Exercise("07-train-loop", "07_classification_training", 5, "train_classifier_simple",
         check="check_training_loop", check_args=lambda ns: (ns["train_classifier_simple"],),
         hides=("training.train_classifier", "training.@trains", "experiment.*"),
         may_use=("training.last_token_index", "training.pool_last_token", "training.classifier_logits"),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset, default_collate
@@ -772,20 +816,21 @@ def end_state(caller_seed):   # one epoch from a random state the caller chose: 
     return torch.get_rng_state()
 seeded = not torch.equal(end_state(SEED + 4), end_state(SEED + 5))
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
-        seeded, frozen]
+        seeded, frozen, host_rngs() == host]
 ''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
                 "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies, batches that must be "
                 "moved to device, the model handed back in training mode, its frozen embedding left frozen and "
-                "unchanged, and the caller's random state still mattering after the loop (no reseeding inside)",
+                "unchanged, the caller's random state still mattering after the loop (no reseeding inside), and NumPy's and "
+                "Python's global random generators untouched",
         parts="training losses, validation losses, training accuracies, validation accuracies, examples seen, the "
               "model in training mode after the loop, the global random state still the caller's, the frozen embedding "
-              "still frozen and its sum"),
+              "still frozen and its sum, NumPy's and Python's random generators untouched"),
 
     Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
         check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),
         hides=("distill.distillation_loss", "distill.train_student", "distill.@trains"),
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 g = torch.Generator().manual_seed(SEED)
 out = []
@@ -808,20 +853,21 @@ for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
     out.append([float(loss.detach()), t_leaf.grad is None or bool((t_leaf.grad == 0).all()),
                 None if s_leaf.grad is None else s_leaf.grad.tolist(),
                 torch.equal(s.detach(), s0) and torch.equal(t.detach(), t0), graph, kept])
-return out
+return out + [host_rngs() == host]
 ''', reference=_lib("course_lib.distill", "distillation_loss"),
         explain="temperatures 1 to 3.5 (an integer one too), alpha 0 and 1, the student's gradient, none into the "
                 "teacher, the logits left unchanged (values and requires_grad), the loss returned with its graph "
-                "(backward is the caller's), and the global random generator untouched",
+                "(backward is the caller's), and the global random generators (PyTorch's, NumPy's, Python's) "
+                "untouched",
         parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
               "unchanged, the loss carries its graph, nothing ran backward inside and the logits still require grad, "
-              "the random generator untouched]"),
+              "the random generator untouched]; last, NumPy's and Python's random generators untouched"),
 
     Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
         also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),
         check="check_lora_config", check_args=lambda ns: (ns["lora_config"], ns["count_trainable"], half_frozen()),
         hides=("peft_tuning.*", "lora.count_parameters", "distill.parameter_share"),   # both count what it counts
-        probe=r'''
+        probe=_HOST_RNGS_PRELUDE + r'''
 import copy
 import torch
 from torch import nn
@@ -860,15 +906,17 @@ counts.append(counted(model))
 init = sorted([n, float(p.detach().double().sum())] for n, p in model.named_parameters() if "lora_" in n)
 init.append(float(sum(p.detach().double().abs().sum() for p in model.parameters())))
 return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] for v in counts] + [trainable, lora,
-                                                                                                   all(kept), init]
+                                                                                                   all(kept), init,
+                                                                                                   host_rngs() == host]
 ''', reference=lambda: count_trainable,
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
                 "dropout of each LoRA layer, and how the LoRA matrices start), and the count on that model, on a model "
-                "with various parts frozen and on one with a tied weight (counted once), and the global random generator untouched by counting",
+                "with various parts frozen and on one with a tied weight (counted once), the global random generator untouched by "
+                "counting, and NumPy's and Python's untouched",
         parts="the count with nothing, [0], [0, 1], [2] and everything frozen, on a model with a tied weight, on the peft "
               "model, the "
               "trainable parameters, the LoRA layers, the random generator untouched, the LoRA and base weights' "
-              "sums"),
+              "sums, NumPy's and Python's random generators untouched"),
 ]
 
 def tests_for(notebook: str) -> list[Exercise]:

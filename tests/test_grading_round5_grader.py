@@ -259,6 +259,33 @@ def test_09s_probe_cannot_reach_the_librarys_own_parameter_counters(tmp_path):
     assert done.stdout.split() == ["stub", "stub"], done.stdout + done.stderr[-1000:]
 
 
+def test_02s_probe_cannot_reach_the_librarys_table_of_keys(tmp_path):
+    # The table of the five keys is 02's answer: a cell that copies course_lib.config.SETTINGS_TO_CFG when it runs
+    # (before the probe empties the table for each call) fails in the stripped course, and the probe still runs there.
+    from course_tools.grading.probe import build_stripped_course, hidden_names, run_in
+    from course_tools.grading.registry import load_tests
+
+    exercises = load_tests().TESTS
+    two = next(t for t in exercises if t.exercise == "02-settings-to-cfg")
+    target = build_stripped_course(ROOT / "course_lib", tmp_path / "c" / "course_lib", set(), hidden_names(exercises))
+    own = ("def settings_to_cfg(settings, drop_rate=0.0, qkv_bias=True):\n"
+           "    names = {'n_vocab': 'vocab_size', 'n_ctx': 'context_length', 'n_embd': 'emb_dim', 'n_head': 'n_heads',\n"
+           "             'n_layer': 'n_layers'}\n"
+           "    for key in list(names) + list(settings):\n"
+           "        if (key in names) != (key in settings):\n"
+           "            raise KeyError(key)\n"
+           "    return {**{names[k]: v for k, v in settings.items()}, 'drop_rate': drop_rate, 'qkv_bias': qkv_bias}\n")
+    script = (f"import json\nfrom course_tools.grading.probe import run_in\nprobe = {two.probe!r}\n"
+              "from course_lib.config import SETTINGS_TO_CFG\ntry:\n    NAMES = dict(SETTINGS_TO_CFG)\n    print('reached')\n"
+              "except RuntimeError as e:\n    print('stub' if 'reference' in str(e) else e)\nns = {}\n"
+              f"exec({own!r}, ns)\nprint(json.dumps(run_in(ns, probe, 7)))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(target.parent)})
+    lines = done.stdout.strip().split("\n")
+    assert lines[0] == "stub", done.stdout + done.stderr[-1000:]
+    assert json.loads(lines[1]) == json.loads(json.dumps(run_in(two.references(), two.probe, 7))), done.stdout
+
+
 # --------------------------------------------------------------------------- the global-state guard
 @pytest.mark.parametrize("change, named", [
     ("torch.autocast('cpu', dtype=torch.bfloat16).__enter__()", "autocast on the CPU"),

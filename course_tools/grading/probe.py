@@ -69,11 +69,28 @@ def _stub(name: str) -> ast.stmt:
     return ast.parse(f"def {name}(*args, **kwargs):\n    raise RuntimeError({message!r})\n").body[0]
 
 
+def _stub_value(name: str) -> list[ast.stmt]:
+    """A stub for a hidden table (a top-level assignment, such as ``config.SETTINGS_TO_CFG``): it can be imported,
+    and reading it in any way (iterating, indexing, copying, an attribute) raises."""
+    message = f"`{name}` {STUB_ERROR}: write it yourself in the notebook."
+    return ast.parse(f"class _Hidden_{name}:\n    def _fail(self, *args, **kwargs):\n"
+                     f"        raise RuntimeError({message!r})\n"
+                     "    __iter__ = __getitem__ = __len__ = __contains__ = __getattr__ = __call__ = _fail\n"
+                     f"{name} = _Hidden_{name}()\n").body
+
+
 def strip_module(source: str, names: set[str]) -> str:
-    """``source`` with each top-level definition in ``names`` (or all, for ``*``) replaced by a stub."""
+    """``source`` with each top-level definition in ``names`` (or all, for ``*``) replaced by a stub, and each
+    top-level assignment to a name in ``names`` (named explicitly: ``*`` leaves the module's tables) by a stub value."""
     tree = ast.parse(source)
     body: list[ast.stmt] = []
     for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            table = next((t.id for t in targets if isinstance(t, ast.Name) and t.id in names), None)
+            if table:
+                body.extend(_stub_value(table))
+                continue
         defined = None
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             defined = node.name
