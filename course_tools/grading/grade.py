@@ -37,8 +37,9 @@ from .shared import prepare_shared
 
 # --------------------------------------------------------------------------- sharding
 def shard_of(student: str, shards: int) -> int:
-    """A stable shard number for ``student`` (the same on every machine and run)."""
-    return int(hashlib.sha256(student.encode()).hexdigest(), 16) % shards
+    """A stable shard number for ``student`` (the same on every machine and run). A folder name that is not
+    valid UTF-8 reaches Python with surrogate escapes; it is hashed as the bytes it has on disk."""
+    return int(hashlib.sha256(student.encode("utf-8", "surrogateescape")).hexdigest(), 16) % shards
 
 
 def select_students(students: list[str], shard: str | None) -> list[str]:
@@ -228,6 +229,20 @@ def _check_outputs_outside(submissions: Path, outputs: list[Path]) -> None:
                              "--out grades/grades.csv beside the submissions folder.")
 
 
+def _check_outputs_writable(outputs: list[Path]) -> None:
+    """Refuse, before grading anyone, output folders this user cannot write in (a read-only disk, another user's
+    folder): the gradebook is written only after every submission has run, which can take hours."""
+    for folder in outputs:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".course-grade-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise ValueError(f"The grader cannot write in {folder} ({err.strerror or type(err).__name__}): choose "
+                             "--out (and --feedback-dir, --executed-dir) on a disk you can write to.") from None
+
+
 def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feedback_dir: Path | None = None,
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
@@ -241,8 +256,9 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     process after every sandbox is gone."""
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
-    _check_outputs_outside(submissions, [out.parent, feedback_dir or out.parent / "feedback",
-                                         executed_dir or out.parent / "executed"])
+    outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
+    _check_outputs_outside(submissions, outputs)
+    _check_outputs_writable(outputs)
     limits = limits or sandbox.Limits()
     course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
     roots = tuple(Path(r) for r in sandbox.course_folders(DEFAULT_TESTS.parent.parent, course_dir.parent))

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -98,16 +99,28 @@ def grade_one(job: Job) -> Result:
 
 
 def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
-    """The submitted notebook, or :class:`Refused` saying why not (a link, missing, too large, unreadable)."""
+    """The submitted notebook, or :class:`Refused` saying why not (a link, missing, too large, unreadable).
+    A file or folder the grading user may not read (mode 000, a folder without ``x``) is the instructor's to fix,
+    not the student's mistake: a ``grader error``, never ``missing`` or ``invalid``."""
+    try:
+        _readable(path)
+    except PermissionError:
+        raise Refused("grader error", GRADER_CANNOT_READ.format(name=path.name)) from None
     if path.is_symlink() or path.parent.is_symlink():
         raise Refused("invalid notebook", f"{path.name} is a link, not a file; submit the .ipynb file itself.")
     if not path.is_file():
+        if os.path.lexists(path):   # a pipe (which reading would block on), a device, a folder
+            raise Refused("invalid notebook", f"{path.name} is not a regular file (a folder, pipe or device); submit "
+                          "the .ipynb file saved by Jupyter.")
         raise Refused("missing notebook", f"{notebook}.ipynb was not submitted.")
     if path.stat().st_size > MAX_NOTEBOOK_BYTES:
         raise Refused("invalid notebook", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear "
                       "its outputs and submit it again.")
     try:  # counted before nbformat validates it: hundreds of thousands of tiny cells cost the grader, not the student
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except PermissionError:
+            raise Refused("grader error", GRADER_CANNOT_READ.format(name=path.name)) from None
         cells = json.loads(text).get("cells")
         if isinstance(cells, list) and len(cells) > MAX_CELLS:
             raise Refused("invalid notebook", f"{path.name} has {len(cells):,} cells, more than the {MAX_CELLS:,} a "
@@ -132,6 +145,21 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
     return nb
 
 
+GRADER_CANNOT_READ = ("The grader was not allowed to read {name} or its folder (permission denied), so it was not "
+                      "graded; this is not your mistake: your instructor will make it readable and grade it again.")
+
+
+def _readable(path: Path) -> None:
+    """Raise PermissionError when the grading user may not look up ``path`` or its folder (a missing file is fine:
+    that is the student's ``missing notebook``)."""
+    try:
+        for where in (path.parent, path):
+            os.lstat(where)
+        os.listdir(path.parent)   # a folder without ``r``: its other files cannot be copied either
+    except (FileNotFoundError, NotADirectoryError):
+        return
+
+
 def _grade_one(job: Job, result: Result) -> Result:
     from . import probe, runner
 
@@ -141,6 +169,9 @@ def _grade_one(job: Job, result: Result) -> Result:
         nb = read_submission(Path(job.path), job.notebook)
     except Refused as refused:
         result.rows = rows_for_all(hidden, refused.status, str(refused))
+        if refused.status == "grader error":   # the instructor's to fix: said where they look, not only in the feedback
+            print(f"warning: {job.student}: the grader may not read {job.notebook}.ipynb or its folder (permission "
+                  "denied); make the submissions readable by the grading user and grade them again.", file=sys.stderr)
         return result
     start = time.monotonic()
     budget = job.notebook_timeout

@@ -78,13 +78,49 @@ def file_name(name: str) -> str:
     return safe
 
 
-def write_gradebook(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+def write_atomically(path: Path, text: str) -> None:
+    """``path`` holds ``text`` in full or is left as it was: written to a new file beside it, flushed to disk, then
+    renamed over it. A full or read-only disk raises OSError without leaving a half-written file (and without
+    truncating the file of an earlier run)."""
+    import os
+    import tempfile
+
+    data = text.encode("utf-8", "backslashreplace")
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())   # what open() would have made
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def gradebook_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: csv_cell(r[k]) for k in FIELDS} for r in with_totals(rows))
-    out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
+    return buffer.getvalue()
+
+
+def write_gradebook(rows: list[dict], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, gradebook_text(rows))
 
 
 def written_answers(nb: nbformat.NotebookNode) -> dict[str, str]:
@@ -143,17 +179,21 @@ def write_feedback(student: str, results: list[Result], folder: Path) -> None:
             lines += [f"- Written answer **{exercise}** (not scored):", ""]
             lines += _answer_block(res.written.get(exercise, ""), model)
         lines.append("")
-    (folder / f"{file_name(student)}.md").write_text("\n".join(lines), encoding="utf-8", errors="backslashreplace")
+    write_atomically(folder / f"{file_name(student)}.md", "\n".join(lines))
 
 
-def write_flags(flags: list[dict], out: Path) -> None:
-    """``out``: one row per flagged exercise, for the instructor's eyes only (students never see it)."""
+def flags_text(flags: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FLAG_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: csv_cell(f[k]) for k in FLAG_FIELDS}
                      for f in sorted(flags, key=lambda f: (f["student"], f["notebook"], f["exercise"])))
-    out.write_text(buffer.getvalue(), encoding="utf-8", errors="backslashreplace")
+    return buffer.getvalue()
+
+
+def write_flags(flags: list[dict], out: Path) -> None:
+    """``out``: one row per flagged exercise, for the instructor's eyes only (students never see it)."""
+    write_atomically(out, flags_text(flags))
 
 
 def utf8(text: str) -> str:
@@ -165,8 +205,15 @@ def write_results(results: list[Result], out: Path, feedback_dir: Path, executed
     """The gradebook at ``out``, the flags beside it, each student's feedback and the executed notebooks; one
     student's file that cannot be written costs only that file. Returns the gradebook's rows with totals."""
     rows = [{"student": r.student, "notebook": r.notebook, **row} for r in results for row in r.rows]
-    write_gradebook(rows, out)
-    write_flags([f for r in results for f in r.flags], out.parent / f"{out.stem}-flags.csv")
+    books = [(out, gradebook_text(rows)),
+             (out.parent / f"{out.stem}-flags.csv", flags_text([f for r in results for f in r.flags]))]
+    lost: list[str] = []   # hours of grading must not be lost to a full or read-only disk: kept elsewhere, said
+    for path, text in books:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, text)
+        except OSError as err:
+            lost.append(f"could not write {path} ({err.strerror or type(err).__name__}); {_rescue(path, text)}")
     for student in sorted({r.student for r in results}):
         try:
             write_feedback(student, [r for r in results if r.student == student], feedback_dir)
@@ -177,11 +224,30 @@ def write_results(results: list[Result], out: Path, feedback_dir: Path, executed
             target = executed_dir / file_name(r.student) / f"{r.notebook}.ipynb"
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(r.executed, encoding="utf-8", errors="backslashreplace")
+                write_atomically(target, r.executed)
             except (Exception, MemoryError) as err:
                 print(f"warning: could not write the executed notebook of {r.student}: {type(err).__name__}",
                       file=sys.stderr)
+    if lost:   # after the feedback and the executed notebooks, which may live on another disk
+        raise RuntimeError(" ".join(lost))
     return with_totals(rows)
+
+
+def _rescue(path: Path, text: str) -> str:
+    """Keep ``text`` (a gradebook the grader could not write at ``path``) where it can: a file in the temporary
+    folder, else the console. Returns the sentence that says where it went."""
+    import tempfile
+
+    try:
+        fd, kept = tempfile.mkstemp(prefix=f"{path.stem[:60]}-", suffix=path.suffix or ".csv")
+        with open(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(text)
+            f.flush()
+        return f"it was saved as {kept} instead: copy it where it belongs (no submission needs grading again)."
+    except OSError:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return "the temporary folder refused it too, so it was printed above: keep that output."
 
 
 def print_totals(rows: list[dict], out: str | Path) -> None:

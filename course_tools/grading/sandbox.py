@@ -636,6 +636,9 @@ def copy_submission(source: Path, target: Path, limit: int = MAX_COPY_BYTES) -> 
             budget["entries"] -= 1
             try:
                 info = os.stat(name, dir_fd=src_fd, follow_symlinks=False)
+            except PermissionError:   # in a folder without ``x``: said, as every file the grader may not read
+                skipped.append(unreadable(shown))
+                continue
             except OSError:
                 continue
             if stat.S_ISDIR(info.st_mode):
@@ -644,6 +647,9 @@ def copy_submission(source: Path, target: Path, limit: int = MAX_COPY_BYTES) -> 
                     continue
                 try:
                     fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=src_fd)
+                except PermissionError:
+                    skipped.append(unreadable(shown + "/"))
+                    continue
                 except OSError:
                     continue
                 try:
@@ -658,7 +664,12 @@ def copy_submission(source: Path, target: Path, limit: int = MAX_COPY_BYTES) -> 
                                f"({limit:,} bytes in all) and was not copied.")
             else:
                 budget["bytes"] -= info.st_size
-                _copy_regular(src_fd, name, dst / name, info.st_size)
+                if not _copy_regular(src_fd, name, dst / name, info.st_size):
+                    skipped.append(unreadable(shown))
+
+    def unreadable(shown: str) -> str:
+        return (f"`{shown}` could not be read by the grader (permission denied) and was not copied; this is not your "
+                "mistake: tell your instructor.")
 
     top = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
@@ -668,16 +679,19 @@ def copy_submission(source: Path, target: Path, limit: int = MAX_COPY_BYTES) -> 
     return skipped
 
 
-def _copy_regular(dir_fd: int, name: str, target: Path, size: int) -> None:
+def _copy_regular(dir_fd: int, name: str, target: Path, size: int) -> bool:
     """Copy at most ``size`` bytes of the regular file ``name`` (opened without following links,
-    and without blocking on a file that turns into a pipe) to the new file ``target``."""
+    and without blocking on a file that turns into a pipe) to the new file ``target``. False when the
+    grading user may not read it (mode 000: the caller names it in the feedback)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except PermissionError:
+        return False
     except OSError:
-        return
+        return True
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return
+            return True
         out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             left = size
@@ -693,6 +707,7 @@ def _copy_regular(dir_fd: int, name: str, target: Path, size: int) -> None:
         pass
     finally:
         os.close(fd)
+    return True
 
 
 def remove_tree(path: Path) -> None:
