@@ -215,3 +215,28 @@ def test_an_output_folder_on_a_read_only_disk_is_refused_before_anyone_is_graded
     assert done.returncode == 2, done.stderr[-2000:]
     assert "cannot write in" in done.stderr and "Read-only file system" in done.stderr, done.stderr[-2000:]
     assert "warning: --no-sandbox" not in done.stderr, "refused before grading started"
+
+
+LIST = """
+import sys
+from pathlib import Path
+from course_tools.grading.grade import student_folders
+try:
+    print("listed", student_folders(Path(sys.argv[1])))
+except ValueError as err:
+    print("refused", err)
+"""
+
+
+@pytest.mark.parametrize("mode", [0o300, 0o600])
+def test_a_submissions_folder_the_grader_may_not_list_or_enter_stops_with_one_sentence(shared_tmp, mode):
+    """Before: a traceback (PermissionError from the listing, or from is_dir() on each entry) after the sandbox
+    checks. (``student_folders`` was the listing inside ``grade``.)"""
+    subs = shared_tmp / "subs"
+    (subs / "ada").mkdir(parents=True)
+    _own(shared_tmp)
+    subs.chmod(mode)
+    done = _as_user_bits_bind(LIST, str(subs), keep=shared_tmp / "keep")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("refused") and "Permission denied" in done.stdout and "readable" in done.stdout, \
+        done.stdout

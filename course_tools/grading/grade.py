@@ -229,6 +229,17 @@ def _check_outputs_outside(submissions: Path, outputs: list[Path]) -> None:
                              "--out grades/grades.csv beside the submissions folder.")
 
 
+def student_folders(submissions: Path) -> list[str]:
+    """The students: the names of the folders in ``submissions`` that do not start with ``.``, sorted. A submissions
+    folder the grading user may not list or enter (no ``r`` or no ``x``) stops the run with one sentence, before
+    anyone is graded, not with a traceback."""
+    try:
+        return sorted(p.name for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as err:
+        raise ValueError(f"The grader cannot read the submissions folder {submissions} ({err.strerror or type(err).__name__}"
+                         "): make it and the students' folders readable by the user who runs `course grade`.") from None
+
+
 def _check_outputs_writable(outputs: list[Path]) -> None:
     """Refuse, before grading anyone, output folders this user cannot write in (a read-only disk, another user's
     folder): the gradebook is written only after every submission has run, which can take hours."""
@@ -278,8 +289,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     unknown = [n for n in names if n not in tests.notebooks()]
     if unknown:
         raise ValueError(f"No hidden tests for {unknown[0]!r}; choose from {tests.notebooks()}.")
-    folders = select_students(sorted(p.name for p in submissions.iterdir()
-                                     if p.is_dir() and not p.name.startswith(".")), shard)
+    folders = select_students(student_folders(submissions), shard)
     shown = {folder: display_name(folder) for folder in folders}
     readonly: tuple[Path, ...] = ()
     if profile != "smoke":
