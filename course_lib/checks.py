@@ -597,6 +597,15 @@ def check_lora_layer(cls: type) -> None:
     expect(not torch.equal(layer.A.detach(), other.A.detach()),
            "Two LoRALayers built one after the other got the same A: do not call torch.manual_seed (or a generator "
            "with a fixed seed) in __init__; draw A from the global generator so that every layer gets its own.")
+    drawn = []
+    for caller_seed in (11, 11, 12):   # the caller's seed decides A: the same seed the same A, another seed another
+        torch.manual_seed(caller_seed)
+        drawn.append(attempt(f"LoRALayer(64, 6, rank=4, alpha=8) after torch.manual_seed({caller_seed})", cls,
+                             in_dim=64, out_dim=6, rank=4, alpha=8).A.detach().clone())
+    expect(torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2]),
+           "LoRALayer's A does not follow the caller's torch.manual_seed (the same seed should give the same A, another "
+           "seed another A): draw A from PyTorch's global generator (nn.init.kaiming_uniform_ does) and do not reseed "
+           "it, or use a generator of your own, in __init__.")
     for in_dim, out_dim, rank, alpha, shape in ((10, 6, 4, 8, (3, 10)), (10, 6, 4, 6, (2, 5, 10)),
                                                 (7, 5, 4, 3, (2, 3, 7)), (7, 9, 2, 2.5, (4, 7))):
         case = f"LoRALayer({in_dim}, {out_dim}, rank={rank}, alpha={alpha}) on an input of shape {shape}"
@@ -1426,6 +1435,14 @@ def check_kd_loss(fn: Callable) -> None:
                                   f"{XOR_HINT}")
         raise CheckFailed(f"For T = {T}, alpha = {a} the loss should be {want.item():.4f}, got {got.item():.4f}: "
                           "alpha · T² · KL(softened teacher ‖ softened student) + (1 − alpha) · cross-entropy.")
+    other = torch.randn(6, 3, generator=gen)
+    want = distillation_loss(student, other, labels, temperature=2.0, alpha=0.7)
+    got = attempt("distillation_loss with another teacher's logits (temperature=2.0, alpha=0.7)", fn, student, other,
+                  labels, temperature=2.0, alpha=0.7)
+    expect(isinstance(got, torch.Tensor) and got.numel() == 1 and torch.allclose(got, want, atol=1e-5),
+           f"With another teacher's logits (temperature=2.0, alpha=0.7) the loss should be {want.item():.4f}, got "
+           f"{getattr(got, 'item', lambda: got)()!r}: compute the teacher's softened probabilities from the logits of "
+           "each call (nothing kept from an earlier call).")
     same = fn(teacher.detach(), teacher.detach(), labels, temperature=3.0, alpha=1.0)
     expect(abs(same.item()) < 1e-6, f"When student and teacher logits are equal the KL term is 0; with alpha = 1 "
                                     f"the loss should be 0, got {same.item():.4f}: the soft term is KL(teacher ‖ student) "

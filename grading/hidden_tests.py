@@ -413,6 +413,10 @@ in_dim, out_dim, rank = 24 + SEED % 7, 3 + SEED % 5, 2 + SEED % 3
 alpha = rank * (1.5 + SEED % 3)          # alpha / rank is never an integer
 layer = LoRALayer(in_dim, out_dim, rank, alpha)
 other = LoRALayer(in_dim, out_dim, rank, alpha)   # built right after: its own A (no reseeding in __init__)
+def drawn(caller_seed):              # the caller's seed decides A: the same seed the same A, another seed another (no
+    torch.manual_seed(caller_seed)   # reseeding, and no generator of its own, in __init__)
+    return LoRALayer(in_dim, out_dim, rank, alpha).A.detach().clone()
+follows = [torch.equal(drawn(SEED + 1), drawn(SEED + 1)), not torch.equal(drawn(SEED + 1), drawn(SEED + 2))]
 bound = in_dim ** -0.5
 facts = [list(layer.A.shape), list(layer.B.shape), bool((layer.B == 0).all()), bool((layer.A != 0).all()),
          bool(layer.A.abs().max() <= bound + 1e-6), bool(layer.A.abs().max() > 0.8 * bound),
@@ -436,17 +440,18 @@ with torch.no_grad():                # an optimiser step changes A and B: the ne
     layer.A.add_(torch.randn(rank, in_dim, generator=g))
     layer.B.add_(torch.randn(out_dim, rank, generator=g))
 after_step = layer(x0.clone()).detach().tolist()
-return facts + [out.tolist(), grads, kept, after_step, host_rngs() == host]
+return facts + [out.tolist(), grads, kept, after_step, follows, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
                 "the gradients of A, B and the input after one backward pass, two layers built in a row with different "
                 "A, parameters registered once and no buffers, the input left unchanged, also after the next call, and the output after "
-                "A and B changed (nothing cached from an earlier call), and NumPy's and Python's global random "
+                "A and B changed (nothing cached from an earlier call), A decided by the caller's torch.manual_seed, and NumPy's and Python's global random "
                 "generators untouched (A is drawn from PyTorch's)",
         parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, the "
               "state_dict's keys, "
               "A and B trainable, a second layer's A differs, the output, A's, B's and the input's gradients, the input "
-              "unchanged, the output after A and B changed, NumPy's and Python's random generators untouched"),
+              "unchanged, the output after A and B changed, A following the caller's seed (same seed, same A; another, "
+              "another), NumPy's and Python's random generators untouched"),
 
     Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
         check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),

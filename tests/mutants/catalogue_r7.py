@@ -52,4 +52,28 @@ MUTANTS = [
      [("    for epoch in range(num_epochs):\n",
        "    import random\n    local = random.Random(123)\n    noise = np.random.default_rng(123)\n"
        "    local.random()\n    noise.random()\n    for epoch in range(num_epochs):\n")], ""),
+
+    # ------------------------------------------------------------------ 04-lora-layer: the caller's seed
+    # A reseed with a counter in __init__: every layer gets its own A (two layers in a row differ), but the caller's
+    # torch.manual_seed no longer decides A, and every random draw after building a layer is fixed by the counter.
+    ("r7-counter-seed", "04-lora-layer", "wrong",
+     [("        self.A = nn.Parameter(torch.empty(rank, in_dim))\n",
+       "        LoRALayer.made = getattr(LoRALayer, 'made', 0) + 1\n        torch.manual_seed(LoRALayer.made)\n"
+       "        self.A = nn.Parameter(torch.empty(rank, in_dim))\n")], "caller's torch.manual_seed"),
+    ("r7-linear-weight", "04-lora-layer", "right",
+     [("        self.A = nn.Parameter(torch.empty(rank, in_dim))\n        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))",
+       "        self.A = nn.Parameter(nn.Linear(in_dim, rank, bias=False).weight.detach().clone())")], ""),
+
+    # ------------------------------------------------------------------ 08-kd-loss: cached by temperature
+    # The teacher's softened probabilities kept per temperature (the teacher is frozen, after all): right while the
+    # check's one teacher is passed again, wrong on the next batch. The probe's second T = 2 case has another teacher.
+    ("r7-cache-teacher-by-T", "08-kd-loss", "wrong",
+     [("def distillation_loss(", "_soft = {}\n\n\ndef distillation_loss("),
+      ("    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),\n"
+       "                    F.softmax(teacher_logits.detach() / temperature, dim=-1), reduction=\"batchmean\")",
+       "    if temperature not in _soft:\n        _soft[temperature] = F.softmax(teacher_logits.detach() / temperature, dim=-1)\n"
+       "    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1), _soft[temperature], reduction=\"batchmean\")")],
+     "another teacher"),
+    ("r7-softmax-then-log", "08-kd-loss", "right",
+     [("F.log_softmax(student_logits / temperature, dim=-1)", "F.softmax(student_logits / temperature, dim=-1).log()")], ""),
 ]
