@@ -240,3 +240,39 @@ def test_a_submissions_folder_the_grader_may_not_list_or_enter_stops_with_one_se
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("refused") and "Permission denied" in done.stdout and "readable" in done.stdout, \
         done.stdout
+
+
+TMPDIR_FULL = """
+import json, sys
+from pathlib import Path
+from course_tools.grading import sandbox
+from course_tools.grading.job import Job, grade_one
+student, full = Path(sys.argv[1]), Path(sys.argv[2])
+try:
+    sandbox.copy_submission(student, full / "copy")
+    copied = "returned"
+except OSError as err:
+    copied = type(err).__name__
+(full / "jobs").mkdir()
+result = grade_one(Job(student="ada", notebook="04_lora_layers", path=student / "04_lora_layers.ipynb",
+                       sandbox=False, scratch=full / "jobs"))
+print(json.dumps({"copy": copied, "rows": result.rows}))
+"""
+
+
+def test_a_full_temporary_folder_is_a_grader_error_not_a_short_copy_or_the_students_error(tmp_path):
+    """Before: the copy of a student's file stopped silently where the grader's TMPDIR filled up (the kernel would have
+    read a short file), and the notebook's exercises were each the student's ``error``."""
+    student, full = tmp_path / "subs" / "ada", tmp_path / "full"
+    student.mkdir(parents=True)
+    full.mkdir()
+    shutil.copy(ROOT / "notebooks" / "04_lora_layers.ipynb", student)
+    (student / "data.bin").write_bytes(os.urandom(3_000_000))
+    done = _in_own_mounts('mount -t tmpfs -o size=1m tmpfs "$2" || exit 9\nexec "$3" -c "$4" "$1" "$2"',
+                          str(student), str(full), sys.executable, TMPDIR_FULL)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["copy"] == "GraderDiskError", "a copy cut short by the grader's full disk must not look complete"
+    assert {r["status"] for r in got["rows"]} == {"grader error"}, got["rows"]
+    assert all("not your mistake" in r["message"] for r in got["rows"])
+    assert "temporary folder is full" in done.stderr

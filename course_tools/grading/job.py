@@ -3,6 +3,7 @@ sandbox; then each exercise's probe runs in a fresh sandboxed process holding on
 that ran, against a copy of course_lib with the references stubbed; the replies become gradebook rows here."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -92,10 +93,27 @@ def grade_one(job: Job) -> Result:
     result = Result(job.student, job.notebook)
     try:
         return _grade_one(job, result)
-    except Exception as err:  # one submission's failure must not stop the others
-        result.rows = rows_for_all(load_tests(job.tests).tests_for(job.notebook), "error", "The grader could not "
-                                   f"grade this notebook ({type(err).__name__}); tell your instructor.")
+    except OSError as err:
+        if not isinstance(err, sandbox.GraderDiskError) and err.errno not in GRADER_DISK_ERRORS:
+            return _graded_as_error(job, result, err)
+        print(f"warning: {job.student}: the grader's temporary folder is full or read-only ({err.strerror}); free room "
+              "in TMPDIR (or point it elsewhere) and grade this student again.", file=sys.stderr)
+        result.rows = rows_for_all(load_tests(job.tests).tests_for(job.notebook), "grader error", "The grader ran "
+                                   f"out of room on its own disk ({err.strerror}) while grading this notebook; this is "
+                                   "not your mistake: your instructor will grade it again.")
         return result
+    except Exception as err:  # one submission's failure must not stop the others
+        return _graded_as_error(job, result, err)
+
+
+GRADER_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}   # the grader's disk, never the student's doing
+
+
+def _graded_as_error(job: Job, result: Result, err: BaseException) -> Result:
+    """Every exercise of the notebook ``error``: whatever else stopped its grading costs this submission only."""
+    result.rows = rows_for_all(load_tests(job.tests).tests_for(job.notebook), "error", "The grader could not "
+                               f"grade this notebook ({type(err).__name__}); tell your instructor.")
+    return result
 
 
 def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:

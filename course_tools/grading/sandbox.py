@@ -696,18 +696,34 @@ def _copy_regular(dir_fd: int, name: str, target: Path, size: int) -> bool:
         try:
             left = size
             while left > 0:
-                chunk = os.read(fd, min(left, 1 << 20))
+                try:
+                    chunk = os.read(fd, min(left, 1 << 20))
+                except OSError:   # the student's file: what could be read is what is copied
+                    break
                 if not chunk:
                     break
-                os.write(out, chunk)
+                _write_all(out, chunk)   # the grader's disk: full or read-only is the grader's failure, said
                 left -= len(chunk)
         finally:
             os.close(out)
-    except OSError:
-        pass
     finally:
         os.close(fd)
     return True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data``; a failure (a full ``TMPDIR``) raises :class:`GraderDiskError` rather than leaving the
+    submission's copy silently short."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except OSError as err:
+            raise GraderDiskError(err.errno, err.strerror) from None
+
+
+class GraderDiskError(OSError):
+    """The grader could not write its own copy of a submission (its temporary folder is full or read-only)."""
 
 
 def remove_tree(path: Path) -> None:
