@@ -276,3 +276,40 @@ def test_a_full_temporary_folder_is_a_grader_error_not_a_short_copy_or_the_stude
     assert {r["status"] for r in got["rows"]} == {"grader error"}, got["rows"]
     assert all("not your mistake" in r["message"] for r in got["rows"])
     assert "temporary folder is full" in done.stderr
+
+
+NPROC = """
+import dataclasses, json, os, subprocess, sys, tempfile, threading, time
+from pathlib import Path
+from course_tools.grading import sandbox
+from course_tools.grading.job import Job, sandbox_command, sandbox_env
+root = Path(sys.argv[1])
+limits = dataclasses.replace(sandbox.Limits(processes=64), nproc_base=sandbox.user_tasks() + 64)   # at the start
+hog = subprocess.Popen([sys.executable, "-c", "import threading, time\\n"
+                        "for _ in range(300): threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\\n"
+                        "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+assert hog.stdout.readline().strip() == "held"   # another program of this user, started after the grader
+work = Path(tempfile.mkdtemp(dir=os.environ.get("TMPDIR", "/tmp")))
+job = Job(student="ada", notebook="04_lora_layers", path=work / "x.ipynb", sandbox=True, limits=limits,
+          course_dir=root / "course_lib")
+code = ("import threading, time\\nn = 0\\ntry:\\n    for _ in range(32):\\n"
+        "        threading.Thread(target=time.sleep, args=(2,), daemon=True).start(); n += 1\\n"
+        "except RuntimeError:\\n    pass\\nprint(n)")
+done = subprocess.run(sandbox_command(job, [work], root / "course_lib", work, sandbox_env(job, {}))
+                      + [sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+hog.kill()
+print(json.dumps({"rc": done.returncode, "out": done.stdout.strip(), "err": done.stderr[-800:]}))
+"""
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_a_sandbox_started_after_another_program_of_the_grading_user_took_threads_still_gets_its_own(shared_tmp):
+    """Without a pids cgroup, RLIMIT_NPROC counts every task of the grading user. The allowance was measured once,
+    when the grader started: 300 threads another program of the same user started later (a second grader, a browser)
+    left the next kernel no room, and a solution got `error`, "could not start the Python kernel" (seen as uid 65534)."""
+    done = _as_user_bits_bind(NPROC, str(ROOT), keep=shared_tmp / "keep") if os.getuid() == 0 else \
+        subprocess.run([sys.executable, "-c", NPROC, str(ROOT)], capture_output=True, text=True, timeout=180,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["rc"] == 0 and got["out"] == "32", got

@@ -109,7 +109,7 @@ def _limits_here(limits: sandbox.Limits, workers: int) -> tuple[int, sandbox.Lim
     if not missing:
         return workers, limits
     if "pids" in missing and os.getuid() != 0:
-        limits = dataclasses.replace(limits, nproc_base=sandbox.user_tasks() + 64)
+        limits = dataclasses.replace(limits, nproc_base=sandbox.nproc_base_now())   # measured again per sandbox
     print(f"warning: no per-sandbox {' and '.join(missing)} cgroup can be created here (run as root, or in a "
           "delegated cgroup, e.g. `systemd-run --user --scope -p Delegate=yes course grade ...`): the process "
           f"limit ({limits.processes}) then counts every process of this user together, and the memory limit "

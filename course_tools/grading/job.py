@@ -3,6 +3,7 @@ sandbox; then each exercise's probe runs in a fresh sandboxed process holding on
 that ran, against a copy of course_lib with the references stubbed; the replies become gradebook rows here."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -275,13 +276,16 @@ def sandbox_command(job: Job, scratch: list[Path], course_source: Path, cwd: Pat
     if not job.sandbox:
         return []
     course_dir = Path(job.course_dir)
+    limits = job.limits
+    if limits.nproc_base:   # no pids cgroup: RLIMIT_NPROC counts every task of this user, so counted now
+        limits = dataclasses.replace(limits, nproc_base=sandbox.nproc_base_now())
     readonly = [(course_source, course_dir)]
     data = course_dir.parent / "data"
     if data.is_dir():
         readonly.append((data, data))
     for extra in [*job.readonly, *also_readonly]:
         readonly.append((Path(extra), Path(extra)))
-    box = sandbox.Sandbox(scratch=scratch, readonly=readonly, env=env, cwd=cwd, limits=job.limits,
+    box = sandbox.Sandbox(scratch=scratch, readonly=readonly, env=env, cwd=cwd, limits=limits,
                           hidden=hidden or [], seeds=list(seeds), covered=list(job.course_roots),
                           nulled=list(nulled))
     args_file = Path(tempfile.mkstemp(prefix="bwrap-args-", dir=private)[1]) if private else None

@@ -512,6 +512,17 @@ def user_tasks(uid: int | None = None) -> int:
     return count
 
 
+NPROC_MARGIN = 64   # tasks a sandbox's process limit allows beyond those its user runs when it starts
+
+
+def nproc_base_now() -> int:
+    """What ``RLIMIT_NPROC`` must allow beyond a sandbox's own tasks, measured when it starts: every task the
+    grading user runs now, plus a margin. Measured afresh for each sandbox, because the count is per user across
+    the machine: a second grader of the same user, or any program of theirs, that started threads after this
+    grader began would otherwise leave no room for the next kernel to start."""
+    return user_tasks() + NPROC_MARGIN
+
+
 def remove_owned_cgroups(owner: int) -> None:
     """Kill and remove every cgroup made for the grader ``owner`` that is still there (a worker
     that died leaves its sandbox's groups behind)."""
