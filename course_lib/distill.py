@@ -169,7 +169,9 @@ def train_student(student: nn.Module, cached: TeacherOutputs, val_loader: DataLo
                   alpha: float = 0.5, use_kd: bool = True, seed: int = 123,
                   progress: bool | None = None) -> StudentHistory:
     """Train ``student`` on the cached teacher outputs; ``use_kd=False`` trains on labels alone
-    (plain cross-entropy) with the same batches, for a fair comparison."""
+    (plain cross-entropy) with the same batches, for a fair comparison. ``batch_size`` 32 and ``lr`` 1e-3
+    (PyTorch's AdamW default) are not tuned; the pretrained proxy (benchmarks/pretrained_proxy.py,
+    docs/benchmarks.md) is the only measurement at them."""
     from .training import accuracy_and_mcc
 
     student.to(device)
