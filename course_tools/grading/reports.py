@@ -8,8 +8,10 @@ import csv
 import hashlib
 import html
 import io
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -82,9 +84,6 @@ def write_atomically(path: Path, text: str) -> None:
     """``path`` holds ``text`` in full or is left as it was: written to a new file beside it, flushed to disk, then
     renamed over it. A full or read-only disk raises OSError without leaving a half-written file (and without
     truncating the file of an earlier run)."""
-    import os
-    import tempfile
-
     data = text.encode("utf-8", "backslashreplace")
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".part", dir=path.parent)
     try:
@@ -103,8 +102,6 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def _umask() -> int:
-    import os
-
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -236,8 +233,6 @@ def write_results(results: list[Result], out: Path, feedback_dir: Path, executed
 def _rescue(path: Path, text: str) -> str:
     """Keep ``text`` (a gradebook the grader could not write at ``path``) where it can: a file in the temporary
     folder, else the console. Returns the sentence that says where it went."""
-    import tempfile
-
     try:
         fd, kept = tempfile.mkstemp(prefix=f"{path.stem[:60]}-", suffix=path.suffix or ".csv")
         with open(fd, "w", encoding="utf-8", errors="backslashreplace") as f:

@@ -379,18 +379,26 @@ def limit_command(limits: Limits) -> list[str]:
             f"--fsize={limits.file_bytes}", f"--cpu={limits.cpu_seconds}", "--core=0", "--"]
 
 
-def tie_to_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies, and exit now if ``parent`` died before
-    the request was made (a dead parent's orphans would otherwise run on for ever). Linux only."""
-    if not sys.platform.startswith("linux"):
-        return
+def _parent_death_guard(parent: int):
+    """A function that asks the kernel to SIGKILL the calling process when its parent dies, and exits at once if
+    ``parent`` died before the request was made (a dead parent's orphans would otherwise run on for ever). The libc
+    call is looked up here, so the function imports and loads nothing when it runs (between fork and exec)."""
     import ctypes
     import signal
 
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(1)
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def guard() -> None:
+        prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        if os.getppid() != parent:
+            os._exit(1)
+    return guard
+
+
+def tie_to_parent(parent: int) -> None:
+    """This process dies with ``parent`` (its parent), and exits now if that already died. Linux only."""
+    if sys.platform.startswith("linux"):
+        _parent_death_guard(parent)()
 
 
 def dies_with_this_process():
@@ -399,18 +407,7 @@ def dies_with_this_process():
     bwrap's ``--die-with-parent`` asks for the same signal, but only once bwrap runs: a parent killed while
     the shell, ``prlimit`` and bwrap start would leave a sandbox behind. Set before ``exec``, the request
     holds through each of them (none is set-user-ID), and the check after it closes the window before."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-    import signal
-
-    prctl, parent = ctypes.CDLL(None, use_errno=True).prctl, os.getpid()
-
-    def arm() -> None:   # in the child between fork and exec: no imports, no allocation it can avoid
-        prctl(1, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-    return arm
+    return _parent_death_guard(os.getpid()) if sys.platform.startswith("linux") else None
 
 
 def sandboxed_env(extra: dict[str, str]) -> dict[str, str]:
