@@ -131,7 +131,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if args.merge:
         if not args.out:
             raise ValueError("--merge needs --out grades.csv.")
-        rows = merge([Path(p) for p in args.merge], Path(args.out))
+        rows = merge([Path(p) for p in args.merge], Path(args.out),
+                     submissions=Path(args.submissions) if args.submissions else None)
     else:
         if not args.submissions or not args.out:
             raise ValueError("Usage: course grade SUBMISSIONS_DIR --out grades.csv")

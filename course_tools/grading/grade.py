@@ -30,7 +30,8 @@ from . import sandbox
 from .job import Job, Result, grade_one, threads_per_notebook
 from .ownership import installed_implementations
 from .registry import DEFAULT_TESTS, load_tests
-from .reports import FIELDS, display_name, with_totals, write_gradebook, write_results
+from .reports import (FIELDS, FLAG_FIELDS, csv_cell, display_name, flags_text, with_totals, write_atomically,
+                      write_gradebook, write_results)
 from .scoring import rows_for_all
 from .shared import prepare_shared
 
@@ -323,21 +324,100 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                          executed_dir or out.parent / "executed")
 
 
-def merge(parts: list[Path], out: Path) -> list[dict]:
-    """One gradebook from the shards' gradebooks; a student graded in two shards is refused."""
+def _columns(part: Path) -> list[str] | None:
+    with open(part, newline="") as f:
+        return csv.DictReader(f).fieldnames
+
+
+def merge(parts: list[Path], out: Path, submissions: Path | None = None) -> list[dict]:
+    """One gradebook from the shards' gradebooks, and one flags file (``<out>-flags.csv``) from theirs: the flags
+    file beside each shard's gradebook, or passed among ``parts`` (``--merge shard*.csv`` matches both kinds).
+
+    Refused, naming the file: a student graded in two shards; shards graded with other exercises or points (another
+    course or hidden-test version, other ``--notebooks``); a row whose points are not a whole number from 0 to its
+    max_points, or a student lacking an exercise the others have (a hand edit). With ``submissions``, a student
+    folder that is in no shard's gradebook (added after its shard was graded, or a shard left out) is refused too.
+    TOTAL rows are computed again, never read."""
+    books, flag_files = [], []
+    for part in parts:
+        columns = _columns(part)
+        if columns == FLAG_FIELDS:
+            flag_files.append(part)
+        elif columns == FIELDS:
+            books.append(part)
+        else:
+            raise ValueError(f"{part} is not a course gradebook (its columns are {columns}).")
+    for part in books:
+        beside = part.with_name(f"{part.stem}-flags.csv")
+        if beside.is_file() and beside.resolve() not in {f.resolve() for f in flag_files}:
+            flag_files.append(beside)
     rows: list[dict] = []
     seen: dict[str, Path] = {}
-    for part in parts:
+    layout: dict[str, tuple[str, int, Path]] = {}   # exercise -> its notebook and max_points, and where first seen
+    graded: dict[str, set[str]] = {}
+    for part in books:
         with open(part, newline="") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames != FIELDS:
-                raise ValueError(f"{part} is not a course gradebook (its columns are {reader.fieldnames}).")
-            for row in reader:
+            for row in csv.DictReader(f):
                 if row["exercise"] == "TOTAL":
                     continue
                 first = seen.setdefault(row["student"], part)
                 if first != part:
                     raise ValueError(f"{row['student']} appears in both {first} and {part}; merge each shard once.")
+                _check_row(row, part, layout, graded.setdefault(row["student"], set()))
                 rows.append(row)
+    for student, exercises in graded.items():
+        if exercises != set(layout):
+            raise ValueError(f"{seen[student]} has no row for {sorted(set(layout) - exercises)[0]} of {student}, "
+                             "which other students have: the shards were graded with other --notebooks or hidden tests, "
+                             "or edited by hand; grade them again alike.")
+    flags = []
+    for part in flag_files:
+        with open(part, newline="") as f:
+            for flag in csv.DictReader(f):
+                if flag.get("student") not in seen:
+                    raise ValueError(f"{part} flags {flag.get('student')}, who is in none of the gradebooks merged: "
+                                     "pass that shard's gradebook too.")
+                flags.append(flag)
+    if submissions is not None:
+        _check_everyone_merged(submissions, seen)
     write_gradebook(rows, out)
+    write_atomically(out.parent / f"{out.stem}-flags.csv", flags_text(flags))
     return with_totals(rows)
+
+
+def _check_row(row: dict, part: Path, layout: dict, mine: set[str]) -> None:
+    """Refuse a gradebook row that no grader writes: points that are not a whole number from 0 to max_points, an
+    exercise worth other points (or in another notebook) than in the shard read first, or the same exercise twice."""
+    where = f"{part}, {row['student']}, {row['exercise']}"
+    try:
+        points, most = int(row["points"]), int(row["max_points"])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: points {row['points']!r} of {row['max_points']!r} are not whole numbers; correct "
+                         "the row or grade that shard again.") from None
+    if not 0 <= points <= most:
+        raise ValueError(f"{where}: {points} points of {most} is outside 0 to {most}; correct the row or grade that "
+                         "shard again.")
+    notebook, worth, first = layout.setdefault(row["exercise"], (row["notebook"], most, part))
+    if (notebook, worth) != (row["notebook"], most):
+        raise ValueError(f"{row['exercise']} is worth {most} points in {part} but {worth} in {first} (or belongs to "
+                         "another notebook): the shards were graded with different hidden tests or course versions; "
+                         "grade them again with the same one.")
+    if row["exercise"] in mine:
+        raise ValueError(f"{where}: the exercise appears twice for this student; correct the file or grade that shard "
+                         "again.")
+    mine.add(row["exercise"])
+
+
+def _check_everyone_merged(submissions: Path, merged: dict[str, Path]) -> None:
+    """Refuse a merge that leaves out a student of ``submissions`` (a folder added after its shard was graded, or a
+    shard's gradebook not passed); warn about students merged who have no folder any more."""
+    shown = {csv_cell(display_name(folder)) for folder in student_folders(submissions)}
+    missing = sorted(shown - set(merged))
+    if missing:
+        raise ValueError(f"{len(missing)} student(s) of {submissions} are in no shard's gradebook ({', '.join(missing[:3])}"
+                         f"{', ...' if len(missing) > 3 else ''}): pass every shard's gradebook, or grade them "
+                         "(course grade SUBMISSIONS --shard K/N) and merge again.")
+    gone = sorted(set(merged) - shown)
+    if gone:
+        print(f"warning: {len(gone)} student(s) in the gradebooks have no folder in {submissions} any more "
+              f"({', '.join(gone[:3])}{', ...' if len(gone) > 3 else ''}); they are kept.", file=sys.stderr)

@@ -1,0 +1,101 @@
+"""Round seven of the red team: the grader's life cycle (stopped mid-class, two graders at once), ``--merge`` of shards
+that do not fit together, and what the instructor opens (feedback, executed notebooks, file names). Each test fails on
+the grader before its fix (round seven in docs/instructors.md)."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from course_tools.cli import main as course
+from course_tools.grading.job import Result
+from course_tools.grading.reports import write_results
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _row(exercise: str, points: int, most: int, status: str = "passed") -> dict:
+    return {"exercise": exercise, "points": points, "max_points": most, "status": status, "message": "m"}
+
+
+def _shard(folder: Path, name: str, students: dict[str, list[dict]], flagged: tuple[str, ...] = ()) -> Path:
+    """A shard's gradebook and flags as the grader writes them (``reports.write_results``), one notebook per student."""
+    results = [Result(who, "04_lora_layers", rows=rows,
+                      flags=[{"student": who, "notebook": "04_lora_layers", "exercise": rows[0]["exercise"],
+                              "reason": "matches the library"}] if who in flagged else [])
+               for who, rows in students.items()]
+    out = folder / f"{name}.csv"
+    write_results(results, out, folder / "feedback", folder / "executed")
+    return out
+
+
+GOOD = [_row("04-lora-layer", 3, 3), _row("04-linear-with-lora", 0, 4, "failed")]
+
+
+def test_merging_shards_by_the_documented_glob_also_merges_their_flags(tmp_path):
+    """``course grade --merge shard*.csv`` (docs/instructors.md) also matched each shard's ``shard1-flags.csv``, and
+    the merge stopped: "shard1-flags.csv is not a course gradebook". The flags are now merged into ``<out>-flags.csv``
+    (before, no merged flags file was written at all)."""
+    _shard(tmp_path, "shard1", {"ada": GOOD}, flagged=("ada",))
+    _shard(tmp_path, "shard2", {"bob": GOOD, "=cmd": GOOD}, flagged=("=cmd",))
+    parts = sorted(str(p) for p in tmp_path.glob("shard*.csv"))
+    assert any(p.endswith("-flags.csv") for p in parts)
+    assert course(["grade", "--merge", *parts, "--out", str(tmp_path / "grades.csv")]) == 0
+    whole = _shard(tmp_path / "whole", "grades", {"ada": GOOD, "bob": GOOD, "=cmd": GOOD}, flagged=("ada", "=cmd"))
+    assert (tmp_path / "grades.csv").read_bytes() == whole.read_bytes()
+    assert (tmp_path / "grades-flags.csv").read_bytes() == (whole.parent / "grades-flags.csv").read_bytes()
+    # the gradebooks alone find their flags beside them
+    (tmp_path / "grades-flags.csv").unlink()
+    assert course(["grade", "--merge", *[p for p in parts if not p.endswith("-flags.csv")],
+                   "--out", str(tmp_path / "grades.csv")]) == 0
+    assert (tmp_path / "grades-flags.csv").read_bytes() == (whole.parent / "grades-flags.csv").read_bytes()
+
+
+EDITED = "bob,04_lora_layers,04-lora-layer,3,3,passed,m\n"
+
+
+@pytest.mark.parametrize("case, other, edit, said", [
+    ("another hidden-test version", [_row("04-lora-layer", 3, 5), _row("04-linear-with-lora", 0, 4, "failed")], None,
+     "worth 5 points"),
+    ("other --notebooks", [_row("04-lora-layer", 3, 3)], None, "has no row for 04-linear-with-lora"),
+    ("points edited past the maximum", GOOD, "bob,04_lora_layers,04-lora-layer,10,3,passed,m\n", "outside 0 to 3"),
+    ("points edited to text", GOOD, "bob,04_lora_layers,04-lora-layer,3.5,3,passed,m\n", "not whole numbers"),
+    ("a row copied", GOOD, EDITED * 2, "appears twice"),
+    ("a row deleted", GOOD, "", "has no row for 04-lora-layer"),
+], ids=["hidden-test version", "notebooks", "points past max", "points as text", "row copied", "row deleted"])
+def test_shards_that_do_not_fit_together_are_refused_naming_the_file(tmp_path, capsys, case, other, edit, said):
+    """Before, each of these merged without a word: a shard graded with another version of the hidden tests (an
+    exercise worth other points), with other ``--notebooks`` (a student's total out of fewer points), or edited by hand
+    (10 points of 7, a row counted twice) went into the gradebook as it was."""
+    one = _shard(tmp_path, "shard1", {"ada": GOOD})
+    two = _shard(tmp_path, "shard2", {"bob": other})
+    if edit is not None:
+        assert EDITED in two.read_text()
+        two.write_text(two.read_text().replace(EDITED, edit))
+    assert course(["grade", "--merge", str(one), str(two), "--out", str(tmp_path / "grades.csv")]) == 2, case
+    err = capsys.readouterr().err
+    assert said in err and "shard2.csv" in err, err
+    assert not (tmp_path / "grades.csv").exists()
+
+
+def test_a_student_in_no_shard_is_refused_when_the_submissions_are_named(tmp_path, capsys):
+    """A student added after their shard was graded (or a shard's gradebook left out of the merge) was simply absent
+    from the merged gradebook; ``course grade SUBMISSIONS --merge ...`` now refuses it, naming the student."""
+    subs = tmp_path / "subs"
+    for who in ("ada", "bob", "-late, \"quoted\""):
+        (subs / who).mkdir(parents=True)
+    one = _shard(tmp_path, "shard1", {"ada": GOOD})
+    two = _shard(tmp_path, "shard2", {"bob": GOOD})
+    assert course(["grade", str(subs), "--merge", str(one), str(two), "--out", str(tmp_path / "grades.csv")]) == 2
+    assert "1 student(s)" in capsys.readouterr().err
+    three = _shard(tmp_path, "shard3", {"-late, \"quoted\"": GOOD})
+    assert course(["grade", str(subs), "--merge", str(one), str(two), str(three), "--out",
+                   str(tmp_path / "grades.csv")]) == 0, capsys.readouterr().err
+    with open(tmp_path / "grades.csv", newline="") as f:
+        assert {r["student"] for r in csv.DictReader(f)} == {"ada", "bob", "'-late, \"quoted\""}
