@@ -801,6 +801,24 @@ def check_linear_with_lora(cls: type) -> None:
            "merge() or unmerge() switched an evaluating layer back to training mode (self.train()): they should change "
            "the weight only; the training mode is the caller's to set.")
     wrapped.train()
+    # Two layers, one merged and one not (05 wraps a dozen and merges them one by one): the flag is each layer's own.
+    other_linear = _lora_linear(10, 6, 3)
+    other = attempt("a second LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)", cls, other_linear, rank=2, alpha=3)
+    with torch.no_grad():
+        other.lora.A.copy_(torch.randn(2, 10))
+        other.lora.B.copy_(torch.randn(6, 2))
+    w1 = other_linear.weight.detach().clone()
+    other_want = x @ (w1 + s * other.lora.B.detach() @ other.lora.A.detach()).T + other_linear.bias.detach()
+    attempt("merge() of the first layer", wrapped.merge, draws=False)
+    expect(close(attempt("the second layer's forward while the first is merged", other, x, draws=False), other_want,
+                 atol=1e-4),
+           "After merge() of one LinearWithLoRA another one's forward lost its LoRA path: keep the merged flag on each "
+           "layer (self.merged), not on the class or in a global, so that every layer knows whether it is merged.")
+    attempt("merge() of the second layer", other.merge, draws=False)
+    expect(not close(other_linear.weight, w1), "merge() of a second LinearWithLoRA did not change its weight after the "
+                                               "first was merged: keep the merged flag on each layer (self.merged), not "
+                                               "on the class or in a global.")
+    wrapped.unmerge()
     passed("LinearWithLoRA: identical at init, frozen base (weight and bias), merge and unmerge exact, "
            "idempotent, and W stays frozen")
 
@@ -1142,9 +1160,10 @@ def _elsewhere_collate(rows: list) -> tuple[torch.Tensor, torch.Tensor]:
     return x.as_subclass(_ElsewhereBatch), y.as_subclass(_ElsewhereBatch)
 
 
-def _tiny_setup(drop: float, seed: int, elsewhere: bool = False) -> tuple:
+def _tiny_setup(drop: float, seed: int, elsewhere: bool = False, drop_last: bool = True) -> tuple:
     """The toy model, its shuffled training loader and validation loader, and an SGD optimiser.
-    ``elsewhere``: the loaders' batches must be moved to ``device`` before use (:class:`_ElsewhereBatch`)."""
+    ``elsewhere``: the loaders' batches must be moved to ``device`` before use (:class:`_ElsewhereBatch`).
+    ``drop_last=False``: the training loader keeps its last, smaller batch (14 examples in batches of 3)."""
     from torch.utils.data import DataLoader, TensorDataset
 
     torch.manual_seed(seed)
@@ -1156,17 +1175,19 @@ def _tiny_setup(drop: float, seed: int, elsewhere: bool = False) -> tuple:
     # A shuffled training loader with its own generator, as in the notebook: evaluating on it (instead of on
     # train_eval_loader) consumes its shuffling and changes what training sees. Padded rows: a loss read at
     # the last position of the row, instead of the last real token, gives other numbers.
-    train = DataLoader(TensorDataset(x[:14], y[:14]), batch_size=3, drop_last=True, shuffle=True,
+    train = DataLoader(TensorDataset(x[:14], y[:14]), batch_size=3, drop_last=drop_last, shuffle=True,
                        generator=torch.Generator().manual_seed(seed + 7), **collate)
-    val = DataLoader(TensorDataset(x[14:], y[14:]), batch_size=4, generator=torch.Generator(), **collate)
+    # 12 validation rows in batches of 5, 5 and 2: with eval_iter=3 the smaller last batch counts, so an accuracy
+    # averaged over batches (not examples), or a loss averaged over examples (not calc_loss_loader's batches), shows.
+    val = DataLoader(TensorDataset(x[14:], y[14:]), batch_size=5, generator=torch.Generator(), **collate)
     opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
     return model, train, val, opt
 
 
 def _tiny_run(fn: Callable, drop: float, seed: int, num_epochs: int, eval_freq: int, eval_iter: int,
-              models: list | None = None, elsewhere: bool = False):
+              models: list | None = None, elsewhere: bool = False, drop_last: bool = True):
     """``fn`` run on :func:`_tiny_setup`; the model is appended to ``models`` when given."""
-    model, train, val, opt = _tiny_setup(drop, seed, elsewhere)
+    model, train, val, opt = _tiny_setup(drop, seed, elsewhere, drop_last)
     if models is not None:
         models.append(model)
     return fn(model, train, val, opt, _ELSEWHERE_DEVICE if elsewhere else torch.device("cpu"), num_epochs=num_epochs,
@@ -1195,9 +1216,36 @@ def _variant_loop(kind: str) -> Callable:
     """The reference loop with one catalogued mistake, so that a message can name it:
     ``last_position`` (the loss reads the padded row's last position), or ``train_loader_eval``,
     ``train_loader_loss``, ``train_loader_acc`` (the training set's losses and accuracies, its losses,
-    or its accuracies evaluated on the shuffled train_loader instead of train_eval_loader)."""
+    or its accuracies evaluated on the shuffled train_loader instead of train_eval_loader), ``loss_by_examples``
+    (the evaluation losses averaged over examples, not over batches as calc_loss_loader does) or
+    ``acc_by_batches`` (the accuracies averaged over batches, not over examples as calc_accuracy_loader does)."""
     from .dataloaders import sequential_loader
-    from .training import calc_accuracy_loader, calc_loss_batch, calc_loss_loader
+    from .training import calc_accuracy_loader, calc_loss_batch, calc_loss_loader, classifier_logits
+
+    def by_hand(loader, model, device, num_batches):   # (batch loss, batch accuracy, batch size) of each batch
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for i, (xb, yb) in enumerate(loader):
+                if i >= num_batches:
+                    break
+                xb, yb = xb.to(device), yb.to(device)
+                out.append((calc_loss_batch(xb, yb, model, device).item(),
+                            (classifier_logits(model, xb).argmax(dim=-1) == yb).float().mean().item(), len(yb)))
+        model.train()
+        return out
+
+    def eval_loss(loader, model, device, num_batches):
+        if kind != "loss_by_examples":
+            return calc_loss_loader(loader, model, device, num_batches=num_batches)
+        rows = by_hand(loader, model, device, num_batches)
+        return sum(loss * n for loss, _, n in rows) / sum(n for _, _, n in rows)
+
+    def eval_acc(loader, model, device, num_batches):
+        if kind != "acc_by_batches":
+            return calc_accuracy_loader(loader, model, device, num_batches=num_batches)
+        rows = by_hand(loader, model, device, num_batches)
+        return sum(acc for _, acc, _ in rows) / len(rows)
 
     def loop(model, train_loader, val_loader, optimizer, device, num_epochs, eval_freq, eval_iter):
         tl, vl, ta, va, seen, step = [], [], [], [], 0, -1
@@ -1218,11 +1266,11 @@ def _variant_loop(kind: str) -> Callable:
                 step += 1
                 if step % eval_freq == 0:
                     model.eval()
-                    tl.append(calc_loss_loader(loss_on, model, device, num_batches=eval_iter))
-                    vl.append(calc_loss_loader(val_loader, model, device, num_batches=eval_iter))
+                    tl.append(eval_loss(loss_on, model, device, eval_iter))
+                    vl.append(eval_loss(val_loader, model, device, eval_iter))
                     model.train()
-            ta.append(calc_accuracy_loader(acc_on, model, device, num_batches=eval_iter))
-            va.append(calc_accuracy_loader(val_loader, model, device, num_batches=eval_iter))
+            ta.append(eval_acc(acc_on, model, device, eval_iter))
+            va.append(eval_acc(val_loader, model, device, eval_iter))
         return tl, vl, ta, va, seen
     return loop
 
@@ -1237,14 +1285,25 @@ _VARIANT_MESSAGES = {
     "train_loader_loss": _ON_TRAIN_LOADER,
     "train_loader_acc": _ON_TRAIN_LOADER,
 }
+# Mistakes of a loop that evaluates by hand instead of with calc_loss_loader and calc_accuracy_loader: they show
+# only on a last batch smaller than the others (the validation loader's 5, 5, 2), in the validation numbers.
+_AVERAGE_MESSAGES = {
+    "loss_by_examples": "your evaluation losses are averaged over examples; calc_loss_loader averages the batches' "
+                        "losses (each batch counts once, the smaller last one too): append calc_loss_loader(loader, "
+                        "model, device, num_batches=eval_iter).",
+    "acc_by_batches": "your accuracies are averaged over batches (the smaller last batch weighs as much as a full "
+                      "one): an accuracy is the share of correct examples; append calc_accuracy_loader(loader, "
+                      "model, device, num_batches=eval_iter).",
+}
 
 
-def _name_variant(tl: list[float], case: tuple) -> str | None:
-    """The catalogued mistake whose losses equal ``tl`` on this case, if one does."""
+def _name_variant(got: list[float], case: tuple, index: int = 0, messages: dict[str, str] | None = None) -> str | None:
+    """The catalogued mistake (of ``messages``, by default :data:`_VARIANT_MESSAGES`) whose output ``index`` (0: the
+    training losses) equals ``got`` on this case, if one does."""
     _, drop, seed, epochs, freq, it = case
-    for kind, message in _VARIANT_MESSAGES.items():
-        v_tl = _tiny_run(_variant_loop(kind), drop, seed, epochs, freq, it)[0]
-        if _same(tl, [float(v) for v in v_tl]):
+    for kind, message in (_VARIANT_MESSAGES if messages is None else messages).items():
+        v_out = _tiny_run(_variant_loop(kind), drop, seed, epochs, freq, it)[index]
+        if _same(got, [float(v) for v in v_out]):
             return message
     return None
 
@@ -1315,6 +1374,9 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
         if not _same(vl, r_vl):
             expect(not _same(vl, r_tl), f"With {what}: your validation losses equal the training losses: compute them "
                                         "on val_loader.")
+            named = _name_variant(vl, case, 1, {"loss_by_examples": _AVERAGE_MESSAGES["loss_by_examples"]})
+            if named:
+                raise CheckFailed(f"With {what}: {named}")
             if drop > 0:
                 raise CheckFailed(f"With {what}: the validation losses differ with dropout on: evaluate in "
                                   "model.eval() mode.")
@@ -1325,6 +1387,10 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
                 other = r_va if name == "training" else r_ta
                 expect(not (_same(got, other, 1e-6) and not _same(other, want, 1e-6)),
                        f"With {what}: your {name} accuracies are the other loader's: compute them on {loader}.")
+                named = _name_variant(got, case, 2 if name == "training" else 3,
+                                      {"acc_by_batches": _AVERAGE_MESSAGES["acc_by_batches"]})
+                if named:
+                    raise CheckFailed(f"With {what}: {named}")
                 raise CheckFailed(f"With {what}: the {name} accuracies should be {[round(v, 4) for v in want]}, got "
                                   f"{[round(v, 4) for v in got]}: after each epoch append calc_accuracy_loader({loader}, "
                                   "model, device, num_batches=eval_iter).")
@@ -1344,6 +1410,15 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
         raise
     expect(isinstance(moved, (tuple, list)) and len(moved) == 5 and moved[4] == 12,
            "With batches on another device than the model the loop should still see 12 training examples.")
+    # A training loader that keeps its last, smaller batch (the notebook's drops it): examples_seen counts the
+    # examples each step saw, not the loader's batch_size.
+    kept = attempt("Your loop (a training loader that keeps its last, smaller batch)", _tiny_run, fn, 0.0, 4, 1, 2, 2,
+                   drop_last=False)
+    expect(isinstance(kept, (tuple, list)) and len(kept) == 5 and kept[4] == 14,
+           f"With a training loader of 14 examples in batches of 3 that keeps its last, smaller batch, examples_seen "
+           f"should be 14 after one epoch, got {kept[4] if isinstance(kept, (tuple, list)) and len(kept) == 5 else kept!r}: "
+           "add the size of each batch (input_batch.shape[0]), not the loader's batch_size, which the last batch "
+           "does not have.")
     # The caller's seed chooses the dropout masks and the shuffling after the loop: a loop that reseeds the
     # global generator (torch.manual_seed inside it) makes every run the same whatever seed the caller set.
     saved = torch.get_rng_state()
@@ -1703,5 +1778,13 @@ def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_
             raise CheckFailed(f"last_token_index on {what} should be {want}, got {values}" + (f": it {why}" if why else
                               ": each entry is the position of the row's last token that is not padding."))
     _expect_device_of_batch(fn)
+    x = torch.tensor([[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]])
+    attempt("last_token_index on a batch", fn, x, P)
+    x[:] = torch.tensor([[9, P, P, P, P], [4, 3, 2, 1, 7], [6, 6, P, P, P], [5, 5, 5, 5, P]])   # the caller's buffer, refilled
+    again = attempt("last_token_index on the same batch tensor refilled with other messages", fn, x, P)
+    expect(isinstance(again, torch.Tensor) and again.tolist() == [0, 4, 1, 3],
+           "last_token_index on the same batch tensor refilled with other messages (the caller reuses its buffer) should "
+           f"be [0, 4, 1, 3], got {again.tolist() if isinstance(again, torch.Tensor) else again!r}: compute the positions "
+           "from the batch's tokens on every call; keep nothing from an earlier call (by the batch's shape or id).")
     passed("last_token_index finds the last real token with right-padding, full-width rows, a batch of one and a "
            "pad id inside messages, and leaves the batch unchanged")

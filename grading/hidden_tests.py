@@ -465,6 +465,7 @@ d_out = d_in + 1 + SEED % 3
 linear = torch.nn.Linear(d_in, d_out)
 x = torch.randn(2, 5, d_in, generator=g)
 wrapped = LinearWithLoRA(linear, rank, 1.5 * rank)
+other = LinearWithLoRA(torch.nn.Linear(d_in, d_out), rank, 1.5 * rank)   # a second layer, merged while the first is
 facts = [bool(torch.allclose(wrapped(x), linear(x))), [p.requires_grad for p in linear.parameters()],
          [p.requires_grad for p in wrapped.lora.parameters()],
          sorted(n for n, _ in wrapped.named_parameters(remove_duplicate=False)), sorted(wrapped.state_dict())]
@@ -501,15 +502,24 @@ wrapped.eval()                       # nor does it switch an evaluating layer ba
 wrapped.merge()
 wrapped.unmerge()
 modes.append(not any(m.training for m in wrapped.modules()))
+wrapped.merge()                      # one layer merged, the other not: the merged flag is each layer's own
+with torch.no_grad():
+    other.lora.A.copy_(torch.randn(rank, d_in, generator=g))
+    other.lora.B.copy_(torch.randn(d_out, rank, generator=g))
+w_other = other.linear.weight.detach().clone()
+per_layer = [other(x).tolist()]
+other.merge()
+per_layer.append((other.linear.weight - w_other).tolist())
 return facts + [unmerged.tolist(), merged.tolist(), restored, final,
                 [p.requires_grad for p in wrapped.linear.parameters()], modes, torch.equal(rng, torch.get_rng_state()),
-                host_rngs() == host]
+                per_layer, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A, B and the input and none into the frozen layer, the input left "
                 "unchanged, "
                 "merge twice, unmerge when not merged, W frozen after merging, 3-D input, the training mode left as it "
                 "was by merge and unmerge (in training and in eval mode), the global random generator untouched "
-                "by forward, merge and unmerge, and NumPy's and Python's by everything"),
+                "by forward, merge and unmerge, a second layer's forward and merge while the first is merged (the "
+                "flag is each layer's own), and NumPy's and Python's by everything"),
 
     Exercise("05-replace", "05_lora_injection", 5, "replace_linear_with_lora",
         check="check_replace", check_args=lambda ns: (ns["replace_linear_with_lora"], smoke_gpt, ns["LinearWithLoRA"]),
@@ -726,12 +736,19 @@ try:                                 # the default device elsewhere than the bat
     out.append("computes on the batch's device")
 except Exception as e:
     out.append(type(e).__name__)
+x = draw(2 + SEED % 7, 3 + SEED % 11, 50257, 50256, True)   # a row fills the width: its last real token is at >= 2
+first = last_token_index(x, 50256)
+out.append(first.tolist() if isinstance(first, torch.Tensor) else None)
+x[:, 1:] = 50256                     # the caller refills its own buffer (every message one token long now): the
+again = last_token_index(x, 50256)   # positions are computed anew, not kept by the batch's shape or id
+out.append(again.tolist() if isinstance(again, torch.Tensor) else None)
 out.append(torch.equal(rng, torch.get_rng_state()))
 return out + [host_rngs() == host]
 """, reference=_lib("course_lib.training", "last_token_index"),
         explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
                 "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, tensors "
-                "made on the batch's device (PyTorch's default device set elsewhere), and the global random generators "
+                "made on the batch's device (PyTorch's default device set elsewhere), the batch tensor refilled by the caller "
+                "and passed again (nothing kept between calls), and the global random generators "
                 "(PyTorch's, NumPy's, Python's) untouched"),
 
     Exercise("07-train-loop", "07_classification_training", 5, "train_classifier_simple",
@@ -820,17 +837,34 @@ def end_state(caller_seed):   # one epoch from a random state the caller chose: 
                             num_epochs=1, eval_freq=2, eval_iter=1)
     return torch.get_rng_state()
 seeded = not torch.equal(end_state(SEED + 4), end_state(SEED + 5))
+# Five rows in batches of 2, 2 and 1, the last batch kept: examples_seen adds each batch's size (not the loader's
+# batch_size). Rows a, a, b, b, c labelled 0, 1, 0, 1, y: each full batch is exactly half right in eval mode, so
+# accuracies averaged over batches instead of examples always differ, and so do losses averaged over examples
+# instead of over batches (as calc_loss_loader does).
+rows = torch.cat([x[20:22].repeat_interleave(2, dim=0), x[22:23]])
+row_y = torch.cat([torch.tensor([0, 1, 0, 1]), y[22:23]])
+torch.manual_seed(SEED + 6)          # every loader pass draws a seed from the global generator: the model starts the
+m = Tiny()                           # same however many evaluations the loop above ran
+uneven = train_classifier_simple(
+    m, DataLoader(TensorDataset(rows, row_y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(SEED + 6),
+                  collate_fn=elsewhere),
+    DataLoader(TensorDataset(rows, row_y), batch_size=2, collate_fn=elsewhere), torch.optim.SGD(m.parameters(), lr=0.5),
+    DEVICE, num_epochs=1, eval_freq=1, eval_iter=3)
+uneven = [[float(v) for v in part] for part in uneven[:4]] + [uneven[4]]
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
-        seeded, frozen, host_rngs() == host]
+        seeded, frozen, uneven, host_rngs() == host]
 ''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
                 "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies, batches that must be "
                 "moved to device, the model handed back in training mode, its frozen embedding left frozen and "
-                "unchanged, the caller's random state still mattering after the loop (no reseeding inside), and NumPy's and "
+                "unchanged, the caller's random state still mattering after the loop (no reseeding inside), a training set "
+                "whose last batch is smaller (examples counted per batch, losses averaged over batches and "
+                "accuracies over examples, as calc_loss_loader and calc_accuracy_loader do), and NumPy's and "
                 "Python's global random generators untouched",
         parts="training losses, validation losses, training accuracies, validation accuracies, examples seen, the "
               "model in training mode after the loop, the global random state still the caller's, the frozen embedding "
-              "still frozen and its sum, NumPy's and Python's random generators untouched"),
+              "still frozen and its sum, [training losses, validation losses, training accuracies, validation accuracies, "
+              "examples seen] on five rows in batches of 2, 2 and 1, NumPy's and Python's random generators untouched"),
 
     Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
         check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),
