@@ -228,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.command != "grade":
+            raise
+        print("stopped: the grader removed its temporary files and sandboxes; the gradebook and feedback of this run "
+              "were not (or not all) written, so run the same command again.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,3 +101,106 @@ def test_a_student_in_no_shard_is_refused_when_the_submissions_are_named(tmp_pat
                    str(tmp_path / "grades.csv")]) == 0, capsys.readouterr().err
     with open(tmp_path / "grades.csv", newline="") as f:
         assert {r["student"] for r in csv.DictReader(f)} == {"ada", "bob", "'-late, \"quoted\""}
+
+
+def _slow_submission(subs: Path, who: str = "ada") -> None:
+    """04's solution whose first code cell sleeps for two minutes: a grader busy with a kernel for that long."""
+    import nbformat
+
+    nb = nbformat.read(ROOT / "solutions" / "04_lora_layers.ipynb", as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    first.source = "import time\ntime.sleep(120)\n" + first.source
+    (subs / who).mkdir(parents=True)
+    nbformat.write(nb, subs / who / "04_lora_layers.ipynb")
+
+
+def _grader(subs: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "course_tools.cli", "grade", str(subs), "--out", str(out), "--notebooks",
+            "04_lora_layers"]
+
+
+def _cgroups_of(pid: int) -> list[str]:
+    return [str(p) for p in Path("/sys/fs/cgroup").glob(f"**/course-grade-{pid}-*")]
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_a_second_grader_on_one_gradebook_is_refused_and_sigterm_leaves_nothing_behind(tmp_path):
+    """Two graders writing one ``--out`` each wrote the gradebook, its flags and the feedback in turn (a mixture of
+    both runs); the second now stops with one sentence. A grader stopped by SIGTERM (``kill``, a batch system's
+    cancel) died at once, leaving its temporary folder (15-33 MB, swept only by the next grader using the same
+    TMPDIR) and its sandboxes' cgroups (never removed); it now stops its workers, removes both and exits 130, and the
+    next grader may write the gradebook."""
+    subs, out = tmp_path / "subs", tmp_path / "out" / "grades.csv"
+    _slow_submission(subs)
+    temp = Path(tempfile.mkdtemp(prefix="r7-", dir="/tmp"))   # short: the kernels' sockets live there
+    env = {**os.environ, "TMPDIR": str(temp), "PYTHONPATH": str(ROOT)}
+    first = subprocess.Popen(_grader(subs, out), env=env, cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not list(temp.glob("course-grade-*/jobs/job-*")):   # a kernel is being started
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-2000:]
+            time.sleep(0.5)
+        time.sleep(3)
+        second = subprocess.run(_grader(subs, out), env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=90)
+        assert second.returncode == 2 and "Another `course grade` is writing" in second.stderr, second.stderr[-2000:]
+        assert first.poll() is None
+        stopped = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+        assert first.returncode == 130, err[-2000:]
+        assert time.monotonic() - stopped < 30   # not after the sleeping notebook
+        assert "stopped:" in err
+        time.sleep(1)
+        assert not list(temp.iterdir()), "the temporary folder was left behind"
+        assert not _cgroups_of(first.pid), "the sandboxes' cgroups were left behind"
+        for _ in range(20):   # its workers' and sandboxes' processes, which die with it, a moment later
+            alive = subprocess.run(["ps", "-o", "pid=,stat=,args=", "-s", str(first.pid)], capture_output=True,
+                                   text=True).stdout.strip()
+            if not alive:
+                break
+            time.sleep(0.5)
+        assert not alive, f"processes of the stopped grader still run: {alive}"
+        assert not out.exists()
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+    shutil.rmtree(subs / "ada")
+    (subs / "bob").mkdir()   # no notebook: graded at once, without a kernel
+    third = subprocess.run(_grader(subs, out), env={**env, "TMPDIR": "/tmp"}, cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "missing notebook" in out.read_text()
+
+
+def test_empty_cgroups_of_graders_killed_long_ago_are_removed_and_no_other(tmp_path):
+    """A grader killed with SIGKILL (or crashed) leaves its sandboxes' ``pids`` and ``memory`` cgroups: 69 of them had
+    piled up on the development machine. The next grader removes the empty ones of graders that no longer run, made
+    more than ten minutes ago; a running grader's and a young one stay."""
+    from course_tools.grading import sandbox
+
+    parent = sandbox._own_cgroup("pids")
+    if parent is None or not os.access(parent, os.W_OK):
+        pytest.skip("no writable pids cgroup here (run as root)")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    old, young, live = (parent / f"course-grade-{dead}-r7old", parent / f"course-grade-{dead}-r7young",
+                        parent / f"course-grade-{os.getpid()}-r7live")
+    for group in (old, young, live):
+        group.mkdir()
+    try:
+        hour_ago = time.time() - 3600
+        for group in (old, live):
+            os.utime(group, (hour_ago, hour_ago))
+        if old.stat().st_mtime > hour_ago + 60:
+            pytest.skip("this cgroup file system keeps no settable times")
+        removed = sandbox.remove_dead_graders_cgroups()
+        assert old in removed and not old.exists()
+        assert young.exists() and live.exists()
+    finally:
+        for group in (old, young, live):
+            if group.exists():
+                group.rmdir()

@@ -19,10 +19,12 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import signal
 import sys
 import tempfile
+import threading
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
+from multiprocessing import active_children, get_context
 from pathlib import Path
 from types import ModuleType
 
@@ -136,6 +138,8 @@ def _run_jobs(jobs: list[Job], workers: int, tests_path: Path, progress: bool) -
 
     def pool_run(indices: list[int], size: int) -> bool:
         """Run ``indices`` in one pool of ``size`` workers; False if the pool broke."""
+        if _stopping.is_set():   # stopped by a signal: no new pool (their jobs stay unfinished)
+            return True
         with ProcessPoolExecutor(max_workers=size, mp_context=get_context("spawn"), initializer=_worker_start,
                                  initargs=(tests_path, os.getpid())) as pool:
             futures = {pool.submit(grade_one, jobs[i]): i for i in indices}
@@ -168,6 +172,34 @@ def _run_jobs(jobs: list[Job], workers: int, tests_path: Path, progress: bool) -
                 tests.tests_for(job.notebook), "error", "The grader's worker stopped while grading this notebook (it "
                 "ran out of memory or was killed); tell your instructor."))
     return results  # type: ignore[return-value]
+
+
+_stopping = threading.Event()   # set by a stopping signal: no new worker pool starts
+
+
+def _stop(signum: int, frame) -> None:
+    """SIGTERM, SIGHUP or SIGINT (``kill PID``, a batch system cancelling the job, a closed terminal, Ctrl-C) stops the
+    grader with its clean-up (the sandboxes' cgroups, the temporary folder), which Python's default death for SIGTERM
+    and SIGHUP skips. The workers are stopped first: a signal sent to the grader alone does not reach them, and the
+    pool would wait for the notebooks they are grading (up to ``--notebook-timeout``)."""
+    _stopping.set()
+    for worker in active_children():
+        worker.kill()
+    raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
+def _stop_on_signals() -> dict:
+    """Install :func:`_stop` for the signals that would stop the grader (not one it ignores, as under ``nohup``; only
+    in the main thread); returns the handlers to put back."""
+    _stopping.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig, default in ((signal.SIGTERM, signal.SIG_DFL), (signal.SIGHUP, signal.SIG_DFL),
+                         (signal.SIGINT, signal.default_int_handler)):
+        if signal.getsignal(sig) is default:
+            old[sig] = signal.signal(sig, _stop)
+    return old
 
 
 def _worker_start(tests_path: Path, grader_pid: int) -> None:
@@ -255,6 +287,23 @@ def _check_outputs_writable(outputs: list[Path]) -> None:
                              "--out (and --feedback-dir, --executed-dir) on a disk you can write to.") from None
 
 
+def _lock_gradebook(out: Path):
+    """An open file holding an exclusive lock on ``out`` (a ``.<name>.lock`` file beside it), or one sentence: two
+    graders writing one gradebook would each write it, its flags and the feedback in turn, leaving a mixture of both
+    runs (each file whole, but from either). The lock goes when the grader exits, however it exits."""
+    import fcntl
+
+    path = out.parent / f".{out.name}.lock"
+    held = open(path, "a")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.close()
+        raise ValueError(f"Another `course grade` is writing {out} now (it holds {path}): wait for it to finish, or "
+                         "give this one another --out.") from None
+    return held
+
+
 def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feedback_dir: Path | None = None,
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
@@ -271,6 +320,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
     _check_outputs_outside(submissions, outputs)
     _check_outputs_writable(outputs)
+    lock = _lock_gradebook(out)   # held until this function returns, the gradebook written
     limits = limits or sandbox.Limits()
     course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
     roots = tuple(Path(r) for r in sandbox.course_folders(DEFAULT_TESTS.parent.parent, course_dir.parent))
@@ -300,6 +350,8 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     if use_sandbox:   # without one the kernel is reached over TCP
         _check_socket_room(Path(tempfile.gettempdir()))
     sweep_dead_graders(Path(tempfile.gettempdir()))
+    sandbox.remove_dead_graders_cgroups()
+    stopping = _stop_on_signals()
     tmp = Path(tempfile.mkdtemp(prefix=_shared_prefix()))
     try:
         cache, mpl = prepare_shared(profile, tmp)
@@ -318,10 +370,15 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                 for f in folders for n in names]
         results = _run_jobs(jobs, workers, tests_path, progress)
     finally:
+        for sig, handler in stopping.items():
+            signal.signal(sig, handler)
         sandbox.remove_owned_cgroups(os.getpid())   # a dead worker's groups, if any
         sandbox.remove_tree(tmp)                    # and its working folders
-    return write_results(results, out, feedback_dir or out.parent / "feedback",
-                         executed_dir or out.parent / "executed")
+    try:
+        return write_results(results, out, feedback_dir or out.parent / "feedback",
+                             executed_dir or out.parent / "executed")
+    finally:
+        lock.close()
 
 
 def _columns(part: Path) -> list[str] | None:

@@ -24,6 +24,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -532,6 +533,34 @@ def remove_owned_cgroups(owner: int) -> None:
         except OSError:
             continue
         remove_cgroups(mine)
+
+
+DEAD_CGROUP_AGE = 600   # seconds: an empty group younger than this may be a live grader's, about to be used
+
+
+def remove_dead_graders_cgroups() -> list[Path]:
+    """Remove the cgroups ``course-grade-<pid>-*`` left by graders killed before their clean-up (SIGKILL, a crash):
+    empty ones whose grader is not running here, made more than ``DEAD_CGROUP_AGE`` ago. Each would hold kernel memory
+    until the machine restarts. ``rmdir`` refuses a group that still holds tasks, so no process is touched (nor a live
+    grader's group in another pid namespace: busy, or younger than the age). Returns those removed."""
+    removed = []
+    for controller in ("pids", "memory"):
+        parent = _own_cgroup(controller)
+        try:
+            groups = [g for g in parent.iterdir() if g.name.startswith(CGROUP_PREFIX)] if parent else []
+        except OSError:
+            continue
+        for group in groups:
+            pid = group.name[len(CGROUP_PREFIX):].split("-", 1)[0]
+            try:
+                if (not pid.isdigit() or os.path.exists(f"/proc/{pid}")
+                        or time.time() - group.stat().st_mtime < DEAD_CGROUP_AGE):
+                    continue
+                group.rmdir()
+                removed.append(group)
+            except OSError:
+                pass
+    return removed
 
 
 def pids_cgroup(limit: int) -> Path | None:
