@@ -1067,6 +1067,19 @@ def check_lora_grads(fn: Callable) -> None:
                and close(again[1], B.grad, atol=1e-10),
                f"{case}: a second call on the same tensors returned other gradients than the first: compute them "
                "afresh on every call (nothing kept or added up between calls).")
+        with torch.no_grad():   # the caller refills its tensors (the next batch): same shapes, ids and storage
+            for t in given:
+                t.mul_(-0.5).add_(0.25)
+        x2, g2 = given[0].clone(), given[3].clone()
+        A2, B2 = given[1].clone().requires_grad_(True), given[2].clone().requires_grad_(True)
+        (s * x2 @ A2.T @ B2.T).backward(g2)
+        third = attempt(f"lora_grads on the same tensors refilled with other values ({case})", fn, given[0], given[1],
+                        given[2], s, given[3])
+        expect(isinstance(third, (tuple, list)) and len(third) == 2 and close(third[0], A2.grad, atol=1e-10)
+               and close(third[1], B2.grad, atol=1e-10),
+               f"{case}: on the same tensors refilled with other values (the caller reuses its buffers) the gradients "
+               "should be computed from the new values: keep nothing from an earlier call (by the tensors' shapes, "
+               "ids or storage).")
     passed("your dA and dB equal autograd's for two shapes and scalings")
 
 
@@ -1518,6 +1531,18 @@ def check_kd_loss(fn: Callable) -> None:
            f"With another teacher's logits (temperature=2.0, alpha=0.7) the loss should be {want.item():.4f}, got "
            f"{getattr(got, 'item', lambda: got)()!r}: compute the teacher's softened probabilities from the logits of "
            "each call (nothing kept from an earlier call).")
+    buffer = torch.randn(6, 3, generator=gen)   # the caller's buffer of teacher logits, refilled for the next batch
+    attempt("distillation_loss on a teacher's logits (temperature=2.0, alpha=0.7)", fn, student, buffer, labels,
+            temperature=2.0, alpha=0.7)
+    buffer.copy_(torch.randn(6, 3, generator=gen))
+    want = distillation_loss(student, buffer, labels, temperature=2.0, alpha=0.7)
+    got = attempt("distillation_loss on the same teacher tensor refilled with the next batch's logits", fn, student,
+                  buffer, labels, temperature=2.0, alpha=0.7)
+    expect(isinstance(got, torch.Tensor) and got.numel() == 1 and torch.allclose(got, want, atol=1e-5),
+           f"On the same teacher tensor refilled with the next batch's logits (the caller reuses its buffer) the loss "
+           f"should be {want.item():.4f}, got {getattr(got, 'item', lambda: got)()!r}: compute the teacher's softened "
+           "probabilities from the logits of each call; keep nothing from an earlier call (by the tensor's id, storage "
+           "or shape).")
     same = fn(teacher.detach(), teacher.detach(), labels, temperature=3.0, alpha=1.0)
     expect(abs(same.item()) < 1e-6, f"When student and teacher logits are equal the KL term is 0; with alpha = 1 "
                                     f"the loss should be 0, got {same.item():.4f}: the soft term is KL(teacher ‖ student) "
@@ -1680,6 +1705,11 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
         expect(_is_int(got_count) and got_count == want_count,
                f"count_trainable on {what} should be {want_count:,}, got {got_count!r}: sum p.numel() over the "
                "parameters with requires_grad.")
+    toy[1].requires_grad_(False)
+    got_count = attempt("count_trainable on the toy model after freezing its second layer too", count_trainable, toy)
+    expect(got_count == 0, f"count_trainable on the toy model after freezing its second layer too should be 0, got "
+                           f"{got_count!r}: count the parameters that require grad now, on every call (nothing kept "
+                           "from an earlier call, by the model's id).")
     passed("the LoraConfig is the original experiment's, and the trainable count is right")
 
 

@@ -683,12 +683,18 @@ torch.rand(1)                        # a state no torch.manual_seed(n) gives: a 
 rng = torch.get_rng_state()          # a gradient draws no random numbers: the global generator stays as it was
 dA, dB = lora_grads(x, A, B, 0.5 + SEED % 4, up)
 dA2, dB2 = lora_grads(x, A, B, 0.5 + SEED % 4, up)   # the same again: nothing kept or added up between calls
-return [dA.tolist(), dB.tolist(), all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up))),
-        torch.equal(rng, torch.get_rng_state()), dA2.tolist(), dB2.tolist(),
-        [t.requires_grad or t.grad is not None for t in (x, A, B, up)], host_rngs() == host]
+kept = all(torch.equal(a, b) for a, b in zip(before, (x, A, B, up)))
+flags = [t.requires_grad or t.grad is not None for t in (x, A, B, up)]
+with torch.no_grad():                # the caller refills its own tensors (the next batch): the same shapes, ids and
+    for t in (x, A, B, up):          # storage, other values; the gradients are computed anew
+        t.mul_(-0.5).add_(0.25)
+dA3, dB3 = lora_grads(x, A, B, 0.5 + SEED % 4, up)
+return [dA.tolist(), dB.tolist(), kept, torch.equal(rng, torch.get_rng_state()), dA2.tolist(), dB2.tolist(), flags,
+        [dA3.tolist(), dB3.tolist()], host_rngs() == host]
 ''', reference=lambda: lora_grads, tolerance=1e-8, explain="other shapes and scalings, in float64, inputs left unchanged "
                                                           "(values, requires_grad, no .grad), the same answer on a second "
-                                                          "call, the global random generators (PyTorch's, "
+                                                          "call, a third call on the same tensors refilled with other "
+                                                          "values, the global random generators (PyTorch's, "
                                                           "NumPy's, Python's) untouched"),
 
     # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
@@ -892,15 +898,24 @@ for T, a in ((1.0, 0.0), (2.0, 0.5), (3.5, 1.0), (2.0, 0.3), (3, 0.6)):
     out.append([float(loss.detach()), t_leaf.grad is None or bool((t_leaf.grad == 0).all()),
                 None if s_leaf.grad is None else s_leaf.grad.tolist(),
                 torch.equal(s.detach(), s0) and torch.equal(t.detach(), t0), graph, kept])
+buf = torch.randn(7, 2, generator=g)   # the caller's buffer of teacher logits, refilled for the next batch: the same
+s2 = torch.randn(7, 2, generator=g)    # id, storage and shape, other values (the teacher's probabilities computed anew)
+y2 = torch.randint(0, 2, (7,), generator=g)
+first = distillation_loss(s2, buf, y2, temperature=2.0, alpha=0.5)
+buf.copy_(torch.randn(7, 2, generator=g))
+again = distillation_loss(s2, buf, y2, temperature=2.0, alpha=0.5)
+out.append([float(first.detach()), float(again.detach())])
 return out + [host_rngs() == host]
 ''', reference=_lib("course_lib.distill", "distillation_loss"),
         explain="temperatures 1 to 3.5 (an integer one too), alpha 0 and 1, the student's gradient, none into the "
                 "teacher, the logits left unchanged (values and requires_grad), the loss returned with its graph "
-                "(backward is the caller's), and the global random generators (PyTorch's, NumPy's, Python's) "
+                "(backward is the caller's), a teacher tensor refilled in place by the caller and passed again (nothing "
+                "kept between calls), and the global random generators (PyTorch's, NumPy's, Python's) "
                 "untouched",
         parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
               "unchanged, the loss carries its graph, nothing ran backward inside and the logits still require grad, "
-              "the random generator untouched]; last, NumPy's and Python's random generators untouched"),
+              "the random generator untouched]; then the loss on a teacher buffer and on the same buffer refilled; last, "
+              "NumPy's and Python's random generators untouched"),
 
     Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
         also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),

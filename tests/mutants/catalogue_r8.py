@@ -52,6 +52,29 @@ def _cache(key: str) -> list:
     return [(_CACHE[0][0], _CACHE[0][1].replace("KEY", key)), _CACHE[1]]
 
 
+# 08: the teacher's softened probabilities kept per teacher tensor (the teacher is frozen, after all). In a training
+# loop the next batch's logits often land in the same storage, and a tensor refilled in place keeps its id.
+_SOFT = ("    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1),\n"
+         "                    F.softmax(teacher_logits.detach() / temperature, dim=-1), reduction=\"batchmean\")")
+
+
+def _teacher_cache(key: str) -> list:
+    return [("def distillation_loss(", "_soft = {}\n\n\ndef distillation_loss("),
+            (_SOFT, f"    k = ({key}, temperature)\n    if k not in _soft:\n"
+                    "        _soft[k] = F.softmax(teacher_logits.detach() / temperature, dim=-1)\n"
+                    "    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1), _soft[k], "
+                    "reduction=\"batchmean\")")]
+
+
+# 06-lora-grads: the gradients kept per input (a second call on the same tensors must give the same answer, and so
+# it does): stale once the caller refills its tensors for the next batch.
+def _grads_cache(key: str) -> list:
+    return [("def lora_grads(x, A, B, s, g):\n",
+             f"_memo = {{}}\n\n\ndef lora_grads(x, A, B, s, g):\n    k = ({key}, s)\n    if k in _memo:\n"
+             "        return _memo[k]\n"),
+            ("    return dA, dB", "    _memo[k] = dA, dB\n    return dA, dB")]
+
+
 MUTANTS = [
     # ------------------------------------------------------------------ 07-train-loop: averages and counts
     ("r8-accs-averaged-over-batches", "07-train-loop", "wrong", [(_ACCS, _ACCS_BY_HAND)], "averaged over batches"),
@@ -91,4 +114,32 @@ MUTANTS = [
     ("r8-class-default-instance-flag", "04-linear-with-lora", "right",
      [("        self.merged = False\n", ""),
       ("class LinearWithLoRA(nn.Module):\n", "class LinearWithLoRA(nn.Module):\n    merged = False\n")], ""),
+
+    # ------------------------------------------------------------------ 08-kd-loss: the teacher's probabilities kept
+    ("r8-teacher-cache-by-id", "08-kd-loss", "wrong", _teacher_cache("id(teacher_logits)"), "refilled"),
+    ("r8-teacher-cache-by-storage", "08-kd-loss", "wrong", _teacher_cache("teacher_logits.data_ptr()"), "refilled"),
+    ("r8-teacher-softened-by-power", "08-kd-loss", "right",   # softmax(t)^(1/T), renormalised, is softmax(t / T)
+     [(_SOFT, "    pt = F.softmax(teacher_logits.detach(), dim=-1) ** (1 / temperature)\n"
+              "    pt = pt / pt.sum(dim=-1, keepdim=True)\n"
+              "    soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=-1), pt, reduction=\"batchmean\")")], ""),
+    ("r8-kl-divergence-of-categoricals", "08-kd-loss", "right",
+     [(_SOFT, "    soft = torch.distributions.kl_divergence(\n"
+              "        torch.distributions.Categorical(logits=teacher_logits.detach() / temperature),\n"
+              "        torch.distributions.Categorical(logits=student_logits / temperature)).mean()")], ""),
+
+    # ------------------------------------------------------------------ 06-lora-grads: nothing kept between calls
+    ("r8-grads-cache-by-id", "06-lora-grads", "wrong", _grads_cache("id(x)"), "refilled with other values"),
+    ("r8-grads-cache-by-storage", "06-lora-grads", "wrong", _grads_cache("x.data_ptr(), A.data_ptr()"),
+     "refilled with other values"),
+    ("r8-grads-cache-by-shape", "06-lora-grads", "wrong", _grads_cache("tuple(x.shape), tuple(A.shape)"),
+     "refilled with other values"),
+
+    # ------------------------------------------------------------------ 09-lora-config: counted on every call
+    ("r8-count-cache-by-id", "09-lora-config", "wrong",
+     [("def count_trainable(model) -> int:\n",
+       "_counted = {}\n\n\ndef count_trainable(model) -> int:\n    if id(model) in _counted:\n"
+       "        return _counted[id(model)]\n"),
+      ("    return sum(p.numel() for p in model.parameters() if p.requires_grad)",
+       "    _counted[id(model)] = sum(p.numel() for p in model.parameters() if p.requires_grad)\n"
+       "    return _counted[id(model)]")], "nothing kept"),
 ]
