@@ -642,6 +642,22 @@ def check_lora_layer(cls: type) -> None:
             if close(got, wrong, atol=1e-4):
                 raise CheckFailed(f"{case}: the output {why} (= {s}).")
         raise CheckFailed(f"{case}: forward(x) should be (alpha / rank) * x @ A.T @ B.T.")
+    # model.to(dtype) converts LoRA with the rest of the model: forward computes in the dtype of x and of A and B.
+    torch.manual_seed(2)
+    layer = attempt("LoRALayer(10, 6, rank=4, alpha=8)", cls, 10, 6, 4, 8)
+    with torch.no_grad():
+        layer.B.copy_(torch.randn(6, 4))
+    for dtype in (torch.float32, torch.float64):
+        layer = layer.to(dtype)
+        x = torch.randn(3, 10, dtype=dtype)
+        case = f"LoRALayer(10, 6, rank=4, alpha=8).to({dtype}) on a {dtype} input"
+        got = attempt(case, layer, x, draws=False)
+        want = 2.0 * (x @ layer.A.detach().T @ layer.B.detach().T)
+        expect(isinstance(got, torch.Tensor) and got.dtype == dtype and close(got, want, atol=1e-6),
+               f"{case} returned {getattr(got, 'dtype', type(got).__name__)} values"
+               f"{'' if getattr(got, 'dtype', None) != dtype else ' that differ from the formula'}: compute in the "
+               "dtype of x and of the parameters A and B (no .float() or .double() in forward, nothing kept outside the "
+               "parameters), so that model.to(dtype) converts the LoRA path with the rest of the model.")
     passed("LoRALayer: shapes, initialisation and forward are right, for α/r = 2, 1.5, 0.75 and 1.25 and 3-D inputs")
 
 

@@ -440,18 +440,23 @@ with torch.no_grad():                # an optimiser step changes A and B: the ne
     layer.A.add_(torch.randn(rank, in_dim, generator=g))
     layer.B.add_(torch.randn(out_dim, rank, generator=g))
 after_step = layer(x0.clone()).detach().tolist()
-return facts + [out.tolist(), grads, kept, after_step, follows, host_rngs() == host]
+double = layer.to(torch.float64)     # model.to(dtype) converts LoRA with the rest: forward computes in that dtype
+out64 = double(torch.randn(2, in_dim, generator=g, dtype=torch.float64))
+dtypes = [str(out.dtype), str(out64.dtype), out64.detach().tolist()]
+return facts + [out.tolist(), grads, kept, after_step, follows, dtypes, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
         explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
                 "the gradients of A, B and the input after one backward pass, two layers built in a row with different "
                 "A, parameters registered once and no buffers, the input left unchanged, also after the next call, and the output after "
-                "A and B changed (nothing cached from an earlier call), A decided by the caller's torch.manual_seed, and NumPy's and Python's global random "
+                "A and B changed (nothing cached from an earlier call), A decided by the caller's torch.manual_seed, "
+                "the layer converted with .to(torch.float64) computing in float64, and NumPy's and Python's global random "
                 "generators untouched (A is drawn from PyTorch's)",
         parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, the "
               "state_dict's keys, "
               "A and B trainable, a second layer's A differs, the output, A's, B's and the input's gradients, the input "
               "unchanged, the output after A and B changed, A following the caller's seed (same seed, same A; another, "
-              "another), NumPy's and Python's random generators untouched"),
+              "another), the output's dtype for a float32 layer and for the layer converted with .to(torch.float64) and "
+              "that output, NumPy's and Python's random generators untouched"),
 
     Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
         check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),

@@ -115,6 +115,21 @@ MUTANTS = [
      [("        self.merged = False\n", ""),
       ("class LinearWithLoRA(nn.Module):\n", "class LinearWithLoRA(nn.Module):\n    merged = False\n")], ""),
 
+    # ------------------------------------------------------------------ 04-lora-layer: the dtype of x and of A and B
+    # A forward that casts to a fixed dtype: right values, but the output's dtype is no longer the model's (float32 in,
+    # float64 out; or a model converted with .to(torch.float64) getting float32 back), and the next layer refuses it.
+    ("r8-forward-in-float64", "04-lora-layer", "wrong",
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        return self.scaling * (x.double() @ self.A.T.double() @ self.B.T.double())")], "dtype of x"),
+    ("r8-forward-in-float32", "04-lora-layer", "wrong",
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        return self.scaling * (x.float() @ self.A.T.float() @ self.B.T.float())")], "dtype of x"),
+    ("r8-forward-float32-cast-back", "04-lora-layer", "right",   # computed in float32, returned in x's dtype
+     [("        return self.scaling * (x @ self.A.T @ self.B.T)",
+       "        return (self.scaling * (x.float() @ self.A.T.float() @ self.B.T.float())).to(x.dtype)")], ""),
+    ("r8-scaling-float64-scalar-tensor", "04-lora-layer", "right",   # a 0-d tensor does not change the result's dtype
+     [("        self.scaling = alpha / rank", "        self.scaling = torch.tensor(alpha / rank, dtype=torch.float64)")], ""),
+
     # ------------------------------------------------------------------ 08-kd-loss: the teacher's probabilities kept
     ("r8-teacher-cache-by-id", "08-kd-loss", "wrong", _teacher_cache("id(teacher_logits)"), "refilled"),
     ("r8-teacher-cache-by-storage", "08-kd-loss", "wrong", _teacher_cache("teacher_logits.data_ptr()"), "refilled"),
