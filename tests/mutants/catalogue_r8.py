@@ -83,6 +83,10 @@ MUTANTS = [
     # The loader's batch_size is every batch's size only while the last, smaller batch is dropped.
     ("r8-examples-loader-batch-size", "07-train-loop", "wrong",
      [("examples_seen += input_batch.shape[0]", "examples_seen += train_loader.batch_size")], "batch_size"),
+    # argmax over the batch axis: (2,) class-wise winners against (batch,) labels; the check's batches of 3 and 5
+    # refuse to broadcast (only batches of 2 would compare, silently, the wrong things).
+    ("r8-accs-argmax-over-batch", "07-train-loop", "wrong",
+     [(_ACCS, _ACCS_BY_EXAMPLES.replace("argmax(-1)", "argmax(0)"))], "must match the size"),
     ("r8-accs-by-hand-over-examples", "07-train-loop", "right", [(_ACCS, _ACCS_BY_EXAMPLES)], ""),
     ("r8-losses-by-hand-over-batches", "07-train-loop", "right", [(_LOSSES, _LOSSES_BY_BATCHES)], ""),
     ("r8-zero-grad-after-step", "07-train-loop", "right",
