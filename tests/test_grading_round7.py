@@ -204,3 +204,70 @@ def test_empty_cgroups_of_graders_killed_long_ago_are_removed_and_no_other(tmp_p
         for group in (old, young, live):
             if group.exists():
                 group.rmdir()
+
+
+EVIL = ('![track](http://attacker.example/t.png) [click me](javascript:alert(1)) \\\\[x\\\\](http://attacker.example/) '
+        '<img src=x onerror=alert(1)> =HYPERLINK("http://x")')
+
+
+def _hostile_class(subs: Path) -> None:
+    """``-rf, "q"``: 04's solution whose LoRALayer raises an error carrying Markdown images and links, and whose written
+    answer holds more; ``forger``: the untouched notebook with a made-up output stored in a cell tagged
+    ``skip-execution`` (which the grader does not run) and 6 MB of stored image output in a cell it does run."""
+    import base64
+
+    import nbformat
+
+    nb = nbformat.read(ROOT / "solutions" / "04_lora_layers.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.get("metadata", {}).get("course", {}).get("exercise") == "04-lora-layer")
+    lines = cell.source.split("\n")
+    at = next(i for i, line in enumerate(lines) if "def __init__" in line) + 1
+    lines.insert(at, " " * (len(lines[at]) - len(lines[at].lstrip())) + f"raise ValueError({EVIL!r})")
+    cell.source = "\n".join(lines)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown" and cell.get("metadata", {}).get("course", {}).get("exercise"):
+            cell.source = f"### BEGIN SOLUTION\n{EVIL}\n### END SOLUTION"
+    (subs / '-rf, "q"').mkdir(parents=True)
+    nbformat.write(nb, subs / '-rf, "q"' / "04_lora_layers.ipynb")
+    nb = nbformat.read(ROOT / "notebooks" / "04_lora_layers.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    code[-1].metadata.setdefault("tags", []).append("skip-execution")
+    code[-1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="FORGED: all hidden tests passed\n")]
+    code[-1].execution_count = 42
+    code[-2].outputs = [nbformat.v4.new_output("display_data", data={
+        "image/png": base64.b64encode(os.urandom(4_500_000)).decode()})]
+    (subs / "forger").mkdir()
+    nbformat.write(nb, subs / "forger" / "04_lora_layers.ipynb")
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_what_the_instructor_opens_shows_student_text_inert_and_only_what_ran(tmp_path):
+    """A student's error message and written answer went into the feedback with their Markdown intact: an image there
+    is fetched from the student's server whenever the feedback is opened, a link says what it likes (HTML was already
+    escaped). A student folder named ``-rf, "q"`` gave ``feedback/-rf, "q".md``, an option to the instructor's
+    ``rm *`` or ``zip feedback.zip *``. A cell the grader does not run kept the output the student stored in it, so the
+    executed notebook showed "FORGED: all hidden tests passed" as if it had run."""
+    markdown_it = pytest.importorskip("markdown_it")
+    subs, out = tmp_path / "subs", tmp_path / "out" / "grades.csv"
+    _hostile_class(subs)
+    done = subprocess.run(_grader(subs, out), cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": "/tmp", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["student"] for r in rows} == {"'-rf, \"q\"", "forger"}
+    assert all(r["points"] == "0" for r in rows)
+    for folder in (out.parent / "feedback", out.parent / "executed"):
+        names = sorted(p.name for p in folder.iterdir())
+        assert len(names) == 2 and not any(n.startswith("-") for n in names), names
+    feedback = next((out.parent / "feedback").glob("_-rf*.md")).read_text()
+    assert "attacker.example/t.png" in feedback and "Your answer" in feedback   # shown, as text
+    rendered = markdown_it.MarkdownIt("commonmark").render(feedback)
+    assert "<img" not in rendered and "<a " not in rendered, rendered
+    import nbformat
+
+    executed = nbformat.read(out.parent / "executed" / "forger" / "04_lora_layers.ipynb", as_version=4)
+    assert "FORGED" not in nbformat.writes(executed)
+    skipped = [c for c in executed.cells if "skip-execution" in c.metadata.get("tags", [])]
+    assert skipped and all(c.outputs == [] and c.execution_count is None for c in skipped)
+    assert (out.parent / "executed" / "forger" / "04_lora_layers.ipynb").stat().st_size < 1_000_000

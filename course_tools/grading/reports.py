@@ -70,10 +70,13 @@ def display_name(folder: str) -> str:
 
 
 def file_name(name: str) -> str:
-    """``name`` (a display name) as a file name: no ``/``, no leading dot, at most 120 bytes."""
+    """``name`` (a display name) as a file name: no ``/``, no leading dot or dash, at most 120 bytes. (A leading dash
+    becomes ``_``, with ``~`` and the name's hash after it, which no display name ends with.)"""
     safe = name.replace("/", "_").replace("\0", "_")
     if safe.startswith("."):
         safe = "_" + safe
+    if safe.startswith("-"):   # else an option to the instructor's `rm *`, `zip feedback.zip *`, `tar cf x *`
+        safe = f"_{safe}~{hashlib.sha256(name.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
     if len(safe.encode("utf-8", "surrogateescape")) > 120:
         digest = hashlib.sha256(safe.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         safe = safe.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore") + "~" + digest
@@ -145,6 +148,14 @@ def model_answers(notebook: str) -> dict[str, str]:
         return {}
 
 
+def inert_markdown(text: str) -> str:
+    """Student ``text`` that renders as itself in Markdown: no HTML (escaped), and no link or image (``[``, ``]`` and
+    the backslash that could undo that escape are escaped). An image in a feedback file would otherwise be fetched
+    from the student's server whenever the instructor or student opens it, and a link could say anything."""
+    text = html.escape(text, quote=False)
+    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+
+
 def _answer_block(student_answer: str, model: str) -> list[str]:
     from ..notebooks import ANSWER_PROMPT
 
@@ -152,8 +163,8 @@ def _answer_block(student_answer: str, model: str) -> list[str]:
     if not mine or ANSWER_PROMPT in mine:
         mine = "(no answer)"
     quote = lambda text: ["> " + html.escape(line, quote=False) for line in text.split("\n")]  # noqa: E731
-    return ["  Your answer:", "", *["  " + q for q in quote(mine[:2000])], "", "  Model answer:", "",
-            *["  " + q for q in quote(model)], ""]
+    return ["  Your answer:", "", *["  > " + inert_markdown(line) for line in mine[:2000].split("\n")], "",
+            "  Model answer:", "", *["  " + q for q in quote(model)], ""]
 
 
 def write_feedback(student: str, results: list[Result], folder: Path) -> None:
@@ -162,7 +173,7 @@ def write_feedback(student: str, results: list[Result], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rows = [r for res in results for r in res.rows]
     got, total = sum(r["points"] for r in rows), sum(r["max_points"] for r in rows)
-    text = lambda value: html.escape(printable(str(value), 2000), quote=False)  # noqa: E731  one line, no HTML
+    text = lambda value: inert_markdown(printable(str(value), 2000))  # noqa: E731  one line, no HTML, no links
     lines = [f"# Feedback for {text(student)}", "", f"**{got} of {total} points.**", ""]
     for res in sorted(results, key=lambda r: r.notebook):
         lines += [f"## {res.notebook}", ""]

@@ -360,6 +360,9 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
     ``conn/`` (which the sandbox must bind read-only) and the grader reaches the kernel only through
     a :class:`KernelRelay` whose sockets are in its ``relay/``."""
     run = Execution(notebook=nb)
+    for cell in nb.cells:   # outputs the submission stored are not what ran here: a cell that does not run (tagged
+        if cell.get("cell_type") == "code":   # skip-execution, after a stop) shows none in the executed notebook
+            cell["outputs"], cell["execution_count"] = [], None
     relay = None
     if ipc_dir is not None and grader_dir is not None:
         (grader_dir / "relay").mkdir(mode=0o700)
