@@ -329,12 +329,17 @@ def run_probes(job: Job, hidden: list, defs: list[str], tmp: Path, deadline: flo
                    "TMPDIR": "/tmp"}
             if job.sandbox:
                 uses = {pkg for t in tests_now for pkg in t.uses}   # 09's exercise *is* peft
+                # matplotlib's font cache seeded as for the kernel: without it every probe that imports
+                # pyplot (a notebook's definitions often do) lists and reads the system's fonts first
+                mpl_seed = [(Path(job.mpl_dir), work / ".matplotlib")] if job.mpl_dir else []
                 command = sandbox_command(job, [work], course_copy, work, sandbox_env(job, env), tmp / "grader",
                                           hidden=[Path(h) for h in job.hide_in_probes if Path(h).name not in uses],
-                                          nulled=list(job.null_in_probes)) \
+                                          nulled=list(job.null_in_probes), seeds=mpl_seed) \
                     + probe.probe_command(Path(job.course_dir).parent)
                 env_arg = None
             else:
+                if job.mpl_dir:
+                    shutil.copytree(job.mpl_dir, work / ".matplotlib", dirs_exist_ok=True)
                 command = probe.probe_command(course_copy.parent, isolated=False)
                 env_arg = {**os.environ, **env, "PYTHONPATH": str(course_copy.parent)}
             left = deadline - time.monotonic()
