@@ -35,7 +35,7 @@ plan whose teacher trains for t minutes here trains for roughly 6-7t minutes wit
 
 Usage (CoLA needs COURSE_MIRROR or a network; timings depend on the machine and its load):
 
-    python benchmarks/pretrained_proxy.py sms [--epochs 1] [--lr lora=5e-5,8e-4 all=5e-5 ...]
+    python benchmarks/pretrained_proxy.py sms [--epochs 1] [--lr lora=5e-5,8e-4 all=5e-5 ...] [--seeds 123 124 125]
     python benchmarks/pretrained_proxy.py cola [--max-train 3000] [--teacher-epochs 1] [--teacher-lr 4e-4]
     python benchmarks/pretrained_proxy.py sms cola --out proxy.md
 
@@ -146,27 +146,50 @@ def parse_rates(items: list[str]) -> dict[str, list[float]]:
 
 
 def run_sms(args, tokenizer, rows: list[dict]) -> None:
+    """Each strategy at each of its rates, once per seed in ``args.seeds``.
+
+    The seed draws the head, the LoRA matrices and the batch order; the split stays seed 123, so every
+    run is scored on the same 149 validation and 300 test messages. Each run gets loaders of its own,
+    so its batch order does not depend on the runs before it in the same invocation (the sampler's
+    epoch counter advances with every pass). With more than one seed, a row of mean ± sample standard
+    deviation (in points) follows each rate's runs."""
+    from course_lib.distill import mean_std
+
     profile = get_profile("full")
-    loaders = create_dataloaders(prepare_sms_splits(seed=SEED), tokenizer, batch_size=8, context_length=256,
-                                 seed=SEED, batching="bucketed")
     rates = parse_rates(args.lr)
+    label = f" r{args.lora_rank} α{args.lora_alpha:g}"
     with tempfile.TemporaryDirectory() as out:
         for strategy in args.strategies:
             default = learning_rate_for(profile, strategy, args.lora_rank, args.lora_alpha)
+            scaling = args.lora_alpha / args.lora_rank if strategy == "lora" else None
+            model = strategy + (label if scaling else "")
             for lr in rates.get(strategy, [default]):
-                cfg = ExperimentConfig(profile=profile, model_size=PROXY, lora_rank=args.lora_rank,
-                                       lora_alpha=args.lora_alpha, num_epochs=args.epochs, learning_rate=lr,
-                                       seed=SEED, output_dir=Path(out), precision="fp32", progress=False)
-                start_load = machine()
-                row = run_strategy(cfg, strategy, loaders, torch.device("cpu"), build=build_proxy)
-                scaling = args.lora_alpha / args.lora_rank if strategy == "lora" else None
-                rows.append({"task": "SMS spam", "model": f"{strategy}" + (f" r{args.lora_rank} α{args.lora_alpha:g}"
-                                                                           if scaling else ""),
-                             "lr": lr, "scaled": scaling * lr if scaling else None, "epochs": args.epochs,
-                             "trainable": row["trainable_params"],
-                             "val": f"acc {row['val_acc']:.1%}", "test": f"acc {row['test_acc']:.1%}",
-                             "wall_s": row["wall_time_s"], "machine": f"{start_load} -> {machine().split('load ')[1]}"})
-                print(format_row(rows[-1]), flush=True)
+                runs: list[dict] = []
+                for seed in args.seeds:
+                    loaders = create_dataloaders(prepare_sms_splits(seed=SEED), tokenizer, batch_size=8,
+                                                 context_length=256, seed=seed, batching="bucketed")
+                    cfg = ExperimentConfig(profile=profile, model_size=PROXY, lora_rank=args.lora_rank,
+                                           lora_alpha=args.lora_alpha, num_epochs=args.epochs, learning_rate=lr,
+                                           seed=seed, output_dir=Path(out), precision="fp32", progress=False)
+                    start_load = machine()
+                    row = run_strategy(cfg, strategy, loaders, torch.device("cpu"), build=build_proxy)
+                    runs.append(row)
+                    rows.append({"task": "SMS spam", "model": model + (f", seed {seed}" if args.seeds != [SEED] else ""),
+                                 "lr": lr, "scaled": scaling * lr if scaling else None, "epochs": args.epochs,
+                                 "trainable": row["trainable_params"],
+                                 "val": f"acc {row['val_acc']:.1%}", "test": f"acc {row['test_acc']:.1%}",
+                                 "wall_s": row["wall_time_s"],
+                                 "machine": f"{start_load} -> {machine().split('load ')[1]}"})
+                    print(format_row(rows[-1]), flush=True)
+                if len(runs) > 1:
+                    (vm, vs), (tm, ts) = (mean_std([100 * r[key] for r in runs]) for key in ("val_acc", "test_acc"))
+                    rows.append({"task": "SMS spam", "model": f"{model}, seeds {' '.join(map(str, args.seeds))}",
+                                 "lr": lr, "scaled": scaling * lr if scaling else None, "epochs": args.epochs,
+                                 "trainable": runs[0]["trainable_params"],
+                                 "val": f"acc {vm:.1f}% ± {vs:.1f}", "test": f"acc {tm:.1f}% ± {ts:.1f}",
+                                 "wall_s": round(sum(r["wall_time_s"] for r in runs) / len(runs), 1),
+                                 "machine": "mean ± sample sd over the seeds; train s: mean per run"})
+                    print(format_row(rows[-1]), flush=True)
 
 
 def run_cola(args, tokenizer, rows: list[dict]) -> None:
@@ -254,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", nargs="*", default=[], metavar="STRATEGY=RATE[,RATE]",
                    help="learning rates to run (default: each strategy's own, profiles.learning_rate_for)")
     p.add_argument("--epochs", type=int, default=1, help="SMS epochs per run")
+    p.add_argument("--seeds", type=int, nargs="+", default=[SEED],
+                   help="SMS: one run per seed (head, LoRA matrices, batch order; the split stays seed 123)")
     p.add_argument("--lora-rank", type=int, default=4)
     p.add_argument("--lora-alpha", type=float, default=4, help="SMS LoRA alpha (course experiment's default)")
     p.add_argument("--run-size", default="cpu", help="CoLA: notebook 08's plan (course_lib.plans) the settings start from")
@@ -278,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         run_sms(args, tokenizer, rows)
     if "cola" in args.tasks:
         run_cola(args, tokenizer, rows)
-    table = "\n".join([f"torch {torch.__version__}, {platform.machine()}, seed {SEED}", "", HEADER]
+    seeds = "" if args.seeds == [SEED] else f" (SMS runs: seeds {' '.join(map(str, args.seeds))})"
+    table = "\n".join([f"torch {torch.__version__}, {platform.machine()}, seed {SEED}{seeds}", "", HEADER]
                       + [format_row(r) for r in rows])
     print("\n" + table)
     if args.out:
