@@ -278,7 +278,7 @@ def _check_outputs_writable(outputs: list[Path]) -> None:
     folder): the gradebook is written only after every submission has run, which can take hours."""
     for folder in outputs:
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)   # made here: for the grading user alone
             fd, probe = tempfile.mkstemp(prefix=".course-grade-", dir=folder)
             os.close(fd)
             os.unlink(probe)

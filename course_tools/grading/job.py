@@ -7,11 +7,13 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +152,9 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
         raise Refused("invalid notebook", f"{path.name} is not a readable Jupyter notebook; submit the .ipynb file "
                       "saved by Jupyter.") from None
     try:  # readable as a notebook is enough; minor schema slips (cell ids in 4.4) are not the student's fault
-        nb = nbformat.reads(text, as_version=4)
+        with warnings.catch_warnings():   # nbformat warns once per cell whose id is missing or repeated: not on the
+            warnings.simplefilter("ignore")   # instructor's console (2,000 cells, 2,000 lines); renumbered below
+            nb = nbformat.reads(text, as_version=4)
         if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "source" in c
                                                             for c in nb.cells):
             raise ValueError("no cells")
@@ -158,10 +162,49 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
             cell.setdefault("metadata", nbformat.NotebookNode())
             if cell.get("cell_type") == "code":
                 cell.setdefault("outputs", [])
+        # run in the grader's own Python kernel whatever the file names: the executed notebook says which
+        nb.metadata["kernelspec"] = nbformat.NotebookNode(GRADER_KERNELSPEC)
+        nb.metadata["language_info"] = nbformat.NotebookNode(name="python")
     except Exception:
         raise Refused("invalid notebook", f"{path.name} is not a readable Jupyter notebook; submit the .ipynb file "
                       "saved by Jupyter.") from None
+    odd = _unusable_cell(nb)
+    if odd is not None:
+        raise Refused("invalid notebook", f"{path.name}: cell {odd} holds a source or tags that Jupyter never writes "
+                      "(not text, or tags that are not a list of words); open it in Jupyter, save it, and submit it "
+                      "again.")
+    _renumber_cell_ids(nb, cells)
     return nb
+
+
+GRADER_KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+CELL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")   # nbformat 4.5's schema for a cell id
+
+
+def _unusable_cell(nb: nbformat.NotebookNode) -> int | None:
+    """The index of the first cell whose source is not text, whose metadata is not a mapping or whose tags are not a
+    list of text (Jupyter writes none of these; the grader reads the tags to skip cells), or None."""
+    for index, cell in enumerate(nb.cells):
+        metadata = cell.get("metadata")
+        tags = metadata.get("tags", []) if isinstance(metadata, dict) else None
+        if (not isinstance(cell.get("source"), str) or not isinstance(tags, list)
+                or not all(isinstance(tag, str) for tag in tags)):
+            return index
+    return None
+
+
+def _renumber_cell_ids(nb: nbformat.NotebookNode, given) -> None:
+    """Cell ids (nbformat 4.5 on) as the file gave them when they are all there, valid and distinct; otherwise every
+    cell's id from its position (``cell-0``, ...). nbformat puts random ids in place of missing or repeated ones (and
+    of a format 3 notebook's), so the executed notebook would differ from run to run."""
+    if (nb.get("nbformat"), nb.get("nbformat_minor", 0)) < (4, 5):
+        return
+    ids = [c.get("id") if isinstance(c, dict) else None for c in given] if isinstance(given, list) else []
+    if (len(ids) != len(nb.cells) or len(set(map(str, ids))) != len(ids)
+            or not all(isinstance(i, str) and CELL_ID.fullmatch(i) for i in ids)):
+        ids = [f"cell-{index}" for index in range(len(nb.cells))]
+    for cell, cell_id in zip(nb.cells, ids):
+        cell["id"] = cell_id
 
 
 GRADER_CANNOT_READ = ("The grader was not allowed to read {name} or its folder (permission denied), so it was not "

@@ -591,6 +591,9 @@ def run_probe_process(command: list[str], job: dict, timeout: float, env: dict[s
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
+    threads[1].join(5)   # the pipe's writers are gone: the reader sees its end
+    if not threads[1].is_alive():   # else it still reads the pipe: left to the garbage collector
+        proc.stdout.close()
     if timed_out:
         return "timeout", b""
     if size[0] <= REPLY_LIMIT and proc.returncode not in (0, -signal.SIGKILL):

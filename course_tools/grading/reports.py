@@ -94,7 +94,8 @@ def write_atomically(path: Path, text: str) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(temporary, 0o666 & ~_umask())   # what open() would have made
+        # mkstemp's 0600, whatever the umask: grades, feedback and executed notebooks (the students' code) are not for
+        # other users of a shared machine (chmod g+r them to share with teaching assistants)
         os.replace(temporary, path)
     except BaseException:
         try:
@@ -102,12 +103,6 @@ def write_atomically(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def gradebook_text(rows: list[dict]) -> str:
@@ -129,7 +124,8 @@ def written_answers(nb: nbformat.NotebookNode) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for cell in nb.cells:
-        exercise = (cell.get("metadata", {}).get("course") or {}).get("exercise")
+        course = cell.get("metadata", {}).get("course")   # the metadata editor lets a student type anything there
+        exercise = course.get("exercise") if isinstance(course, dict) else None
         if cell.get("cell_type") != "markdown" or not isinstance(exercise, str):
             continue
         lines = cell.source.split("\n")
@@ -170,7 +166,7 @@ def _answer_block(student_answer: str, model: str) -> list[str]:
 def write_feedback(student: str, results: list[Result], folder: Path) -> None:
     """``folder/<student>.md``: points and messages per exercise, notes, and the written answers
     beside the model answers (students see those only here, after grading)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     rows = [r for res in results for r in res.rows]
     got, total = sum(r["points"] for r in rows), sum(r["max_points"] for r in rows)
     text = lambda value: inert_markdown(printable(str(value), 2000))  # noqa: E731  one line, no HTML, no links
@@ -231,7 +227,8 @@ def write_results(results: list[Result], out: Path, feedback_dir: Path, executed
         if r.executed:
             target = executed_dir / file_name(r.student) / f"{r.notebook}.ipynb"
             try:
-                target.parent.mkdir(parents=True, exist_ok=True)
+                executed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 write_atomically(target, r.executed)
             except (Exception, MemoryError) as err:
                 print(f"warning: could not write the executed notebook of {r.student}: {type(err).__name__}",

@@ -412,14 +412,15 @@ def dies_with_this_process():
 
 
 def sandboxed_env(extra: dict[str, str]) -> dict[str, str]:
-    """A minimal environment for code inside the sandbox: nothing of the grader's leaks in but the
-    locale and time zone. The grader's ``PYTHONPATH`` is not passed on (its folders may hold the
+    """A minimal environment for code inside the sandbox: nothing of the grader's leaks in, not even the
+    locale or time zone (``LC_ALL=POSIX TZ=Asia/Kolkata`` in the instructor's shell changed what a submission's
+    ``time.localtime`` and ``locale`` gave: the same submission must run the same way whoever grades it, as with the
+    thread count). The grader's ``PYTHONPATH`` is not passed on (its folders may hold the
     hidden tests or the submissions): the grader points ``PYTHONPATH`` at the folder where it binds
     the course library instead, so a library found only through ``PYTHONPATH`` works inside too."""
-    keep = {k: v for k, v in os.environ.items() if k in {"LANG", "LC_ALL", "TZ"}}
     return {"PATH": f"{os.path.dirname(sys.executable)}:/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1",
-            "TQDM_DISABLE": "1", **keep, **extra}
+            "TZ": "UTC", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1", "HF_HUB_OFFLINE": "1",
+            "TQDM_DISABLE": "1", **extra}
 
 
 # --------------------------------------------------------------------------- cgroups

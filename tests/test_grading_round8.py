@@ -1,0 +1,201 @@
+"""Round eight of the red team: what a submission's notebook *file* can carry besides code (metadata naming another
+kernel, cell ids, fields Jupyter never writes) and the grader's environment as an instructor runs it (umask, locale,
+time zone). Each test fails on the grader before its fix (round eight in docs/instructors.md)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_tools.grading import probe, sandbox
+from course_tools.grading.job import Refused, Result, read_submission
+from course_tools.grading.reports import write_results, written_answers
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTION = ROOT / "solutions" / "04_lora_layers.ipynb"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_gradebook_feedback_and_executed_notebooks_are_the_grading_users_alone_under_umask_022(tmp_path):
+    """Under the usual umask 022 the gradebook, the flags, every feedback file and every executed notebook (the
+    student's code and outputs) were written 0644 in folders of 0755: on a shared server any student could read every
+    grade and copy a classmate's solution. Files are now 0600 and the folders the grader makes 0700, whatever the
+    umask."""
+    old = os.umask(0o022)
+    try:
+        result = Result("ada", "04_lora_layers", rows=[{"exercise": "04-lora-layer", "points": 3, "max_points": 3,
+                                                        "status": "passed", "message": "m"}],
+                        executed=nbformat.writes(nbformat.v4.new_notebook()),
+                        flags=[{"student": "ada", "notebook": "04_lora_layers", "exercise": "04-lora-layer",
+                                "reason": "r"}])
+        out = tmp_path / "grades" / "grades.csv"
+        write_results([result], out, tmp_path / "grades" / "feedback", tmp_path / "grades" / "executed")
+    finally:
+        os.umask(old)
+    written = [out, out.parent / "grades-flags.csv", out.parent / "feedback" / "ada.md",
+               out.parent / "executed" / "ada" / "04_lora_layers.ipynb"]
+    assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(0o600) for p in written}
+    for folder in (out.parent / "feedback", out.parent / "executed", out.parent / "executed" / "ada"):
+        assert _mode(folder) & 0o077 == 0, (folder, oct(_mode(folder)))
+
+
+def _notebook(tmp_path: Path, edit) -> Path:
+    nb = json.loads(SOLUTION.read_text())
+    edit(nb)
+    path = tmp_path / "ada" / "04_lora_layers.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def _first_code(nb: dict) -> dict:
+    return next(c for c in nb["cells"] if c["cell_type"] == "code")
+
+
+@pytest.mark.parametrize("field, value", [("tags", 5), ("tags", None), ("source", 7)],
+                         ids=["tags a number", "tags null", "source a number"])
+def test_a_cell_field_jupyter_never_writes_makes_an_invalid_notebook_not_a_grader_failure(tmp_path, field, value):
+    """A code cell whose ``tags`` were a number (or whose source was one) passed the reading and broke the grader later:
+    every exercise was ``error``, "The grader could not grade this notebook (TypeError); tell your instructor", the
+    instructor's problem in the student's words. Now it is ``invalid notebook``, naming the cell."""
+    def edit(nb):
+        cell = _first_code(nb)
+        if field == "tags":
+            cell["metadata"]["tags"] = value
+        else:
+            cell[field] = value
+    with pytest.raises(Refused) as refused:
+        read_submission(_notebook(tmp_path, edit), "04_lora_layers")
+    assert refused.value.status == "invalid notebook"
+    assert "cell" in str(refused.value) and "Jupyter" in str(refused.value)
+
+
+def test_course_metadata_that_is_not_a_mapping_costs_only_the_written_answer():
+    """A Markdown cell whose ``course`` metadata was text (the notebook's metadata editor lets a student type anything)
+    raised AttributeError after the whole notebook had run, and every exercise was ``error`` ("tell your
+    instructor"). It is now a cell without a written answer."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("mine", metadata={"course": "04-question"}),
+                                         nbformat.v4.new_markdown_cell("x", metadata={"course": {"exercise": "q"}})])
+    assert written_answers(nb) == {"q": "x"}
+
+
+@pytest.mark.parametrize("ids", ["duplicate", "missing", "not text"])
+def test_cell_ids_a_notebook_lacks_or_repeats_are_renumbered_quietly_and_alike_every_run(tmp_path, ids):
+    """A notebook of format 4.5 whose cells share one id (or have none) printed one nbformat warning per cell on the
+    grader's console (2,000 cells: 2,000 lines) and was given random ids, so its executed notebook differed from run
+    to run. The ids are now made from the cell's position, the same each run, without a word on the console."""
+    def edit(nb):
+        nb["nbformat_minor"] = 5
+        for cell in nb["cells"]:
+            if ids == "missing":
+                cell.pop("id", None)
+            else:
+                cell["id"] = "same" if ids == "duplicate" else 7
+    path = _notebook(tmp_path, edit)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        first = read_submission(path, "04_lora_layers")
+        again = read_submission(path, "04_lora_layers")
+        text = nbformat.writes(first)
+    assert [str(w.message)[:80] for w in seen] == []
+    assert [c.id for c in first.cells] == [c.id for c in again.cells]
+    assert len({c.id for c in first.cells}) == len(first.cells)
+    assert nbformat.reads(text, as_version=4).cells[0].id == first.cells[0].id
+
+
+def test_the_notebooks_kernel_metadata_is_the_kernel_that_graded_it(tmp_path):
+    """A submission whose metadata named another kernel (``"kernelspec": {"name": "ir", "argv": [...]}``) was graded
+    in the grader's own Python kernel, as it should be, but its executed notebook still named the student's kernel:
+    opened by the instructor, Jupyter would start that kernel (one the instructor has, e.g. another environment's)
+    rather than the one that ran it. The executed notebook now names the grader's Python kernel."""
+    def edit(nb):
+        nb["metadata"]["kernelspec"] = {"name": "ir", "display_name": "R", "language": "R",
+                                        "argv": ["/bin/sh", "-c", "touch /tmp/pwned"]}
+        nb["metadata"]["language_info"] = {"name": "R"}
+    nb = read_submission(_notebook(tmp_path, edit), "04_lora_layers")
+    assert nb.metadata.kernelspec == {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    assert nb.metadata.language_info == {"name": "python"}
+
+
+def test_the_sandbox_runs_in_one_locale_and_time_zone_whatever_the_instructors_shell(monkeypatch):
+    """The sandbox kept the grader's ``LANG``, ``LC_ALL`` and ``TZ``: with ``LC_ALL=POSIX TZ=Asia/Kolkata`` in the
+    instructor's shell a submission saw the locale (None, None) and the zone IST (+0530), in another shell
+    ('en_US', 'UTF-8') and UTC, so the same submission ran differently by who graded it (the thread count is fixed
+    for the same reason). It is now always C.UTF-8 and UTC."""
+    monkeypatch.setenv("LC_ALL", "POSIX")
+    monkeypatch.setenv("LANG", "de_DE.ISO-8859-1")
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    shown = sandbox.sandboxed_env({})
+    monkeypatch.delenv("LC_ALL")
+    monkeypatch.delenv("LANG")
+    monkeypatch.delenv("TZ")
+    assert sandbox.sandboxed_env({}) == shown
+    assert shown["LANG"] == "C.UTF-8" and shown["TZ"] == "UTC" and "LC_ALL" not in shown
+
+
+def test_a_probe_process_leaves_no_pipe_open(monkeypatch):
+    """The probe's stdout pipe was never closed: every probe left it to the garbage collector, which printed
+    ``ResourceWarning: unclosed file`` (an ``Exception ignored`` traceback under ``PYTHONWARNINGS=error``) on the
+    instructor's console. It is closed once the reply is read."""
+    made = []
+    real = subprocess.Popen
+
+    def recording(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+    monkeypatch.setattr(subprocess, "Popen", recording)
+    state, raw = probe.run_probe_process([sys.executable, "-c", "import sys; sys.stdin.read(); print('{}')"],
+                                         {}, timeout=60)
+    assert (state, raw.strip()) == ("ok", b"{}")
+    assert made and made[0].stdout.closed and made[0].stdin.closed
+
+
+ENV_CELL = ("import locale, os, time\n"
+            "print('ENV', os.environ.get('LC_ALL'), os.environ.get('TZ'), time.strftime('%z', time.localtime(0)))")
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_a_class_graded_from_an_instructors_shell_is_private_and_runs_as_anywhere_else(tmp_path):
+    """One ``course grade`` run from a shell with umask 022, ``LC_ALL=POSIX`` and ``TZ=Asia/Kolkata``, of a solution
+    whose metadata names another kernel and whose cells share one id: full marks, outputs readable by the grading
+    user alone, the submission ran in UTC without the shell's locale, no nbformat warning on the console, and the
+    executed notebook names the kernel that ran it."""
+    subs, out = tmp_path / "subs", tmp_path / "out" / "grades.csv"
+
+    def edit(nb):
+        nb["metadata"]["kernelspec"] = {"name": "evil", "display_name": "Evil", "language": "bash"}
+        nb["nbformat_minor"] = 5
+        nb["cells"].insert(1, nbformat.v4.new_code_cell(ENV_CELL))
+        for cell in nb["cells"]:
+            cell["id"] = "same"
+    _notebook(subs, edit)
+    env = {**os.environ, "TMPDIR": "/tmp", "PYTHONPATH": str(ROOT), "LC_ALL": "POSIX", "TZ": "Asia/Kolkata"}
+    done = subprocess.run(["sh", "-c", 'umask 022 && exec "$@"', "sh", sys.executable, "-m", "course_tools.cli",
+                           "grade", str(subs), "--out", str(out), "--notebooks", "04_lora_layers"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DuplicateCellId" not in done.stderr and "MissingIDField" not in done.stderr
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["exercise"], r["status"]) for r in rows if r["exercise"] != "TOTAL"] == \
+        [("04-linear-with-lora", "passed"), ("04-lora-layer", "passed")]
+    executed = out.parent / "executed" / "ada" / "04_lora_layers.ipynb"
+    for path in (out, out.parent / "feedback" / "ada.md", executed):
+        assert _mode(path) == 0o600, (path, oct(_mode(path)))
+    nb = nbformat.read(executed, as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" and "ENV" in c.source
+                      for o in c.outputs)
+    assert printed.split() == ["ENV", "None", "UTC", "+0000"], printed
+    assert nb.metadata.kernelspec["name"] == "python3"
