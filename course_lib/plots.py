@@ -32,8 +32,8 @@ def plot_history(history, num_epochs: int, path_prefix: str | Path | None = None
     ``<prefix>-loss.png`` and ``<prefix>-accuracy.png``."""
     import torch
 
-    n = len(history.train_losses)
-    epochs = torch.linspace(0, num_epochs, n).tolist()
+    seen = max(history.examples_seen, 1)  # drawn where each loss was measured, not spread evenly over the run
+    epochs = [num_epochs * examples / seen for examples in history.eval_examples_seen]
     loss_fig = plot_values(epochs, history.eval_examples_seen, history.train_losses, history.val_losses, "loss",
                            f"{path_prefix}-loss.png" if path_prefix else None)
     acc_epochs = list(range(1, len(history.train_accs) + 1))

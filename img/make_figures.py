@@ -213,7 +213,9 @@ def softmax_temperature(out: Path = HERE) -> None:
     bars(two, np.array([0.0, 2.0]), ["unacceptable", "acceptable"])
     two.set_title("two classes (CoLA): one number per sentence,\np(acceptable) = sigmoid((z1 - z0) / T)")
     two.axhline(0.5, color="#999", lw=0.8, ls="--")
-    two.text(0.27, 0.9, "the other bar is 1 minus it;\nT only moves it towards 0.5;\nno other classes to rank",
+    two.set_ylabel("probability")
+    two.text(0.27, 0.9, "the other bar is 1 minus it;\nT > 1 moves it towards 0.5,\nT < 1 away, never across;\n"
+             "no other classes to rank",
              transform=two.transAxes, ha="center", va="top", fontsize=8.5, color="#555")
     fig.tight_layout()
     save(fig, out / "softmax_temperature.png")

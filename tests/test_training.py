@@ -322,3 +322,23 @@ def test_classifier_logits_runs_the_whole_model_while_last_block_dropout_draws_m
     torch.manual_seed(1)
     whole = pool_last_token(model(ids), ids)  # the same masks drawn: the same numbers
     assert torch.equal(got, whole)
+
+
+def test_plot_history_draws_each_loss_where_it_was_measured():
+    """Losses measured after 8, 24, 40 and 56 of 64 examples (2 epochs) sit at those fractions of the run,
+    not spread evenly from 0 to the end; the top axis (examples seen) tells the same positions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from course_lib.plots import plot_history
+    from course_lib.training import History
+
+    history = History(train_losses=[0.7, 0.6, 0.5, 0.4], val_losses=[0.7, 0.65, 0.6, 0.55],
+                      train_accs=[0.6, 0.8], val_accs=[0.55, 0.75], examples_seen=64,
+                      eval_examples_seen=[8, 24, 40, 56])
+    loss_fig, acc_fig = plot_history(history, num_epochs=2)
+    bottom, top = loss_fig.axes
+    assert list(bottom.lines[0].get_xdata()) == pytest.approx([0.25, 0.75, 1.25, 1.75])
+    assert list(top.lines[0].get_xdata()) == [8, 24, 40, 56]
+    assert [32 * x for x in bottom.get_xlim()] == pytest.approx(top.get_xlim())  # 32 examples an epoch on both axes
+    assert list(acc_fig.axes[0].lines[0].get_xdata()) == [1, 2]
