@@ -142,7 +142,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
                      workers=args.workers, cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout,
                      profile=args.profile, shard=args.shard, tests_path=Path(args.tests or DEFAULT_TESTS),
                      use_sandbox=not args.no_sandbox,
-                     limits=Limits(memory_bytes=int(args.memory_gb * 1024**3), processes=args.max_processes))
+                     limits=Limits(memory_bytes=int(args.memory_gb * 1024**3), processes=args.max_processes),
+                     seed=args.seed)
     print_totals(rows, args.out)
     return 0
 
@@ -187,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run submissions without the bubblewrap sandbox (trusted notebooks only; see README)")
     p.add_argument("--memory-gb", type=float, default=8, help="address-space limit per sandboxed process (GiB)")
     p.add_argument("--max-processes", type=int, default=256, help="processes and threads per sandbox")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the hidden tests' inputs, the same for every student (default: a fresh one, printed)")
     p.set_defaults(func=cmd_grade)
 
     p = sub.add_parser("experiment", help="fine-tune one classifier per trainable-layers strategy and compare")

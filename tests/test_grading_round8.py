@@ -199,3 +199,39 @@ def test_a_class_graded_from_an_instructors_shell_is_private_and_runs_as_anywher
                       for o in c.outputs)
     assert printed.split() == ["ENV", "None", "UTC", "+0000"], printed
     assert nb.metadata.kernelspec["name"] == "python3"
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_the_same_code_gets_the_same_marks_and_a_printed_seed_grades_alike_again(tmp_path):
+    """Each student's hidden tests drew a seed of their own: two students who submitted the same notebook (04's
+    ``self.scaling = alpha`` for ``alpha / rank``) got 4/7 and 0/7 in one run (the LinearWithLoRA probe draws rank 1,
+    where the two agree, for a third of the seeds), and a rerun changed both. The run now has one seed, printed, for
+    every student; ``--seed`` with it gives the same gradebook again, whatever ``--workers``."""
+    import re
+
+    nb = json.loads(SOLUTION.read_text())
+    cell = next(c for c in nb["cells"] if "class LoRALayer" in "".join(c["source"]))
+    source = "".join(cell["source"])
+    assert "self.scaling = alpha / rank" in source
+    cell["source"] = source.replace("self.scaling = alpha / rank", "self.scaling = alpha")
+    subs = tmp_path / "subs"
+    for who in ("carl", "dana"):
+        (subs / who).mkdir(parents=True)
+        (subs / who / "04_lora_layers.ipynb").write_text(json.dumps(nb))
+    env = {**os.environ, "TMPDIR": "/tmp", "PYTHONPATH": str(ROOT)}
+
+    def graded(name: str, *extra: str) -> tuple[str, str]:
+        out = tmp_path / name / "grades.csv"
+        done = subprocess.run([sys.executable, "-m", "course_tools.cli", "grade", str(subs), "--out", str(out),
+                               "--notebooks", "04_lora_layers", *extra], cwd=ROOT, capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return out.read_text(), done.stderr
+    first, said = graded("first", "--workers", "2")
+    rows = list(csv.DictReader(first.splitlines()))
+    mine = {who: [{k: v for k, v in r.items() if k != "student"} for r in rows if r["student"] == who]
+            for who in ("carl", "dana")}
+    assert mine["carl"] == mine["dana"] and any(r["status"] == "failed" for r in mine["carl"]), first
+    seed = re.search(r"seed for this run: (\d+)", said).group(1)
+    again, _ = graded("again", "--workers", "1", "--seed", seed)
+    assert again == first

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -308,13 +309,14 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
           executed_dir: Path | None = None, workers: int = 1, cell_timeout: int = 120,
           notebook_timeout: int = 1200, profile: str = "smoke", shard: str | None = None,
           tests_path: Path = DEFAULT_TESTS, progress: bool = True, use_sandbox: bool = True,
-          limits: sandbox.Limits | None = None) -> list[dict]:
+          limits: sandbox.Limits | None = None, seed: int | None = None) -> list[dict]:
     """Grade every ``SUBMISSIONS/<student>/<notebook>.ipynb``; returns the gradebook rows.
     Folders whose names start with ``.`` are not students; names are shown as :func:`display_name` makes them.
 
     Each submission runs in its own bubblewrap sandbox (``use_sandbox=False`` only where the
     notebooks are trusted); the gradebook, feedback and executed notebooks are written by this
-    process after every sandbox is gone."""
+    process after every sandbox is gone. Every student's hidden tests draw their inputs from one ``seed`` (a fresh
+    one unless given, printed), so the same code gets the same marks; the same seed grades on the same inputs again."""
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
     outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
@@ -341,6 +343,10 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     if unknown:
         raise ValueError(f"No hidden tests for {unknown[0]!r}; choose from {tests.notebooks()}.")
     folders = select_students(student_folders(submissions), shard)
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    print(f"hidden tests' seed for this run: {seed} (`--seed {seed}` grades on the same inputs again, e.g. the other "
+          "shards)", file=sys.stderr)
     shown = {folder: display_name(folder) for folder in folders}
     readonly: tuple[Path, ...] = ()
     if profile != "smoke":
@@ -362,7 +368,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                      cell_timeout=cell_timeout, notebook_timeout=notebook_timeout, shared_cache=cache, mpl_dir=mpl,
                      sandbox=use_sandbox, limits=limits, course_dir=course_dir, readonly=readonly,
                      probe_courses=probe_courses, threads=threads_per_notebook(), scratch=scratch,
-                     grader_pid=os.getpid(), course_roots=roots,
+                     grader_pid=os.getpid(), course_roots=roots, seed=seed,
                      hide_in_probes=tuple(Path(p) for p in [*installed_implementations(),
                                                             *sandbox.renamed_courses(course_dir)]),
                      null_in_probes=tuple(Path(p) for p in sandbox.zipped_courses()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
@@ -57,6 +58,7 @@ class Job:
     hide_in_probes: tuple[Path, ...] = ()   # installed implementations covered in every probe's sandbox
     null_in_probes: tuple[Path, ...] = ()   # zipped copies of course_lib (eggs, wheels) /dev/null is bound over
     course_roots: tuple[Path, ...] = ()     # course folders every sandbox empties (sandbox.course_folders)
+    seed: int | None = None           # the run's seed for the hidden tests' inputs, the same for every student
 
 
 @dataclass
@@ -349,6 +351,16 @@ def _cgroups(job: Job) -> list[Path]:
     return sandbox.sandbox_cgroups(job.limits, owner=job.grader_pid)
 
 
+def probe_seed(seed: int | None, exercise: str) -> int:
+    """The seed of ``exercise``'s hidden inputs: made from the run's ``seed`` (the same for every student of the run, and
+    for a probe tried again alone), or a fresh one without it. Drawn per student, two students with the same code got
+    different inputs, and a mistake that shows on some inputs only (04's ``alpha`` for ``alpha / rank`` at rank 1) cost
+    one of them points and not the other."""
+    if seed is None:
+        return secrets.randbelow(2**31)
+    return int.from_bytes(hashlib.sha256(f"{seed}:{exercise}".encode()).digest()[:4], "big") % 2**31
+
+
 def run_probes(job: Job, hidden: list, defs: list[str], tmp: Path, deadline: float) -> dict[str, dict]:
     """Each exercise probed in a fresh sandboxed process holding only the notebook's definitions.
     Exercises that share a stripped course are probed together first; if that process does not
@@ -365,7 +377,7 @@ def run_probes(job: Job, hidden: list, defs: list[str], tmp: Path, deadline: flo
             tests_now = [t for t in tests_now if t.exercise not in payloads or not payloads[t.exercise].get("final")]
             if not tests_now:
                 continue
-            seeds = {t.exercise: secrets.randbelow(2**31) for t in tests_now}
+            seeds = {t.exercise: probe_seed(job.seed, t.exercise) for t in tests_now}
             work = Path(tempfile.mkdtemp(prefix="probe-", dir=tmp))
             env = {**thread_env(job), "HOME": str(work), "MPLBACKEND": "Agg", "COURSE_PROFILE": job.profile,
                    "COURSE_CACHE_DIR": str(work / ".course-cache"), "MPLCONFIGDIR": str(work / ".matplotlib"),
