@@ -235,3 +235,21 @@ def test_the_same_code_gets_the_same_marks_and_a_printed_seed_grades_alike_again
     seed = re.search(r"seed for this run: (\d+)", said).group(1)
     again, _ = graded("again", "--workers", "1", "--seed", seed)
     assert again == first
+
+
+def test_shards_with_non_ascii_names_merge_under_an_ascii_locale(tmp_path):
+    """``course grade --merge`` read the shards in the locale's encoding: under ``LC_ALL=C PYTHONUTF8=0`` a gradebook
+    holding the student ``Zoë 学生`` stopped the merge with "'ascii' codec can't decode byte 0xc3". Gradebooks are
+    read as UTF-8, as the grader writes them."""
+    rows = [{"exercise": "04-lora-layer", "points": 3, "max_points": 3, "status": "passed", "message": "m"}]
+    whole = tmp_path / "whole" / "grades.csv"
+    write_results([Result("Zoë 学生", "04_lora_layers", rows=rows)], whole, whole.parent / "feedback",
+                  whole.parent / "executed")
+    merged = tmp_path / "merged" / "grades.csv"
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(ROOT)}
+    env.pop("LANG", None)
+    done = subprocess.run([sys.executable, "-m", "course_tools.cli", "grade", "--merge", str(whole), "--out",
+                           str(merged)], cwd=ROOT, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert merged.read_bytes() == whole.read_bytes()

@@ -388,7 +388,10 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
 
 
 def _columns(part: Path) -> list[str] | None:
-    with open(part, newline="") as f:
+    """The header of ``part``. Gradebooks are read as UTF-8, as the grader writes them, whatever the locale (under
+    ``LC_ALL=C PYTHONUTF8=0`` a student named Zoë stopped the merge with UnicodeDecodeError; a Latin-1 locale would
+    garble the name)."""
+    with open(part, newline="", encoding="utf-8") as f:
         return csv.DictReader(f).fieldnames
 
 
@@ -419,7 +422,7 @@ def merge(parts: list[Path], out: Path, submissions: Path | None = None) -> list
     layout: dict[str, tuple[str, int, Path]] = {}   # exercise -> its notebook and max_points, and where first seen
     graded: dict[str, set[str]] = {}
     for part in books:
-        with open(part, newline="") as f:
+        with open(part, newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 if row["exercise"] == "TOTAL":
                     continue
@@ -435,7 +438,7 @@ def merge(parts: list[Path], out: Path, submissions: Path | None = None) -> list
                              "or edited by hand; grade them again alike.")
     flags = []
     for part in flag_files:
-        with open(part, newline="") as f:
+        with open(part, newline="", encoding="utf-8") as f:
             for flag in csv.DictReader(f):
                 if flag.get("student") not in seen:
                     raise ValueError(f"{part} flags {flag.get('student')}, who is in none of the gradebooks merged: "

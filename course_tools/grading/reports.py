@@ -256,6 +256,8 @@ def _rescue(path: Path, text: str) -> str:
 def print_totals(rows: list[dict], out: str | Path) -> None:
     """Each student's total on the console (names as :func:`display_name` made them), and where the gradebook is."""
     totals = [r for r in rows if r["exercise"] == "TOTAL"]
+    encoding = getattr(sys.stdout, "encoding", None) or "utf-8"   # ASCII under LC_ALL=C PYTHONUTF8=0: names escaped
     for r in totals:
-        print(f"{r['student']:<24} {r['points']:>4} / {r['max_points']}")
-    print(f"wrote {out} ({len(totals)} students)")
+        line = f"{r['student']:<24} {r['points']:>4} / {r['max_points']}"
+        print(line.encode(encoding, "backslashreplace").decode(encoding))
+    print(f"wrote {out} ({len(totals)} students)".encode(encoding, "backslashreplace").decode(encoding))
