@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -97,6 +98,17 @@ _STATE_ADVICE = {
              "pass dtype= to the tensors you make instead",
     "device": "changed PyTorch's default device (torch.set_default_device): move your own tensors with .to(device) "
               "instead",
+    "threads": "changed the number of threads PyTorch computes with (torch.set_num_threads): every cell after it "
+               "would run at that speed; leave the setting to the notebook",
+    "deterministic": "switched deterministic algorithms on or off for the whole program "
+                     "(torch.use_deterministic_algorithms, torch.backends.cudnn.deterministic or .benchmark): every "
+                     "cell after it would run differently; leave these settings to the notebook",
+    "anomaly": "left anomaly detection switched on (torch.autograd.set_detect_anomaly): every backward pass after it "
+               "would run slowly; use `with torch.autograd.detect_anomaly():`, which restores it",
+    "autocast": "left autocast switched on (torch.set_autocast_enabled): every cell after it would compute in lower "
+                "precision; use `with torch.autocast(...):`, which restores it",
+    "warnings": "changed the warnings filters for the whole program (a filter that ignores or raises every warning): "
+                "use `with warnings.catch_warnings():`, which restores them",
     "rng": "used or reset PyTorch's global random generator (torch.manual_seed, torch.rand..., a dropout): this "
            "exercise has no reason to draw random numbers, and every random draw after it would change",
     "numpy_rng": "used or reset NumPy's global random generator (np.random.seed, np.random.rand..., pandas' sample "
@@ -109,17 +121,45 @@ _STATE_ADVICE = {
 
 def global_torch_state(rng: bool = False, host: bool | None = None) -> dict[str, Any]:
     """PyTorch's process-wide settings an exercise's answer must leave as it found them: autograd on or off,
-    the default dtype and device, (``rng``) PyTorch's global random generator and (``host``, by default with
-    ``rng``) NumPy's and Python's. A function that changes
-    one of them changes every notebook cell that runs after it."""
+    the default dtype and device, the number of threads, deterministic algorithms (and cuDNN's flags), anomaly
+    detection, autocast, the warnings filters that silence or raise every warning (the settings the hidden tests'
+    guard in ``course_tools.grading.probe`` watches), (``rng``) PyTorch's global random generator and (``host``, by
+    default with ``rng``) NumPy's and Python's. A function that changes one of them changes every notebook cell
+    that runs after it."""
     state: dict[str, Any] = {"grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
-                             "device": str(torch.get_default_device())}
+                             "device": str(torch.get_default_device()), "threads": torch.get_num_threads(),
+                             "deterministic": (torch.are_deterministic_algorithms_enabled(),
+                                               torch.is_deterministic_algorithms_warn_only_enabled(),
+                                               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
+                             "anomaly": (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
+                             "autocast": _autocast_state(), "warnings": _blanket_filters()}
     if rng:
         state["rng"] = torch.get_rng_state()
     if rng if host is None else host:   # no exercise draws from NumPy's or Python's: guarded on every call
         state["numpy_rng"] = _numpy_rng_state()
         state["python_rng"] = random.getstate()
     return state
+
+
+def _autocast_state() -> list:
+    """Whether autocast is on, and in which dtype, on the CPU and the GPU."""
+    state = []
+    for device in ("cpu", "cuda"):
+        try:
+            state.append((torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)))
+        except (TypeError, AttributeError, RuntimeError):
+            state.append((None, None))
+    return state
+
+
+def _blanket_filters() -> tuple:
+    """The warnings filters that ignore or raise every warning of a built-in category (no message, no module), and
+    the whole list to put back (the other filters are a library's own business, as the hidden tests' guard has it)."""
+    import warnings
+
+    blanket = [f[:3] for f in warnings.filters if f[0] in ("ignore", "error") and not f[1] and not f[3]
+               and getattr(f[2], "__module__", "") == "builtins"]
+    return blanket, list(warnings.filters)
 
 
 def _numpy_rng_state() -> tuple:
@@ -133,6 +173,8 @@ def _same_state(key: str, a: Any, b: Any) -> bool:
         return bool(torch.equal(a, b))
     if key == "numpy_rng":   # ('MT19937', keys, pos, has_gauss, cached_gaussian)
         return a[0] == b[0] and (a[1] == b[1]).all() and a[2:] == b[2:]
+    if key == "warnings":    # the blanket filters only
+        return a[0] == b[0]
     return a == b
 
 
@@ -147,6 +189,24 @@ def restore_torch_state(before: dict[str, Any]) -> list[str]:
         torch.set_default_dtype(before["dtype"])
     if "device" in changed:
         torch.set_default_device(before["device"])
+    if "threads" in changed:
+        torch.set_num_threads(before["threads"])
+    if "deterministic" in changed:
+        algorithms, warn_only, cudnn_deterministic, cudnn_benchmark = before["deterministic"]
+        torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = cudnn_deterministic, cudnn_benchmark
+    if "anomaly" in changed:
+        torch.autograd.set_detect_anomaly(*before["anomaly"])
+    if "autocast" in changed:
+        for device, (enabled, dtype) in zip(("cpu", "cuda"), before["autocast"]):
+            if enabled is not None:
+                torch.set_autocast_enabled(device, enabled)
+                torch.set_autocast_dtype(device, dtype)
+    if "warnings" in changed:
+        import warnings
+
+        warnings.filters[:] = before["warnings"][1]
+        warnings._filters_mutated()
     if "rng" in changed:
         torch.set_rng_state(before["rng"])
     if "numpy_rng" in changed:
@@ -439,6 +499,10 @@ def _labelled_frame(n_ham: int, n_spam: int):
     return pd.DataFrame(rows, columns=["Label", "Text"])
 
 
+_WRITES_TABLES = ("the function returns its tables; save them (df.to_csv(path)) in a cell of your own, where you "
+                  "choose the files, so that calling it never overwrites one.")
+
+
 @answer_shape("create_balanced_dataset should return a DataFrame with the columns Label (0 or 1) and Text.", draws=False)
 def check_balanced(fn: Callable, df, reference: Callable) -> None:
     """The SMS table and a small table whose texts say their class, with two seeds; the table given
@@ -448,8 +512,9 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
                               ("a table of 30 ham and 9 spam, seed 2", small, 2),
                               ("the SMS table, seed 123", df, 123)):
         given = frame.copy()
-        got = attempt(f"create_balanced_dataset on {what}", fn, given, seed=seed,
-                      hint="Draw as many ham messages as there are spam messages.")
+        with _writes_nothing(f"create_balanced_dataset on {what}", _WRITES_TABLES):
+            got = attempt(f"create_balanced_dataset on {what}", fn, given, seed=seed,
+                          hint="Draw as many ham messages as there are spam messages.")
         expect(unchanged(frame, given), f"create_balanced_dataset changed the DataFrame it was given ({what}): its "
                                         "'Label' column must still hold 'ham' and 'spam' for the cells that use it later. "
                                         "Map the labels on the new, balanced table, not on the caller's.")
@@ -515,7 +580,8 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
                                 ("57 rows with train_frac=0.5, validation_frac=0.3, seed 8", small,
                                  {"train_frac": 0.5, "validation_frac": 0.3, "seed": 8})):
         given = frame.copy()
-        parts = attempt(f"random_split on {what}", fn, given, **kwargs)
+        with _writes_nothing(f"random_split on {what}", _WRITES_TABLES):
+            parts = attempt(f"random_split on {what}", fn, given, **kwargs)
         expect(unchanged(frame, given), f"random_split changed the DataFrame it was given ({what}); the caller "
                                         "still needs it as it was: shuffle into a new DataFrame (df.sample returns "
                                         "one) and do not add columns or reorder the caller's table in place.")
@@ -766,6 +832,10 @@ def check_linear_with_lora(cls: type) -> None:
     x_before = x.clone()
     unmerged = attempt("The wrapped layer's forward", wrapped, x, draws=False)
     expect_unchanged(x_before, x, "the input x of the wrapped layer's forward")
+    expect(close(linear(x), x @ w0.T + b0, atol=1e-5),
+           "After wrapping, the nn.Linear itself (called on its own) no longer computes x Wᵀ + b: LinearWithLoRA "
+           "changed it (a hook registered on it, or its forward replaced); leave the wrapped layer as it was, frozen, "
+           "and add the LoRA path in LinearWithLoRA.forward.")
     expect(not close(unmerged, linear(x)), "After B changes, the output should change: add self.lora(x).")
     expect(close(unmerged, want, atol=1e-4), "forward(x) should be linear(x) + lora(x), with lora's scaling alpha / rank.")
     _expect_lora_gradients(wrapped.lora, unmerged, x, s, "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)",
@@ -878,6 +948,10 @@ def _expect_wrapped_in_place(model: nn.Module, wrapper: type, layers: dict[str, 
     frozen = [n for n, m in wrapped.items() if not all(p.requires_grad for p in m.lora.parameters())]
     expect(not frozen, f"The LoRA matrices of {frozen[:1]} are frozen: they are what trains; replace_linear_with_lora "
                        "only wraps layers (LinearWithLoRA freezes the wrapped layer itself).")
+    thawed = [n for n, m in wrapped.items() if any(p.requires_grad for p in m.linear.parameters())]
+    expect(not thawed, f"The wrapped layer {thawed[:1]} trains again (its weight or bias requires grad): LinearWithLoRA "
+                       "froze it, and LoRA trains A and B only; replace_linear_with_lora wraps layers and leaves "
+                       "requires_grad alone.")
     changed = sorted(n for n, p in model.named_parameters()
                      if p.requires_grad != (n in trainable_before) and not any(n.startswith(w + ".") for w in wrapped))
     expect(not changed, f"replace_linear_with_lora changed requires_grad of parameters it does not wrap ({changed[:2]}): "
@@ -1223,6 +1297,34 @@ def _tiny_run(fn: Callable, drop: float, seed: int, num_epochs: int, eval_freq: 
               eval_freq=eval_freq, eval_iter=eval_iter)
 
 
+def _hook_count(model: nn.Module) -> int:
+    """How many hooks are registered on ``model``'s modules and parameters (forward, backward, gradient): one that a
+    loop registers (to read activations, to clip gradients) and never removes runs in every later pass."""
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    on_modules = sum(len(getattr(m, kind, None) or {}) for m in model.modules() for kind in kinds)
+    return on_modules + sum(len(getattr(p, kind, None) or {}) for p in model.parameters()
+                            for kind in ("_backward_hooks", "_post_accumulate_grad_hooks"))
+
+
+@contextmanager
+def _writes_nothing(what: str, advice: str) -> Iterator[None]:
+    """Run the block in a new, empty working directory (the caller's is put back) and fail when ``what`` wrote
+    anything there: a file it drops in the notebook's folder (a checkpoint, a CSV) overwrites the learner's own."""
+    import os
+    import shutil
+    import tempfile
+
+    folder, here = tempfile.mkdtemp(prefix="course-check-"), os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
+        written = sorted(os.listdir(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+    expect(not written, f"{what} wrote {', '.join(written[:3])} in the working directory: {advice}")
+
+
 def _end_state(fn: Callable, caller_seed: int) -> torch.Tensor:
     """The global random generator's state after ``fn`` ran one tiny epoch from a state the caller chose
     (``caller_seed``): a loop that reseeds ends in the same state whatever the caller chose."""
@@ -1363,7 +1465,14 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     models: list[nn.Module] = []
     for case in cases:
         what, drop, seed, epochs, freq, it = case
-        out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it, models)
+        with _writes_nothing(f"Your loop ({what})", "the loop trains and returns the histories; save a "
+                             "checkpoint in a cell of your own, where you choose the file (torch.save(model.state_dict(), "
+                             "path))."):
+            out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it, models)
+        expect(_hook_count(models[-1]) == 0,
+               "Your loop left hooks on the model (register_forward_hook, register_hook...): they run in every later "
+               "forward or backward pass, and each call of the loop adds more; remove each one (handle.remove()) "
+               "before returning.")
         expect(not models[-1].emb.weight.requires_grad,
                "Your loop made parameters the caller froze trainable again (requires_grad_(True)): the caller freezes "
                "the pretrained model on purpose; the loop trains what is trainable and leaves requires_grad alone.")
@@ -1576,8 +1685,8 @@ def check_kd_loss(fn: Callable) -> None:
         distillation_loss(s_ref, teacher, labels, temperature=T, alpha=a).backward()
         expect(close(student.grad, s_ref.grad, atol=1e-5),
                f"For T = {T}, alpha = {a} the loss has the right value but the student's gradient is not the "
-               "formula's: the soft term must reach the student too (no torch.no_grad(), .detach() or .item() on the "
-               "student's side of the KL term).")
+               "formula's: both terms must reach the student with their graph (no torch.no_grad(), .detach() or "
+               ".item() on the student's side of the KL term or of the cross-entropy).")
     student.grad = teacher.grad = None
     passed("distillation loss: right value, both limits hold, and only the student gets gradients")
 
@@ -1712,12 +1821,17 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
     toy[0].requires_grad_(False)
     tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3))
     tied[1].weight = tied[0].weight
+    tied.eval()   # in eval mode: counting must not switch it to training either
     for what, m, want_count in (
             ("a toy model with Linear(5, 4) frozen and Linear(4, 3) trainable", toy, 15),
             ("a model whose two Linear(3, 3) share one weight (tied weights; count each tensor once)", tied, 12),
             ("a tiny BERT with the original experiment's LoRA (what that config trains)", ref_model, intended),
             ("the peft model", model, sum(p.numel() for p in model.parameters() if p.requires_grad))):
+        modes = [mod.training for mod in m.modules()]
         got_count = attempt(f"count_trainable on {what}", count_trainable, m)
+        expect([mod.training for mod in m.modules()] == modes,
+               f"count_trainable on {what} changed the model's training mode (model.eval() or .train()): counting "
+               "reads requires_grad and changes nothing.")
         expect(_is_int(got_count) and got_count == want_count,
                f"count_trainable on {what} should be {want_count:,}, got {got_count!r}: sum p.numel() over the "
                "parameters with requires_grad.")
@@ -1802,9 +1916,11 @@ def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_
     ]
     if batch is not None:
         cases.append((f"your {tuple(batch.shape)} batch of training messages", batch.tolist(), pad_token_id))
-    for what, rows, pad in cases:
+    alive = []   # every case's batch kept until the end: no two cases share a storage address, which an answer
+    for what, rows, pad in cases:   # that keeps results by data_ptr() would mistake for the same batch
         x = torch.tensor(rows)
         before = x.clone()
+        alive.append(x)
         got = attempt(f"last_token_index on {what}", fn, x, pad,
                       hint="Compare the batch with pad_token_id, then find each row's last position that is not padding.")
         expect(torch.equal(x, before), f"last_token_index changed the batch it was given ({what}): compute a mask "

@@ -170,6 +170,17 @@ import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # pandas' sample(random_state=seed) draws no random numbers: the global generator stays as it was
+import os, shutil, tempfile
+written = []
+def in_empty_folder(fn, *args, **kwargs):   # each call in an empty working directory: the answer writes no file there
+    here, folder = os.getcwd(), tempfile.mkdtemp()   # (a CSV dropped in the notebook's folder)
+    os.chdir(folder)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        os.chdir(here)
+        written.extend(sorted(os.listdir(folder)))
+        shutil.rmtree(folder, ignore_errors=True)
 '''
 
 
@@ -347,19 +358,20 @@ for k in range(2):
     rows = [rows[(5 * i + SEED) % len(rows)] for i in range(len(rows))] if len(rows) % 5 else rows[::-1]
     df = pd.DataFrame(rows, columns=["Label", "Text"])
     original = df.copy()
-    got = create_balanced_dataset(df, seed=1000 + (SEED + k) % 1000)
+    got = in_empty_folder(create_balanced_dataset, df, seed=1000 + (SEED + k) % 1000)
     labels = list(got["Label"])
     out.append([[x if isinstance(x, str) else int(x) for x in labels], list(got["Text"]), [str(c) for c in got.columns],
                 all(not isinstance(x, (str, float)) and float(x) == int(x) for x in labels)
                 and str(got["Label"].dtype)[:3] in ("int", "Int"),
                 df.equals(original) and list(df.columns) == list(original.columns)])
-return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
+return out + [written[:3], torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
-                "the table's columns only, the caller's table left unchanged, and the global random generators of "
-                "PyTorch, NumPy and Python untouched (the seed goes to pandas)",
+                "the table's columns only, the caller's table left unchanged, no file written in the working directory, and the "
+                "global random generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)",
         parts="one entry per table: [labels, texts in order, the columns, integer labels, the given table "
-              "unchanged]; last, PyTorch's random generator untouched, NumPy's and Python's untouched"),
+              "unchanged]; the files written in the working directory; last, PyTorch's random generator untouched, "
+              "NumPy's and Python's untouched"),
 
     Exercise("03-split", "03_data_balancing", 2, "random_split",
         check="check_split",
@@ -370,17 +382,18 @@ n = 30 + SEED % 50
 df = pd.DataFrame({"Label": [i % 2 for i in range(n)], "Text": [f"m{i}" for i in range(n)]})
 original = df.copy()
 fractions = (0.5 + 0.05 * (SEED % 3), 0.15 + 0.05 * (SEED % 2))
-parts = random_split(df, *fractions, seed=1000 + SEED % 1000)
+parts = in_empty_folder(random_split, df, *fractions, seed=1000 + SEED % 1000)
 big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for i in range(1494)]})
-default = random_split(big, seed=1000 + SEED % 1000)
+default = in_empty_folder(random_split, big, seed=1000 + SEED % 1000)
 return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in (*parts, *default)],
                                            [len(p) for p in default], list(default[1]["Text"]),
                                            df.equals(original) and list(df.columns) == list(original.columns),
-                                           torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
+                                           written[:3], torch.equal(global_rng, torch.get_rng_state()),
+                                           host_rngs() == host]
 ''', reference=_lib("course_lib.sms", "random_split"),
         explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, the table's columns only, the "
-                "caller's table left unchanged, and the global random generators of PyTorch, NumPy and Python "
-                "untouched (the seed goes to pandas)"),
+                "caller's table left unchanged, no file written in the working directory, and the global random "
+                "generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)"),
 
     Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",
         check="check_num_batches", check_args=lambda ns: (ns["num_batches"], small_loaders()),
@@ -493,6 +506,8 @@ if through.requires_grad:
     through.backward(torch.randn(through.shape, generator=g))
 grads.append(None if x_leaf.grad is None else x_leaf.grad.tolist())
 facts += [grads, torch.equal(x, x0)]
+# the wrapped layer, called on its own, still computes x Wᵀ + b: no hook or patched forward left on the caller's layer
+facts.append(bool(torch.allclose(linear(x), torch.nn.functional.linear(x, linear.weight, linear.bias))))
 wrapped.unmerge()  # not merged: must change nothing
 facts.append(bool((linear.weight - w0).abs().max() < 1e-6))
 wrapped.merge()
@@ -520,7 +535,7 @@ return facts + [unmerged.tolist(), merged.tolist(), restored, final,
                 per_layer, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A, B and the input and none into the frozen layer, the input left "
-                "unchanged, "
+                "unchanged, the wrapped layer called on its own still computing x Wᵀ + b (no hook left on it), "
                 "merge twice, unmerge when not merged, W frozen after merging, 3-D input, the training mode left as it "
                 "was by merge and unmerge (in training and in eval mode), the global random generator untouched "
                 "by forward, merge and unmerge, a second layer's forward and merge while the first is merged (the "
@@ -831,11 +846,26 @@ train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=3, drop_last=True, 
 val_x, val_y = x[16:20].repeat_interleave(2, dim=0), torch.stack([y[16:20], 1 - y[16:20]], dim=1).reshape(-1)
 val = DataLoader(TensorDataset(val_x, val_y), batch_size=2, generator=torch.Generator(), collate_fn=elsewhere)
 opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.3)
+import os, shutil, tempfile
+written = []
+def in_empty_folder(*args, **kwargs):   # every call in an empty working directory: the loop writes no file there (a
+    here, folder = os.getcwd(), tempfile.mkdtemp()   # checkpoint dropped in the notebook's folder)
+    os.chdir(folder)
+    try:
+        return train_classifier_simple(*args, **kwargs)
+    finally:
+        os.chdir(here)
+        written.extend(sorted(os.listdir(folder)))
+        shutil.rmtree(folder, ignore_errors=True)
 try:
-    tl, vl, ta, va, seen = train_classifier_simple(model, train, val, opt, DEVICE, num_epochs=2,
-                                                   eval_freq=3, eval_iter=3)
+    tl, vl, ta, va, seen = in_empty_folder(model, train, val, opt, DEVICE, num_epochs=2, eval_freq=3, eval_iter=3)
 except NotMoved:
     return "a batch was used before it was moved to device"
+# no hook left on the model (to read activations, to clip gradients): it would run in every later pass
+hooks = sum(len(getattr(mod, kind, None) or {}) for mod in model.modules()
+            for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+hooks += sum(len(getattr(p, kind, None) or {}) for p in model.parameters()
+             for kind in ("_backward_hooks", "_post_accumulate_grad_hooks"))
 modes = all(m.training for m in model.modules())   # handed back in training mode, as the reference does
 frozen = [not model.emb.weight.requires_grad, model.emb.weight.detach().sum().item()]
 def end_state(caller_seed):   # one epoch from a random state the caller chose: a loop that reseeds forgets it
@@ -844,8 +874,8 @@ def end_state(caller_seed):   # one epoch from a random state the caller chose: 
                         generator=torch.Generator().manual_seed(SEED + 3))
     torch.manual_seed(caller_seed)
     torch.rand(1)
-    train_classifier_simple(m, loader, loader, torch.optim.SGD(m.parameters(), lr=0.1), DEVICE,
-                            num_epochs=1, eval_freq=2, eval_iter=1)
+    in_empty_folder(m, loader, loader, torch.optim.SGD(m.parameters(), lr=0.1), DEVICE,
+                    num_epochs=1, eval_freq=2, eval_iter=1)
     return torch.get_rng_state()
 seeded = not torch.equal(end_state(SEED + 4), end_state(SEED + 5))
 # Five rows in batches of 2, 2 and 1, the last batch kept: examples_seen adds each batch's size (not the loader's
@@ -856,26 +886,28 @@ rows = torch.cat([x[20:22].repeat_interleave(2, dim=0), x[22:23]])
 row_y = torch.cat([torch.tensor([0, 1, 0, 1]), y[22:23]])
 torch.manual_seed(SEED + 6)          # every loader pass draws a seed from the global generator: the model starts the
 m = Tiny()                           # same however many evaluations the loop above ran
-uneven = train_classifier_simple(
+uneven = in_empty_folder(
     m, DataLoader(TensorDataset(rows, row_y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(SEED + 6),
                   collate_fn=elsewhere),
     DataLoader(TensorDataset(rows, row_y), batch_size=2, collate_fn=elsewhere), torch.optim.SGD(m.parameters(), lr=0.5),
     DEVICE, num_epochs=1, eval_freq=1, eval_iter=3)
 uneven = [[float(v) for v in part] for part in uneven[:4]] + [uneven[4]]
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
-        seeded, frozen, uneven, host_rngs() == host]
+        seeded, frozen, uneven, [written[:3], hooks], host_rngs() == host]
 ''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
                 "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies, batches that must be "
                 "moved to device, the model handed back in training mode, its frozen embedding left frozen and "
                 "unchanged, the caller's random state still mattering after the loop (no reseeding inside), a training set "
                 "whose last batch is smaller (examples counted per batch, losses averaged over batches and "
-                "accuracies over examples, as calc_loss_loader and calc_accuracy_loader do), and NumPy's and "
-                "Python's global random generators untouched",
+                "accuracies over examples, as calc_loss_loader and calc_accuracy_loader do), no file written in the "
+                "working directory and no hook left on the model, and NumPy's and Python's global random generators "
+                "untouched",
         parts="training losses, validation losses, training accuracies, validation accuracies, examples seen, the "
               "model in training mode after the loop, the global random state still the caller's, the frozen embedding "
               "still frozen and its sum, [training losses, validation losses, training accuracies, validation accuracies, "
-              "examples seen] on five rows in batches of 2, 2 and 1, NumPy's and Python's random generators untouched"),
+              "examples seen] on five rows in batches of 2, 2 and 1, [the files written in the working directory, the hooks left "
+              "on the model], NumPy's and Python's random generators untouched"),
 
     Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
         check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),
@@ -934,9 +966,10 @@ torch.manual_seed(SEED)
 m = nn.Sequential(nn.Linear(3 + SEED % 4, 5), nn.LayerNorm(5), nn.Sequential(nn.Linear(5, 2 + SEED % 3)))
 kept = []
 def counted(model):   # counting draws no random numbers: the global generator stays as it was (the models' own
-    rng = torch.get_rng_state()      # initialisation drew from it: a state no torch.manual_seed(n) gives)
+    rng = torch.get_rng_state()      # initialisation drew from it: a state no torch.manual_seed(n) gives), and it
+    modes = [mod.training for mod in model.modules()]   # leaves each module's train/eval mode as it was
     v = count_trainable(model)
-    kept.append(torch.equal(rng, torch.get_rng_state()))
+    kept.append(torch.equal(rng, torch.get_rng_state()) and [mod.training for mod in model.modules()] == modes)
     return v
 counts = []
 for frozen in ([], [0], [0, 1], [2], [0, 1, 2]):
@@ -945,6 +978,7 @@ for frozen in ([], [0], [0, 1], [2], [0, 1, 2]):
     counts.append(counted(m))
 tied = nn.Sequential(nn.Linear(2 + SEED % 5, 2 + SEED % 5, bias=False), nn.Linear(2 + SEED % 5, 2 + SEED % 5))
 tied[1].weight = tied[0].weight      # one tensor in two places (tied weights): it trains, and counts, once
+tied.eval()                          # a model in eval mode: counting must not switch it to training either
 counts.append(counted(tied))
 # What the config builds, not its fields: a tiny random BERT classifier drawn from the seed, through peft.
 from peft import get_peft_model
@@ -970,11 +1004,12 @@ return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] f
 ''', reference=lambda: count_trainable,
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
                 "dropout of each LoRA layer, and how the LoRA matrices start), and the count on that model, on a model "
-                "with various parts frozen and on one with a tied weight (counted once), the global random generator untouched by "
-                "counting, and NumPy's and Python's untouched",
+                "with various parts frozen and on one with a tied weight (counted once), the global random generator and every "
+                "module's train/eval mode untouched by counting, and NumPy's and Python's untouched",
         parts="the count with nothing, [0], [0, 1], [2] and everything frozen, on a model with a tied weight, on the peft "
               "model, the "
-              "trainable parameters, the LoRA layers, the random generator untouched, the LoRA and base weights' "
+              "trainable parameters, the LoRA layers, the random generator and the train/eval modes untouched, the LoRA and "
+              "base weights' "
               "sums, NumPy's and Python's random generators untouched"),
 ]
 
