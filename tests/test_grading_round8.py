@@ -253,3 +253,40 @@ def test_shards_with_non_ascii_names_merge_under_an_ascii_locale(tmp_path):
                           timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert merged.read_bytes() == whole.read_bytes()
+
+
+def test_a_students_name_is_shown_and_filed_alike_in_every_locale(tmp_path):
+    """Under ``LC_ALL=C PYTHONUTF8=0`` the folder ``Zoë 学生`` reached the grader as ``Zo\\udcc3\\udcab ...`` and was shown
+    so, with a hash (``Zo\\udcc3\\udcab \\udce5...~602c0cb9``), in the gradebook and the feedback's file name: the
+    same class gave other names in another locale, and shards graded in two locales did not merge. Names are read as
+    UTF-8 bytes, and files named with them are written as those bytes, whatever the locale."""
+    (tmp_path / "Zoë 学生").mkdir()
+    code = ("import os, sys; from pathlib import Path; from course_tools.grading.reports import display_name, file_name\n"
+            "folder = sorted(os.listdir(sys.argv[1]))[0]\n"
+            "shown = display_name(folder)\n"
+            "Path(sys.argv[1], file_name(shown) + '.md').write_text('x')\n"
+            "print(ascii(shown))")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(ROOT)}
+    env.pop("LANG", None)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ascii("Zoë 学生")
+    assert sorted(os.listdir(os.fsencode(tmp_path))) == ["Zoë 学生".encode(), "Zoë 学生.md".encode()]
+
+
+def test_the_stripped_course_is_built_under_an_ascii_locale(tmp_path):
+    """``course grade`` under ``LC_ALL=C PYTHONUTF8=0`` stopped before grading anyone: building the probes' copy of
+    course_lib read its sources in the locale's encoding ("'ascii' codec can't decode byte 0xe2", the library's
+    ``→`` and ``×``). Python sources are read and written as UTF-8."""
+    code = ("import sys; from pathlib import Path; import course_lib\n"
+            "from course_tools.grading.probe import build_stripped_course\n"
+            "copy = build_stripped_course(Path(course_lib.__file__).parent, Path(sys.argv[1]) / 'course_lib', set())\n"
+            "print(sum(1 for _ in copy.glob('*.py')))")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(ROOT)}
+    env.pop("LANG", None)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(done.stdout) > 5
+    assert any(b"\xe2" in p.read_bytes() for p in (tmp_path / "course_lib").glob("*.py"))   # non-ASCII kept as UTF-8

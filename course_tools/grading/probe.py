@@ -133,13 +133,13 @@ def build_stripped_course(course_dir: Path, target: Path, allowed: set[str],
             raise FileNotFoundError(f"The exercise registry hides course_lib.{module}, which does not exist; "
                                     "update the exercises' `hides` in the registry.")
         keep = {a.split(".", 1)[1] for a in allowed if a.startswith(module + ".")}
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))   # Python's source encoding, whatever the locale
         defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         if "*" in names:
             names = {n.name for n in defs}
         if "@trains" in names:
             names = (names - {"@trains"}) | {n.name for n in defs if _trains(n)}
-        path.write_text(strip_module(path.read_text(), names - keep))
+        path.write_text(strip_module(path.read_text(encoding="utf-8"), names - keep), encoding="utf-8")
     return target
 
 

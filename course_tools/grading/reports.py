@@ -61,7 +61,12 @@ def display_name(folder: str) -> str:
     """A student's folder name as every output shows it: printable, on one line, at most 80
     characters. A name that had to change gets ``~`` and 8 hex digits of its hash, so two folders
     never share a name in the gradebook; a folder whose own name already ends that way is renamed
-    too, or it could be the one another folder's name was changed to."""
+    too, or it could be the one another folder's name was changed to. The name's bytes are read as UTF-8 whatever the
+    locale (under ``LC_ALL=C PYTHONUTF8=0`` a folder ``Zoë`` was shown as ``Zo\\udcc3\\udcab~...``)."""
+    try:
+        folder = os.fsencode(folder).decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:   # not a name read from the disk in this locale: taken as it is
+        pass
     shown = " ".join(printable(folder, 1000).split())
     if (shown == folder and 0 < len(shown) <= 80 and not shown.startswith(("'", "~"))
             and not re.search(r"~[0-9a-f]{8}$", shown)):
@@ -80,7 +85,7 @@ def file_name(name: str) -> str:
     if len(safe.encode("utf-8", "surrogateescape")) > 120:
         digest = hashlib.sha256(safe.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         safe = safe.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore") + "~" + digest
-    return safe
+    return os.fsdecode(safe.encode("utf-8", "surrogateescape"))   # written as UTF-8 bytes whatever the locale
 
 
 def write_atomically(path: Path, text: str) -> None:
