@@ -45,7 +45,7 @@ class Profile:
     max_examples: int | None  # cap on examples per split; None = all
     learning_rate: float  # full fine-tuning's; each strategy's own: learning_rate_for(profile, strategy, ...)
     description: str
-    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware has bf16 units); smoke stays exact
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the hardware has bf16 units); smoke stays in fp32 (no bf16 rounding)
 
 
 PROFILES: dict[str, Profile] = {
