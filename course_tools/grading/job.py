@@ -154,8 +154,8 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
         raise Refused("invalid notebook", f"{path.name} is not a readable Jupyter notebook; submit the .ipynb file "
                       "saved by Jupyter.") from None
     try:  # readable as a notebook is enough; minor schema slips (cell ids in 4.4) are not the student's fault
-        with warnings.catch_warnings():   # nbformat warns once per cell whose id is missing or repeated: not on the
-            warnings.simplefilter("ignore")   # instructor's console (2,000 cells, 2,000 lines); renumbered below
+        with warnings.catch_warnings():   # nbformat warns once per repeated cell id (28 lines for 04): not on the
+            warnings.simplefilter("ignore")   # instructor's console; the ids are renumbered below
             nb = nbformat.reads(text, as_version=4)
         if not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) and "source" in c
                                                             for c in nb.cells):
