@@ -290,3 +290,23 @@ def test_the_stripped_course_is_built_under_an_ascii_locale(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert int(done.stdout) > 5
     assert any(b"\xe2" in p.read_bytes() for p in (tmp_path / "course_lib").glob("*.py"))   # non-ASCII kept as UTF-8
+
+
+def test_a_missing_notebook_names_the_notebooks_the_folder_holds_instead(tmp_path):
+    """A notebook saved under another name (``04_lora_layers (1).ipynb`` from a second download, another case) was
+    "04_lora_layers.ipynb was not submitted" and nothing more: the student and the instructor had to look for why. The
+    message now names up to three notebooks the folder holds."""
+    folder = tmp_path / "ada"
+    folder.mkdir()
+    for name in ("04_lora_layers (1).ipynb", "04_LoRA_layers.IPYNB", "notes.txt"):
+        (folder / name).write_text("{}")
+    with pytest.raises(Refused) as refused:
+        read_submission(folder / "04_lora_layers.ipynb", "04_lora_layers")
+    assert refused.value.status == "missing notebook"
+    said = str(refused.value)
+    assert "`04_lora_layers (1).ipynb`" in said and "`04_LoRA_layers.IPYNB`" in said and "notes" not in said
+    (folder / "04_lora_layers (1).ipynb").unlink()
+    (folder / "04_LoRA_layers.IPYNB").unlink()
+    with pytest.raises(Refused) as refused:
+        read_submission(folder / "04_lora_layers.ipynb", "04_lora_layers")
+    assert str(refused.value) == "04_lora_layers.ipynb was not submitted."

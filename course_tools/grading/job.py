@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -135,7 +136,7 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
         if os.path.lexists(path):   # a pipe (which reading would block on), a device, a folder
             raise Refused("invalid notebook", f"{path.name} is not a regular file (a folder, pipe or device); submit "
                           "the .ipynb file saved by Jupyter.")
-        raise Refused("missing notebook", f"{notebook}.ipynb was not submitted.")
+        raise Refused("missing notebook", f"{notebook}.ipynb was not submitted.{_other_notebooks(path.parent)}")
     if path.stat().st_size > MAX_NOTEBOOK_BYTES:
         raise Refused("invalid notebook", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear "
                       "its outputs and submit it again.")
@@ -177,6 +178,21 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
                       "again.")
     _renumber_cell_ids(nb, cells)
     return nb
+
+
+def _other_notebooks(folder: Path, scanned: int = 2_000) -> str:
+    """The notebooks a student's folder holds under other names (``04_lora_layers (1).ipynb`` from a second download,
+    ``04_LoRA_layers.ipynb``), named so that the instructor and the student see why the expected one is missing; at
+    most three, among the first ``scanned`` entries, shown printable on one line. Empty if none or unreadable."""
+    try:
+        with os.scandir(folder) as entries:
+            names = sorted(e.name for e in itertools.islice(entries, scanned) if e.name.lower().endswith(".ipynb"))
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    shown = ", ".join(f"`{printable(n, 80)}`" for n in names[:3]) + (", ..." if len(names) > 3 else "")
+    return f" The folder holds {shown}: the grader reads only the exact name, so rename the file and submit it again."
 
 
 GRADER_KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
