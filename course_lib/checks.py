@@ -107,6 +107,9 @@ _STATE_ADVICE = {
                "would run slowly; use `with torch.autograd.detect_anomaly():`, which restores it",
     "autocast": "left autocast switched on (torch.set_autocast_enabled): every cell after it would compute in lower "
                 "precision; use `with torch.autocast(...):`, which restores it",
+    "matmul": "changed the precision of float32 matrix products for the whole program "
+              "(torch.set_float32_matmul_precision): every cell after it would compute differently on a GPU; leave "
+              "the setting to the notebook",
     "warnings": "changed the warnings filters for the whole program (a filter that ignores or raises every warning): "
                 "use `with warnings.catch_warnings():`, which restores them",
     "rng": "used or reset PyTorch's global random generator (torch.manual_seed, torch.rand..., a dropout): this "
@@ -122,7 +125,7 @@ _STATE_ADVICE = {
 def global_torch_state(rng: bool = False, host: bool | None = None) -> dict[str, Any]:
     """PyTorch's process-wide settings an exercise's answer must leave as it found them: autograd on or off,
     the default dtype and device, the number of threads, deterministic algorithms (and cuDNN's flags), anomaly
-    detection, autocast, the warnings filters that silence or raise every warning (the settings the hidden tests'
+    detection, autocast, the precision of float32 matrix products, the warnings filters that silence or raise every warning (the settings the hidden tests'
     guard in ``course_tools.grading.probe`` watches), (``rng``) PyTorch's global random generator and (``host``, by
     default with ``rng``) NumPy's and Python's. A function that changes one of them changes every notebook cell
     that runs after it."""
@@ -132,7 +135,8 @@ def global_torch_state(rng: bool = False, host: bool | None = None) -> dict[str,
                                                torch.is_deterministic_algorithms_warn_only_enabled(),
                                                torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark),
                              "anomaly": (torch.is_anomaly_enabled(), torch.is_anomaly_check_nan_enabled()),
-                             "autocast": _autocast_state(), "warnings": _blanket_filters()}
+                             "autocast": _autocast_state(), "matmul": torch.get_float32_matmul_precision(),
+                             "warnings": _blanket_filters()}
     if rng:
         state["rng"] = torch.get_rng_state()
     if rng if host is None else host:   # no exercise draws from NumPy's or Python's: guarded on every call
@@ -202,6 +206,8 @@ def restore_torch_state(before: dict[str, Any]) -> list[str]:
             if enabled is not None:
                 torch.set_autocast_enabled(device, enabled)
                 torch.set_autocast_dtype(device, dtype)
+    if "matmul" in changed:
+        torch.set_float32_matmul_precision(before["matmul"])
     if "warnings" in changed:
         import warnings
 
