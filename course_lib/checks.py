@@ -1491,7 +1491,8 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
         expect(seen == r_seen, f"With {what}: examples_seen should be {r_seen} ({steps} batches of 3), got {seen}: "
                                "add input_batch.shape[0] once per training step.")
         expect(len(tl) == len(r_tl), f"With {what} ({steps} steps): expected {len(r_tl)} training losses, got {len(tl)}: "
-                                     "evaluate when step % eval_freq == 0, counting steps from 0 across epochs.")
+                                     "evaluate when step % eval_freq == 0, counting steps from 0 across epochs (a counter of the "
+                                     "function's own, started on every call, not a global kept between calls).")
         expect(len(vl) == len(r_vl), f"With {what}: expected {len(r_vl)} validation losses (one each time you record "
                                      f"a training loss), got {len(vl)}.")
         expect(len(ta) == epochs and len(va) == epochs,

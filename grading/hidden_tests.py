@@ -890,7 +890,8 @@ uneven = in_empty_folder(
     m, DataLoader(TensorDataset(rows, row_y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(SEED + 6),
                   collate_fn=elsewhere),
     DataLoader(TensorDataset(rows, row_y), batch_size=2, collate_fn=elsewhere), torch.optim.SGD(m.parameters(), lr=0.5),
-    DEVICE, num_epochs=1, eval_freq=1, eval_iter=3)
+    DEVICE, num_epochs=1, eval_freq=3, eval_iter=3)   # one evaluation, at step 0: a step counter kept from the calls
+#                                                    above (a global) would put it at the third step
 uneven = [[float(v) for v in part] for part in uneven[:4]] + [uneven[4]]
 return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
         seeded, frozen, uneven, [written[:3], hooks], host_rngs() == host]
@@ -898,7 +899,8 @@ return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], 
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "
                 "epochs, eval_freq 3 with 5 steps per epoch, validation losses and accuracies, batches that must be "
                 "moved to device, the model handed back in training mode, its frozen embedding left frozen and "
-                "unchanged, the caller's random state still mattering after the loop (no reseeding inside), a training set "
+                "unchanged, the caller's random state still mattering after the loop (no reseeding inside), its step counter "
+                "started anew on every call, a training set "
                 "whose last batch is smaller (examples counted per batch, losses averaged over batches and "
                 "accuracies over examples, as calc_loss_loader and calc_accuracy_loader do), no file written in the "
                 "working directory and no hook left on the model, and NumPy's and Python's global random generators "

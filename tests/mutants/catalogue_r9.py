@@ -123,3 +123,14 @@ MUTANTS = [
     ("r9-scaled-in-place", "04-lora-layer", "right",   # an in-place step on an intermediate: autograd allows it
      [(_FORWARD, "        h = x @ self.A.T\n        h *= self.scaling\n        return h @ self.B.T")], ""),
 ]
+
+# 07's step counter kept in a global (`global step` to silence an UnboundLocalError, after trying the loop at the top
+# level of a cell): the first call is right, every later one evaluates at other steps.
+MUTANTS += [
+    ("r9-global-step-counter", "07-train-loop", "wrong",
+     [("def train_classifier_simple(", "step = -1\n\n\ndef train_classifier_simple("),
+      ("    examples_seen, step = 0, -1\n", "    global step\n    examples_seen = 0\n")], "not a global"),
+    ("r9-step-counter-reset-global", "07-train-loop", "right",   # a global, but reset at the start of every call
+     [("def train_classifier_simple(", "step = -1\n\n\ndef train_classifier_simple("),
+      ("    examples_seen, step = 0, -1\n", "    global step\n    examples_seen, step = 0, -1\n")], ""),
+]
