@@ -1015,7 +1015,12 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
                    if a.shape == b.shape and torch.equal(a, b)), None)
     expect(shared is None, f"{shared} got the same LoRA matrix A: each LinearWithLoRA draws its own A, so do not "
                            "reseed (torch.manual_seed) inside replace_linear_with_lora.")
+    wrappers = [m for m in model.modules() if isinstance(m, wrapper)]
     again = attempt("a second call", fn, model, rank=2, alpha=4)
+    changed = [m for m in model.modules() if isinstance(m, wrapper)] != wrappers
+    expect(again == [] or changed, f"A second call wrapped nothing but returned {again[:2]}: the list of names is the "
+                                  "first call's, kept between calls (a global, or a default argument like names=[]); "
+                                  "start a new list on every call.")
     expect(again == [], f"A second call must wrap nothing: skip layers that are already wrapped (it wrapped {again[:2]}).")
     targeted = fn(make_model(), rank=2, alpha=4, target_modules=["W_query", "W_value"])
     expect(len(targeted) == 4 and all(n.endswith(("W_query", "W_value")) for n in targeted),

@@ -134,3 +134,16 @@ MUTANTS += [
      [("def train_classifier_simple(", "step = -1\n\n\ndef train_classifier_simple("),
       ("    examples_seen, step = 0, -1\n", "    global step\n    examples_seen, step = 0, -1\n")], ""),
 ]
+
+# 05's names collected in a module-level list (the recursion appends to it, so its calls need not return anything):
+# the first call is right, the second returns the first's names again.
+MUTANTS += [
+    ("r9-names-in-a-global-list", "05-replace", "wrong",
+     [("def replace_linear_with_lora(", "_names = []\n\n\ndef replace_linear_with_lora("),
+      ("    replaced = []\n", "    replaced = _names\n"),
+      ("            replaced += replace_linear_with_lora(child, rank, alpha, target_modules, exclude, name + \".\")",
+       "            replace_linear_with_lora(child, rank, alpha, target_modules, exclude, name + \".\")")],
+     "kept between calls"),
+    ("r9-einsum-forward", "04-lora-layer", "right",
+     [(_FORWARD, "        return self.scaling * torch.einsum(\"...i,ri,or->...o\", x, self.A, self.B)")], ""),
+]
