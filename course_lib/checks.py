@@ -125,10 +125,10 @@ _STATE_ADVICE = {
 def global_torch_state(rng: bool = False, host: bool | None = None) -> dict[str, Any]:
     """PyTorch's process-wide settings an exercise's answer must leave as it found them: autograd on or off,
     the default dtype and device, the number of threads, deterministic algorithms (and cuDNN's flags), anomaly
-    detection, autocast, the precision of float32 matrix products, the warnings filters that silence or raise every warning (the settings the hidden tests'
-    guard in ``course_tools.grading.probe`` watches), (``rng``) PyTorch's global random generator and (``host``, by
-    default with ``rng``) NumPy's and Python's. A function that changes one of them changes every notebook cell
-    that runs after it."""
+    detection, autocast, the precision of float32 matrix products, the warnings filters that silence or raise every
+    warning (the settings the hidden tests' guard in ``course_tools.grading.probe`` watches, and cuDNN's and the
+    matmul precision besides), (``rng``) PyTorch's global random generator and (``host``, by default with ``rng``)
+    NumPy's and Python's. A function that changes one of them changes every notebook cell that runs after it."""
     state: dict[str, Any] = {"grad": torch.is_grad_enabled(), "dtype": torch.get_default_dtype(),
                              "device": str(torch.get_default_device()), "threads": torch.get_num_threads(),
                              "deterministic": (torch.are_deterministic_algorithms_enabled(),
@@ -881,6 +881,9 @@ def check_linear_with_lora(cls: type) -> None:
     expect(close(linear.weight, w0, atol=1e-5), "unmerge() should restore the original weight: subtract "
                                                 "(alpha / rank) * B @ A once.")
     expect(not linear.weight.requires_grad, "unmerge() made the weight trainable again: update it in place.")
+    expect(wrapped.lora.A.requires_grad and wrapped.lora.B.requires_grad,
+           "After merge() and unmerge() A and B no longer train (requires_grad False): the layer is back to training "
+           "with LoRA, so leave A and B trainable (or, if merge() froze them, let unmerge() switch them back on).")
     expect(close(wrapped(x), want, atol=1e-4), "After unmerge() the output should be the unmerged one again: "
                                                "forward must add the LoRA path again.")
     attempt("unmerge() a second time", wrapped.unmerge, draws=False)

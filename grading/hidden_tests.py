@@ -518,6 +518,7 @@ merged = wrapped(x)
 modes = [all(m.training for m in wrapped.modules())]   # merging changes the weight, not the training mode
 wrapped.unmerge()
 restored, final = bool((linear.weight - w0).abs().max() < 1e-5), wrapped(x).tolist()
+lora_trains = [p.requires_grad for p in wrapped.lora.parameters()]   # unmerged again: A and B train as before
 wrapped.eval()                       # nor does it switch an evaluating layer back to training
 wrapped.merge()
 wrapped.unmerge()
@@ -531,15 +532,17 @@ per_layer = [other(x).tolist()]
 other.merge()
 per_layer.append((other.linear.weight - w_other).tolist())
 return facts + [unmerged.tolist(), merged.tolist(), restored, final,
-                [p.requires_grad for p in wrapped.linear.parameters()], modes, torch.equal(rng, torch.get_rng_state()),
+                [p.requires_grad for p in wrapped.linear.parameters()], lora_trains, modes,
+                torch.equal(rng, torch.get_rng_state()),
                 per_layer, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A, B and the input and none into the frozen layer, the input left "
                 "unchanged, the wrapped layer called on its own still computing x Wᵀ + b (no hook left on it), "
-                "merge twice, unmerge when not merged, W frozen after merging, 3-D input, the training mode left as it "
-                "was by merge and unmerge (in training and in eval mode), the global random generator untouched "
-                "by forward, merge and unmerge, a second layer's forward and merge while the first is merged (the "
-                "flag is each layer's own), and NumPy's and Python's by everything"),
+                "merge twice, unmerge when not merged, W frozen after merging, A and B trainable again after "
+                "unmerging, 3-D input, the training mode left as it was by merge and unmerge (in training and in eval "
+                "mode), the global random generator untouched by forward, merge and unmerge, a second layer's forward "
+                "and merge while the first is merged (the flag is each layer's own), and NumPy's and Python's by "
+                "everything"),
 
     Exercise("05-replace", "05_lora_injection", 5, "replace_linear_with_lora",
         check="check_replace", check_args=lambda ns: (ns["replace_linear_with_lora"], smoke_gpt, ns["LinearWithLoRA"]),

@@ -147,3 +147,14 @@ MUTANTS += [
     ("r9-einsum-forward", "04-lora-layer", "right",
      [(_FORWARD, "        return self.scaling * torch.einsum(\"...i,ri,or->...o\", x, self.A, self.B)")], ""),
 ]
+
+# 04's merge() freezing A and B (merged, they would not be used) and unmerge() not switching them back on: after an
+# evaluation with merged weights, the layer no longer trains.
+MUTANTS += [
+    ("r9-merge-freezes-lora", "04-linear-with-lora", "wrong",
+     [("            self.merged = True", "            self.merged = True\n            self.lora.requires_grad_(False)")],
+     "no longer train"),
+    ("r9-merge-freezes-unmerge-restores", "04-linear-with-lora", "right",
+     [("            self.merged = True", "            self.merged = True\n            self.lora.requires_grad_(False)"),
+      ("            self.merged = False", "            self.merged = False\n            self.lora.requires_grad_(True)")], ""),
+]
