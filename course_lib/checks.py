@@ -533,6 +533,9 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
         expect(all(_is_int(x) or (hasattr(x, "dtype") and x.dtype.kind in "iu") for x in labels),
                f"On {what} the labels should be the integers 0 and 1, got {labels[:3]} "
                f"({type(labels[0]).__name__ if labels else 'nothing'}): map 'ham' to 0 and 'spam' to 1.")
+        expect(str(got["Label"].dtype)[:3] in ("int", "Int"),
+               f"On {what} the Label column has dtype {got['Label'].dtype}, not an integer dtype: map the labels with "
+               ".map({'ham': 0, 'spam': 1}) (in pandas 3, .replace leaves an object column).")
         n = int((frame["Label"] == "spam").sum())
         counts = {int(k): int(v) for k, v in got["Label"].value_counts().items()}
         expect(counts == {0: n, 1: n}, f"On {what} the result should have {n} ham (0) and {n} spam (1); it has "
@@ -824,6 +827,9 @@ def check_linear_with_lora(cls: type) -> None:
     trainable = sorted(n for n, p in wrapped.named_parameters(remove_duplicate=False) if p.requires_grad)
     expect(len(trainable) == 2, f"Only the LoRA matrices should be trainable, each registered once, got {trainable}.")
     saved = sorted(wrapped.state_dict())
+    expect(any(k.startswith("linear.") for k in saved),
+           f"LinearWithLoRA's state_dict holds {saved}: keep the wrapped layer as self.linear (merge() and the "
+           "grader read wrapped.linear.weight).")
     expect(saved == ["linear.bias", "linear.weight", "lora.A", "lora.B"],
            f"LinearWithLoRA's state_dict should hold the layer's weight and bias and lora's A and B only; it holds "
            f"{saved}: keep the merged flag (and the scaling) as plain Python attributes, not buffers, which are saved "
@@ -1522,8 +1528,10 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
                 raise CheckFailed(f"With {what}: the training losses agree at first and then drift (evaluation "
                                   f"{first_bad}): call optimizer.zero_grad() on every step, so gradients do not add up "
                                   "across batches, then loss.backward() and optimizer.step().")
-            raise CheckFailed(f"With {what}: the losses match without dropout but not with it: switch to model.eval() "
-                              "before computing the evaluation losses and back to model.train() after them.")
+            raise CheckFailed(f"With {what}: the losses match without dropout but not with it: compute the evaluation "
+                              "losses in model.eval() mode and go back to model.train() after them, and take the "
+                              "accuracies with calc_accuracy_loader (it evaluates in eval mode): an accuracy pass in "
+                              "training mode draws dropout masks and changes the next epoch's training.")
         if not _same(vl, r_vl):
             expect(not _same(vl, r_tl), f"With {what}: your validation losses equal the training losses: compute them "
                                         "on val_loader.")
