@@ -310,3 +310,20 @@ def test_a_missing_notebook_names_the_notebooks_the_folder_holds_instead(tmp_pat
     with pytest.raises(Refused) as refused:
         read_submission(folder / "04_lora_layers.ipynb", "04_lora_layers")
     assert str(refused.value) == "04_lora_layers.ipynb was not submitted."
+
+
+def test_a_shard_without_a_seed_is_refused_in_one_sentence_before_grading_anyone(tmp_path, capsys):
+    """Each run draws a fresh seed for the hidden inputs unless ``--seed`` is given, and the gradebook does not record
+    it: shards graded on several machines without one seed would grade their students on different inputs, and
+    ``--merge`` could not tell. ``--shard`` now needs ``--seed``; without it nothing is graded or written."""
+    from course_tools.cli import main as course
+
+    subs = tmp_path / "subs"
+    (subs / "ada").mkdir(parents=True)
+    shutil.copy(SOLUTION, subs / "ada" / SOLUTION.name)
+    out = tmp_path / "out" / "shard1.csv"
+    assert course(["grade", str(subs), "--out", str(out), "--notebooks", "04_lora_layers", "--shard", "1/2"]) != 0
+    err = capsys.readouterr().err
+    assert "--shard 1/2 needs --seed" in err and "the same --seed N" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not out.exists() and not (tmp_path / "out" / "feedback").exists()

@@ -319,6 +319,9 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     one unless given, printed), so the same code gets the same marks; the same seed grades on the same inputs again."""
     if not submissions.is_dir():
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
+    if shard and seed is None:   # a shard's own fresh seed would grade its students on other inputs than the rest
+        raise ValueError(f"--shard {shard} needs --seed: every shard must draw the same hidden inputs, so pass the same "
+                         "--seed N (any integer) to each shard.")
     outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
     _check_outputs_outside(submissions, outputs)
     _check_outputs_writable(outputs)
@@ -345,8 +348,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     folders = select_students(student_folders(submissions), shard)
     if seed is None:
         seed = secrets.randbelow(2**31)
-    print(f"hidden tests' seed for this run: {seed} (`--seed {seed}` grades on the same inputs again, e.g. the other "
-          "shards)", file=sys.stderr)
+    print(f"hidden tests' seed for this run: {seed} (`--seed {seed}` grades on the same inputs again)", file=sys.stderr)
     shown = {folder: display_name(folder) for folder in folders}
     readonly: tuple[Path, ...] = ()
     if profile != "smoke":
