@@ -233,7 +233,9 @@ STATE_GUARD = """
         return [__torch.is_grad_enabled(), __torch.get_default_dtype(), str(__torch.get_default_device()),
                 __autocast("cpu"), __autocast("cuda"), __torch.is_anomaly_enabled(),
                 [__torch.are_deterministic_algorithms_enabled(), __torch.is_deterministic_algorithms_warn_only_enabled()],
-                __torch.get_num_threads(), __blanket()]
+                __torch.get_num_threads(), __blanket(),
+                [__torch.backends.cudnn.deterministic, __torch.backends.cudnn.benchmark,
+                 __torch.get_float32_matmul_precision()]]
     __hold = []
     __filters = list(__warnings.filters)
     __before = __state()
@@ -259,6 +261,9 @@ STATE_GUARD = """
             __torch.use_deterministic_algorithms(__before[6][0], warn_only=__before[6][1])
         if __after[7] != __before[7]:
             __torch.set_num_threads(__before[7])
+        if __after[9] != __before[9]:
+            __torch.backends.cudnn.deterministic, __torch.backends.cudnn.benchmark = __before[9][:2]
+            __torch.set_float32_matmul_precision(__before[9][2])
         __warnings.filters[:] = __filters
         __warnings._filters_mutated()
     if __after != __before:
@@ -267,7 +272,8 @@ STATE_GUARD = """
                                         "anomaly detection (torch.autograd.set_detect_anomaly)",
                                         "deterministic algorithms (torch.use_deterministic_algorithms)",
                                         "the number of threads (torch.set_num_threads)",
-                                        "the warnings filters (a filter that ignores or raises every warning)"),
+                                        "the warnings filters (a filter that ignores or raises every warning)",
+                                        "cuDNN's flags or the float32 matmul precision (torch.backends.cudnn.deterministic, .benchmark, torch.set_float32_matmul_precision)"),
                                        __after, __before) if a != b]
         class GlobalStateChanged(RuntimeError):
             pass

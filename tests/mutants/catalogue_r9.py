@@ -158,3 +158,21 @@ MUTANTS += [
      [("            self.merged = True", "            self.merged = True\n            self.lora.requires_grad_(False)"),
       ("            self.merged = False", "            self.merged = False\n            self.lora.requires_grad_(True)")], ""),
 ]
+
+# The two process-wide settings the checks restored but the probes' guard did not watch (now both do): cuDNN's
+# autotuner switched on "for speed", and float32 products allowed in TF32 or bf16, each left for every later cell.
+MUTANTS += [
+    ("r9-cudnn-benchmark", "07-train-loop", "wrong", _before_loop("    torch.backends.cudnn.benchmark = True\n"),
+     "cudnn.deterministic or .benchmark"),
+    ("r9-matmul-precision", "07-train-loop", "wrong", _before_loop("    torch.set_float32_matmul_precision(\"high\")\n"),
+     "precision of float32 matrix products"),
+]
+
+# Answers written from the statements (helper "fair") that the probe rejected while the visible check passed them, or
+# that got a message naming another cause: labels mapped with pandas 3's replace (an object column, not integers),
+# and the wrapped layer kept under another name than self.linear (merge() and the grader read wrapped.linear).
+MUTANTS += [
+    ("r9-labels-by-replace", "03-balance", "wrong",
+     [("[\"Label\"].map({\"ham\": 0, \"spam\": 1})", "[\"Label\"].replace({\"ham\": 0, \"spam\": 1})")], "integer dtype"),
+    ("r9-linear-named-base", "04-linear-with-lora", "wrong", [("self.linear", "self.base")], "keep the wrapped layer as self.linear"),
+]
