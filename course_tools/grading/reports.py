@@ -10,6 +10,7 @@ import html
 import io
 import os
 import re
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -95,6 +96,7 @@ def write_atomically(path: Path, text: str) -> None:
     data = text.encode("utf-8", "backslashreplace")
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name[:60]}.", suffix=".part", dir=path.parent)
     try:
+        _keep_group_share(fd, path)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -110,6 +112,25 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _keep_group_share(fd: int, path: Path) -> None:
+    """Give the new file behind ``fd`` the group and group-read (and write) bits of the file ``path`` it replaces, when
+    that file is this user's, a regular file, and shared with its group only (no bit for others): the instructor's
+    ``chmod -R g+rX`` for teaching assistants (docs/instructors.md) would otherwise be undone by every regrade and merge,
+    each file written 0600 again. A file readable by others (written before outputs were private) gives nothing."""
+    try:
+        old = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return
+    mode = stat.S_IMODE(old.st_mode)
+    if not stat.S_ISREG(old.st_mode) or old.st_uid != os.geteuid() or mode & 0o007 or not mode & 0o060:
+        return
+    try:
+        os.fchown(fd, -1, old.st_gid)   # first the group: its bits must never reach another group
+    except OSError:
+        return
+    os.fchmod(fd, 0o600 | mode & 0o060)
+
+
 def gradebook_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
@@ -119,7 +140,7 @@ def gradebook_text(rows: list[dict]) -> str:
 
 
 def write_gradebook(rows: list[dict], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(mode=0o700, parents=True, exist_ok=True)   # --merge's --out folder: the grading user's alone
     write_atomically(out, gradebook_text(rows))
 
 
