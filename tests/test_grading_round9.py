@@ -109,3 +109,34 @@ def test_odd_but_whole_seeds_are_accepted_and_grade_alike_again(given):
     seed = build_parser().parse_args(["grade", "subs", "--out", "g.csv", "--seed", given]).seed
     assert seed == int(given)
     assert probe_seed(seed, "04-lora-layer") == probe_seed(int(given.replace("_", "")), "04-lora-layer")
+
+
+def test_a_shard_this_user_may_not_read_stops_the_merge_in_one_sentence(tmp_path, monkeypatch, capsys):
+    """Gradebooks are written 0600 for the user who graded: a teaching assistant running ``course grade --merge`` on the
+    instructor's shards met a ``PermissionError`` traceback. (The test runs as root, who may read anything, so the
+    refusal is simulated where the merge opens the file.)"""
+    from course_tools.cli import main
+
+    shard = tmp_path / "shard" / "grades.csv"
+    _write(shard)
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(grade_module, "open", refuse, raising=False)
+    assert main(["grade", "--merge", str(shard), "--out", str(tmp_path / "merged" / "grades.csv")]) == 2
+    said = capsys.readouterr().err
+    assert "permission denied" in said and "chmod g+r" in said and "Traceback" not in said
+    assert not (tmp_path / "merged" / "grades.csv").exists()
+
+
+def test_a_folder_passed_as_a_shard_stops_the_merge_in_one_sentence(tmp_path, capsys):
+    """``course grade --merge grades/ --out all.csv`` (the folder, not its gradebook) ended in an IsADirectoryError
+    traceback."""
+    from course_tools.cli import main
+
+    shard = tmp_path / "shard" / "grades.csv"
+    _write(shard)
+    assert main(["grade", "--merge", str(shard.parent), "--out", str(tmp_path / "merged" / "grades.csv")]) == 2
+    said = capsys.readouterr().err
+    assert said.startswith("error: ") and "gradebook files" in said and said.count("\n") == 1

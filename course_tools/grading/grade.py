@@ -398,11 +398,28 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         lock.close()
 
 
+def _open_gradebook(part: Path):
+    """``part`` opened for reading as UTF-8 CSV, or one sentence: the grader writes gradebooks for the grading user alone
+    (0600), so a teaching assistant merging the instructor's shards met a PermissionError traceback (and a folder
+    passed as a shard an IsADirectoryError one)."""
+    try:
+        return open(part, newline="", encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except PermissionError:
+        raise ValueError(f"{part} cannot be read by this user (permission denied): the grader writes gradebooks for the "
+                         "user who graded alone, so merge as that user, or have them `chmod g+r` the shards (and "
+                         "`g+x` their folders) for your group.") from None
+    except OSError as err:
+        raise ValueError(f"{part} cannot be read ({err.strerror or type(err).__name__}): pass the shards' gradebook "
+                         "files, such as shard*.csv.") from None
+
+
 def _columns(part: Path) -> list[str] | None:
     """The header of ``part``. Gradebooks are read as UTF-8, as the grader writes them, whatever the locale (under
     ``LC_ALL=C PYTHONUTF8=0`` a student named Zoë stopped the merge with UnicodeDecodeError; a Latin-1 locale would
     garble the name)."""
-    with open(part, newline="", encoding="utf-8") as f:
+    with _open_gradebook(part) as f:
         return csv.DictReader(f).fieldnames
 
 
@@ -433,7 +450,7 @@ def merge(parts: list[Path], out: Path, submissions: Path | None = None) -> list
     layout: dict[str, tuple[str, int, Path]] = {}   # exercise -> its notebook and max_points, and where first seen
     graded: dict[str, set[str]] = {}
     for part in books:
-        with open(part, newline="", encoding="utf-8") as f:
+        with _open_gradebook(part) as f:
             for row in csv.DictReader(f):
                 if row["exercise"] == "TOTAL":
                     continue
@@ -449,7 +466,7 @@ def merge(parts: list[Path], out: Path, submissions: Path | None = None) -> list
                              "or edited by hand; grade them again alike.")
     flags = []
     for part in flag_files:
-        with open(part, newline="", encoding="utf-8") as f:
+        with _open_gradebook(part) as f:
             for flag in csv.DictReader(f):
                 if flag.get("student") not in seen:
                     raise ValueError(f"{part} flags {flag.get('student')}, who is in none of the gradebooks merged: "
