@@ -390,9 +390,10 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
     """GPT-2 small and medium (16 heads, 24 layers), other drop_rate and qkv_bias, bad keys."""
     small = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 768, "n_head": 12, "n_layer": 12}
     medium = {"n_vocab": 50257, "n_ctx": 1024, "n_embd": 1024, "n_head": 16, "n_layer": 24}
-    odd = {"n_vocab": 1000, "n_ctx": 64, "n_embd": 48, "n_head": 3, "n_layer": 5}
+    # The keys in another order than hparams.json's: the values are found by key, not by position.
+    odd = {"n_layer": 5, "n_head": 3, "n_embd": 48, "n_ctx": 64, "n_vocab": 1000}
     cases = [("GPT-2 small", small, {}), ("GPT-2 medium (16 heads, 24 layers)", medium, {}),
-             ("a small model with n_vocab=1000, n_ctx=64, n_embd=48, n_head=3, n_layer=5", odd, {}),
+             ("a small model with n_layer=5, n_head=3, n_embd=48, n_ctx=64, n_vocab=1000 (keys in this order)", odd, {}),
              ("GPT-2 small with drop_rate=0.1, qkv_bias=False", small, {"drop_rate": 0.1, "qkv_bias": False})]
     returned: list[tuple[str, dict, dict]] = []
     for what, settings, kwargs in cases:
@@ -1287,7 +1288,7 @@ def _tiny_setup(drop: float, seed: int, elsewhere: bool = False, drop_last: bool
     """The toy model, its shuffled training loader and validation loader, and an SGD optimiser.
     ``elsewhere``: the loaders' batches must be moved to ``device`` before use (:class:`_ElsewhereBatch`).
     ``drop_last=False``: the training loader keeps its last, smaller batch (14 examples in batches of 3)."""
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
     torch.manual_seed(seed)
     model = _TinyClassifier(drop, seed)
@@ -1297,9 +1298,13 @@ def _tiny_setup(drop: float, seed: int, elsewhere: bool = False, drop_last: bool
     collate = {"collate_fn": _elsewhere_collate} if elsewhere else {}
     # A shuffled training loader with its own generator, as in the notebook: evaluating on it (instead of on
     # train_eval_loader) consumes its shuffling and changes what training sees. Padded rows: a loss read at
-    # the last position of the row, instead of the last real token, gives other numbers.
-    train = DataLoader(TensorDataset(x[:14], y[:14]), batch_size=3, drop_last=drop_last, shuffle=True,
-                       generator=torch.Generator().manual_seed(seed + 7), **collate)
+    # the last position of the row, instead of the last real token, gives other numbers. The shuffling has a
+    # generator of its own, drawn from only when batches are taken: tqdm.auto's bar (tqdm 4.70, tqdm.asyncio's
+    # __init__) calls iter(train_loader) once more per epoch, and each DataLoader iterator draws a seed from the
+    # loader's generator, which would change the order a correct loop with a progress bar trains in.
+    rows = TensorDataset(x[:14], y[:14])
+    train = DataLoader(rows, batch_size=3, drop_last=drop_last, generator=torch.Generator(), **collate,
+                       sampler=RandomSampler(rows, generator=torch.Generator().manual_seed(seed + 7)))
     # 12 validation rows in batches of 5, 5 and 2: with eval_iter=3 the smaller last batch counts, so an accuracy
     # averaged over batches (not examples), or a loss averaged over examples (not calc_loss_loader's batches), shows.
     val = DataLoader(TensorDataset(x[14:], y[14:]), batch_size=5, generator=torch.Generator(), **collate)
@@ -1794,6 +1799,9 @@ def _diagnose_config(config: Any, got: dict | None, want: dict) -> str:
         return (f"init_lora_weights={getattr(config, 'init_lora_weights', None)!r} starts LoRA otherwise than the "
                 "original experiment (A Kaiming-uniform and B zero, so the model starts as the pretrained one): leave "
                 "init_lora_weights at its default, True.")
+    if getattr(config, "layers_to_transform", None) is not None:
+        return (f"layers_to_transform={config.layers_to_transform!r} puts LoRA on some layers only: the original "
+                "experiment adapts the query and value projections of every layer, leave layers_to_transform at None.")
     if getattr(config, "use_rslora", False):
         return ("use_rslora=True scales the update by lora_alpha / sqrt(r) instead of lora_alpha / r: the original "
                 "experiment uses plain LoRA's scaling, leave use_rslora at False.")

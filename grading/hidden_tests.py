@@ -305,7 +305,8 @@ global_rng = torch.get_rng_state()   # building a config draws no random numbers
 n_head = 2 + SEED % 3
 s = {"n_vocab": 100 + SEED % 50_000, "n_ctx": 64 + SEED % 997, "n_embd": 16 * (1 + SEED % 64), "n_head": n_head,
      "n_layer": n_head + 1 + SEED % 4}
-odd = {"n_vocab": 300 + SEED % 7, "n_ctx": 20 + SEED % 9, "n_embd": 30 + SEED % 11, "n_head": 5, "n_layer": 7}
+# keys in another order than hparams.json's: the values are found by key, not by position
+odd = {"n_layer": 7, "n_head": 5, "n_embd": 30 + SEED % 11, "n_ctx": 20 + SEED % 9, "n_vocab": 300 + SEED % 7}
 given, given_odd = dict(s), dict(odd)
 first = call(given)
 kept = dict(first) if isinstance(first, dict) else None   # a later call must not change it (no shared default dict)
@@ -787,7 +788,7 @@ return out + [host_rngs() == host]
         probe=_HOST_RNGS_PRELUDE + r'''
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset, default_collate
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset, default_collate
 DEVICE = torch.device("cpu", 0)      # the CPU named with an index: a batch moved to .to("cpu") instead shows
 class NotMoved(RuntimeError):
     pass
@@ -842,8 +843,12 @@ y = torch.randint(0, 2, (23,), generator=g)
 # A shuffled training loader with its own generator: evaluating on it instead of train_eval_loader changes
 # the order training sees.
 # The batches must be moved to device before use (Elsewhere): a loop that ignores device fails here as on a GPU.
-train = DataLoader(TensorDataset(x[:16], y[:16]), batch_size=3, drop_last=True, shuffle=True,
-                   generator=torch.Generator().manual_seed(SEED + 2), collate_fn=elsewhere)
+# The shuffling has a generator of its own, drawn from only when batches are taken: a tqdm.auto bar around the loader
+# (tqdm 4.70) calls iter() once more per epoch, and each iterator draws a seed from the loader's generator.
+def shuffled(rows, seed, **kwargs):
+    return DataLoader(rows, sampler=RandomSampler(rows, generator=torch.Generator().manual_seed(seed)),
+                      generator=torch.Generator(), collate_fn=elsewhere, **kwargs)
+train = shuffled(TensorDataset(x[:16], y[:16]), SEED + 2, batch_size=3, drop_last=True)
 # Validation rows come in pairs, one message with both labels, one pair per batch: the validation accuracy is
 # exactly 0.5 on every seed, so accuracies in percent or taken from another loader always show.
 val_x, val_y = x[16:20].repeat_interleave(2, dim=0), torch.stack([y[16:20], 1 - y[16:20]], dim=1).reshape(-1)
@@ -890,8 +895,7 @@ row_y = torch.cat([torch.tensor([0, 1, 0, 1]), y[22:23]])
 torch.manual_seed(SEED + 6)          # every loader pass draws a seed from the global generator: the model starts the
 m = Tiny()                           # same however many evaluations the loop above ran
 uneven = in_empty_folder(
-    m, DataLoader(TensorDataset(rows, row_y), batch_size=2, shuffle=True, generator=torch.Generator().manual_seed(SEED + 6),
-                  collate_fn=elsewhere),
+    m, shuffled(TensorDataset(rows, row_y), SEED + 6, batch_size=2),
     DataLoader(TensorDataset(rows, row_y), batch_size=2, collate_fn=elsewhere), torch.optim.SGD(m.parameters(), lr=0.5),
     DEVICE, num_epochs=1, eval_freq=3, eval_iter=3)   # one evaluation, at step 0: a step counter kept from the calls
 #                                                    above (a global) would put it at the third step
@@ -985,12 +989,13 @@ tied = nn.Sequential(nn.Linear(2 + SEED % 5, 2 + SEED % 5, bias=False), nn.Linea
 tied[1].weight = tied[0].weight      # one tensor in two places (tied weights): it trains, and counts, once
 tied.eval()                          # a model in eval mode: counting must not switch it to training either
 counts.append(counted(tied))
-# What the config builds, not its fields: a tiny random BERT classifier drawn from the seed, through peft.
+# What the config builds, not its fields: a tiny random BERT classifier drawn from the seed, through peft (at least two
+# layers: a config that adapts only some of them, layers_to_transform, shows).
 from peft import get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 torch.manual_seed(SEED)
 encoder = BertForSequenceClassification(BertConfig(
-    vocab_size=30 + SEED % 20, hidden_size=4 * (2 + SEED % 2), num_hidden_layers=1 + SEED % 3, num_attention_heads=2,
+    vocab_size=30 + SEED % 20, hidden_size=4 * (2 + SEED % 2), num_hidden_layers=2 + SEED % 2, num_attention_heads=2,
     intermediate_size=12, max_position_embeddings=16, num_labels=2 + SEED % 3))
 model = get_peft_model(encoder, copy.deepcopy(lora_config))
 trainable = sorted([n, list(p.shape)] for n, p in model.named_parameters() if p.requires_grad)
