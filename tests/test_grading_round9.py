@@ -140,3 +140,27 @@ def test_a_folder_passed_as_a_shard_stops_the_merge_in_one_sentence(tmp_path, ca
     assert main(["grade", "--merge", str(shard.parent), "--out", str(tmp_path / "merged" / "grades.csv")]) == 2
     said = capsys.readouterr().err
     assert said.startswith("error: ") and "gradebook files" in said and said.count("\n") == 1
+
+
+def test_a_student_graded_later_into_a_shared_folder_is_shared_alike(tmp_path):
+    """After the instructor shared a run's outputs with the assistants' group, a student graded later into the same
+    folders (a late submission) got a feedback file 0600, and an executed folder 0700, of the grader's own group: the
+    assistants could read everyone's but theirs. A new file takes its folder's group and group read; a new student's
+    folder the executed folder's group, read and search."""
+    out = tmp_path / "grades" / "grades.csv"
+    _write(out)
+    group = _another_group()
+    for path in [*_outputs(out), out.parent, out.parent / "feedback", out.parent / "executed",
+                 out.parent / "executed" / "ada"]:
+        os.chown(path, -1, group)
+        path.chmod(_mode(path) | 0o040 | (0o010 if path.is_dir() else 0))
+    late = Result("cy", "04_lora_layers", rows=_results()[0].rows, executed=_results()[0].executed)
+    old = os.umask(0o022)
+    try:
+        write_results([late], out, out.parent / "feedback", out.parent / "executed")
+    finally:
+        os.umask(old)
+    written = {p: (oct(_mode(p)), p.stat().st_gid) for p in (out.parent / "feedback" / "cy.md",
+                                                              out.parent / "executed" / "cy",
+                                                              out.parent / "executed" / "cy" / "04_lora_layers.ipynb")}
+    assert list(written.values()) == [(oct(0o640), group), (oct(0o750), group), (oct(0o640), group)]

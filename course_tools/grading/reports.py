@@ -112,23 +112,48 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def _group_share(path: Path) -> tuple[int, int] | None:
+    """``path``'s group and its group bits when it is this user's and shared with its group only (no bit for others),
+    else None."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != os.geteuid() or mode & 0o007 or not mode & 0o040:
+        return None
+    return st.st_gid, mode & 0o070
+
+
+def share_like(target: int | Path, source: Path, bits: int) -> None:
+    """Give ``target`` (an open descriptor or a path) ``source``'s group and the part of its group bits in ``bits`` when
+    ``source`` is shared with its group only (see :func:`_group_share`); otherwise leave it as made (0600 or 0700). The
+    instructor's ``chmod -R g+rX`` for teaching assistants (docs/instructors.md) would otherwise be undone by every
+    regrade and merge (each file written 0600 again) and miss every student graded later."""
+    share = _group_share(source)
+    if share is None:
+        return
+    group, mode = share
+    try:
+        if isinstance(target, int):
+            os.fchown(target, -1, group)   # first the group: its bits must never reach another group
+            os.fchmod(target, 0o600 | mode & bits)
+        else:
+            os.chown(target, -1, group, follow_symlinks=False)
+            os.chmod(target, 0o700 | mode & bits)
+    except OSError:
+        return
+
+
 def _keep_group_share(fd: int, path: Path) -> None:
-    """Give the new file behind ``fd`` the group and group-read (and write) bits of the file ``path`` it replaces, when
-    that file is this user's, a regular file, and shared with its group only (no bit for others): the instructor's
-    ``chmod -R g+rX`` for teaching assistants (docs/instructors.md) would otherwise be undone by every regrade and merge,
-    each file written 0600 again. A file readable by others (written before outputs were private) gives nothing."""
-    try:
-        old = os.stat(path, follow_symlinks=False)
-    except OSError:
+    """The new file behind ``fd`` shared as the regular file ``path`` it replaces was (group read and write), or, for a
+    file new to its folder, as the folder is (group read): a file readable by others (written before outputs were
+    private) gives nothing."""
+    if os.path.lexists(path):
+        if path.is_file() and not path.is_symlink():
+            share_like(fd, path, 0o060)
         return
-    mode = stat.S_IMODE(old.st_mode)
-    if not stat.S_ISREG(old.st_mode) or old.st_uid != os.geteuid() or mode & 0o007 or not mode & 0o060:
-        return
-    try:
-        os.fchown(fd, -1, old.st_gid)   # first the group: its bits must never reach another group
-    except OSError:
-        return
-    os.fchmod(fd, 0o600 | mode & 0o060)
+    share_like(fd, path.parent, 0o040)
 
 
 def gradebook_text(rows: list[dict]) -> str:
@@ -254,7 +279,9 @@ def write_results(results: list[Result], out: Path, feedback_dir: Path, executed
             target = executed_dir / file_name(r.student) / f"{r.notebook}.ipynb"
             try:
                 executed_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-                target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if not target.parent.exists():   # a student new to a shared folder is shared alike
+                    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    share_like(target.parent, executed_dir, 0o050)
                 write_atomically(target, r.executed)
             except (Exception, MemoryError) as err:
                 print(f"warning: could not write the executed notebook of {r.student}: {type(err).__name__}",
