@@ -178,4 +178,17 @@ MUTANTS = [
    [("    return sum(p.numel() for p in model.parameters() if p.requires_grad)", "    return model.print_trainable_parameters()")], "print_trainable_parameters"),
   ("r10-fan-in-fan-out", "09-lora-config", "right",   # peft sets it back to False on nn.Linear, with a warning
    [("task_type=\"SEQ_CLS\"", "task_type=\"SEQ_CLS\", fan_in_fan_out=True")], ""),
+  # Transposed first (to nn.Linear's layout), then still chunked along the last axis: the rows of c_attn get split.
+  ("r10-transpose-then-last-axis", "02-split-c-attn", "wrong",
+   [("    q_w, k_w, v_w = torch.chunk(w, 3, dim=-1)\n", "    q_w, k_w, v_w = (t.T for t in torch.chunk(w.T, 3, dim=-1))\n")],
+   "shape"),
+  ("r10-floor-plus-remainder", "03-num-batches", "right",   # an int plus a bool is an int
+   [("math.ceil(n_examples / batch_size)", "n_examples // batch_size + (n_examples % batch_size > 0)")], ""),
+  # 09: the attention's output projection adapted too; the pooler kept trainable beside the head.
+  ("r10-targets-dense-too", "09-lora-config", "wrong",
+   [("target_modules=[\"query\", \"value\"]", "target_modules=[\"query\", \"value\", \"dense\"]")],
+   "puts LoRA on the layers"),
+  ("r10-pooler-saved-too", "09-lora-config", "wrong",
+   [("task_type=\"SEQ_CLS\"", "task_type=\"SEQ_CLS\", modules_to_save=[\"classifier\", \"pooler\"]")],
+   "trains other parameters"),
 ]
