@@ -330,7 +330,8 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
     if shard and seed is None:   # a shard's own fresh seed would grade its students on other inputs than the rest
         raise ValueError(f"--shard {shard} needs --seed: every shard must draw the same hidden inputs, so pass the same "
-                         "--seed N (any integer) to each shard.")
+                         "--seed N to each shard, drawn once where students cannot guess it (python -c 'import secrets; "
+                         "print(secrets.randbits(128))'): with a seed they know, they can compute the hidden inputs.")
     outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
     _check_outputs_outside(submissions, outputs)
     _check_outputs_writable(outputs)
