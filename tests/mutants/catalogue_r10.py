@@ -105,6 +105,9 @@ MUTANTS = [
      "    with torch.enable_grad():\n        A_ = A.detach().clone().requires_grad_(True)\n        B_ = B.detach().clone().requires_grad_(True)\n"
      "        out = s * (x.detach() @ A_.T @ B_.T)\n        dA, dB = torch.autograd.grad(out, (A_, B_), grad_outputs=g.detach())\n"
      "    return dA, dB")], ""),
+  ("r10-grads-torch-func-vjp", "06-lora-grads", "right",
+   [("    h = x @ A.T\n    dB = s * g.T @ h\n    dA = s * (g @ B).T @ x\n    return dA, dB",
+     "    _, vjp = torch.func.vjp(lambda A_, B_: s * (x @ A_.T @ B_.T), A, B)\n    dA, dB = vjp(g)\n    return dA, dB")], ""),
   ("r10-grads-no-grad", "06-lora-grads", "right",
    [("    h = x @ A.T\n", "    with torch.no_grad():\n        h = x @ A.T\n")], ""),
   # 09: counting under no_grad, or with a printout.
