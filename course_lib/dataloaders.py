@@ -116,9 +116,11 @@ class LengthBucketSampler(Sampler[list[int]]):
         return [full[i] for i in perm]
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator: the epoch advances when the first batch is taken, not when iter() is called, so an
+        # iterator made and dropped (tqdm.auto's bar calls iter() on what it wraps once more) skips no epoch
         batches = self.batches(self.epoch)
         self.epoch += 1
-        return iter(batches)
+        yield from batches
 
     def __len__(self) -> int:
         n = len(self.lengths)

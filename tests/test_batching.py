@@ -60,6 +60,18 @@ def test_buckets_are_deterministic_and_hold_every_message_once_per_epoch(train_s
         assert sum(len(batch) < 8 for batch in batches) <= 1
 
 
+def test_a_progress_bar_around_the_bucketed_loader_leaves_its_epochs_as_they_were(train_set):
+    """tqdm.auto's bar calls iter() once on what it wraps before the loop takes its own iterator; an iterator that is
+    made and dropped must not use up an epoch, or a learner's loop with a bar trains on other batches than without."""
+    from tqdm.auto import tqdm
+
+    plain = make_loader(train_set, 8, "bucketed", seed=5)
+    barred = make_loader(train_set, 8, "bucketed", seed=5)
+    iter(barred)                                                      # made and dropped: no batch taken
+    for _ in range(2):
+        assert [y.tolist() for _, y in plain] == [y.tolist() for _, y in tqdm(barred, disable=False)]
+
+
 def test_bucketed_epoch_processes_at_most_1_15_times_the_real_tokens(train_set):
     real = sum(train_set.lengths)
     assert len(train_set) == 1045
