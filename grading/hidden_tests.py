@@ -15,7 +15,8 @@ the cell that calls its check, one record here, and its mutants in ``tests/mutan
 
 Each probe is a snippet that the grader runs in a fresh, sandboxed process holding only the definitions of
 the cells the student's notebook ran (see ``course_tools.grading.probe``). It calls the student's own
-definition ``name`` on inputs made from ``SEED`` (chosen by the grader, new on every run), and returns plain
+definition ``name`` on inputs made from ``SEED`` (made from the run's seed and the exercise: new on every run
+unless ``course grade --seed`` repeats it), and returns plain
 data. The grader runs the same snippet in its own process with the reference bound to ``name`` and compares
 the two results there: nothing the notebook prints, and nothing it patches in its own kernel, can make a wrong
 answer pass.

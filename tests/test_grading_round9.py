@@ -164,3 +164,17 @@ def test_a_student_graded_later_into_a_shared_folder_is_shared_alike(tmp_path):
                                                               out.parent / "executed" / "cy",
                                                               out.parent / "executed" / "cy" / "04_lora_layers.ipynb")}
     assert list(written.values()) == [(oct(0o640), group), (oct(0o750), group), (oct(0o640), group)]
+
+
+def test_an_unknown_notebook_name_is_refused_before_any_output_folder_is_made(tmp_path, capsys):
+    """``--notebooks`` with a name the registry lacks was refused only after the output folders (and the gradebook's
+    lock) had been made beside ``--out``: a typo left empty folders behind. The names are now checked first."""
+    from course_tools.cli import main as course
+
+    subs = tmp_path / "subs"
+    (subs / "ada").mkdir(parents=True)
+    out = tmp_path / "out" / "grades.csv"
+    assert course(["grade", str(subs), "--out", str(out), "--notebooks", "04_lora_layer"]) != 0
+    err = capsys.readouterr().err
+    assert "No hidden tests for '04_lora_layer'" in err, err
+    assert not (tmp_path / "out").exists()

@@ -332,6 +332,16 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         raise ValueError(f"--shard {shard} needs --seed: every shard must draw the same hidden inputs, so pass the same "
                          "--seed N to each shard, drawn once where students cannot guess it (python -c 'import secrets; "
                          "print(secrets.randbits(128))'): with a seed they know, they can compute the hidden inputs.")
+    # the notebooks first: a name the registry lacks is refused before any output folder is made
+    tests = preload(tests_path)
+    if not DEFAULT_TESTS.is_file():   # needed beside --tests: the library's own references stay hidden from probes
+        raise FileNotFoundError(f"The course's exercise registry is not at {DEFAULT_TESTS}: run `course grade` in the "
+                                "course's folder (or set COURSE_ROOT to it), also with --tests, so that the library's "
+                                "reference answers can be hidden from every probe.")
+    names = notebooks or tests.notebooks()
+    unknown = [n for n in names if n not in tests.notebooks()]
+    if unknown:
+        raise ValueError(f"No hidden tests for {unknown[0]!r}; choose from {tests.notebooks()}.")
     outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
     _check_outputs_outside(submissions, outputs)
     _check_outputs_writable(outputs)
@@ -346,15 +356,6 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
         workers, limits = _limits_here(limits, workers)
     else:
         print(sandbox.NO_SANDBOX_WARNING, file=sys.stderr)
-    tests = preload(tests_path)
-    if not DEFAULT_TESTS.is_file():   # needed beside --tests: the library's own references stay hidden from probes
-        raise FileNotFoundError(f"The course's exercise registry is not at {DEFAULT_TESTS}: run `course grade` in the "
-                                "course's folder (or set COURSE_ROOT to it), also with --tests, so that the library's "
-                                "reference answers can be hidden from every probe.")
-    names = notebooks or tests.notebooks()
-    unknown = [n for n in names if n not in tests.notebooks()]
-    if unknown:
-        raise ValueError(f"No hidden tests for {unknown[0]!r}; choose from {tests.notebooks()}.")
     folders = select_students(student_folders(submissions), shard)
     if seed is None:
         seed = fresh_seed()
