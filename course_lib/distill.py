@@ -61,7 +61,13 @@ class DistilRNN(nn.Module):
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                       temperature: float = 2.0, alpha: float = 0.5) -> torch.Tensor:
-    """alpha · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − alpha) · CE(student, labels)."""
+    """alpha · T² · KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − alpha) · CE(student, labels).
+
+    The KL term is ``F.kl_div(log-probabilities of the student, probabilities of the teacher)``, which
+    computes KL(teacher ‖ student), summed over the classes and averaged over the batch
+    (``reduction="batchmean"``; ``"mean"`` would also divide by the number of classes). The teacher's
+    logits are detached: only the student learns. The cross-entropy reads the student's raw logits, not
+    the softened ones. Why T²: this module's docstring (Hinton et al. 2015, §2). Notebook 08's exercise."""
     if temperature <= 0:
         raise ValueError(f"temperature must be positive, got {temperature}.")
     if not 0 <= alpha <= 1:

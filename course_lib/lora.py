@@ -26,7 +26,14 @@ def _check_rank_alpha(rank: int, alpha: float) -> None:
 
 
 class LoRALayer(nn.Module):
-    """The low-rank path alone: x ↦ (alpha / rank) · x Aᵀ Bᵀ."""
+    """The low-rank path alone: x ↦ (alpha / rank) · dropout(x) Aᵀ Bᵀ, for x of shape (..., in_dim).
+
+    A is (rank × in_dim), B (out_dim × rank), so (alpha / rank) · B A has the shape of the wrapped
+    weight. Dividing by the rank lets alpha be set once while the rank changes (Hu et al. 2021, Section
+    4.1; notebook 04, "Why α / r"). ``dropout`` (peft's ``lora_dropout``) applies to this path's input
+    only, in training mode; the default 0 is the identity. Notebook 04's exercise is this class without
+    dropout.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, rank: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
@@ -48,7 +55,12 @@ class LoRALayer(nn.Module):
 
 
 class LinearWithLoRA(nn.Module):
-    """A frozen ``nn.Linear`` plus a :class:`LoRALayer`; ``merge()`` folds the update into the weight."""
+    """A frozen ``nn.Linear`` plus a :class:`LoRALayer`: h = W x + b + (alpha / rank) · B A x.
+
+    The constructor freezes the wrapped layer's weight and bias, and only those: A and B are what trains.
+    ``merge()`` folds the update into the weight, ``unmerge()`` takes it out again; each acts once, however
+    often it is called (the ``merged`` flag).
+    """
 
     def __init__(self, linear: nn.Linear, rank: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
@@ -68,7 +80,9 @@ class LinearWithLoRA(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """W ← W + (alpha/rank)·B A: inference then costs exactly what the base layer costs."""
+        """W ← W + (alpha/rank)·B A: inference then costs exactly what the base layer costs. In eval mode
+        the output is unchanged (up to rounding); with LoRA dropout in training mode it is not, since the
+        merged weight sees x without dropout."""
         if not self.merged:
             self.linear.weight += self.lora.delta_weight()
             self.merged = True
@@ -98,8 +112,13 @@ def replace_linear_with_lora(model: nn.Module, rank: int, alpha: float,
     """Wrap ``nn.Linear`` layers of ``model`` in :class:`LinearWithLoRA`, in place.
 
     ``target_modules`` (None = every Linear) and ``exclude`` match a module's name or its dotted
-    suffix, e.g. ``"W_query"`` or ``"att.W_query"``. Layers already wrapped are left alone, so a
-    second call changes nothing. Returns the names of the layers it wrapped.
+    suffix, e.g. ``"W_query"`` or ``"att.W_query"`` (a name matches a key when it equals it or ends
+    with ``"." + key``, as peft 0.21.2's ``check_target_module_exists`` in ``peft/tuners/tuners_utils.py``
+    matches a list); a layer named in ``exclude`` is left out even when a target names it, as peft's
+    ``exclude_modules``. Layers already wrapped are left alone, so a second call changes nothing.
+    Only the wrapped layers change (their weight and bias frozen, A and B trainable): freeze the rest of
+    the model first, as notebook 05 does. Returns the full dotted names of the layers it wrapped; a
+    target that names no Linear layer raises ValueError.
     """
     _check_rank_alpha(rank, alpha)
     targets = list(target_modules) if target_modules is not None else None

@@ -5,8 +5,9 @@ says what one notebook runs with them: epochs, sizes, learning rate, its experim
 notebook has up to three plans, chosen by ``plan_for``:
 
 - ``smoke``: the smoke profile (pytest, stored outputs), on any device;
-- ``cpu``: the full profile on a CPU: subsets and short training that finish in about 20 minutes
-  on a 2-core laptop;
+- ``cpu``: the full profile on a CPU: subsets and short training sized for about 20 minutes on a
+  2-core CPU, a target that only parts of each plan were timed against (docs/benchmarks.md, "Full
+  profile on a CPU, per notebook");
 - ``full``: the full profile on a GPU (CUDA or MPS): the original experiment's size.
 
 A notebook's ``parameters`` cell reads its plan one line per setting (``epochs = plan.epochs``), so

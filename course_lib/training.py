@@ -217,7 +217,9 @@ def _eval_outputs(loader: DataLoader, model: nn.Module, device: torch.device, nu
 
 def calc_accuracy_loader(loader: DataLoader, model: nn.Module, device: torch.device,
                          num_batches: int | None = None, progress: bool = False, desc: str = "accuracy") -> float:
-    """Share of correctly classified examples."""
+    """Share of correctly classified examples (0 to 1) over the first ``num_batches`` batches of ``loader``
+    (all by default), predicted at each example's last real token. Evaluated in ``eval`` mode (no dropout),
+    the model's mode restored after; :func:`calc_loss_loader`, unlike it, runs in the mode the model is in."""
     return _eval_outputs(loader, model, device, num_batches, progress, desc).accuracy()
 
 
@@ -258,8 +260,11 @@ def train_classifier(model: nn.Module, train_loader: DataLoader, val_loader: Dat
                      optimizer: torch.optim.Optimizer, device: torch.device, num_epochs: int,
                      eval_freq: int = 50, eval_iter: int = 5, class_weights: torch.Tensor | None = None,
                      progress: bool | None = None, precision: str = "fp32", compile: bool = False) -> History:
-    """The fine-tuning loop: zero_grad, loss, backward, step; every ``eval_freq`` steps the loss on
-    ``eval_iter`` batches, and after each epoch the accuracy on ``eval_iter`` batches.
+    """The fine-tuning loop: zero_grad, loss, backward, step; every ``eval_freq`` steps the training and
+    validation losses on ``eval_iter`` batches (in eval mode; steps are counted from 0 across epochs, so
+    the first measurement follows the first step), and after each epoch the accuracies on ``eval_iter``
+    batches. The model is handed back in training mode. Notebook 07's ``train_classifier_simple`` is the
+    same loop, without precision, class weights, progress bars or compiling.
 
     The training set is evaluated through its own non-shuffling loader, so evaluating never
     consumes the training loader's shuffling: ``eval_freq`` does not change what the model sees.
@@ -312,7 +317,7 @@ def _train(model: nn.Module, train_loader: DataLoader, val_loader: DataLoader, o
 def classify_text(text: str, model: nn.Module, tokenizer, device: torch.device, max_length: int | None = None,
                   labels: tuple[str, ...] = ("ham", "spam"), pad_token_id: int = PAD_TOKEN_ID) -> str:
     """The predicted label of one message, read at its last real token (truncated to ``max_length``;
-    padding it, as in training, changes nothing)."""
+    padding it, as in training, changes nothing). Leaves the model in eval mode."""
     ids = tokenizer.encode(text)
     if max_length is not None:
         ids = ids[:max_length] + [pad_token_id] * (max_length - len(ids[:max_length]))
