@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -147,13 +148,26 @@ def build_stripped_course(course_dir: Path, target: Path, allowed: set[str],
 MAX_CELL_SOURCE = 200_000   # characters of one cell the grader analyses; longer cells are ignored
 
 
+# Lines of IPython syntax that IPython turns into calls and a probe cannot run: help (`obj?`, `obj.attr??`, `?obj`)
+# and a shell's or a magic's output assigned (`out = !ls`, `t = %pwd`); each becomes `pass`, as escapes do.
+HELP_LINE = re.compile(r"%{0,2}[A-Za-z_][\w.]*(\[-?\d+\])*\?{1,2}")
+SHELL_ASSIGN = re.compile(r"[A-Za-z_][\w.]*(\s*,\s*[A-Za-z_][\w.]*)*\s*=\s*[!%]")
+
+
 def _python(source: str) -> str:
-    """A cell's source as plain Python for analysis: a leading cell magic that runs its body
-    (``%%capture``, ``%%time``, ...) is unwrapped, line magics and shell escapes become ``pass``.
+    """A cell's source that is not plain Python, as plain Python for analysis, following IPython's own clean-up
+    (``IPython.core.inputtransformer2``): leading blank lines dropped and the first line's indentation taken off
+    every line; a leading cell magic that runs its body (``%%capture``, ``%%time``, ...) is unwrapped, and line
+    magics, shell escapes, help and magic or shell assignments become ``pass``.
     Deliberately simple and linear-time: the grader parses untrusted cells outside any sandbox."""
     if len(source) > MAX_CELL_SOURCE:
         return ""
     lines = source.split("\n")
+    start = next((i for i, line in enumerate(lines) if line.strip()), 0)
+    lines = lines[start:]
+    indent = lines[0][:len(lines[0]) - len(lines[0].lstrip(" \t"))]
+    if indent:
+        lines = [line[len(indent):] if line.startswith(indent) else line for line in lines]
     first = lines[0].strip().split()
     if first and first[0] in CELL_MAGICS_TO_UNWRAP:
         lines = lines[1:]
@@ -162,18 +176,25 @@ def _python(source: str) -> str:
     out = []
     for line in lines:
         stripped = line.lstrip()
-        if stripped.startswith(("%", "!")):
+        if stripped.startswith(("%", "!", "?")) or HELP_LINE.fullmatch(stripped.rstrip()) or \
+                SHELL_ASSIGN.match(stripped):
             line = line[:len(line) - len(stripped)] + "pass"
         out.append(line)
     return "\n".join(out)
 
 
 def parse_cell(source: str) -> ast.Module | None:
-    """The cell parsed as Python, or None (syntax errors, absurd nesting, oversized cells)."""
-    try:
-        return ast.parse(_python(source))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    """The cell parsed as Python, or None (syntax errors, absurd nesting, oversized cells). A cell that is plain
+    Python is read as it is, as IPython runs it: a continuation line that starts with ``!=`` or ``%``, or a line of a
+    string that does, is Python, not an escape; only a cell that is not plain Python goes through :func:`_python`."""
+    if len(source) > MAX_CELL_SOURCE:
         return None
+    for text in (source, None):
+        try:
+            return ast.parse(source if text is not None else _python(source))
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+    return None
 
 
 DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,

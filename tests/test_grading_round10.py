@@ -1,0 +1,86 @@
+"""Round ten of the red team: what the grader does with a submission outside the sandbox, and whether the same code gets
+the same marks whatever else its cells hold. Each test fails on the grader before its fix (round ten in
+docs/instructors.md)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_tools.grading import probe
+from course_tools.grading.ownership import own_definition
+
+ROOT = Path(__file__).resolve().parent.parent
+SOLUTION = ROOT / "solutions" / "04_lora_layers.ipynb"
+DEFINITION = "import torch\n\ndef f(x):\n    return x + 1\n"
+
+
+def _defines_f(source: str) -> bool:
+    """Whether the probe gets ``f`` from a cell holding ``source`` and the static check sees the notebook define it."""
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+    return any(d.startswith("def f(") for d in probe.definitions([source])) and own_definition(nb, "f") is None
+
+
+@pytest.mark.parametrize("source", [
+    DEFINITION + "f?\n",                                           # help on what the cell just defined
+    DEFINITION + "?torch.nn.Linear\n",
+    DEFINITION + "torch.nn.Linear.forward??\n",
+    DEFINITION + "files = !ls\n",                                  # a shell's output assigned
+    DEFINITION + "here = %pwd\n",                                  # a magic's output assigned
+    "".join("    " + line + "\n" for line in DEFINITION.splitlines()),   # the whole cell indented (pasted)
+    "\t%matplotlib inline\n" + DEFINITION,                         # an indented first line, taken off
+], ids=["help-after", "help-before", "help-double", "shell-assign", "magic-assign", "indented", "indented-magic"])
+def test_ipython_syntax_the_kernel_runs_leaves_the_cells_definitions_to_the_probe(source):
+    """IPython runs each of these cells and defines ``f`` (its clean-up and transforms, IPython 8's
+    ``inputtransformer2``); the grader's reading of the cells dropped the whole cell on the line that is not Python, so
+    a correct solution with ``LoRALayer?`` below it got 0/7, "not defined in the notebook (was its cell deleted?)"."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    assert "def f(x)" in TransformerManager().transform_cell(source), "IPython itself must keep the definition"
+    assert _defines_f(source)
+
+
+@pytest.mark.parametrize("source", [
+    "def f(a, b):\n    return (a\n            != b)\n",     # PEP 8 breaks a line before a binary operator
+    "def f(a, b):\n    return (a\n            % b)\n",
+])
+def test_a_continuation_line_that_starts_with_an_operator_is_python_not_a_shell_escape(source):
+    """A plain-Python cell whose continuation line starts with ``!=`` or ``%`` had that line read as a shell escape or a
+    magic (``pass``): the cell no longer parsed, and its definitions were missing from the probe."""
+    assert _defines_f(source)
+
+
+def test_a_string_line_that_starts_with_an_escape_character_keeps_its_text_in_the_probe():
+    """A line of a multi-line string starting with ``!`` or ``%`` became ``pass`` inside the string: the probe's
+    function returned other text than the kernel's."""
+    source = 'def f():\n    return """\n!important\n%s of tokens\n"""\n'
+    namespace: dict = {}
+    exec(probe.definitions([source])[0], namespace)
+    assert namespace["f"]() == "\n!important\n%s of tokens\n"
+
+
+@pytest.mark.skipif(not shutil.which("bwrap"), reason="needs bubblewrap")
+def test_a_solution_with_help_on_its_class_below_it_gets_full_marks(tmp_path):
+    """End to end: 04's solution with ``LoRALayer?`` on the last line of the class's cell ran in the kernel (the
+    notebook's checks passed) and got 0/7, both exercises ``not found``."""
+    nb = json.loads(SOLUTION.read_text())
+    cell = next(c for c in nb["cells"] if "class LoRALayer" in "".join(c["source"]))
+    cell["source"] = "".join(cell["source"]).rstrip("\n") + "\nLoRALayer?\n"
+    (tmp_path / "subs" / "ada").mkdir(parents=True)
+    (tmp_path / "subs" / "ada" / "04_lora_layers.ipynb").write_text(json.dumps(nb))
+    out = tmp_path / "out" / "grades.csv"
+    done = subprocess.run([sys.executable, "-m", "course_tools.cli", "grade", str(tmp_path / "subs"), "--out", str(out),
+                           "--notebooks", "04_lora_layers"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": "/tmp", "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(out, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["exercise"] != "TOTAL"]
+    assert [(r["exercise"], r["status"]) for r in rows] == \
+        [("04-linear-with-lora", "passed"), ("04-lora-layer", "passed")], rows
