@@ -150,8 +150,9 @@ def make_loader(dataset: Dataset, batch_size: int = 8, batching: str = "bucketed
 
 
 def sequential_loader(loader: DataLoader) -> DataLoader:
-    """The same data, batch size and padding as ``loader``, in dataset order and never shuffled:
-    for evaluating on the training set without consuming the training loader's shuffling."""
+    """The same dataset, batch size and collate function (so the same padding rule) as ``loader``, in
+    dataset order, never shuffled, and keeping the last, smaller batch: for evaluating on the training
+    set without consuming the training loader's shuffling."""
     batch_size = loader.batch_size or getattr(loader.batch_sampler, "batch_size", 1)
     return DataLoader(loader.dataset, batch_size=batch_size, shuffle=False, collate_fn=loader.collate_fn)
 
