@@ -84,3 +84,25 @@ def test_a_solution_with_help_on_its_class_below_it_gets_full_marks(tmp_path):
         rows = [r for r in csv.DictReader(f) if r["exercise"] != "TOTAL"]
     assert [(r["exercise"], r["status"]) for r in rows] == \
         [("04-linear-with-lora", "passed"), ("04-lora-layer", "passed")], rows
+
+
+def test_the_ownership_check_reads_each_cell_once_whatever_the_number_of_graded_names(monkeypatch):
+    """Outside every time limit, the grader parsed every cell that ran once per graded name (three for 03): a notebook
+    of 20 MB of small definitions, which the kernel runs in seconds, cost the grader about 1.3 s per megabyte and name
+    (2.4 MB and two names: 6.3 s). The rows are the same, from one reading of the cells."""
+    from course_tools.grading import ownership
+    from course_tools.grading.job import exercise_rows
+    from course_tools.grading.registry import load_tests
+
+    tests = load_tests()
+    hidden = tests.tests_for("03_data_balancing")
+    assert sum(len(t.names) for t in hidden) == 3
+    nb = nbformat.read(ROOT / "solutions" / "03_data_balancing.ipynb", as_version=4)
+    payloads = {t.exercise: {"ok": False, "error": "ValueError", "message": "m", "where": "notebook", "seed": 1}
+                for t in hidden}
+    parsed = []
+    real = ownership.parse_cell
+    monkeypatch.setattr(ownership, "parse_cell", lambda source: parsed.append(source) or real(source))
+    rows = exercise_rows(hidden, payloads, nb, tests)
+    assert len(parsed) == sum(c.cell_type == "code" for c in nb.cells)
+    assert [r["status"] for r in rows] == ["error"] * 3   # each name the notebook's own: the probe's error decides

@@ -6,7 +6,7 @@ from types import ModuleType
 
 import nbformat
 
-from .ownership import own_definition
+from .ownership import own_definition, own_definitions
 from .probe import STUB_ERROR, run_in
 
 NOT_IMPLEMENTED = "The TODO is still there: replace the `raise NotImplementedError` with your code."
@@ -23,15 +23,18 @@ def rows_for_all(exercises, status: str, message: str) -> list[dict]:
             for t in exercises]
 
 
-def exercise_row(test, payload: dict | None, nb: nbformat.NotebookNode, tests: ModuleType) -> dict:
+def exercise_row(test, payload: dict | None, nb: nbformat.NotebookNode, tests: ModuleType,
+                 owned: dict[str, str | None] | None = None) -> dict:
     """The gradebook row of one exercise: ``payload`` is the probe's validated reply (with its ``seed``) or
     None, ``nb`` the cells that ran (for the ownership check), ``tests`` the registry (``same``,
-    ``describe_difference``)."""
+    ``describe_difference``); ``owned`` the ownership check's verdicts already computed for the notebook's
+    names (:func:`ownership_verdicts`), else each is computed here."""
     row = {"exercise": test.exercise, "points": 0, "max_points": test.points}
     if payload is not None and not payload.get("ok") and payload.get("error") == "NotImplementedError":
         return {**row, "status": "not implemented", "message": NOT_IMPLEMENTED}
     for name in test.names:
-        problem = own_definition(nb, name, value=name in test.values)
+        problem = owned[name] if owned is not None and name in owned else \
+            own_definition(nb, name, value=name in test.values)
         if problem:
             status = "not found" if "not defined" in problem else "not your own"
             return {**row, "status": status, "message": problem}
@@ -48,6 +51,16 @@ def exercise_row(test, payload: dict | None, nb: nbformat.NotebookNode, tests: M
     return {**row, "status": "failed", "message": f"Wrong results on the hidden inputs ({test.explain}): "
             f"{where or 'they differ from the expected ones'}. Re-read the exercise, and run your code on other "
             "sizes and edge cases than the visible check's."}
+
+
+def ownership_verdicts(exercises, nb: nbformat.NotebookNode) -> dict[str, str | None]:
+    """The ownership check of every graded name of ``exercises`` from one reading of ``nb``'s cells (a name that
+    one exercise reads as a value and another as a definition is left to :func:`exercise_row`)."""
+    kinds: dict[str, set[bool]] = {}
+    for test in exercises:
+        for name in test.names:
+            kinds.setdefault(name, set()).add(name in test.values)
+    return own_definitions(nb, {name: kind.pop() for name, kind in kinds.items() if len(kind) == 1})
 
 
 def _error(payload: dict) -> dict:
