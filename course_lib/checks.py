@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 
 class CheckFailed(AssertionError):
@@ -423,6 +424,13 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
                 raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}{origin}, got {got[key]!r}{extra}.")
         extra = set(got) - set(want)
         expect(not extra, f"The cfg has keys the model does not use: {sorted(extra)}.")
+    # drop_rate and qkv_bias by position, in the order of the cell's signature (the grader passes them so too)
+    got = attempt("settings_to_cfg(settings, 0.1, False) (drop_rate and qkv_bias by position)", fn, dict(small), 0.1, False,
+                  hint="Keep the signature settings_to_cfg(settings, drop_rate=0.0, qkv_bias=True).")
+    expect(isinstance(got, dict) and got.get("drop_rate") == 0.1 and got.get("qkv_bias") is False,
+           "settings_to_cfg(settings, 0.1, False) should give drop_rate 0.1 and qkv_bias False, got "
+           f"{({k: got.get(k) for k in ('drop_rate', 'qkv_bias')} if isinstance(got, dict) else got)!r}: keep the "
+           "signature settings_to_cfg(settings, drop_rate=0.0, qkv_bias=True), these two in this order.")
     _expect_own_table(fn, reference(dict(small)), small)
     for what, got, kept in returned:
         expect(got == kept, f"The cfg returned for {what} changed when settings_to_cfg was called again: return a new "
@@ -614,6 +622,17 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
             expect(list(got_part["Text"]) == list(want_part["Text"]),
                    f"On {what} the {name} rows differ from the reference: shuffle with "
                    "df.sample(frac=1, random_state=seed), using the function's seed argument, before cutting.")
+    # The fractions by position, as the book calls it (random_split(balanced_df, 0.7, 0.1)) and the grader does.
+    with _writes_nothing("random_split(df, 0.5, 0.3, seed=7)", _WRITES_TABLES):
+        parts = attempt("random_split(df, 0.5, 0.3, seed=7) (the fractions by position)", fn, small.copy(), 0.5, 0.3,
+                        seed=7)
+    want = reference(small.copy(), 0.5, 0.3, seed=7)
+    expect(isinstance(parts, (tuple, list)) and len(parts) == 3
+           and [len(p) for p in parts] == [len(p) for p in want]
+           and all(list(p["Text"]) == list(w["Text"]) for p, w in zip(parts, want)),
+           "random_split(df, 0.5, 0.3, seed=7), with the fractions by position, should cut as train_frac=0.5, "
+           "validation_frac=0.3 do: keep the signature random_split(df, train_frac=0.7, validation_frac=0.1, seed=123), "
+           "its parameters in this order.")
     passed("random_split: right sizes and rows for the defaults and for other fractions and seeds")
 
 
@@ -629,6 +648,10 @@ def check_num_batches(fn: Callable, loaders: dict) -> None:
             rule = "drop_last=True drops the last, incomplete batch: floor" if drop else \
                 "without drop_last the last, smaller batch is kept: ceil"
             raise CheckFailed(f"num_batches({n}, {b}, drop_last={drop}) should be {want}, got {got}: {rule}.")
+    for drop in (False, True):   # an empty dataset: a DataLoader over it has length 0, kept last batch or not
+        got = attempt(f"num_batches(0, 8, drop_last={drop})", fn, 0, 8, drop)
+        expect(got == 0 and _is_int(got), f"num_batches(0, 8, drop_last={drop}) should be 0, got {got!r}: no examples "
+                                          "make no batches (ceil(0 / 8) = 0; no max(1, ...)).")
     for name, loader in loaders.items():
         got = fn(len(loader.dataset), loader.batch_size, loader.drop_last)
         expect(got == len(loader), f"For the {name} loader you computed {got} batches, len(loader) is {len(loader)}.")
@@ -905,7 +928,13 @@ def check_linear_with_lora(cls: type) -> None:
     wrapped.train()
     # Two layers, one merged and one not (05 wraps a dozen and merges them one by one): the flag is each layer's own.
     other_linear = _lora_linear(10, 6, 3)
-    other = attempt("a second LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)", cls, other_linear, rank=2, alpha=3)
+    other = attempt("a second LinearWithLoRA(nn.Linear(10, 6), 2, 3) (rank and alpha by position)", cls, other_linear, 2, 3,
+                    hint="Keep the signature LinearWithLoRA(linear, rank, alpha): notebook 05 calls "
+                         "LinearWithLoRA(child, rank, alpha).")
+    expect(tuple(getattr(getattr(getattr(other, "lora", None), "A", None), "shape", ())) == (2, 10),
+           f"LinearWithLoRA(nn.Linear(10, 6), 2, 3), with rank and alpha by position, should build a LoRALayer of rank 2 "
+           f"(A of shape (2, 10)), got A of shape {tuple(getattr(getattr(getattr(other, 'lora', None), 'A', None), 'shape', ()))}: "
+           "keep the signature LinearWithLoRA(linear, rank, alpha), in this order, as notebook 05 calls it.")
     with torch.no_grad():
         other.lora.A.copy_(torch.randn(2, 10))
         other.lora.B.copy_(torch.randn(6, 2))
@@ -1032,9 +1061,17 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
                                   "first call's, kept between calls (a global, or a default argument like names=[]); "
                                   "start a new list on every call.")
     expect(again == [], f"A second call must wrap nothing: skip layers that are already wrapped (it wrapped {again[:2]}).")
-    targeted = fn(make_model(), rank=2, alpha=4, target_modules=["W_query", "W_value"])
-    expect(len(targeted) == 4 and all(n.endswith(("W_query", "W_value")) for n in targeted),
+    target_model = make_model()   # rank and alpha by position, in the order of the cell's signature (the grader's way)
+    targeted = attempt("replace_linear_with_lora(model, 2, 4, target_modules=['W_query', 'W_value'])", fn, target_model,
+                       2, 4, target_modules=["W_query", "W_value"])
+    expect(isinstance(targeted, list) and len(targeted) == 4 and all(n.endswith(("W_query", "W_value")) for n in targeted),
            f"With target_modules=['W_query', 'W_value'] only those 4 layers should be wrapped, got {targeted}.")
+    some = target_model.get_submodule(targeted[0])
+    expect(tuple(some.lora.A.shape)[0] == 2 and abs(float(some.lora.scaling) - 2.0) < 1e-9,
+           "replace_linear_with_lora(model, 2, 4, ...), with rank and alpha by position, should wrap with rank 2 and "
+           f"scaling 2.0, got {tuple(some.lora.A.shape)[0]} and {float(some.lora.scaling)}: keep the signature "
+           "replace_linear_with_lora(module, rank, alpha, target_modules=None, exclude=('out_head',), prefix=''), in "
+           "this order.")
     dotted = fn(make_model(), rank=2, alpha=4, target_modules=["att.W_key"])
     expect(len(dotted) == 2 and all(n.endswith(".att.W_key") for n in dotted),
            f"A target may be a dotted suffix: target_modules=['att.W_key'] should wrap the 2 W_key layers, got "
@@ -1913,13 +1950,62 @@ def _last_token_mistake(got: list[int], rows: list[list[int]], pad: int) -> str:
     return ""
 
 
+class _OnDefaultDevice(torch.Tensor):
+    """A tensor made on PyTorch's default device while the batch is elsewhere (a CPU tensor beside a batch on cuda):
+    combined with a batch-side tensor of one or more dimensions it raises, as on a GPU; ``.to(device)``,
+    ``.to(other_tensor)``, ``.cuda()`` or ``.cpu()`` move it, and a 0-dimensional one combines, as a CPU scalar tensor
+    does with cuda tensors."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
+                moved = func is not torch.Tensor.to or any(isinstance(a, (torch.device, str, torch.Tensor))
+                                                           for a in (*args[1:], kwargs.get("device")))
+                return func(*args, **kwargs).as_subclass(torch.Tensor if moved else cls)
+            tensors = [a for a in (*args, *kwargs.values(), *(x for a in args if isinstance(a, (list, tuple)) for x in a))
+                       if isinstance(a, torch.Tensor) and a.dim() > 0]
+            here = [type(a) is cls for a in tensors]
+            if any(here) and not all(here):
+                raise RuntimeError("Expected all tensors to be on the same device, but found at least two devices, "
+                                   "cuda:0 and cpu!")
+        out = super().__torch_function__(func, types, args, kwargs)
+        return out if any(here) else _on_batch_device(out)
+
+
+def _on_batch_device(out: Any) -> Any:
+    if isinstance(out, torch.Tensor):
+        return out.as_subclass(torch.Tensor)
+    if isinstance(out, (tuple, list)):
+        return type(out)([_on_batch_device(v) for v in out])
+    return out
+
+
+class _DefaultDeviceElsewhere(TorchFunctionMode):
+    """While active, a tensor made by a factory (torch.arange, torch.tensor, torch.zeros...) without ``device=`` is a
+    :class:`_OnDefaultDevice`: what a GPU does with a CPU tensor beside a cuda batch, on a CPU-only machine."""
+
+    _FACTORIES = (torch.arange, torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.linspace,
+                  torch.eye, torch.as_tensor)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if (func in self._FACTORIES and kwargs.get("device") is None and type(out) is torch.Tensor
+                and not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor))):
+            return out.as_subclass(_OnDefaultDevice)
+        return out
+
+
 def _expect_device_of_batch(fn: Callable) -> None:
-    """Run ``fn`` with PyTorch's default device elsewhere than the batch ("meta"), as on a GPU, where the batch is on
-    cuda and a tensor made without ``device=`` on the CPU: computing with both fails there, and here."""
+    """Run ``fn`` with PyTorch's default device standing for another than the batch's, as on a GPU, where the batch is
+    on cuda and a tensor made without ``device=`` on the CPU: computing with both fails there, and here; such a tensor
+    moved with ``.to(input_batch.device)`` first is fine there, and here."""
     x = torch.tensor([[5, 6, 7, 50256, 50256], [5, 50256, 50256, 50256, 50256]])
 
     def elsewhere() -> Any:
-        with torch.device("meta"):
+        with _DefaultDeviceElsewhere():
             return fn(x, 50256)
     try:
         attempt("last_token_index on a batch on another device than PyTorch's default", elsewhere)
@@ -1970,6 +2056,14 @@ def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_
             why = _last_token_mistake(values, rows, pad)
             raise CheckFailed(f"last_token_index on {what} should be {want}, got {values}" + (f": it {why}" if why else
                               ": each entry is the position of the row's last token that is not padding."))
+    x = torch.tensor([[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 0, P, P, P]])
+    got = attempt("last_token_index(batch) without pad_token_id", fn, x,
+                  hint="Keep the signature last_token_index(input_batch, pad_token_id=PAD_TOKEN_ID): notebook 07 calls "
+                       "it with the batch alone.")
+    expect(isinstance(got, torch.Tensor) and got.tolist() == [2, 0, 4, 1],
+           "last_token_index(batch) without pad_token_id should use GPT-2's <|endoftext|>, 50256, and give [2, 0, 4, 1], "
+           f"got {got.tolist() if isinstance(got, torch.Tensor) else got!r}: keep the default of the cell's signature, "
+           "pad_token_id=PAD_TOKEN_ID (notebook 07 calls it with the batch alone).")
     _expect_device_of_batch(fn)
     x = torch.tensor([[5, 6, 7, P, P], [5, P, P, P, P], [1, 2, 3, 4, 5], [8, 9, P, P, P]])
     attempt("last_token_index on a batch", fn, x, P)

@@ -387,13 +387,16 @@ fractions = (0.5 + 0.05 * (SEED % 3), 0.15 + 0.05 * (SEED % 2))
 parts = in_empty_folder(random_split, df, *fractions, seed=1000 + SEED % 1000)
 big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for i in range(1494)]})
 default = in_empty_folder(random_split, big, seed=1000 + SEED % 1000)
+plain = in_empty_folder(random_split, df)   # every default, the seed's too (123, as the cell's signature has it)
 return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in (*parts, *default)],
                                            [len(p) for p in default], list(default[1]["Text"]),
+                                           [list(p["Text"]) for p in plain],
                                            df.equals(original) and list(df.columns) == list(original.columns),
                                            written[:3], torch.equal(global_rng, torch.get_rng_state()),
                                            host_rngs() == host]
 ''', reference=_lib("course_lib.sms", "random_split"),
-        explain="other fractions, sizes and seeds, the default 70/10/20 on 1,494 rows, the table's columns only, the "
+        explain="other fractions (passed by position), sizes and seeds, the default 70/10/20 on 1,494 rows, every "
+                "default (seed 123 too), the table's columns only, the "
                 "caller's table left unchanged, no file written in the working directory, and the global random "
                 "generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)"),
 
@@ -405,7 +408,8 @@ import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # counting batches draws no random numbers: the global generator stays as it was
-cases = [(1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True), (1000 + SEED % 97, 3 + SEED % 11, False),
+cases = [(0, 1 + SEED % 8, False), (0, 1 + SEED % 8, True),   # an empty dataset: no batches
+         (1, 8, False), (8, 8, False), (8, 8, True), (9, 8, True), (7, 8, True), (1000 + SEED % 97, 3 + SEED % 11, False),
          (1000 + SEED % 97, 3 + SEED % 11, True)]
 import random
 rng = random.Random(SEED)
@@ -414,7 +418,7 @@ out = [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
        for v in (num_batches(n, b, d) for n, b, d in cases)]
 return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.dataloaders", "num_batches"),
-        explain="exact multiples, a single example, drop_last, and the global random generators (PyTorch's, NumPy's, "
+        explain="exact multiples, a single example, no example, drop_last, and the global random generators (PyTorch's, NumPy's, "
                 "Python's) untouched"),
 
     Exercise("04-lora-layer", "04_lora_layers", 3, "LoRALayer",
@@ -758,11 +762,46 @@ for batch, width, vocab, pad, full_row in cases:
     kind = ok and not got.dtype.is_floating_point and not got.dtype.is_complex and got.dtype != torch.bool
     out.append([ok, kind, list(got.shape) if ok else None, got.tolist() if ok else None, torch.equal(x, before)])
 x = draw(3, 6, 50257, 50256, True)
+x[0, -1] = 50256                     # at least one row padded, whatever the draw: another default pad id shows
 got = last_token_index(x)            # the default pad id is GPT-2's <|endoftext|>
 out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
+from torch.overrides import TorchFunctionMode
+class OnDefaultDevice(torch.Tensor):
+    # A tensor made on the default device while the batch is elsewhere (a CPU tensor beside a cuda batch): combined
+    # with a batch-side tensor of one or more dimensions it raises, as on a GPU; .to(device or tensor), .cuda() and
+    # .cpu() move it; a 0-dimensional one combines, as a CPU scalar tensor does with cuda tensors.
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        with torch._C.DisableTorchFunctionSubclass():
+            if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
+                moved = func is not torch.Tensor.to or any(isinstance(a, (torch.device, str, torch.Tensor))
+                                                           for a in (*args[1:], kwargs.get("device")))
+                return func(*args, **kwargs).as_subclass(torch.Tensor if moved else cls)
+            tensors = [a for a in (*args, *kwargs.values(), *(v for a in args if isinstance(a, (list, tuple)) for v in a))
+                       if isinstance(a, torch.Tensor) and a.dim() > 0]
+            here = [type(a) is cls for a in tensors]
+            if any(here) and not all(here):
+                raise RuntimeError("Expected all tensors to be on the same device")
+        got = super().__torch_function__(func, types, args, kwargs)
+        return got if any(here) else plain(got)
+def plain(got):
+    if isinstance(got, torch.Tensor):
+        return got.as_subclass(torch.Tensor)
+    return type(got)([plain(v) for v in got]) if isinstance(got, (tuple, list)) else got
+FACTORIES = (torch.arange, torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.linspace, torch.eye,
+             torch.as_tensor)
+class DefaultDeviceElsewhere(TorchFunctionMode):   # factories without device= make OnDefaultDevice tensors
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        got = func(*args, **kwargs)
+        if (func in FACTORIES and kwargs.get("device") is None and type(got) is torch.Tensor
+                and not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor))):
+            return got.as_subclass(OnDefaultDevice)
+        return got
 x = draw(2, 5, 50257, 50256, True)
 try:                                 # the default device elsewhere than the batch, as on a GPU: a tensor made
-    with torch.device("meta"):       # without device= cannot be combined with the batch
+    with DefaultDeviceElsewhere():   # without device= cannot be combined with the batch, one moved there can
         last_token_index(x, 50256)
     out.append("computes on the batch's device")
 except Exception as e:
