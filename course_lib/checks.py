@@ -528,8 +528,9 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
                               ("the SMS table, seed 123", df, 123)):
         given = frame.copy()
         with _writes_nothing(f"create_balanced_dataset on {what}", _WRITES_TABLES):
-            got = attempt(f"create_balanced_dataset on {what}", fn, given, seed=seed,
-                          hint="Draw as many ham messages as there are spam messages.")
+            got = attempt(f"create_balanced_dataset on {what}", fn, given, seed,   # by position, as notebook 03 calls it
+                          hint="Draw as many ham messages as there are spam messages, with the signature "
+                               "create_balanced_dataset(df, seed=123).")
         expect(unchanged(frame, given), f"create_balanced_dataset changed the DataFrame it was given ({what}): its "
                                         "'Label' column must still hold 'ham' and 'spam' for the cells that use it later. "
                                         "Map the labels on the new, balanced table, not on the caller's.")

@@ -110,3 +110,11 @@ MUTANTS = [
   ("r11-kl-sum-over-labels", "08-kd-loss", "right",
    [('reduction="batchmean")', 'reduction="sum") / labels.shape[0]')], ""),
 ]
+
+# 03's create_balanced_dataset(df, seed) is called with the seed by position in the notebook; the check and the probe
+# passed it by keyword, so a keyword-only seed passed both and failed in the notebook's next cell.
+MUTANTS += [
+  ("r11-seed-keyword-only", "03-balance", "wrong",
+   [("def create_balanced_dataset(df: pd.DataFrame, seed", "def create_balanced_dataset(df: pd.DataFrame, *, seed")],
+   "create_balanced_dataset(df, seed=123)"),
+]
