@@ -106,3 +106,28 @@ def test_the_ownership_check_reads_each_cell_once_whatever_the_number_of_graded_
     rows = exercise_rows(hidden, payloads, nb, tests)
     assert len(parsed) == sum(c.cell_type == "code" for c in nb.cells)
     assert [r["status"] for r in rows] == ["error"] * 3   # each name the notebook's own: the probe's error decides
+
+
+def test_the_comparison_with_the_library_stops_at_its_bound_also_while_it_looks_for_carried_text(monkeypatch):
+    """``plagiarism_flags`` looked at its clock only between the definitions it compares: after the cells themselves came
+    a second reading of every cell for long constants (carried text), which yields nothing for a cell without any, so
+    that reading ran to its end past the bound (measured: 29.5 s under a 22 s bound for 4.8 MB of short assignments on
+    the loaded 2-core machine; a 20 MB notebook can take about four times that). On a clock that moves one second per
+    cell read, the bound is kept and the exercises not compared in full are flagged so."""
+    from types import SimpleNamespace
+
+    from course_tools.grading import ownership
+    from course_tools.grading.registry import load_tests
+
+    clock, real = [0.0], ownership.parse_cell
+
+    def parse(source):
+        clock[0] += 1.0
+        return real(source)
+    monkeypatch.setattr(ownership, "parse_cell", parse)
+    monkeypatch.setattr(ownership, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    cells = 6
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(f"x{i} = {i}") for i in range(cells)])
+    flags = ownership.plagiarism_flags(nb, load_tests().tests_for("04_lora_layers"), seconds=cells + 0.5)
+    assert clock[0] <= cells + 1, f"read {clock[0]:.0f} cells under a bound of {cells + 0.5} s"
+    assert flags and all("could not compare in full" in f["reason"] for f in flags)

@@ -129,20 +129,30 @@ def _printed(tree: ast.AST) -> str:
         return ""
 
 
-def _decoded_blobs(source: str, budget: list[int]):
+def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"), late: list[bool] | None = None):
     """Text hidden in a cell's long string or bytes constants (base64, base85 or hex, optionally
     zlib-, gzip-, bz2- or lzma-compressed), each decompressed to at most ``MAX_DECODED`` bytes, yielded
-    one at a time while ``budget[0]`` (bytes for the whole notebook) lasts."""
+    one at a time while ``budget[0]`` (bytes for the whole notebook) lasts and ``time.monotonic()`` is before
+    ``deadline`` (past it, ``late[0]`` is set: reading a cell that carries nothing yields nothing, so the
+    caller's own clock is not looked at while this walks cell after cell)."""
     import base64
     import binascii
     import bz2
     import lzma
     import zlib
 
+    if time.monotonic() > deadline:
+        if late is not None:
+            late[0] = True
+        return
     tree = parse_cell(source)
     if tree is None:
         return
-    for node in ast.walk(tree):
+    for count, node in enumerate(ast.walk(tree)):
+        if count % 1024 == 0 and time.monotonic() > deadline:
+            if late is not None:
+                late[0] = True
+            return
         value = getattr(node, "value", None) if isinstance(node, ast.Constant) else None
         if not isinstance(value, (str, bytes)) or len(value) < 200:
             continue
@@ -200,7 +210,8 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
             matcher.set_seq2(reference.replace(test.name, "_", 1))
             references[test.exercise] = (test, matcher)
     budget = [MAX_DECODED_TOTAL]
-    texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget)))
+    late = [False]   # the decoding stopped at the deadline
+    texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget, deadline, late)))
     flagged: dict[str, dict] = {}
     seen: set[str] = set()   # a definition repeated (or carried again) is compared once
     out_of_time = False
@@ -223,7 +234,7 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
                     also = "" if node.name == test.name else f" (as `{node.name}`)"
                     flagged[exercise] = {"exercise": exercise, "reason": f"`{test.name}` matches course_lib's "
                                          f"implementation{also} (a signal to look at, not a grade)."}
-    if out_of_time:   # what was not compared cannot have matched: say so, for a human to look
+    if out_of_time or late[0]:   # what was not compared cannot have matched: say so, for a human to look
         for exercise, (test, _) in references.items():
             flagged.setdefault(exercise, {"exercise": exercise, "reason": "could not compare in full: the notebook "
                                f"holds more code than the grader compares in {seconds:g} s, so `{test.name}` was "
