@@ -131,3 +131,21 @@ def test_the_comparison_with_the_library_stops_at_its_bound_also_while_it_looks_
     flags = ownership.plagiarism_flags(nb, load_tests().tests_for("04_lora_layers"), seconds=cells + 0.5)
     assert clock[0] <= cells + 1, f"read {clock[0]:.0f} cells under a bound of {cells + 0.5} s"
     assert flags and all("could not compare in full" in f["reason"] for f in flags)
+
+
+def test_a_future_import_holds_for_the_later_cells_in_the_probe_as_in_the_kernel():
+    """IPython keeps a cell's ``from __future__ import annotations`` for every later cell, so a method annotated with its
+    own class (``-> LoRALayer``) runs in the kernel; the probe compiled each statement alone, the annotation was looked up
+    when the class was made, and the exercise was ``not found`` (NameError)."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cells = ["from __future__ import annotations\nimport torch\n",
+             "class LoRALayer(torch.nn.Module):\n    def merged(self) -> LoRALayer:\n        return self\n"]
+    shell = InteractiveShell()
+    assert all(shell.run_cell(cell).success for cell in cells), "the kernel itself must run the cells"
+    job = {"definitions": probe.definitions(cells), "bases": list(probe.BASES), "owned": {},
+           "probes": [["x", probe.probe_source("return LoRALayer.__name__"), 1],
+                      ["y", probe.probe_source("return [1].__class__.__name__"), 1]]}
+    state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
+    assert state == "ok", raw[-500:]
+    assert json.loads(raw) == {"x": {"ok": True, "result": "LoRALayer"}, "y": {"ok": True, "result": "list"}}

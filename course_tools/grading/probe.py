@@ -456,14 +456,22 @@ def _main():
         return out
     namespace = {"__name__": "__main__"}
     slow = []
+    # A `from __future__ import ...` holds for every later statement, as in IPython, whose compiler keeps the flags
+    # of each cell it compiled (IPython.core.compilerop.CachingCompiler): `annotations` lets a method's annotation
+    # name its own class, which each statement compiled alone would look up at once (NameError).
+    import __future__
+    futures, future_mask = 0, 0
+    for feature in __future__.all_feature_names:
+        future_mask |= getattr(__future__, feature).compiler_flag
     for source in job.pop("definitions"):
         try:
             tree = ast.parse(source)
             compiling[0] = True
             try:
-                code = compile(tree, "<notebook>", "exec")
+                code = compile(tree, "<notebook>", "exec", flags=futures, dont_inherit=True)
             finally:
                 compiling[0] = False
+            futures |= code.co_flags & future_mask
         except BaseException:
             continue
         loads_libraries = any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(tree))
