@@ -626,7 +626,7 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
     # The fractions by position, as the book calls it (random_split(balanced_df, 0.7, 0.1)) and the grader does.
     with _writes_nothing("random_split(df, 0.5, 0.3, seed=7)", _WRITES_TABLES):
         parts = attempt("random_split(df, 0.5, 0.3, seed=7) (the fractions by position)", fn, small.copy(), 0.5, 0.3,
-                        seed=7)
+                        seed=7, hint="Keep the signature random_split(df, train_frac=0.7, validation_frac=0.1, seed=123).")
     want = reference(small.copy(), 0.5, 0.3, seed=7)
     expect(isinstance(parts, (tuple, list)) and len(parts) == 3
            and [len(p) for p in parts] == [len(p) for p in want]

@@ -939,8 +939,10 @@ uneven = in_empty_folder(
     DataLoader(TensorDataset(rows, row_y), batch_size=2, collate_fn=elsewhere), torch.optim.SGD(m.parameters(), lr=0.5),
     DEVICE, num_epochs=1, eval_freq=3, eval_iter=3)   # one evaluation, at step 0: a step counter kept from the calls
 #                                                    above (a global) would put it at the third step
-uneven = [[float(v) for v in part] for part in uneven[:4]] + [uneven[4]]
-return [[float(v) for v in tl], [float(v) for v in vl], [float(v) for v in ta], [float(v) for v in va], seen, modes,
+def floats(history):   # a list (or tuple) of numbers, as the visible check requires, not a tensor or an array
+    return [float(v) for v in history] if isinstance(history, (list, tuple)) else f"a {type(history).__name__}, not a list"
+uneven = [floats(part) for part in uneven[:4]] + [uneven[4]]
+return [floats(tl), floats(vl), floats(ta), floats(va), seen, modes,
         seeded, frozen, uneven, [written[:3], hooks], host_rngs() == host]
 ''', reference=lambda: train_classifier_simple,
         explain="another model with dropout on, right-padded rows, a shuffled training loader, SGD with momentum, two "

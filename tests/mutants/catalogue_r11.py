@@ -48,6 +48,8 @@ MUTANTS = [
    [("train_frac: float = 0.7, validation_frac: float = 0.1", "validation_frac: float = 0.1, train_frac: float = 0.7")],
    "its parameters in this order"),
   ("r11-default-seed-42", "03-split", "wrong", [("seed: int = 123", "seed: int = 42")], "seed argument"),
+  ("r11-fractions-keyword-only", "03-split", "wrong",
+   [("df: pd.DataFrame, train_frac", "df: pd.DataFrame, *, train_frac")], "keep the signature random_split"),
   ("r11-alpha-before-rank", "04-linear-with-lora", "wrong",
    [("def __init__(self, linear: nn.Linear, rank: int, alpha: float)",
      "def __init__(self, linear: nn.Linear, alpha: float, rank: int)")], "LinearWithLoRA(linear, rank, alpha), in this order"),
@@ -117,4 +119,18 @@ MUTANTS += [
   ("r11-seed-keyword-only", "03-balance", "wrong",
    [("def create_balanced_dataset(df: pd.DataFrame, seed", "def create_balanced_dataset(df: pd.DataFrame, *, seed")],
    "create_balanced_dataset(df, seed=123)"),
+]
+
+# 07's histories handed back as a tensor or an array: the check asked for lists of numbers, the probe took anything it
+# could iterate (it now asks for lists too).
+_RETURN = "    return train_losses, val_losses, train_accs, val_accs, examples_seen"
+MUTANTS += [
+  ("r11-histories-as-tensors", "07-train-loop", "wrong",
+   [(_RETURN, "    return (torch.tensor(train_losses), torch.tensor(val_losses), torch.tensor(train_accs),\n"
+              "            torch.tensor(val_accs), examples_seen)")], "list of numbers"),
+  ("r11-histories-as-arrays", "07-train-loop", "wrong",
+   [(_RETURN, "    return np.array(train_losses), np.array(val_losses), np.array(train_accs), np.array(val_accs), examples_seen")],
+   "list of numbers"),
+  ("r11-histories-as-tuples", "07-train-loop", "right",
+   [(_RETURN, "    return tuple(train_losses), tuple(val_losses), tuple(train_accs), tuple(val_accs), examples_seen")], ""),
 ]
