@@ -386,7 +386,7 @@ original = df.copy()
 fractions = (0.5 + 0.05 * (SEED % 3), 0.15 + 0.05 * (SEED % 2))
 parts = in_empty_folder(random_split, df, *fractions, seed=1000 + SEED % 1000)
 big = pd.DataFrame({"Label": [i % 2 for i in range(1494)], "Text": [f"m{i}" for i in range(1494)]})
-default = in_empty_folder(random_split, big, seed=1000 + SEED % 1000)
+default = in_empty_folder(random_split, big, validation_frac=0.1, seed=1000 + SEED % 1000)   # by keyword too
 plain = in_empty_folder(random_split, df)   # every default, the seed's too (123, as the cell's signature has it)
 return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in (*parts, *default)],
                                            [len(p) for p in default], list(default[1]["Text"]),
@@ -431,7 +431,8 @@ torch.manual_seed(SEED)
 in_dim, out_dim, rank = 24 + SEED % 7, 3 + SEED % 5, 2 + SEED % 3
 alpha = rank * (1.5 + SEED % 3)          # alpha / rank is never an integer
 layer = LoRALayer(in_dim, out_dim, rank, alpha)
-other = LoRALayer(in_dim, out_dim, rank, alpha)   # built right after: its own A (no reseeding in __init__)
+other = LoRALayer(in_dim=in_dim, out_dim=out_dim, rank=rank, alpha=alpha)   # built right after: its own A (no
+#                                     reseeding in __init__); by keyword, the names of the cell's signature
 def drawn(caller_seed):              # the caller's seed decides A: the same seed the same A, another seed another (no
     torch.manual_seed(caller_seed)   # reseeding, and no generator of its own, in __init__)
     return LoRALayer(in_dim, out_dim, rank, alpha).A.detach().clone()
@@ -489,7 +490,8 @@ d_out = d_in + 1 + SEED % 3
 linear = torch.nn.Linear(d_in, d_out)
 x = torch.randn(2, 5, d_in, generator=g)
 wrapped = LinearWithLoRA(linear, rank, 1.5 * rank)
-other = LinearWithLoRA(torch.nn.Linear(d_in, d_out), rank, 1.5 * rank)   # a second layer, merged while the first is
+other = LinearWithLoRA(torch.nn.Linear(d_in, d_out), rank=rank, alpha=1.5 * rank)   # a second layer (by keyword),
+#                                                                                     merged while the first is
 facts = [bool(torch.allclose(wrapped(x), linear(x))), [p.requires_grad for p in linear.parameters()],
          [p.requires_grad for p in wrapped.lora.parameters()],
          sorted(n for n, _ in wrapped.named_parameters(remove_duplicate=False)), sorted(wrapped.state_dict())]

@@ -134,3 +134,11 @@ MUTANTS += [
   ("r11-histories-as-tuples", "07-train-loop", "right",
    [(_RETURN, "    return tuple(train_losses), tuple(val_losses), tuple(train_accs), tuple(val_accs), examples_seen")], ""),
 ]
+
+# Parameters renamed from the cell's signature: the checks call by keyword (in_dim=..., validation_frac=...) and
+# rejected them; the probes called by position only and accepted them (they now also call by keyword).
+MUTANTS += [
+  ("r11-params-named-like-nn-linear", "04-lora-layer", "wrong",
+   [("in_dim", "in_features"), ("out_dim", "out_features")], "unexpected keyword argument"),
+  ("r11-val-frac", "03-split", "wrong", [("validation_frac", "val_frac")], "unexpected keyword argument"),
+]
