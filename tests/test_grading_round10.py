@@ -149,3 +149,19 @@ def test_a_future_import_holds_for_the_later_cells_in_the_probe_as_in_the_kernel
     state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
     assert state == "ok", raw[-500:]
     assert json.loads(raw) == {"x": {"ok": True, "result": "LoRALayer"}, "y": {"ok": True, "result": "list"}}
+
+
+def test_a_graded_function_that_displays_a_table_runs_in_the_probe_as_in_the_kernel():
+    """IPython puts ``display`` among every kernel's builtins, so a function that shows its data frame with it runs in
+    the notebook; in the probe it raised NameError, and the exercise was ``not found`` ("name 'display' is not
+    defined") though its answer was right."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cell = "def f(x):\n    display(x)\n    return x + 1\n"
+    shell = InteractiveShell()
+    assert shell.run_cell(cell).success and shell.run_cell("assert f(1) == 2").success, "the kernel must run it"
+    job = {"definitions": probe.definitions([cell]), "bases": list(probe.BASES), "owned": {},
+           "probes": [["x", probe.probe_source("return f(1)"), 1]]}
+    state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
+    assert state == "ok", raw[-500:]
+    assert json.loads(raw) == {"x": {"ok": True, "result": 2}}

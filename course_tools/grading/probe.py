@@ -416,6 +416,9 @@ def _main():
     # probe's own globals, and PyTorch's functions and classes, which a top-level `torch.equal = ...` (or a
     # patched nn.Module.train) would otherwise change under the probe's bookkeeping; such a patch is refused.
     import builtins as _builtins_module
+    def display(*objs, **kwargs):   # IPython's, among the builtins of every kernel: a graded function may show a table
+        return None                 # with it; a probe has no front end to show it on (its output goes nowhere)
+    _builtins_module.display = display
     clean_builtins = dict(_builtins_module.__dict__)
     _modules = sys.modules
     _module_dict = types.ModuleType.__dict__["__dict__"].__get__
