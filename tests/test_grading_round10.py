@@ -165,3 +165,24 @@ def test_a_graded_function_that_displays_a_table_runs_in_the_probe_as_in_the_ker
     state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
     assert state == "ok", raw[-500:]
     assert json.loads(raw) == {"x": {"ok": True, "result": 2}}
+
+
+def test_a_graded_function_written_as_a_lambda_is_the_students_own():
+    """``num_batches = lambda n, b, drop_last=False: ...`` runs in the notebook and the probe's own check of the object
+    accepts it (its code is compiled from the cell), but the static check refused every assignment to a graded function:
+    ``not your own``, "must be written in the notebook itself, not imported, assigned or subclassed from course_lib",
+    where the same body under ``def`` got full marks. An assignment of another function still is not a definition, and
+    now says so without blaming course_lib."""
+    cell = "import math\nnum_batches = lambda n, b, drop_last=False: n // b if drop_last else math.ceil(n / b)\n"
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(cell)])
+    assert own_definition(nb, "num_batches") is None
+    job = {"definitions": probe.definitions([cell]), "bases": list(probe.BASES), "owned": {"x": ["num_batches"]},
+           "probes": [["x", probe.probe_source("return [num_batches(10, 3), num_batches(10, 3, drop_last=True)]"), 1]]}
+    state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
+    assert state == "ok", raw[-500:]
+    assert json.loads(raw) == {"x": {"ok": True, "result": [4, 3]}}
+    alias = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("def mine(n, b):\n    return 1\n\nnum_batches = mine")])
+    assert "course_lib" not in own_definition(alias, "num_batches")
+    borrowed = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from course_lib.sms import num_batches as theirs\nnum_batches = lambda n, b: theirs(n, b)")])
+    assert "course_lib" in own_definition(borrowed, "num_batches")

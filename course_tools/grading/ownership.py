@@ -62,7 +62,9 @@ def own_definitions(nb: nbformat.NotebookNode, names: dict[str, bool]) -> dict[s
                 for name in dict.fromkeys(t.id for t in targets if isinstance(t, ast.Name) and t.id in names):
                     borrowed = node.value is None or "course_lib" in ast.unparse(node.value) or any(
                         isinstance(n, ast.Name) and n.id in from_course_lib for n in ast.walk(node.value))
-                    last[name] = ("value" if names[name] else "assign", borrowed)
+                    # a lambda is code written in the cell, as a def is (the probe judges the object it makes)
+                    kind = "value" if names[name] else "def" if isinstance(node.value, ast.Lambda) else "assign"
+                    last[name] = (kind, borrowed)
     return {name: _verdict(name, last.get(name)) for name in names}
 
 
@@ -73,6 +75,9 @@ def _verdict(name: str, last: tuple[str, bool] | None) -> str | None:
     kind, borrowed = last
     if kind in ("def", "value") and not borrowed:
         return None
+    if kind == "assign" and not borrowed:   # another name's function or class given this name: not course_lib's, but
+        return (f"`{name}` is given by an assignment (`{name} = ...`), not defined in the notebook: write it with "
+                "`def` or `class` in its exercise's cell and submit again.")
     return (f"`{name}` must be written in the notebook itself, not imported, assigned or subclassed from "
             "course_lib.")
 
