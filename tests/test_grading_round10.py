@@ -186,3 +186,14 @@ def test_a_graded_function_written_as_a_lambda_is_the_students_own():
     borrowed = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from course_lib.sms import num_batches as theirs\nnum_batches = lambda n, b: theirs(n, b)")])
     assert "course_lib" in own_definition(borrowed, "num_batches")
+
+
+def test_an_infinite_result_reads_back_as_the_grader_computes_it():
+    """The probe writes an infinite float as ``Infinity`` (Python's json); the grader read every such constant back as
+    NaN, while its own expected answer (``scoring.expected``, through json as well) keeps ``inf``: a right answer holding
+    an infinity (a masked score, a loss) could never equal the expected one."""
+    from course_tools.grading.probe import run_in
+
+    want = run_in({}, "return [float('inf'), -float('inf'), 1.5]", 0)
+    raw = json.dumps({"x": {"ok": True, "result": want}}).encode()
+    assert probe.validate_reply(raw, ["x"]) == {"x": {"ok": True, "result": [float("inf"), -float("inf"), 1.5]}}

@@ -667,7 +667,9 @@ def validate_reply(raw: bytes, exercises: list[str]) -> dict[str, dict]:
     if len(raw) > REPLY_LIMIT:
         return {e: {**bad, "message": "the hidden test's reply was too large"} for e in exercises}
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=lambda c: {"NaN": math.nan}.get(c, math.nan))
+        # NaN and the infinities as Python's json writes them, in the probe as in the grader's own expected answer
+        data = json.loads(raw.decode("utf-8"), parse_constant=lambda c: {"Infinity": math.inf,
+                                                                          "-Infinity": -math.inf}.get(c, math.nan))
     except (ValueError, UnicodeDecodeError, RecursionError):
         return {e: dict(bad) for e in exercises}
     if not isinstance(data, dict):
