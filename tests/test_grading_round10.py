@@ -197,3 +197,22 @@ def test_an_infinite_result_reads_back_as_the_grader_computes_it():
     want = run_in({}, "return [float('inf'), -float('inf'), 1.5]", 0)
     raw = json.dumps({"x": {"ok": True, "result": want}}).encode()
     assert probe.validate_reply(raw, ["x"]) == {"x": {"ok": True, "result": [float("inf"), -float("inf"), 1.5]}}
+
+
+def test_a_graded_function_that_saves_a_model_of_a_notebook_class_runs_in_the_probe_as_in_the_kernel():
+    """``torch.save(model, ...)`` (a training function that keeps its best model) pickles each class by its module and
+    name, ``__main__.Tiny``: the kernel's user namespace is the ``__main__`` module, but the probe ran the definitions in
+    a plain dict, so saving raised PicklingError ("attribute lookup Tiny on __main__ failed") and the exercise was
+    ``error`` though its answer was right."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    cell = ("import io\nimport torch\n\nclass Tiny(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            "        self.layer = torch.nn.Linear(2, 2)\n\ndef saved_bytes():\n    buffer = io.BytesIO()\n"
+            "    torch.save(Tiny(), buffer)\n    return buffer.tell() > 0\n")
+    shell = InteractiveShell()
+    assert shell.run_cell(cell).success and shell.run_cell("assert saved_bytes()").success, "the kernel must run it"
+    job = {"definitions": probe.definitions([cell]), "bases": list(probe.BASES), "owned": {"x": ["saved_bytes"]},
+           "probes": [["x", probe.probe_source("return saved_bytes()"), 1]]}
+    state, raw = probe.run_probe_process(probe.probe_command(isolated=False), job, timeout=120)
+    assert state == "ok", raw[-500:]
+    assert json.loads(raw) == {"x": {"ok": True, "result": True}}

@@ -457,7 +457,11 @@ def _main():
                 changed = [k for k, v in saved.items() if not k.startswith("_") and now.get(k, clean_builtins) is not v]
             out += [label + "." + _str(k) for k in changed]
         return out
-    namespace = {"__name__": "__main__"}
+    # The definitions' globals are the `__main__` module's, as a kernel's user namespace is: pickle (torch.save of a
+    # model) finds a notebook class by its module and name, `__main__.LoRALayer`.
+    main_module = types.ModuleType("__main__")
+    sys.modules["__main__"] = main_module
+    namespace = main_module.__dict__
     slow = []
     # A `from __future__ import ...` holds for every later statement, as in IPython, whose compiler keeps the flags
     # of each cell it compiled (IPython.core.compilerop.CachingCompiler): `annotations` lets a method's annotation
