@@ -719,8 +719,10 @@ def check_lora_layer(cls: type) -> None:
         base = x @ layer.A.detach().T @ layer.B.detach().T
         want = s * base
         x_before = x.clone()
-        got = attempt(case, layer, x, hint="The input may have any number of leading dimensions, e.g. "
-                                           "(batch, tokens, features): use @ (or F.linear), not torch.mm.")
+        got = attempt(case, layer, x, hint="x is (..., in_dim), A (rank, in_dim), B (out_dim, rank): the output is "
+                                           "x @ A.T @ B.T (check which factor needs .T), for any number of leading "
+                                           "dimensions, e.g. (batch, tokens, features) (use @ or F.linear; torch.mm "
+                                           "takes 2-D matrices only).")
         expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
                f"{case}: the output should have shape {tuple(want.shape)}, got {tuple(getattr(got, 'shape', ()))}.")
         expect_unchanged(x_before, x, f"the input x ({case})")
@@ -834,6 +836,8 @@ def _lora_linear(in_dim: int, out_dim: int, seed: int) -> nn.Linear:
 def check_linear_with_lora(cls: type) -> None:
     """Identity at init, a frozen base (bias too), trainable A and B, merge (twice), unmerge, W stays frozen."""
     linear = _lora_linear(10, 6, 0)
+    merge_hint = ("The update (alpha / rank) * B @ A has the weight's shape (out_features, in_features); add it to "
+                  "self.linear.weight in place.")
     x = torch.randn(4, 10)
     x3 = torch.randn(2, 3, 10)
     w0, b0 = linear.weight.detach().clone(), linear.bias.detach().clone()
@@ -841,8 +845,9 @@ def check_linear_with_lora(cls: type) -> None:
     expect(hasattr(wrapped, "lora") and hasattr(wrapped.lora, "A") and hasattr(wrapped.lora, "B"),
            "Store the LoRA path as self.lora (a LoRALayer with A and B).")
     expect(tuple(wrapped.lora.A.shape) == (2, 10) and tuple(wrapped.lora.B.shape) == (6, 2),
-           f"self.lora should be LoRALayer(in_features=10, out_features=6, rank=2, ...): A is "
-           f"{tuple(wrapped.lora.A.shape)}, B {tuple(wrapped.lora.B.shape)}.")
+           f"self.lora should be LoRALayer(linear.in_features, linear.out_features, rank, alpha), here "
+           f"LoRALayer(10, 6, 2, 3) with A (2, 10) and B (6, 2); yours has A {tuple(wrapped.lora.A.shape)} and B "
+           f"{tuple(wrapped.lora.B.shape)}.")
     expect(close(wrapped(x), linear(x)), "At initialisation (B = 0) the wrapped layer must equal the original one.")
     expect(not linear.weight.requires_grad, "The wrapped nn.Linear's weight should be frozen (requires_grad False).")
     expect(not linear.bias.requires_grad, "The wrapped nn.Linear's bias should be frozen too: freeze every "
@@ -884,7 +889,7 @@ def check_linear_with_lora(cls: type) -> None:
     wrapped.unmerge()
     expect(close(linear.weight, w0) and close(wrapped(x), want, atol=1e-4),
            "unmerge() on a layer that is not merged must change nothing: only subtract what merge() added.")
-    attempt("merge()", wrapped.merge, draws=False)
+    attempt("merge()", wrapped.merge, draws=False, hint=merge_hint)
     expect(all(m.training for m in wrapped.modules()),
            "merge() switched the layer to eval mode (self.eval() or .train(False)): merging folds the update into the "
            "weight and changes nothing else; the training mode is the caller's to set.")
@@ -901,11 +906,11 @@ def check_linear_with_lora(cls: type) -> None:
     expect(wrapped.linear.weight is linear.weight and not linear.weight.requires_grad,
            "merge() made the weight trainable again (or replaced it): update it in place "
            "(weight += ..., or weight.data) instead of assigning a new nn.Parameter.")
-    attempt("a second merge()", wrapped.merge, draws=False)
+    attempt("a second merge()", wrapped.merge, draws=False, hint=merge_hint)
     expect(close(linear.weight, merged_w, atol=1e-6), "Calling merge() twice added the update twice: "
                                                       "merge only when the layer is not merged yet.")
     expect(close(wrapped(x), want, atol=1e-4), "After merge() twice the output should still be the unmerged one.")
-    attempt("unmerge()", wrapped.unmerge, draws=False)
+    attempt("unmerge()", wrapped.unmerge, draws=False, hint=merge_hint)
     expect(all(m.training for m in wrapped.modules()),
            "unmerge() switched the layer to eval mode: it should only subtract the update; the training mode is the "
            "caller's to set.")
@@ -917,12 +922,12 @@ def check_linear_with_lora(cls: type) -> None:
            "with LoRA, so leave A and B trainable (or, if merge() froze them, let unmerge() switch them back on).")
     expect(close(wrapped(x), want, atol=1e-4), "After unmerge() the output should be the unmerged one again: "
                                                "forward must add the LoRA path again.")
-    attempt("unmerge() a second time", wrapped.unmerge, draws=False)
+    attempt("unmerge() a second time", wrapped.unmerge, draws=False, hint=merge_hint)
     expect(close(linear.weight, w0, atol=1e-5), "Calling unmerge() twice subtracted the update twice: "
                                                 "unmerge only when the layer is merged.")
     wrapped.eval()
-    attempt("merge() in eval mode", wrapped.merge, draws=False)
-    attempt("unmerge() in eval mode", wrapped.unmerge, draws=False)
+    attempt("merge() in eval mode", wrapped.merge, draws=False, hint=merge_hint)
+    attempt("unmerge() in eval mode", wrapped.unmerge, draws=False, hint=merge_hint)
     expect(not any(m.training for m in wrapped.modules()),
            "merge() or unmerge() switched an evaluating layer back to training mode (self.train()): they should change "
            "the weight only; the training mode is the caller's to set.")
@@ -941,12 +946,12 @@ def check_linear_with_lora(cls: type) -> None:
         other.lora.B.copy_(torch.randn(6, 2))
     w1 = other_linear.weight.detach().clone()
     other_want = x @ (w1 + s * other.lora.B.detach() @ other.lora.A.detach()).T + other_linear.bias.detach()
-    attempt("merge() of the first layer", wrapped.merge, draws=False)
+    attempt("merge() of the first layer", wrapped.merge, draws=False, hint=merge_hint)
     expect(close(attempt("the second layer's forward while the first is merged", other, x, draws=False), other_want,
                  atol=1e-4),
            "After merge() of one LinearWithLoRA another one's forward lost its LoRA path: keep the merged flag on each "
            "layer (self.merged), not on the class or in a global, so that every layer knows whether it is merged.")
-    attempt("merge() of the second layer", other.merge, draws=False)
+    attempt("merge() of the second layer", other.merge, draws=False, hint=merge_hint)
     expect(not close(other_linear.weight, w1), "merge() of a second LinearWithLoRA did not change its weight after the "
                                                "first was merged: keep the merged flag on each layer (self.merged), not "
                                                "on the class or in a global.")
@@ -1031,8 +1036,12 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     nested = [n for n, m in model.named_modules() if isinstance(m, wrapper) and isinstance(m.linear, wrapper)]
     expect(not nested, f"{nested[:1]} is wrapped twice: skip layers that are already a LinearWithLoRA.")
     expect("out_head" not in names, "out_head must be left out (it is in `exclude`).")
-    expect(len(names) == 12, f"The smoke model has 12 Linear layers in its blocks; {len(names)} were wrapped: "
+    expect(len(names) >= 12, f"The smoke model has 12 Linear layers in its blocks; {len(names)} were wrapped: "
                              "recurse into every child that is not a Linear.")
+    expect(len(names) == 12, f"The smoke model has 12 Linear layers in its blocks; {len(names)} were wrapped: loop "
+                             "over each module's direct children (module.named_children()) and recurse into the "
+                             "containers yourself; named_modules() already yields every depth, with dotted names, "
+                             "so on top of the recursion it reaches layers again.")
     expect(sorted(replaced) == sorted(names),
            f"The returned names should be the full dotted names of the layers you wrapped, e.g. {names[0]!r}; "
            f"got {sorted(replaced)[:2]}: build each name as prefix + child name, and add the names your "
@@ -1662,14 +1671,17 @@ def _kd_variants(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, a:
         (a * T ** 2 * F.kl_div(F.log_softmax(t / T, dim=-1), F.softmax(s / T, dim=-1), reduction="batchmean")
          + (1 - a) * ce, "kl_div's arguments are swapped: the input is the student's log-probabilities, the target "
                          "the teacher's probabilities."),
+        (a * T ** 2 * F.kl_div(F.softmax(s / T, dim=-1), pt, reduction="batchmean") + (1 - a) * ce,
+         "kl_div's input must be log-probabilities: pass F.log_softmax(student_logits / T, dim=-1), not F.softmax."),
         (a * T ** 2 * F.kl_div(log_ps, pt, reduction="mean") + (1 - a) * ce,
          "Use reduction='batchmean' in kl_div: 'mean' also divides by the number of classes."),
         (a * T ** 2 * F.kl_div(log_ps, pt, reduction="sum") + (1 - a) * ce,
          "Use reduction='batchmean' in kl_div: 'sum' does not divide by the batch size."),
         ((1 - a) * T ** 2 * kl + a * ce, "alpha weighs the soft (teacher) term and 1 - alpha the hard one, not the "
                                          "other way round."),
-        (a * T ** 2 * kl + (1 - a) * F.cross_entropy(s / T, y), "The cross-entropy uses the raw student logits, "
-                                                                "not the logits divided by T."),
+        (a * T ** 2 * kl + (1 - a) * F.cross_entropy(s / T, y), "Your cross-entropy reads the softened logits "
+                                                                "(student_logits / T): the hard term uses the raw "
+                                                                "student logits."),
         (a * T ** 2 * kl + ce, "The hard term is missing its factor (1 - alpha)."),
     ]
 
@@ -1712,6 +1724,9 @@ def check_kd_loss(fn: Callable) -> None:
             if torch.allclose(got, xor + (1 - a) * nn.functional.cross_entropy(student, labels), atol=1e-5):
                 raise CheckFailed(f"For T = {T}, alpha = {a}: the soft term is multiplied by T ^ 2 = {T ^ 2}. "
                                   f"{XOR_HINT}")
+        if torch.isnan(got).any():
+            raise CheckFailed(f"For T = {T}, alpha = {a} the loss is nan: kl_div's target must be probabilities "
+                              "(F.softmax of the teacher's logits / T), or log-probabilities with log_target=True.")
         raise CheckFailed(f"For T = {T}, alpha = {a} the loss should be {want.item():.4f}, got {got.item():.4f}: "
                           "alpha · T² · KL(softened teacher ‖ softened student) + (1 − alpha) · cross-entropy.")
     other = torch.randn(6, 3, generator=gen)
