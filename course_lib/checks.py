@@ -347,6 +347,8 @@ def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> Non
         got = attempt(f"count_tensors({what})", count_tensors, tree,
                       hint="A tree is a tensor, a dict of trees or a list of trees.")
         expect_unchanged(before, tree, f"the tree {what}")
+        expect(got is not None, f"count_tensors({what}) returned None: return a plain int from every branch (a "
+                                "branch without `return` gives None).")
         expect(_is_int(got), f"count_tensors({what}) returned {got!r} of type {type(got).__name__}: return a plain "
                              "int (start your sum at 0, not 0.0, and do not divide).")
         if got != want:
@@ -406,7 +408,7 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
                                   "instead of popping or renaming keys in place.")
         want = reference(dict(settings), **kwargs)
         for key, value in want.items():
-            expect(key in got, f"The cfg has no {key!r}; every model needs it.")
+            expect(key in got, f"The cfg has no {key!r}; every model needs it (it has {sorted(got)}).")
             if got[key] != value:
                 if key in ("drop_rate", "qkv_bias"):
                     raise CheckFailed(f"For {what}, cfg[{key!r}] should be {value!r}, got {got[key]!r}: use the "
@@ -436,19 +438,19 @@ def check_settings_to_cfg(fn: Callable[..., dict], reference: Callable[..., dict
         expect(got == kept, f"The cfg returned for {what} changed when settings_to_cfg was called again: return a new "
                             "dict on every call (a default argument such as cfg={} is made once and shared by every "
                             "call).")
-    for bad, what in ((dict(small, n_foo=1), "unknown key 'n_foo'"),
-                      ({k: v for k, v in small.items() if k != "n_head"}, "missing key 'n_head'"),
-                      ({k: v for k, v in medium.items() if k != "n_ctx"}, "missing key 'n_ctx'")):
+    for bad, what in ((dict(small, n_foo=1), "an unknown key 'n_foo'"),
+                      ({k: v for k, v in small.items() if k != "n_head"}, "a missing key 'n_head'"),
+                      ({k: v for k, v in medium.items() if k != "n_ctx"}, "a missing key 'n_ctx'")):
         try:
             fn(bad)
         except KeyError as err:
-            expect(what.split("'")[1] in str(err), f"The KeyError for a settings dict with a {what} "
+            expect(what.split("'")[1] in str(err), f"The KeyError for a settings dict with {what} "
                                                    f"should name it; it says: {err}")
         except Exception as err:
-            raise CheckFailed(f"A settings dict with a {what} should raise KeyError naming it, "
+            raise CheckFailed(f"A settings dict with {what} should raise KeyError naming it, "
                               f"not {type(err).__name__}.") from err
         else:
-            raise CheckFailed(f"A settings dict with a {what} should raise KeyError naming it.")
+            raise CheckFailed(f"A settings dict with {what} should raise KeyError naming it.")
     passed("settings_to_cfg maps all five keys for small, medium and odd sizes, honours drop_rate and "
            "qkv_bias, and refuses missing or unknown keys")
 
@@ -479,7 +481,8 @@ def check_split_c_attn(fn: Callable, emb_dim: int = 6) -> None:
         b = torch.arange(3 * e, dtype=torch.float32) + 1000
         before = snapshot((w, b))
         out = attempt(f"split_c_attn on a ({e}, {3 * e}) weight", fn, w, b,
-                      hint="Chunk along the last dimension (dim=-1).")
+                      hint="Split the last dimension into three equal parts of the weight's own width "
+                           "(torch.chunk(w, 3, dim=-1)), not a fixed 768.")
         expect_unchanged(before, (w, b), "the checkpoint's c_attn weight or bias")
         expect(isinstance(out, (tuple, list)) and len(out) == 2, "Return two tuples: (weights, biases).")
         weights, biases = out
@@ -643,8 +646,8 @@ def check_num_batches(fn: Callable, loaders: dict) -> None:
     for n, b, drop, want in ((10, 3, False, 4), (10, 3, True, 3), (9, 3, False, 3), (9, 3, True, 3),
                              (1, 8, False, 1), (1, 8, True, 0), (16, 8, False, 2), (17, 8, False, 3)):
         got = attempt(f"num_batches({n}, {b}, drop_last={drop})", fn, n, b, drop)
-        expect(_is_int(got), f"num_batches({n}, {b}, drop_last={drop}) returned {got!r}: return an int "
-                             "(math.ceil, or // for the floor), not a float.")
+        expect(_is_int(got), f"num_batches({n}, {b}, drop_last={drop}) returned {got!r}: return a plain "
+                             "Python int (math.ceil(n / b), or n // b for the floor).")
         if got != want:
             rule = "drop_last=True drops the last, incomplete batch: floor" if drop else \
                 "without drop_last the last, smaller batch is kept: ceil"
@@ -1113,7 +1116,7 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
         if actual != want:
             extra, missing = sorted(set(actual) - set(want)), sorted(set(want) - set(actual))
             raise CheckFailed(f"On {_NESTED}, {why}: it should wrap {want}, it wrapped {actual} "
-                              f"({'also ' + str(extra) if extra else ''}{'; not ' + str(missing) if missing else ''}). "
+                              f"({'; '.join(([f'also {extra}'] if extra else []) + ([f'not {missing}'] if missing else []))}). "
                               f"Compare whole names: {_MATCH_RULE}; do not match substrings, a bare suffix "
                               "(name.endswith(key)) or only the child's own name.")
         expect(sorted(got) == want, f"On {_NESTED}, the returned names should be {want}, got {sorted(got)}.")
@@ -1194,7 +1197,7 @@ def check_lora_grads(fn: Callable) -> None:
         case = f"For x of shape ({n}, {d_in}), rank {r}, s = {s}"
         given = (x, A.detach().clone(), B.detach().clone(), g)
         before = snapshot(given)
-        out = attempt(f"lora_grads ({case})", fn, given[0], given[1], given[2], s, given[3])
+        out = attempt(f"lora_grads ({case[0].lower() + case[1:]})", fn, given[0], given[1], given[2], s, given[3])
         expect_unchanged(before, given, "x, A, B or the upstream gradient g")
         expect(not any(t.requires_grad or t.grad is not None for t in given),
                "lora_grads switched on requires_grad of the tensors it was given, or left a .grad on them "
@@ -1535,12 +1538,15 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
              ("2 epochs, eval_freq=3, eval_iter=2, no dropout", 0.0, 2, 2, 3, 2),
              ("2 epochs, eval_freq=2, eval_iter=3, dropout 0.5", 0.5, 3, 2, 2, 3)]
     models: list[nn.Module] = []
+    loop_hint = ("Take the losses and accuracies with calc_loss_batch, calc_loss_loader and calc_accuracy_loader "
+                 "(imported above); logits are (batch, classes), one row per message.")
     for case in cases:
         what, drop, seed, epochs, freq, it = case
         with _writes_nothing(f"Your loop ({what})", "the loop trains and returns the histories; save a "
                              "checkpoint in a cell of your own, where you choose the file (torch.save(model.state_dict(), "
                              "path))."):
-            out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it, models)
+            out = attempt(f"Your loop ({what})", _tiny_run, fn, drop, seed, epochs, freq, it, models,
+                          hint=loop_hint)
         expect(_hook_count(models[-1]) == 0,
                "Your loop left hooks on the model (register_forward_hook, register_hook...): they run in every later "
                "forward or backward pass, and each call of the loop adds more; remove each one (handle.remove()) "
@@ -1616,7 +1622,7 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     # would otherwise look right.
     try:
         moved = attempt("Your loop (batches on another device than the model)", _tiny_run, fn, 0.5, 3, 1, 2, 3,
-                        elsewhere=True)
+                        elsewhere=True, hint=loop_hint)
     except CheckFailed as failure:
         if isinstance(failure.__cause__, NotMoved):
             raise CheckFailed(f"With batches on another device than the model: {_NOT_MOVED}.") from None
@@ -1626,7 +1632,7 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     # A training loader that keeps its last, smaller batch (the notebook's drops it): examples_seen counts the
     # examples each step saw, not the loader's batch_size.
     kept = attempt("Your loop (a training loader that keeps its last, smaller batch)", _tiny_run, fn, 0.0, 4, 1, 2, 2,
-                   drop_last=False)
+                   drop_last=False, hint=loop_hint)
     expect(isinstance(kept, (tuple, list)) and len(kept) == 5 and kept[4] == 14,
            f"With a training loader of 14 examples in batches of 3 that keeps its last, smaller batch, examples_seen "
            f"should be 14 after one epoch, got {kept[4] if isinstance(kept, (tuple, list)) and len(kept) == 5 else kept!r}: "
@@ -1636,7 +1642,7 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     # global generator (torch.manual_seed inside it) makes every run the same whatever seed the caller set.
     saved = torch.get_rng_state()
     try:
-        ends = [attempt("Your loop (from two random states)", _end_state, fn, s) for s in (11, 12)]
+        ends = [attempt("Your loop (from two random states)", _end_state, fn, s, hint=loop_hint) for s in (11, 12)]
     finally:
         torch.set_rng_state(saved)
     expect(not torch.equal(*ends), "Your loop resets PyTorch's global random generator (torch.manual_seed inside "
@@ -1645,7 +1651,7 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
     if make_setup is not None:
         model, train_loader, val_loader, optimizer, device = make_setup()
         out = attempt("Your loop on the notebook's model", fn, model, train_loader, val_loader, optimizer, device,
-                      num_epochs=1, eval_freq=2, eval_iter=1)
+                      num_epochs=1, eval_freq=2, eval_iter=1, hint=loop_hint)
         per_epoch = sum(len(y) for _, y in train_loader)
         expect(isinstance(out, (tuple, list)) and len(out) == 5 and out[4] == per_epoch,
                f"On the notebook's model one epoch should see {per_epoch} training examples, every batch once.")
@@ -1684,6 +1690,14 @@ def _kd_variants(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, a:
                                                                 "student logits."),
         (a * T ** 2 * kl + ce, "The hard term is missing its factor (1 - alpha)."),
     ]
+
+
+def _loss_text(got: Any) -> str:
+    """A returned loss as the messages print the expected one: 4 decimals for a float or a one-number tensor, so that
+    the two compare at a glance; anything else as its repr."""
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        got = got.item()
+    return f"{got:.4f}" if isinstance(got, float) else repr(got)
 
 
 @answer_shape("distillation_loss should return the loss as a 0-dimensional tensor.", draws=False)
@@ -1735,7 +1749,7 @@ def check_kd_loss(fn: Callable) -> None:
                   labels, temperature=2.0, alpha=0.7)
     expect(isinstance(got, torch.Tensor) and got.numel() == 1 and torch.allclose(got, want, atol=1e-5),
            f"With another teacher's logits (temperature=2.0, alpha=0.7) the loss should be {want.item():.4f}, got "
-           f"{getattr(got, 'item', lambda: got)()!r}: compute the teacher's softened probabilities from the logits of "
+           f"{_loss_text(got)}: compute the teacher's softened probabilities from the logits of "
            "each call (nothing kept from an earlier call).")
     buffer = torch.randn(6, 3, generator=gen)   # the caller's buffer of teacher logits, refilled for the next batch
     attempt("distillation_loss on a teacher's logits (temperature=2.0, alpha=0.7)", fn, student, buffer, labels,
@@ -1746,7 +1760,7 @@ def check_kd_loss(fn: Callable) -> None:
                   buffer, labels, temperature=2.0, alpha=0.7)
     expect(isinstance(got, torch.Tensor) and got.numel() == 1 and torch.allclose(got, want, atol=1e-5),
            f"On the same teacher tensor refilled with the next batch's logits (the caller reuses its buffer) the loss "
-           f"should be {want.item():.4f}, got {getattr(got, 'item', lambda: got)()!r}: compute the teacher's softened "
+           f"should be {want.item():.4f}, got {_loss_text(got)}: compute the teacher's softened "
            "probabilities from the logits of each call; keep nothing from an earlier call (by the tensor's id, storage "
            "or shape).")
     same = fn(teacher.detach(), teacher.detach(), labels, temperature=3.0, alpha=1.0)
@@ -1874,8 +1888,8 @@ def _diagnose_config(config: Any, got: dict | None, want: dict) -> str:
             return (f"task_type should make peft keep the new classification head trainable (task_type='SEQ_CLS'), "
                     f"got {getattr(config, 'task_type', None)!r}: the head would stay random.")
         extra = sorted(set(got["trainable"]) - set(want["trainable"]))
-        return (f"Your config trains other parameters than the original experiment's: also {extra[:3]}, "
-                f"not {missing[:3]}.")
+        return (f"Your config trains other parameters than the original experiment's: also {extra[:3]}"
+                + (f", not {missing[:3]}." if missing else "."))
     return ("Your config builds another model than the original experiment's (rank, scaling or dropout of its LoRA "
             "layers differ): set only the six settings listed at the top.")
 
@@ -1912,7 +1926,9 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
             ("a tiny BERT with the original experiment's LoRA (what that config trains)", ref_model, intended),
             ("the peft model", model, sum(p.numel() for p in model.parameters() if p.requires_grad))):
         modes = [mod.training for mod in m.modules()]
-        got_count = attempt(f"count_trainable on {what}", count_trainable, m)
+        got_count = attempt(f"count_trainable on {what}", count_trainable, m,
+                            hint="count_trainable gets any nn.Module, not only a peft model: sum p.numel() over "
+                                 "model.parameters() with requires_grad.")
         expect([mod.training for mod in m.modules()] == modes,
                f"count_trainable on {what} changed the model's training mode (model.eval() or .train()): counting "
                "reads requires_grad and changes nothing.")
@@ -1969,17 +1985,21 @@ def _last_token_mistake(got: list[int], rows: list[list[int]], pad: int) -> str:
 class _OnDefaultDevice(torch.Tensor):
     """A tensor made on PyTorch's default device while the batch is elsewhere (a CPU tensor beside a batch on cuda):
     combined with a batch-side tensor of one or more dimensions it raises, as on a GPU; ``.to(device)``,
-    ``.to(other_tensor)``, ``.cuda()`` or ``.cpu()`` move it, and a 0-dimensional one combines, as a CPU scalar tensor
-    does with cuda tensors."""
+    ``.to(batch_side_tensor)``, ``.type_as(batch_side_tensor)`` or ``.cuda()`` move it (``.cpu()`` leaves it where it
+    is), a 0-dimensional one combines, as a CPU scalar tensor does with cuda tensors, and a batch-side tensor may be
+    indexed with it, as a cuda tensor may with CPU indices."""
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         with torch._C.DisableTorchFunctionSubclass():
-            if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
-                moved = func is not torch.Tensor.to or any(isinstance(a, (torch.device, str, torch.Tensor))
-                                                           for a in (*args[1:], kwargs.get("device")))
+            if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu, torch.Tensor.type_as):
+                target = [a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (torch.device, str, torch.Tensor))]
+                moved = func is torch.Tensor.cuda or (func is not torch.Tensor.cpu and bool(target)
+                                                      and type(target[0]) is not cls)
                 return func(*args, **kwargs).as_subclass(torch.Tensor if moved else cls)
+            if func is torch.Tensor.__getitem__ and type(args[0]) is not cls:   # cuda_tensor[cpu_indices] works
+                return _on_batch_device(func(*args, **kwargs))
             tensors = [a for a in (*args, *kwargs.values(), *(x for a in args if isinstance(a, (list, tuple)) for x in a))
                        if isinstance(a, torch.Tensor) and a.dim() > 0]
             here = [type(a) is cls for a in tensors]
@@ -1999,18 +2019,23 @@ def _on_batch_device(out: Any) -> Any:
 
 
 class _DefaultDeviceElsewhere(TorchFunctionMode):
-    """While active, a tensor made by a factory (torch.arange, torch.tensor, torch.zeros...) without ``device=`` is a
-    :class:`_OnDefaultDevice`: what a GPU does with a CPU tensor beside a cuda batch, on a CPU-only machine."""
+    """While active, a tensor made by a factory (torch.arange, torch.tensor, torch.zeros...) without ``device=`` or by
+    ``.cpu()`` is a :class:`_OnDefaultDevice`, and a batch-side tensor refuses ``.numpy()``:
+    what a GPU does with CPU tensors beside a cuda batch, on a CPU-only machine."""
 
     _FACTORIES = (torch.arange, torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.linspace,
                   torch.eye, torch.as_tensor)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__) and type(args[0]) is torch.Tensor:   # a cuda tensor
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor "
+                            "to host memory first.")
         out = func(*args, **kwargs)
-        if (func in self._FACTORIES and kwargs.get("device") is None and type(out) is torch.Tensor
-                and not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor))):
-            return out.as_subclass(_OnDefaultDevice)
+        if (((func in self._FACTORIES and kwargs.get("device") is None
+              and not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor)))
+             or func is torch.Tensor.cpu) and type(out) is torch.Tensor):
+            return out.as_subclass(_OnDefaultDevice)   # made on, or copied to, the CPU
         return out
 
 
@@ -2026,6 +2051,9 @@ def _expect_device_of_batch(fn: Callable) -> None:
     try:
         attempt("last_token_index on a batch on another device than PyTorch's default", elsewhere)
     except CheckFailed as failure:
+        if "numpy" in str(failure):
+            raise CheckFailed("last_token_index converts the batch to NumPy: on a GPU the batch is on cuda, which NumPy "
+                              "cannot read; compare with pad_token_id in PyTorch (or call .cpu() first).") from None
         if "device" not in str(failure):
             raise
         raise CheckFailed("last_token_index computes with a tensor made on PyTorch's default device beside the batch: "
