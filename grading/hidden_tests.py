@@ -770,16 +770,20 @@ out.append(got.tolist() if isinstance(got, torch.Tensor) else None)
 from torch.overrides import TorchFunctionMode
 class OnDefaultDevice(torch.Tensor):
     # A tensor made on the default device while the batch is elsewhere (a CPU tensor beside a cuda batch): combined
-    # with a batch-side tensor of one or more dimensions it raises, as on a GPU; .to(device or tensor), .cuda() and
-    # .cpu() move it; a 0-dimensional one combines, as a CPU scalar tensor does with cuda tensors.
+    # with a batch-side tensor of one or more dimensions it raises, as on a GPU; .to(device or batch-side tensor),
+    # .type_as(batch-side tensor) and .cuda() move it (.cpu() does not); a 0-dimensional one combines, as a CPU scalar
+    # tensor does with cuda tensors; a batch-side tensor may be indexed with it, as a cuda tensor with CPU indices.
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         with torch._C.DisableTorchFunctionSubclass():
-            if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
-                moved = func is not torch.Tensor.to or any(isinstance(a, (torch.device, str, torch.Tensor))
-                                                           for a in (*args[1:], kwargs.get("device")))
+            if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu, torch.Tensor.type_as):
+                target = [a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (torch.device, str, torch.Tensor))]
+                moved = func is torch.Tensor.cuda or (func is not torch.Tensor.cpu and bool(target)
+                                                      and type(target[0]) is not cls)
                 return func(*args, **kwargs).as_subclass(torch.Tensor if moved else cls)
+            if func is torch.Tensor.__getitem__ and type(args[0]) is not cls:   # cuda_tensor[cpu_indices] works
+                return plain(func(*args, **kwargs))
             tensors = [a for a in (*args, *kwargs.values(), *(v for a in args if isinstance(a, (list, tuple)) for v in a))
                        if isinstance(a, torch.Tensor) and a.dim() > 0]
             here = [type(a) is cls for a in tensors]
@@ -793,12 +797,15 @@ def plain(got):
     return type(got)([plain(v) for v in got]) if isinstance(got, (tuple, list)) else got
 FACTORIES = (torch.arange, torch.tensor, torch.zeros, torch.ones, torch.full, torch.empty, torch.linspace, torch.eye,
              torch.as_tensor)
-class DefaultDeviceElsewhere(TorchFunctionMode):   # factories without device= make OnDefaultDevice tensors
+class DefaultDeviceElsewhere(TorchFunctionMode):   # factories without device= and .cpu() make OnDefaultDevice tensors
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in (torch.Tensor.numpy, torch.Tensor.__array__) and type(args[0]) is torch.Tensor:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy")   # as a batch on cuda does
         got = func(*args, **kwargs)
-        if (func in FACTORIES and kwargs.get("device") is None and type(got) is torch.Tensor
-                and not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor))):
+        if (((func in FACTORIES and kwargs.get("device") is None
+              and not (func is torch.as_tensor and args and isinstance(args[0], torch.Tensor)))
+             or func is torch.Tensor.cpu) and type(got) is torch.Tensor):
             return got.as_subclass(OnDefaultDevice)
         return got
 x = draw(2, 5, 50257, 50256, True)
