@@ -86,6 +86,7 @@ IMPLEMENTATIONS = ("peft", "loralib")   # installed packages that implement the 
 SIMILAR = 0.9          # difflib ratio of normalised source above which a definition is flagged
 MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is checked
 MAX_DECODED_TOTAL = 8_000_000  # bytes all of a notebook's blobs may decode to while it is checked
+MIN_CODE_TEXT = 40     # characters of a string constant holding `def ` or `class ` read as carried code
 # Seconds the comparison may take per notebook. It runs in the grader after the notebook's sandbox is gone, outside
 # --notebook-timeout; a notebook whose definitions take longer to compare is flagged for that (no mark changes).
 FLAG_SECONDS = 30.0
@@ -135,8 +136,9 @@ def _printed(tree: ast.AST) -> str:
 
 
 def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"), late: list[bool] | None = None):
-    """Text hidden in a cell's long string or bytes constants (base64, base85 or hex, optionally
-    zlib-, gzip-, bz2- or lzma-compressed), each decompressed to at most ``MAX_DECODED`` bytes, yielded
+    """Text carried in a cell's string or bytes constants: code as it is (a constant of at least ``MIN_CODE_TEXT``
+    characters holding ``def `` or ``class ``, which ``exec`` runs) and long constants encoded in base64, base85 or hex,
+    optionally zlib-, gzip-, bz2- or lzma-compressed, each decompressed to at most ``MAX_DECODED`` bytes, yielded
     one at a time while ``budget[0]`` (bytes for the whole notebook) lasts and ``time.monotonic()`` is before
     ``deadline`` (past it, ``late[0]`` is set: reading a cell that carries nothing yields nothing, so the
     caller's own clock is not looked at while this walks cell after cell)."""
@@ -159,7 +161,15 @@ def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"
                 late[0] = True
             return
         value = getattr(node, "value", None) if isinstance(node, ast.Constant) else None
-        if not isinstance(value, (str, bytes)) or len(value) < 200:
+        if not isinstance(value, (str, bytes)):
+            continue
+        if len(value) >= MIN_CODE_TEXT and budget[0] > 0 and any(
+                word in value for word in ((b"def ", b"class ") if isinstance(value, bytes) else ("def ", "class "))):
+            # code carried as it is, for `exec` (whose functions a definition of the notebook may call)
+            text = value[:min(MAX_DECODED, budget[0])]
+            budget[0] -= len(text)
+            yield text if isinstance(text, str) else text.decode("utf-8", "replace")
+        if len(value) < 200:
             continue
         raw = value.encode("latin-1", "ignore") if isinstance(value, str) else value
         candidates = [raw]
@@ -224,11 +234,13 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
         if len(flagged) == len(references) or out_of_time:
             break
         tree = parse_cell(text)
-        for node in (tree.body if tree else []):
+        # every definition, nested too: a copy inside `if True:`, `try:`, a class or a wrapper def runs in the probe
+        # as one at the top level does (the probe runs those blocks), so it is compared as well
+        for node in (ast.walk(tree) if tree else ()):
             if time.monotonic() > deadline:
                 out_of_time = True
                 break
-            if not isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
             mine = _printed(node).replace(node.name, "_", 1)
             if not mine or mine in seen:
