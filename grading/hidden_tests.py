@@ -62,7 +62,8 @@ class Exercise:
     builds_on: tuple[str, ...] = ()   # exercises of the same notebook whose cells this exercise's cell uses
     tolerance: float = 1e-4
     explain: str = ""                 # what the test checks, for the feedback
-    parts: str = ""                   # what the entries of the probe's result are, to say where an answer differs
+    parts: str | tuple[str, ...] = ""   # what the entries of the probe's result are, to say where an answer differs:
+    #                                   a sentence, or one name per top-level entry (the feedback names the one that differs)
     uses: tuple[str, ...] = ()        # installed packages the exercise itself is about (the grader hides the others)
 
     @property
@@ -236,6 +237,71 @@ def half_frozen():
     return model
 
 
+# --------------------------------------------------------------------------- the parts of each probe's result
+# One name per top-level entry of a probe's result, for the feedback of a failed test: it names the entry that
+# differs (which behaviour), never a hidden input.
+_TORCH_RNG = "PyTorch's global random generator left as it was"
+_HOST_RNG = "NumPy's and Python's random generators left as they were"
+_PER_CALL = " ([a plain int?, the count])"
+_PER_BATCH = " ([a tensor?, integer dtype?, its shape, the positions, the batch left unchanged?])"
+_PARTS: dict[str, tuple[str, ...]] = {
+    "02-settings-to-cfg": (
+        "the cfg of a settings dict of another size (sorted [key, value] pairs)", "that settings dict left unchanged",
+        "the cfg of settings with the keys in another order", "those settings left unchanged",
+        "the cfg with drop_rate and qkv_bias by keyword", "the cfg with drop_rate and qkv_bias by position",
+        "the KeyError for an unknown key (naming it)", "the KeyError for a missing key (naming it)",
+        "the first cfg left unchanged by the calls after it", _TORCH_RNG, _HOST_RNG),
+    "02-split-c-attn": ("the three weights (query, key, value)", "the three biases (query, key, value)",
+                        "the weight and bias left unchanged", _TORCH_RNG, _HOST_RNG),
+    "03-split": ("the training part's texts", "the validation part's texts", "the test part's texts",
+                 "each part's columns (the fractions given, then validation_frac by keyword)",
+                 "the parts' sizes with validation_frac by keyword", "the validation texts with validation_frac by keyword",
+                 "the parts' texts with every default (seed 123 too)", "the caller's table left unchanged",
+                 "the files written in the working directory", _TORCH_RNG, _HOST_RNG),
+    "03-num-batches": tuple(f"num_batches for {what}{_PER_CALL}" for what in (
+        "no example (drop_last=False)", "no example (drop_last=True)", "a single example", "one full batch",
+        "one full batch (drop_last=True)", "one full batch and one more example (drop_last=True)",
+        "fewer examples than a batch (drop_last=True)", "a size that is not a multiple (drop_last=False)",
+        "the same size (drop_last=True)", *(f"random case {i}" for i in range(1, 7)))) + (_TORCH_RNG, _HOST_RNG),
+    "04-linear-with-lora": (
+        "the output at initialisation equal to the layer's", "the wrapped layer's requires_grad (weight, bias)",
+        "A's and B's requires_grad", "the parameter names", "the state_dict keys",
+        "the gradients ([A's, B's, none into the wrapped layer, the input's])", "the input left unchanged",
+        "the wrapped nn.Linear still computing x Wᵀ + b on its own", "unmerge() before any merge() changing nothing",
+        "merge() keeping the same weight tensor", "the wrapped layer's requires_grad after merge() (weight, bias)",
+        "the weight's change after merge()", "the output before merging", "the output after merge() twice",
+        "the weight restored by unmerge()", "the output after unmerge()",
+        "the wrapped layer's requires_grad at the end (weight, bias)", "A's and B's requires_grad after unmerge()",
+        "the training mode kept by merge() and unmerge() ([in training, in eval mode])", _TORCH_RNG,
+        "a second layer ([its output while the first is merged, its weight's change after its own merge()])",
+        _HOST_RNG),
+    "05-replace": (
+        "the names the first call returns", "the layers the first call wraps",
+        "the names a second call on the same model returns", "each call with target_modules or exclude "
+        "([the names returned, the layers wrapped])", "layers wrapped twice", "out_head's type",
+        "head.out_head's type", "A's shape in a wrapped layer", "a wrapped layer's scaling",
+        "the names returned on a random model", "the layers wrapped in that random model",
+        "the names returned on a random model with target_modules", "the layers wrapped in that model",
+        "the wrapped layers that hold the model's own Linear", "the trainable parameters after wrapping",
+        "every module's training mode kept", "a different A in every wrapped layer",
+        "each container's children, in their order", _HOST_RNG),
+    "06-freeze": (
+        "requires_grad after freeze_model twice", "requires_grad after unfreeze of a sub-module",
+        "requires_grad after freeze_model of a Linear twice", "requires_grad after unfreeze four levels deep",
+        "requires_grad after unfreezing a LayerNorm and a Linear", "requires_grad in a random model frozen and "
+        "partly unfrozen", "[the global random generator, the training mode, the eval mode] left as they were",
+        _HOST_RNG),
+    "06-lora-grads": ("dA", "dB", "x, A, B and g left unchanged", _TORCH_RNG, "dA of a second, identical call",
+                      "dB of a second, identical call", "requires_grad or .grad set on x, A, B or g",
+                      "[dA, dB] after the caller refilled its tensors", _HOST_RNG),
+    "07-last-token": tuple(f"{what}{_PER_BATCH}" for what in (
+        "a batch of one row", "a batch of one row that fills the width", "a batch with a row that fills the width",
+        "a small vocabulary with another pad id", "pad id 0", *(f"random batch {i}" for i in range(1, 5)))) + (
+        "the positions with the default pad_token_id", "tensors made on the batch's device",
+        "the positions in another batch", "the positions after the caller refilled that batch", _TORCH_RNG, _HOST_RNG),
+}
+
+
 # --------------------------------------------------------------------------- the exercises
 TESTS: list[Exercise] = [
     Exercise("01-count-tensors", "01_loading_weights", 2, "count_tensors",
@@ -328,7 +394,8 @@ return out + [first == kept, torch.equal(global_rng, torch.get_rng_state()), hos
                                                   "other drop_rate and qkv_bias, an unknown key and a missing key, "
                                                   "the settings left unchanged, the first cfg unchanged by the "
                                                   "calls after it, no use of course_lib's own table of the keys, the "
-                                                  "global random generators (PyTorch's, NumPy's, Python's) untouched"),
+                                                  "global random generators (PyTorch's, NumPy's, Python's) untouched",
+        parts=_PARTS["02-settings-to-cfg"]),
 
     Exercise("02-split-c-attn", "02_settings_to_cfg", 3, "split_c_attn",
         check="check_split_c_attn", check_args=lambda ns: (ns["split_c_attn"],),
@@ -346,7 +413,8 @@ ws, bs = split_c_attn(w, b)
 return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0),
         torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged, the global random generators "
-                                            "(PyTorch's, NumPy's, Python's) untouched"),
+                                            "(PyTorch's, NumPy's, Python's) untouched",
+        parts=_PARTS["02-split-c-attn"]),
 
     Exercise("03-balance", "03_data_balancing", 2, "create_balanced_dataset",
         check="check_balanced",
@@ -398,7 +466,8 @@ return [list(p["Text"]) for p in parts] + [[[str(c) for c in p.columns] for p in
         explain="other fractions (passed by position), sizes and seeds, the default 70/10/20 on 1,494 rows, every "
                 "default (seed 123 too), the table's columns only, the "
                 "caller's table left unchanged, no file written in the working directory, and the global random "
-                "generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)"),
+                "generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)",
+        parts=_PARTS["03-split"]),
 
     Exercise("03-num-batches", "03_data_balancing", 1, "num_batches",
         check="check_num_batches", check_args=lambda ns: (ns["num_batches"], small_loaders()),
@@ -419,7 +488,8 @@ out = [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]]
 return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.dataloaders", "num_batches"),
         explain="exact multiples, a single example, no example, drop_last, and the global random generators (PyTorch's, NumPy's, "
-                "Python's) untouched"),
+                "Python's) untouched",
+        parts=_PARTS["03-num-batches"]),
 
     Exercise("04-lora-layer", "04_lora_layers", 3, "LoRALayer",
         check="check_lora_layer", check_args=lambda ns: (ns["LoRALayer"],),
@@ -550,7 +620,8 @@ return facts + [unmerged.tolist(), merged.tolist(), restored, final,
                 "unmerging, 3-D input, the training mode left as it was by merge and unmerge (in training and in eval "
                 "mode), the global random generator untouched by forward, merge and unmerge, a second layer's forward "
                 "and merge while the first is merged (the flag is each layer's own), and NumPy's and Python's by "
-                "everything"),
+                "everything",
+        parts=_PARTS["04-linear-with-lora"]),
 
     Exercise("05-replace", "05_lora_injection", 5, "replace_linear_with_lora",
         check="check_replace", check_args=lambda ns: (ns["replace_linear_with_lora"], smoke_gpt, ns["LinearWithLoRA"]),
@@ -641,7 +712,8 @@ return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head)
                 "the other parameters' requires_grad and every module's train/eval mode left as they were, a "
                 "different A drawn for each layer (no reseeding), an exclude that names a container (the Linear "
                 "layers inside it are still wrapped), each container's children kept in their order, and NumPy's and Python's "
-                "global random generators untouched"),
+                "global random generators untouched",
+        parts=_PARTS["05-replace"]),
 
     Exercise("06-freeze", "06_gradient_checks", 2, "freeze_model",
         also_defines={"unfreeze": lambda: unfreeze},
@@ -696,7 +768,8 @@ return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, ra
 ''', reference=lambda: freeze_model,
         explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
                 "biases, calling each twice, and nothing else changed (training mode, also of a model in eval mode, the global "
-                "random generators of PyTorch, NumPy and Python)"),
+                "random generators of PyTorch, NumPy and Python)",
+        parts=_PARTS["06-freeze"]),
 
     Exercise("06-lora-grads", "06_gradient_checks", 3, "lora_grads",
         check="check_lora_grads", check_args=lambda ns: (ns["lora_grads"],),
@@ -726,7 +799,8 @@ return [dA.tolist(), dB.tolist(), kept, torch.equal(rng, torch.get_rng_state()),
                                                           "(values, requires_grad, no .grad), the same answer on a second "
                                                           "call, a third call on the same tensors refilled with other "
                                                           "values, the global random generators (PyTorch's, "
-                                                          "NumPy's, Python's) untouched"),
+                                                          "NumPy's, Python's) untouched",
+        parts=_PARTS["06-lora-grads"]),
 
     # 07's pooling exercise: random right-padded batches drawn from the whole seed, with full-width rows, a batch
     # of one, and pad ids that also occur inside messages; the input must come back unchanged.
@@ -828,7 +902,8 @@ return out + [host_rngs() == host]
                 "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, tensors "
                 "made on the batch's device (PyTorch's default device set elsewhere), the batch tensor refilled by the caller "
                 "and passed again (nothing kept between calls), and the global random generators "
-                "(PyTorch's, NumPy's, Python's) untouched"),
+                "(PyTorch's, NumPy's, Python's) untouched",
+        parts=_PARTS["07-last-token"]),
 
     Exercise("07-train-loop", "07_classification_training", 5, "train_classifier_simple",
         check="check_training_loop", check_args=lambda ns: (ns["train_classifier_simple"],),
@@ -1089,6 +1164,10 @@ def same(a: Any, b: Any, tol: float) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         if isinstance(a, float) and math.isnan(a):
             return isinstance(b, float) and math.isnan(b)
+        if a == b:                   # equal infinities too: inf - inf is nan, which no tolerance accepts
+            return True
+        if math.isinf(a) or math.isinf(b):   # else the tolerance, tol * inf, would accept any number for an infinity
+            return False
         return abs(a - b) <= tol * max(1.0, abs(b))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) == len(b) and all(same(x, y, tol) for x, y in zip(a, b))
@@ -1100,9 +1179,11 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def describe_difference(got: Any, want: Any, tol: float, parts: str = "") -> str:
+def describe_difference(got: Any, want: Any, tol: float, parts: str | tuple[str, ...] = "") -> str:
     """Where the student's result first differs from the expected one, in one sentence: the path of
-    indices into the probe's result (named by ``parts`` at the top level when given) and both values."""
+    indices into the probe's result (named by ``parts`` at the top level when given) and both values.
+    A tuple ``parts`` names each top-level entry: only the differing entry's name is said, so the message stays short
+    and the student need not count entries."""
     path: list[str] = []
 
     def walk(a: Any, b: Any) -> str | None:
@@ -1120,6 +1201,11 @@ def describe_difference(got: Any, want: Any, tol: float, parts: str = "") -> str
         return f"is {_short(a)} where {_short(b)} was expected"
 
     found = walk(got, want) or "differs"
+    if isinstance(parts, tuple):
+        if path and int(path[0]) < len(parts):
+            inner = f", at [{']['.join(path[1:])}]," if len(path) > 1 else ""
+            return f"{parts[int(path[0])]} (entry [{path[0]}]){inner} {found}"
+        parts = ""
     where = "[" + "][".join(path) + "]" if path else "the result"
     named = f" (entries: {parts})" if parts and path else ""
     return f"entry {where}{named} {found}" if path else f"the result {found}"

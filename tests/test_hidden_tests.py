@@ -235,3 +235,34 @@ def test_describe_difference_names_the_first_differing_entry():
     text = HIDDEN.describe_difference([1, [2.0, 3.0]], [1, [2.0, 4.0]], 1e-4, "a count, a list")
     assert text.startswith("entry [1][1]") and "3.0 where 4.0 was expected" in text and "a count, a list" in text
     assert "2 entries where 3" in HIDDEN.describe_difference([1, 2], [1, 2, 3], 1e-4)
+
+
+def test_a_failed_tests_message_names_the_differing_part_in_a_few_words():
+    from course_tools.grading.scoring import expected
+
+    test = next(t for t in HIDDEN.TESTS if t.exercise == "04-linear-with-lora")
+    answer = expected(test, 3)
+    answer[1] = [False, True]                         # the wrapped layer's bias left trainable
+    wrong = _row({"ok": True, "result": answer, "seed": 3}, "04-linear-with-lora")
+    where = HIDDEN.describe_difference(answer, expected(test, 3), test.tolerance, test.parts)
+    assert wrong["status"] == "failed" and where in wrong["message"]
+    assert where == "the wrapped layer's requires_grad (weight, bias) (entry [1]), at [1], is True where False was expected"
+    last = next(t for t in HIDDEN.TESTS if t.exercise == "07-last-token")
+    answer = expected(last, 3)
+    answer[9] = [p + 1 for p in answer[9]]            # the positions with another default pad id
+    where = HIDDEN.describe_difference(answer, expected(last, 3), last.tolerance, last.parts)
+    assert where.startswith("the positions with the default pad_token_id (entry [9]), at [0], is ") and len(where) < 120
+
+
+@pytest.mark.parametrize("test", [t for t in HIDDEN.TESTS if isinstance(t.parts, tuple)], ids=lambda t: t.exercise)
+def test_named_parts_give_one_name_to_each_entry_of_the_result(test):
+    from course_tools.grading.scoring import expected
+
+    assert len(expected(test, 3)) == len(test.parts), "a name per top-level entry of the probe's result"
+
+
+def test_same_takes_equal_infinities_as_equal_and_an_infinity_as_no_other_number():
+    inf = float("inf")
+    assert HIDDEN.same([inf, -inf, [inf]], [inf, -inf, [inf]], 1e-4)
+    assert not HIDDEN.same(inf, -inf, 1e-4) and not HIDDEN.same(1.0, inf, 1e-4) and not HIDDEN.same(inf, 1e300, 1e-4)
+    assert HIDDEN.same(1.0, 1.00001, 1e-4) and not HIDDEN.same(1.0, 1.1, 1e-4)
