@@ -51,3 +51,25 @@ def test_the_student_notebooks_are_still_not_flagged():
     tests = load_tests()
     for name in sorted({t.notebook for t in tests.TESTS}):
         assert ownership.plagiarism_flags(student(name), tests.tests_for(name)) == [], name
+
+
+def test_a_timed_cell_defines_nothing_in_the_probe_as_in_the_kernel():
+    """IPython's ``%%timeit`` runs its cell inside a function of its own, so the kernel keeps none of its definitions;
+    the probe unwrapped it as it does ``%%time``: 03's solution with a timed variant of ``num_batches`` below its check
+    (the kernel's ``num_batches`` still the right one) got 4/5 from ``course grade``, the probe grading the variant."""
+    import subprocess
+    import sys
+
+    from course_tools.grading import probe
+
+    timed = "%%timeit -n1 -r1\ndef f():\n    return 'timed variant'\n"
+    kept = "%%time\ndef g():\n    return 1\n"
+    ipython = ("from IPython.core.interactiveshell import InteractiveShell\n"   # a shell of its own: not this process's
+               "shell = InteractiveShell.instance()\n"
+               f"for cell in ('def f():\\n    return \"right\"\\n', {timed!r}, {kept!r}):\n"
+               "    shell.run_cell(cell)\n"
+               "print('RESULT', shell.user_ns['f'](), 'g' in shell.user_ns)\n")
+    shown = subprocess.run([sys.executable, "-c", ipython], capture_output=True, text=True, timeout=120).stdout
+    assert "RESULT right True" in shown, f"IPython itself keeps %%time's definitions, not %%timeit's: {shown[-300:]}"
+    assert probe.definitions([timed]) == []
+    assert [d.split("(")[0] for d in probe.definitions([kept])] == ["def g"]

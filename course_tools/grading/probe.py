@@ -31,7 +31,9 @@ BASES = ("builtins", "abc", "typing", "collections", "enum", "functools", "conte
 STUB_ERROR = "is course_lib's reference and is not available while your exercise is graded"
 REPLY_LIMIT = 4_000_000      # bytes of JSON a probe process may send back
 MAX_DEPTH = 24
-CELL_MAGICS_TO_UNWRAP = ("%%capture", "%%time", "%%timeit", "%%prun")
+# Cell magics that run their body in the kernel's namespace, whose definitions the kernel keeps. Not `%%timeit`: it runs
+# the body inside a function of its own (IPython's `timeit` magic), so nothing the cell defines outlives it.
+CELL_MAGICS_TO_UNWRAP = ("%%capture", "%%time", "%%prun")
 STATEMENT_SECONDS = 5.0      # CPU seconds per top-level statement the probe process re-runs (imports: no limit)
 # Imported before any statement, with no time limit. torch._dynamo wraps torch.manual_seed when it is first
 # imported (PyTorch 2.x, torch/_dynamo/__init__.py); imported here, that happens before the probe's snapshot of
