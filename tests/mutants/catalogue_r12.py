@@ -145,3 +145,16 @@ MUTANTS += [
        "    width = real.shape[1]\n"
        "    return torch.from_numpy(width - 1 - real[:, ::-1].argmax(axis=1)).to(input_batch.device)"), "numpy"),
 ]
+
+# 07's default pad id written otherwise: the number itself, or None resolved inside.
+MUTANTS += [
+  ("r12-pad-id-literal", "07-last-token", "right",
+   [(_LT_SIGNATURE, "def last_token_index(input_batch, pad_token_id: int = 50256)")], ""),
+  ("r12-pad-id-none-resolved", "07-last-token", "right",
+   [(_LT_SIGNATURE, "def last_token_index(input_batch, pad_token_id=None)"),
+    ("    real = input_batch != pad_token_id ",
+     "    pad_token_id = PAD_TOKEN_ID if pad_token_id is None else pad_token_id\n    real = input_batch != pad_token_id ")], ""),
+  ("r12-arange-unsqueeze-then-to", "07-last-token", "right",
+   _lt("    positions = torch.arange(input_batch.shape[1]).unsqueeze(0).expand(input_batch.shape[0], -1)\n"
+       "    return (positions.to(input_batch.device) * (input_batch != pad_token_id)).amax(dim=1)"), ""),
+]
