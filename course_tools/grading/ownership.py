@@ -228,7 +228,9 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
     late = [False]   # the decoding stopped at the deadline
     texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget, deadline, late)))
     flagged: dict[str, dict] = {}
-    seen: set[str] = set()   # a definition repeated (or carried again) is compared once
+    # a definition repeated (or carried again) is compared once; kept by hash, as a nested one is printed again inside
+    # each definition around it (up to about 100 deep), which the texts themselves would hold in memory as often
+    seen: set[int] = set()
     out_of_time = False
     for text in texts:   # each text compared as it is decoded, then dropped
         if len(flagged) == len(references) or out_of_time:
@@ -243,9 +245,9 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 continue
             mine = _printed(node).replace(node.name, "_", 1)
-            if not mine or mine in seen:
+            if not mine or hash(mine) in seen:
                 continue
-            seen.add(mine)
+            seen.add(hash(mine))
             for exercise, (test, matcher) in references.items():   # whatever the carried definition is named
                 if exercise not in flagged and _similar(matcher, mine):
                     also = "" if node.name == test.name else f" (as `{node.name}`)"
