@@ -299,6 +299,37 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "a small vocabulary with another pad id", "pad id 0", *(f"random batch {i}" for i in range(1, 5)))) + (
         "the positions with the default pad_token_id", "tensors made on the batch's device",
         "the positions in another batch", "the positions after the caller refilled that batch", _TORCH_RNG, _HOST_RNG),
+    "01-count-tensors": tuple(f"{what} ([a plain int?, the count, the tree left unchanged?])" for what in (
+        "a GPT-2-like tree of blocks", "a single tensor", "nested lists with empty containers",
+        "one tensor in several places of a list", "one tensor tied in several places of a dict",
+        "a tree three levels deep", *(f"random tree {i}" for i in range(1, 4)))) + (
+        "the first tree's count after it grew", _TORCH_RNG, _HOST_RNG),
+    "03-balance": tuple(f"the {which} table ([labels, texts in order, the columns, integer labels?, the given table "
+                        "left unchanged?])" for which in ("first", "second")) + (
+        "the files written in the working directory", _TORCH_RNG, _HOST_RNG),
+    "04-lora-layer": (
+        "A's shape", "B's shape", "B zero", "A nonzero", "A within Kaiming-uniform's bound",
+        "A's largest entry near that bound", "A's spread", "the parameter names", "the state_dict's keys",
+        "A and B trainable", "a second layer's A different", "the output",
+        "the gradients ([A's, B's, the input's])", "the input left unchanged", "the output after A and B changed",
+        "A following the caller's seed ([the same seed, the same A; another seed, another A])",
+        "the dtypes ([the output's for a float32 layer, the output's after .to(torch.float64), that output])",
+        _HOST_RNG),
+    "07-train-loop": (
+        "the training losses", "the validation losses", "the training accuracies", "the validation accuracies",
+        "examples seen", "the model in training mode after the loop", "the global random state still the caller's",
+        "[the frozen embedding still frozen, its sum]", "five rows in batches of 2, 2 and 1 ([training losses, "
+        "validation losses, training accuracies, validation accuracies, examples seen])",
+        "[the files written in the working directory, the hooks left on the model]", _HOST_RNG),
+    "08-kd-loss": tuple(f"(T, alpha) case {i} of 5 ([the loss, no gradient into the teacher?, the student's gradient, "
+                        "the logits unchanged?, the graph kept and no backward inside?, the random generator "
+                        "untouched?])" for i in range(1, 6)) + (
+        "[the loss on a teacher buffer, the loss on that buffer refilled]", _HOST_RNG),
+    "09-lora-config": tuple(f"the count with {what} frozen ([a plain int?, the count])" for what in (
+        "nothing", "[0]", "[0, 1]", "[2]", "everything")) + (
+        "the count on a model with a tied weight ([a plain int?, the count])",
+        "the count on the peft model ([a plain int?, the count])", "the trainable parameters", "the LoRA layers",
+        "the random generator and the train/eval modes untouched", "the LoRA and base weights' sums", _HOST_RNG),
 }
 
 
@@ -346,8 +377,7 @@ return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == hos
 ''', reference=lambda: count_tensors, explain="trees of other shapes, with empty dicts and lists nested in lists, one tensor in "
                                     "several places, the count an int, the tree left unchanged, a tree counted again after "
                                     "it grew, and the global random generators (PyTorch's, NumPy's, Python's) untouched",
-        parts="one entry per tree: [is a plain int, the count, the tree unchanged]; then the first tree's count after it "
-              "grew; last, PyTorch's random generator untouched, NumPy's and Python's untouched"),
+        parts=_PARTS["01-count-tensors"]),
 
     Exercise("02-settings-to-cfg", "02_settings_to_cfg", 3, "settings_to_cfg",
         check="check_settings_to_cfg",
@@ -439,9 +469,7 @@ return out + [written[:3], torch.equal(global_rng, torch.get_rng_state()), host_
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
                 "the table's columns only, the caller's table left unchanged, no file written in the working directory, and the "
                 "global random generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)",
-        parts="one entry per table: [labels, texts in order, the columns, integer labels, the given table "
-              "unchanged]; the files written in the working directory; last, PyTorch's random generator untouched, "
-              "NumPy's and Python's untouched"),
+        parts=_PARTS["03-balance"]),
 
     Exercise("03-split", "03_data_balancing", 2, "random_split",
         check="check_split",
@@ -541,12 +569,7 @@ return facts + [out.tolist(), grads, kept, after_step, follows, dtypes, host_rng
                 "A and B changed (nothing cached from an earlier call), A decided by the caller's torch.manual_seed, "
                 "the layer converted with .to(torch.float64) computing in float64, and NumPy's and Python's global random "
                 "generators untouched (A is drawn from PyTorch's)",
-        parts="A's shape, B's shape, B zero, A nonzero, A's bound (2 entries), A's spread, the parameter names, the "
-              "state_dict's keys, "
-              "A and B trainable, a second layer's A differs, the output, A's, B's and the input's gradients, the input "
-              "unchanged, the output after A and B changed, A following the caller's seed (same seed, same A; another, "
-              "another), the output's dtype for a float32 layer and for the layer converted with .to(torch.float64) and "
-              "that output, NumPy's and Python's random generators untouched"),
+        parts=_PARTS["04-lora-layer"]),
 
     Exercise("04-linear-with-lora", "04_lora_layers", 4, "LinearWithLoRA",
         check="check_linear_with_lora", check_args=lambda ns: (ns["LinearWithLoRA"],),
@@ -1038,11 +1061,7 @@ return [floats(tl), floats(vl), floats(ta), floats(va), seen, modes,
                 "accuracies over examples, as calc_loss_loader and calc_accuracy_loader do), no file written in the "
                 "working directory and no hook left on the model, and NumPy's and Python's global random generators "
                 "untouched",
-        parts="training losses, validation losses, training accuracies, validation accuracies, examples seen, the "
-              "model in training mode after the loop, the global random state still the caller's, the frozen embedding "
-              "still frozen and its sum, [training losses, validation losses, training accuracies, validation accuracies, "
-              "examples seen] on five rows in batches of 2, 2 and 1, [the files written in the working directory, the hooks left "
-              "on the model], NumPy's and Python's random generators untouched"),
+        parts=_PARTS["07-train-loop"]),
 
     Exercise("08-kd-loss", "08_distillation", 4, "distillation_loss",
         check="check_kd_loss", check_args=lambda ns: (ns["distillation_loss"],),
@@ -1084,10 +1103,7 @@ return out + [host_rngs() == host]
                 "(backward is the caller's), a teacher tensor refilled in place by the caller and passed again (nothing "
                 "kept between calls), and the global random generators (PyTorch's, NumPy's, Python's) "
                 "untouched",
-        parts="one entry per (T, alpha): [the loss, no gradient into the teacher, the student's gradient, the logits "
-              "unchanged, the loss carries its graph, nothing ran backward inside and the logits still require grad, "
-              "the random generator untouched]; then the loss on a teacher buffer and on the same buffer refilled; last, "
-              "NumPy's and Python's random generators untouched"),
+        parts=_PARTS["08-kd-loss"]),
 
     Exercise("09-lora-config", "09_peft_and_tuning", 3, "count_trainable",
         also_defines={"lora_config": _lora_config}, values=("lora_config",), uses=("peft",),
@@ -1142,11 +1158,7 @@ return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] f
                 "dropout of each LoRA layer, and how the LoRA matrices start), and the count on that model, on a model "
                 "with various parts frozen and on one with a tied weight (counted once), the global random generator and every "
                 "module's train/eval mode untouched by counting, and NumPy's and Python's untouched",
-        parts="the count with nothing, [0], [0, 1], [2] and everything frozen, on a model with a tied weight, on the peft "
-              "model, the "
-              "trainable parameters, the LoRA layers, the random generator and the train/eval modes untouched, the LoRA and "
-              "base weights' "
-              "sums, NumPy's and Python's random generators untouched"),
+        parts=_PARTS["09-lora-config"]),
 ]
 
 def tests_for(notebook: str) -> list[Exercise]:

@@ -218,7 +218,7 @@ def test_every_row_message_names_what_happened():
     answer[0] = [answer[0][1], answer[0][0]]          # A's shape transposed
     wrong = _row({"ok": True, "result": answer, "seed": 3})
     assert wrong["status"] == "failed" and "passes the visible check" not in wrong["message"]
-    assert "entry [0][0]" in wrong["message"] and "A's shape" in wrong["message"]
+    assert "A's shape (entry [0]), at [0], is " in wrong["message"]
     grader = _row({"ok": False, "error": "grader error", "message": "SyntaxError: x", "seed": 3})
     assert grader["status"] == "grader error" and "not your mistake" in grader["message"]
     timeout = _row({"ok": False, "error": "timeout", "message": "the notebook's statement `n = 0` ran past", "seed": 3})
