@@ -14,6 +14,10 @@ is cast to the compute dtype once per group, and the backward computes exactly t
 needs (the input's, A's and B's, never the frozen weight's) in five matmuls per group. The
 parameters are the same tensors (fp32 masters for the optimizer); ``tests/test_lora_fast.py`` proves
 outputs and gradients equal to ``LinearWithLoRA``'s.
+
+Without autograd (evaluation) nothing needs the rank-wide path kept apart, so a group multiplies by its
+weights with LoRA folded in, W + (alpha/rank) · B A, made once per evaluation and kept until a weight
+changes: an evaluation pass then costs the frozen GEMMs alone (docs/benchmarks.md measures the gain).
 """
 from __future__ import annotations
 
@@ -79,7 +83,9 @@ class _LoRAGroup:
 
     def __init__(self, layers: list[LinearWithLoRA]) -> None:
         self.layers = layers
-        self._stacked: tuple | None = None  # (key, weight, bias) of the frozen weights side by side
+        # (key, weight, bias): the frozen weights side by side, or with LoRA folded in (evaluation). One slot,
+        # so that folded copies live only while evaluating: training's next step puts the frozen ones back.
+        self._stacked: tuple | None = None
 
     def usable(self) -> bool:
         """Whether the fast path computes what the layers' own forward would (else they run as written)."""
@@ -90,21 +96,36 @@ class _LoRAGroup:
                    and not (layer._forward_hooks or layer._forward_pre_hooks)
                    for layer in self.layers)
 
-    def frozen(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The frozen weights (and biases) side by side in ``dtype``, kept until any of them changes."""
+    def frozen(self, dtype: torch.dtype, folded: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The frozen weights (and biases) side by side in ``dtype``, kept until any of them changes; ``folded``:
+        each weight with its LoRA update added, W + scaling · B A (summed in fp32, then rounded to ``dtype``)."""
         linears = [layer.linear for layer in self.layers]
         tensors = [p for lin in linears for p in (lin.weight, lin.bias) if p is not None]
-        key = (dtype, tuple((p.data_ptr(), p._version) for p in tensors))
+        if folded:
+            tensors += [p for layer in self.layers for p in (layer.lora.A, layer.lora.B)]
+        key = (dtype, folded, self.layers[0].lora.scaling, tuple((p.data_ptr(), p._version) for p in tensors))
         if self._stacked is None or self._stacked[0] != key:
+            self._stacked = None   # the old copy goes before the new one is made
             with torch.no_grad():
-                weight = torch.cat([lin.weight for lin in linears]) if len(linears) > 1 else linears[0].weight
+                weights = [self._folded(layer) for layer in self.layers] if folded else [lin.weight for lin in linears]
+                weight = torch.cat(weights) if len(weights) > 1 else weights[0]
                 bias = None
                 if linears[0].bias is not None:
                     bias = torch.cat([lin.bias for lin in linears]) if len(linears) > 1 else linears[0].bias
                 self._stacked = (key, weight.to(dtype), None if bias is None else bias.to(dtype))
         return self._stacked[1], self._stacked[2]
 
+    @staticmethod
+    def _folded(layer: LinearWithLoRA) -> torch.Tensor:
+        lora = layer.lora
+        return torch.addmm(layer.linear.weight.float(), lora.B.float(), lora.A.float(), alpha=lora.scaling)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():   # evaluation: one GEMM per group, LoRA folded into its weights
+            weight, bias = self.frozen(_compute_dtype(x), folded=True)
+            x2 = x.reshape(-1, x.shape[-1]).to(weight.dtype)
+            y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+            return y.view(*x.shape[:-1], y.shape[-1])
         weight, bias = self.frozen(_compute_dtype(x))
         loras = [layer.lora for layer in self.layers]
         return _GroupedLoRALinear.apply(x, weight, bias, loras[0].scaling, len(loras),

@@ -122,6 +122,56 @@ def test_a_changed_frozen_weight_is_seen_by_the_fast_path():
         assert torch.allclose(fast, model(ids), atol=1e-5)
 
 
+def _groups(model):
+    """The fast path's groups inside a ``fast_lora`` block (the partials it installed)."""
+    found = []
+    for module in model.modules():
+        for name in ("project", "forward"):
+            bound = module.__dict__.get(name)
+            if bound is not None:
+                found.append(bound.args[1])
+    return found
+
+
+def test_evaluation_folds_lora_into_the_weights_and_matches_the_written_layers_to_1e5(monkeypatch):
+    model = lora_classifier(seed=5).eval()
+    ids = torch.randint(0, 1000, (3, 11))
+    with torch.no_grad():
+        expected = model(ids)
+    grouped, rank_wide = [], []
+    apply = lora_fast._GroupedLoRALinear.apply
+    monkeypatch.setattr(lora_fast._GroupedLoRALinear, "apply", lambda *a: grouped.append(1) or apply(*a))
+    forward = type(lora_layers(model)["trf_blocks.0.att.W_query"].lora).forward
+    monkeypatch.setattr(type(lora_layers(model)["trf_blocks.0.att.W_query"].lora), "forward",
+                        lambda self, x: rank_wide.append(1) or forward(self, x))
+    with torch.no_grad(), fast_lora(model):
+        folded = model(ids)
+        groups = _groups(model)
+        assert len(groups) == 4 * model.cfg["n_layers"] and all(g._stacked[0][1] for g in groups)  # folded copies
+    assert not grouped and not rank_wide   # no rank-wide product ran: LoRA was inside the weights
+    assert (folded - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_folded_weights_follow_training_steps_and_training_drops_them():
+    model = lora_classifier(seed=6)
+    ids, labels = torch.randint(0, 1000, (4, 9)), torch.tensor([0, 1, 1, 0])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    seen = []
+    with fast_lora(model):
+        for _ in range(2):
+            with torch.no_grad():
+                seen.append(model(ids))   # folded with A and B as they are now
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(ids)[:, -1], labels).backward()
+            optimizer.step()
+            assert not any(g._stacked[0][1] for g in _groups(model))   # training put the frozen weights back
+        with torch.no_grad():
+            seen.append(model(ids))
+    assert not torch.allclose(seen[0], seen[-1])   # the steps changed A and B, and evaluation saw it
+    with torch.no_grad():
+        assert (seen[-1] - model(ids)).abs().max() <= 1e-5 * seen[-1].abs().max()
+
+
 def test_layers_of_different_rank_or_alpha_are_not_grouped_but_still_fast():
     torch.manual_seed(5)
     model = GPTModel(get_config("gpt2-smoke (tiny)")).eval()
