@@ -70,7 +70,8 @@ def _accuracies(loaders, model, device, precision: str, progress: bool | None, w
     return [round(out.accuracy(), 4) for out in _outputs(loaders, model, device, precision, progress, when)]
 
 
-def _outputs(loaders, model, device, precision: str, progress: bool | None, when: str) -> list[SplitOutputs]:
+def _outputs(loaders, model, device, precision: str, progress: bool | None, when: str,
+             num_batches: int | None = None) -> list[SplitOutputs]:
     """One evaluation pass (``eval`` mode) over each of the training, validation and test loaders:
     the accuracies, the test set's spam recall and the losses all come from it."""
     names = ("training", "validation", "test")
@@ -78,10 +79,31 @@ def _outputs(loaders, model, device, precision: str, progress: bool | None, when
     model.eval()
     try:
         with fast_training(model, precision), autocast(precision, device):
-            return [split_outputs(loader, model, device, progress=_show(progress), desc=f"{name} accuracy {when}")
-                    for name, loader in zip(names, loaders)]
+            return [split_outputs(loader, model, device, num_batches, progress=_show(progress),
+                                  desc=f"{name} accuracy {when}") for name, loader in zip(names, loaders)]
     finally:
         model.train(was_training)
+
+
+def _accuracies_before(loaders, model, device, precision: str, progress: bool | None,
+                       shared: dict | None) -> list[float]:
+    """The training, validation and test accuracies before training. Every strategy starts from the same
+    classifier (the pretrained weights, the head drawn from the seed, LoRA's B at zero, which adds exactly
+    nothing), so one experiment measures them once: ``shared`` (a dict kept across its strategies) holds the
+    first classifier's accuracies and its logits on the first validation batch, and a later classifier whose
+    logits there are the same (within 1e-5 of their scale) reuses them; any other is evaluated in full."""
+    check = None
+    if shared is not None:
+        check = torch.cat([out.logits for out in _outputs(loaders[1:2], model, device, precision, False, "",
+                                                          num_batches=1)])
+        seen = shared.get("logits")
+        if seen is not None and seen.shape == check.shape and check.numel() and \
+                (seen - check).abs().max() <= 1e-5 * max(1.0, seen.abs().max().item()):
+            return list(shared["accuracies"])
+    accuracies = _accuracies(loaders, model, device, precision, progress, "before training")
+    if shared is not None and "logits" not in shared:
+        shared.update(logits=check, accuracies=accuracies)
+    return accuracies
 
 
 def _show(progress: bool | None) -> bool:
@@ -97,13 +119,15 @@ def strategy_learning_rate(cfg: ExperimentConfig, strategy: str) -> float:
 
 def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.device,
                  build: Callable[..., torch.nn.Module] = build_classifier,
-                 timings: dict[str, tuple[float, float]] | None = None) -> dict:
+                 timings: dict[str, tuple[float, float]] | None = None, before: dict | None = None) -> dict:
     """Train one fresh classifier with ``strategy``; write its CSV, checkpoint and plots.
 
     ``build(model_size, strategy, rank, alpha, seed=...)`` makes the classifier: GPT-2 by default;
     benchmarks/pretrained_proxy.py passes a pretrained encoder, so that the same loop is measured.
     ``timings``, when given, receives the (wall, process CPU) seconds of each phase (building,
-    evaluation before training, training, evaluation after, saving): where a run's time went."""
+    evaluation before training, training, evaluation after, saving): where a run's time went. ``before``, when
+    given (one dict for all the strategies of an experiment), lets strategies that start from the same classifier
+    share one measurement of the accuracies before training (:func:`_accuracies_before`)."""
     clock = _Phases(timings if timings is not None else {})
     set_seed(cfg.seed)
     model = build(cfg.model_size, strategy, cfg.lora_rank, cfg.lora_alpha, seed=cfg.seed).to(device)
@@ -112,7 +136,8 @@ def run_strategy(cfg: ExperimentConfig, strategy: str, loaders, device: torch.de
     precision = resolve_precision(cfg.precision, device)
     train_eval = sequential_loader(train_loader)
     clock.mark("building")
-    before = _accuracies((train_eval, val_loader, test_loader), model, device, precision, cfg.progress, "before training")
+    before = _accuracies_before((train_eval, val_loader, test_loader), model, device, precision, cfg.progress,
+                                before)
     clock.mark("evaluation before")
     optimizer = make_adamw(model, lr=learning_rate, weight_decay=0.1)
     start = time.perf_counter()
@@ -195,11 +220,12 @@ def run_experiment(cfg: ExperimentConfig) -> list[dict]:
                                  context_length=get_config(cfg.model_size)["context_length"],
                                  max_examples=cfg.max_examples, seed=cfg.seed, batching=cfg.batching)
     rows: list[dict] = []
+    before: dict = {}   # the accuracies before training, measured once for the strategies that share them
     try:
         for strategy in cfg.trainable_layers:
             print(f"== trainable_layers={strategy}, learning rate {strategy_learning_rate(cfg, strategy):g}", flush=True)
             timings: dict[str, tuple[float, float]] = {}
-            rows.append(run_strategy(cfg, strategy, loaders, device, timings=timings))
+            rows.append(run_strategy(cfg, strategy, loaders, device, timings=timings, before=before))
             r = rows[-1]
             print(f"   test accuracy {r['test_acc_before']:.3f} -> {r['test_acc']:.3f}, "
                   f"{r['trainable_params']:,} trainable, {r['wall_time_s']} s", flush=True)

@@ -195,6 +195,38 @@ def test_experiment_writes_results_checkpoints_plots_and_summary(tmp_path):
     assert "| lora |" in (out / "summary.md").read_text()
 
 
+def test_strategies_share_the_accuracies_before_training_only_while_their_classifier_is_the_same(
+        tmp_path, loaders, monkeypatch):
+    """`course experiment` measures the accuracies before training once for the strategies that start from the
+    same classifier; they equal a measurement of each alone, and a classifier that differs is evaluated in full."""
+    from course_lib import experiment
+    from course_lib.profiles import get_profile
+
+    full = []
+    real = experiment._accuracies
+    monkeypatch.setattr(experiment, "_accuracies", lambda *a: full.append(a[-1]) or real(*a))
+    cfg = experiment.ExperimentConfig(profile=get_profile("smoke"), model_size=SMOKE, num_epochs=1, eval_freq=4,
+                                      output_dir=tmp_path, progress=False)
+    columns = ("train_acc_before", "val_acc_before", "test_acc_before")
+    cpu = torch.device("cpu")
+    alone = experiment.run_strategy(cfg, "last_layer", loaders, cpu)   # no sharing: measured in full
+    shared = {}
+    first = experiment.run_strategy(cfg, "lora", loaders, cpu, before=shared)
+    second = experiment.run_strategy(cfg, "last_layer", loaders, cpu, before=shared)
+    assert full.count("before training") == 2   # alone and the first: the second reused the first's
+    assert [second[c] for c in columns] == [first[c] for c in columns] == [alone[c] for c in columns]
+
+    def other_head(*args, **kwargs):
+        model = build_classifier(*args, **kwargs)
+        with torch.no_grad():
+            model.out_head.bias += torch.tensor([3.0, -3.0])   # every message now leans to "ham"
+        return model
+
+    third = experiment.run_strategy(cfg, "last_layer", loaders, cpu, build=other_head, before=shared)
+    assert full.count("before training") == 3   # a different classifier is measured, not given the shared numbers
+    assert [third[c] for c in columns] != [first[c] for c in columns]
+
+
 def test_interrupted_experiment_keeps_finished_runs(tmp_path, monkeypatch):
     from course_lib import experiment
 
