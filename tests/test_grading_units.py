@@ -7,6 +7,7 @@ what it then does not guarantee). This file runs wherever the tests run; what ne
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import stat
@@ -317,3 +318,19 @@ def test_a_process_whose_parent_died_before_it_asked_for_the_signal_exits_at_onc
             "print('ran on')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "ran on" not in done.stdout
+
+
+# --------------------------------------------------------------------------- start-up
+@pytest.mark.skipif(importlib.util.find_spec("rfc3987_syntax") is None, reason="rfc3987_syntax is not installed here")
+def test_grader_processes_skip_the_iri_grammar_and_still_validate_notebooks():
+    """A grader worker imports nbformat afresh; the IRI grammar jsonschema would load with it (seconds of CPU, for a
+    format no notebook schema uses) stays unloaded, and nbformat still tells a broken notebook from a valid one."""
+    code = ("import sys\nimport course_tools.grading.grade\nimport nbformat\n"
+            "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 1')])\n"
+            "nbformat.validate(nb)\n"
+            "nb.cells[0]['outputs'] = 'not a list'\n"
+            "try:\n    nbformat.validate(nb)\n    print('broken notebook accepted')\n"
+            "except nbformat.ValidationError:\n    pass\n"
+            "print(sys.modules.get('rfc3987_syntax'))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["None"], run.stdout + run.stderr
