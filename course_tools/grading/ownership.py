@@ -4,6 +4,8 @@ sandbox covers, and the flags for the instructor when a definition matches the c
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import itertools
 import importlib.util
 import os
@@ -11,8 +13,22 @@ import time
 
 import nbformat
 
-from .probe import parse_cell
+from .probe import MAX_CELL_SOURCE, parse_cell
 
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cycle collector paused while a cell's syntax tree is built: a tree holds no cycles, so the collections
+    its thousands of nodes trigger free nothing, and they took most of the parse (a cell of 200 kB of small
+    definitions: 0.45 s of CPU with the collector, 0.11 s without; 20 MB of them, 101 s and 33 s for the ownership
+    check on the loaded 2-core machine). Put back as it was, whatever happens."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _statements(body: list[ast.stmt]):
@@ -42,7 +58,8 @@ def own_definitions(nb: nbformat.NotebookNode, names: dict[str, bool]) -> dict[s
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        tree = parse_cell(cell.source)
+        with _collector_paused():
+            tree = parse_cell(cell.source)
         if tree is None:
             continue
         for node in _statements(tree.body):
@@ -87,6 +104,11 @@ SIMILAR = 0.9          # difflib ratio of normalised source above which a defini
 MAX_DECODED = 1_000_000  # bytes a carried blob may decompress to while it is checked
 MAX_DECODED_TOTAL = 8_000_000  # bytes all of a notebook's blobs may decode to while it is checked
 MIN_CODE_TEXT = 40     # characters of a string constant holding `def ` or `class ` read as carried code
+# Statements a reference must hold (nested ones counted) to be compared at all. One of one or two statements (06's
+# freeze_model and lora_grads, 09's count_trainable, 02's split_c_attn, 03's num_batches) is what right answers look
+# like: `sum(p.numel() for p in model.parameters() if p.requires_grad)` is the idiom, and the course's own solution of
+# 09 was flagged, as was an honest loop beside a helper method counting the frozen parameters the same way.
+MIN_STATEMENTS = 3
 # Seconds the comparison may take per notebook. It runs in the grader after the notebook's sandbox is gone, outside
 # --notebook-timeout; a notebook whose definitions take longer to compare is flagged for that (no mark changes).
 FLAG_SECONDS = 30.0
@@ -135,13 +157,15 @@ def _printed(tree: ast.AST) -> str:
         return ""
 
 
-def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"), late: list[bool] | None = None):
+def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"), late: list[bool] | None = None,
+                   cut: list[bool] | None = None):
     """Text carried in a cell's string or bytes constants: code as it is (a constant of at least ``MIN_CODE_TEXT``
     characters holding ``def `` or ``class ``, which ``exec`` runs) and long constants encoded in base64, base85 or hex,
     optionally zlib-, gzip-, bz2- or lzma-compressed, each decompressed to at most ``MAX_DECODED`` bytes, yielded
     one at a time while ``budget[0]`` (bytes for the whole notebook) lasts and ``time.monotonic()`` is before
     ``deadline`` (past it, ``late[0]`` is set: reading a cell that carries nothing yields nothing, so the
-    caller's own clock is not looked at while this walks cell after cell)."""
+    caller's own clock is not looked at while this walks cell after cell). A blob that decompresses to more than
+    ``MAX_DECODED`` bytes sets ``cut[0]``: the rest of it was not read, so it cannot have been compared."""
     import base64
     import binascii
     import bz2
@@ -152,7 +176,8 @@ def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"
         if late is not None:
             late[0] = True
         return
-    tree = parse_cell(source)
+    with _collector_paused():
+        tree = parse_cell(source)
     if tree is None:
         return
     for count, node in enumerate(ast.walk(tree)):
@@ -179,21 +204,44 @@ def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"
             except (ValueError, binascii.Error):
                 pass
         for blob in candidates:
-            for decompress in (lambda b: zlib.decompressobj(47).decompress(b, min(MAX_DECODED, budget[0])),
-                               lambda b: bz2.BZ2Decompressor().decompress(b, min(MAX_DECODED, budget[0])),
-                               lambda b: lzma.LZMADecompressor().decompress(b, min(MAX_DECODED, budget[0]))):
+            for make in (lambda: zlib.decompressobj(47), bz2.BZ2Decompressor, lzma.LZMADecompressor):
                 if budget[0] <= 0:
                     return
+                limit = min(MAX_DECODED, budget[0])
+                decompressor = make()
                 try:
-                    text = decompress(blob)
+                    text = decompressor.decompress(blob, limit)
                 except (OSError, ValueError, EOFError, lzma.LZMAError, zlib.error):
                     continue
+                if hasattr(decompressor, "unconsumed_tail"):   # zlib's: input left over once the output was full
+                    more = bool(decompressor.unconsumed_tail)
+                else:   # bz2's and lzma's: output left while no input is needed
+                    more = not decompressor.eof and not decompressor.needs_input
+                if more and cut is not None:
+                    cut[0] = True
                 budget[0] -= len(text)
                 yield text.decode("utf-8", "replace")
             if blob is not raw and budget[0] > 0:
                 text = blob[:min(MAX_DECODED, budget[0])]
                 budget[0] -= len(text)
                 yield text.decode("utf-8", "replace")
+
+
+def _statement_count(source: str) -> int:
+    """Statements in ``source`` (a definition), nested ones counted, the definition itself not."""
+    return sum(isinstance(n, ast.stmt) for n in ast.walk(ast.parse(source))) - 1
+
+
+def _carried_tree(text: str) -> ast.Module | None:
+    """Carried text parsed as ``exec`` reads it (plain Python). Up to ``MAX_DECODED`` characters, not a cell's
+    ``MAX_CELL_SOURCE``: a cell cannot hold a longer constant, but a compressed one decodes to more, and the library's
+    code padded past a cell's bound was never compared while ``exec`` ran it (03's random_split, 5/5 and no flag)."""
+    if len(text) <= MAX_CELL_SOURCE:
+        return parse_cell(text)
+    try:
+        return ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 def _similar(matcher, mine: str) -> bool:
@@ -220,22 +268,26 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
             reference = _normalised(inspect.getsource(test.reference()))
         except (TypeError, OSError, Exception):
             continue
-        if reference:   # compared with the definition's own name set aside, so a renamed copy matches too
+        if reference and _statement_count(reference) >= MIN_STATEMENTS:
+            # compared with the definition's own name set aside, so a renamed copy matches too
             matcher = difflib.SequenceMatcher(None, autojunk=True)
             matcher.set_seq2(reference.replace(test.name, "_", 1))
             references[test.exercise] = (test, matcher)
     budget = [MAX_DECODED_TOTAL]
     late = [False]   # the decoding stopped at the deadline
-    texts = itertools.chain(sources, (t for src in sources for t in _decoded_blobs(src, budget, deadline, late)))
+    cut = [False]   # a blob decoded to more than MAX_DECODED bytes: the rest of it was not read
+    texts = itertools.chain(((s, parse_cell) for s in sources), ((t, _carried_tree) for src in sources
+                                                                 for t in _decoded_blobs(src, budget, deadline, late, cut)))
     flagged: dict[str, dict] = {}
     # a definition repeated (or carried again) is compared once; kept by hash, as a nested one is printed again inside
     # each definition around it (up to about 100 deep), which the texts themselves would hold in memory as often
     seen: set[int] = set()
     out_of_time = False
-    for text in texts:   # each text compared as it is decoded, then dropped
+    for text, parse in texts:   # each text compared as it is decoded, then dropped
         if len(flagged) == len(references) or out_of_time:
             break
-        tree = parse_cell(text)
+        with _collector_paused():
+            tree = parse(text)
         # every definition, nested too: a copy inside `if True:`, `try:`, a class or a wrapper def runs in the probe
         # as one at the top level does (the probe runs those blocks), so it is compared as well
         for node in (ast.walk(tree) if tree else ()):
@@ -258,9 +310,10 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
             flagged.setdefault(exercise, {"exercise": exercise, "reason": "could not compare in full: the notebook "
                                f"holds more code than the grader compares in {seconds:g} s, so `{test.name}` was "
                                "compared with only part of it: look at its definitions (a signal, not a grade)."})
-    if budget[0] <= 0:   # running out is itself a signal: what was not decoded cannot have been compared
+    if budget[0] <= 0 or cut[0]:   # running out is itself a signal: what was not decoded cannot have been compared
+        limit = f"{MAX_DECODED_TOTAL:,} bytes" if budget[0] <= 0 else f"{MAX_DECODED:,} bytes a constant"
         for exercise, (test, _) in references.items():
             flagged.setdefault(exercise, {"exercise": exercise, "reason": "the notebook carries more encoded or "
-                               f"compressed text than the grader decodes ({MAX_DECODED_TOTAL:,} bytes), so `{test.name}` "
+                               f"compressed text than the grader decodes ({limit}), so `{test.name}` "
                                "was not compared in all of it: look at its long constants."})
     return [flagged[e] for e in references if e in flagged]
