@@ -350,7 +350,7 @@ def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> Non
         expect(got is not None, f"count_tensors({what}) returned None: return a plain int from every branch (a "
                                 "branch without `return` gives None).")
         expect(_is_int(got), f"count_tensors({what}) returned {got!r} of type {type(got).__name__}: return a plain "
-                             "int (start your sum at 0, not 0.0, and do not divide).")
+                             "int" + _not_int_advice(got))
         if got != want:
             numbers = _numel(tree)
             if got == numbers and numbers != want:
@@ -374,6 +374,17 @@ def check_count_tensors(count_tensors: Callable[[Any], int], params: Any) -> Non
     expect(again == first + 3, f"count_tensors on the same tree after adding three tensors to it should be {first + 3}, "
                                f"got {again}: count the tree as it is on every call (remember nothing between calls).")
     passed(f"count_tensors is right on {len(cases)} small trees and on params: {got} tensors")
+
+
+def _not_int_advice(got: Any) -> str:
+    """The end of the sentence for an answer that should be a plain int and is ``got``."""
+    if isinstance(got, float):
+        return " (start your sum at 0, not 0.0, and do not divide)."
+    if isinstance(got, bool):
+        return " (count a tensor as 1, not True)."
+    if hasattr(got, "item") and hasattr(got, "dtype"):   # a NumPy or torch number
+        return f" (a Python int, not a {type(got).__module__.split('.')[0]}.{type(got).__name__}: int(...) converts it)."
+    return "."
 
 
 def _numel(tree: Any) -> int:
@@ -619,6 +630,21 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
         expect(sum(sizes) == len(frame) and together == Counter(frame["Text"]),
                f"On {what} the three parts should hold every row exactly once; their sizes are {sizes} for "
                f"{len(frame)} rows.")
+        rows_right = sizes == want_sizes and all(list(g["Text"]) == list(w["Text"]) for g, w in zip(parts, want))
+        if not kwargs and not rows_right:   # the defaults: an answer right with them spelled out has other defaults
+            spelled = attempt(f"random_split on {what}, with train_frac=0.7, validation_frac=0.1, seed=123 given", fn,
+                              frame.copy(), train_frac=0.7, validation_frac=0.1, seed=123)
+            expect(not (isinstance(spelled, (tuple, list)) and len(spelled) == 3
+                        and all(hasattr(p, "columns") and "Text" in p.columns for p in spelled)
+                        and all(list(g["Text"]) == list(w["Text"]) for g, w in zip(spelled, want))),
+                   f"random_split(df) with its defaults should cut as random_split(df, train_frac=0.7, "
+                   "validation_frac=0.1, seed=123) does, and yours does only when they are given: keep those defaults "
+                   "in the signature (the fractions' and the seed argument's), random_split(df, train_frac=0.7, "
+                   "validation_frac=0.1, seed=123).")
+        expect(not (sizes != want_sizes and sorted(sizes) == sorted(want_sizes)
+                    and Counter(t for p in parts[1:] for t in p["Text"]) == Counter(t for p in want[1:] for t in p["Text"])),
+               f"On {what} the sizes should be {want_sizes}, got {sizes}: return the parts in the order "
+               "(train, validation, test).")
         expect(sizes == want_sizes, f"On {what} the sizes should be {want_sizes}, got {sizes}: cut at "
                                     "int(len(df) * train_frac), then int(len(df) * validation_frac) more rows, using "
                                     "the function's arguments.")
@@ -767,27 +793,31 @@ def check_lora_layer(cls: type) -> None:
 
 
 def _expect_lora_gradients(lora: nn.Module, out: torch.Tensor, x: torch.Tensor, s: float, case: str,
-                           frozen: nn.Module | None = None) -> None:
+                           frozen: nn.Module | None = None, owner: str = "self") -> None:
     """Backpropagate a fixed upstream gradient through ``out`` and compare A's and B's gradients with
     autograd on the formula s · x Aᵀ Bᵀ: a forward that reads A.data or B.data, detaches, or runs
-    under torch.no_grad() computes the right output, yet LoRA would never train."""
+    under torch.no_grad() computes the right output, yet LoRA would never train. ``owner`` is where the learner's
+    forward finds A and B ("self" in a LoRALayer, "self.lora" in a LinearWithLoRA), for the messages."""
     A, B = lora.A, lora.B
     A.grad = B.grad = None
     upstream = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+    path = "" if owner == "self" else f" (through {owner}(x))"
     expect(out.requires_grad, f"{case}: the output does not depend on A and B for autograd (no gradient can flow "
-                              "back): use self.A and self.B themselves in forward, not .data, .detach() or "
-                              "torch.no_grad().")
+                              f"back): use {owner}.A and {owner}.B themselves in forward{path}, not .data, .detach() "
+                              "or torch.no_grad().")
     out.backward(upstream)
     a_ref = A.detach().clone().requires_grad_(True)
     b_ref = B.detach().clone().requires_grad_(True)
     (s * (x.detach() @ a_ref.T @ b_ref.T)).backward(upstream)
     for name, param, ref in (("A", A, a_ref), ("B", B, b_ref)):
         expect(param.grad is not None, f"{case}: after backward, {name} has no gradient: the forward pass must use "
-                                       f"self.{name} itself (not self.{name}.data, .detach() or torch.no_grad()), "
+                                       f"{owner}.{name} itself (not {owner}.{name}.data, .detach() or torch.no_grad()), "
                                        "or LoRA never trains.")
         expect(close(param.grad, ref.grad, atol=1e-4), f"{case}: {name}'s gradient differs from autograd's on "
-                                                       f"(alpha / rank) · x Aᵀ Bᵀ: compute the output from self.A and "
-                                                       "self.B so that gradients flow through both.")
+                                                       f"(alpha / rank) · x Aᵀ Bᵀ: compute the output from {owner}.A and "
+                                                       f"{owner}.B with ordinary tensor operations (no hand-written "
+                                                       "backward, .data or .detach()), so that autograd's gradients "
+                                                       "flow through both.")
     if frozen is not None:
         stray = [n for n, p in frozen.named_parameters() if p.grad is not None and torch.count_nonzero(p.grad) > 0]
         expect(not stray, f"{case}: the frozen layer's {stray} received gradients: freeze its parameters.")
@@ -852,6 +882,10 @@ def check_linear_with_lora(cls: type) -> None:
            f"LoRALayer(10, 6, 2, 3) with A (2, 10) and B (6, 2); yours has A {tuple(wrapped.lora.A.shape)} and B "
            f"{tuple(wrapped.lora.B.shape)}.")
     expect(close(wrapped(x), linear(x)), "At initialisation (B = 0) the wrapped layer must equal the original one.")
+    own = getattr(wrapped, "linear", linear)
+    expect(own is linear, f"self.linear is {'a copy of' if isinstance(own, nn.Linear) else 'another object than'} the "
+                          "nn.Linear that was passed in: keep that layer itself (self.linear = linear) and freeze it; "
+                          "notebook 05 wraps the model's own layers, which must be the ones frozen.")
     expect(not linear.weight.requires_grad, "The wrapped nn.Linear's weight should be frozen (requires_grad False).")
     expect(not linear.bias.requires_grad, "The wrapped nn.Linear's bias should be frozen too: freeze every "
                                           "parameter of the linear layer (self.linear.parameters()), not only its weight.")
@@ -884,7 +918,7 @@ def check_linear_with_lora(cls: type) -> None:
     expect(not close(unmerged, linear(x)), "After B changes, the output should change: add self.lora(x).")
     expect(close(unmerged, want, atol=1e-4), "forward(x) should be linear(x) + lora(x), with lora's scaling alpha / rank.")
     _expect_lora_gradients(wrapped.lora, unmerged, x, s, "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)",
-                           frozen=linear)
+                           frozen=linear, owner="self.lora")
     _expect_input_gradient(wrapped, lambda v: v @ (w0 + delta).T + b0, x,
                            "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)")
     expect(close(wrapped(x3), x3 @ (w0 + delta).T + b0, atol=1e-4),
@@ -905,7 +939,9 @@ def check_linear_with_lora(cls: type) -> None:
         raise CheckFailed("merge() subtracted the update: add (alpha / rank) * B @ A to the weight.")
     expect(close(merged_w, w0 + delta, atol=1e-4), "merge() should add (alpha / rank) * B @ A to the weight.")
     expect(close(wrapped(x), want, atol=1e-4), "After merge() the output should not change: while merged, forward "
-                                               "must not add the LoRA path a second time (keep a `merged` flag).")
+                                               "must not add the LoRA path a second time (merge() sets a `merged` "
+                                               "flag, self.merged = True, and forward returns self.linear(x) alone "
+                                               "while it is set).")
     expect(wrapped.linear.weight is linear.weight and not linear.weight.requires_grad,
            "merge() made the weight trainable again (or replaced it): update it in place "
            "(weight += ..., or weight.data) instead of assigning a new nn.Parameter.")
@@ -924,7 +960,8 @@ def check_linear_with_lora(cls: type) -> None:
            "After merge() and unmerge() A and B no longer train (requires_grad False): the layer is back to training "
            "with LoRA, so leave A and B trainable (or, if merge() froze them, let unmerge() switch them back on).")
     expect(close(wrapped(x), want, atol=1e-4), "After unmerge() the output should be the unmerged one again: "
-                                               "forward must add the LoRA path again.")
+                                               "forward must add the LoRA path again (unmerge() sets self.merged back "
+                                               "to False).")
     attempt("unmerge() a second time", wrapped.unmerge, draws=False, hint=merge_hint)
     expect(close(linear.weight, w0, atol=1e-5), "Calling unmerge() twice subtracted the update twice: "
                                                 "unmerge only when the layer is merged.")
@@ -1045,6 +1082,12 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
                              "over each module's direct children (module.named_children()) and recurse into the "
                              "containers yourself; named_modules() already yields every depth, with dotted names, "
                              "so on top of the recursion it reaches layers again.")
+    undotted = [n for n in names if "." in n]
+    expect(not (undotted and all(isinstance(n, str) for n in replaced) and sorted(replaced) != sorted(names)
+                and sorted(n.replace(".", "") for n in replaced) == sorted(n.replace(".", "") for n in names)),
+           f"The returned names should be the full dotted names of the layers you wrapped; yours lack their dots: "
+           f"{sorted(replaced)[:2]} for {sorted(names)[:2]}: join the parts with a dot (pass prefix + child name + "
+           "'.' as the prefix of the recursive call).")
     expect(sorted(replaced) == sorted(names),
            f"The returned names should be the full dotted names of the layers you wrapped, e.g. {names[0]!r}; "
            f"got {sorted(replaced)[:2]}: build each name as prefix + child name, and add the names your "
@@ -1210,7 +1253,9 @@ def check_lora_grads(fn: Callable) -> None:
             raise CheckFailed("dA and dB come back in the wrong order: return (dA, dB).")
         expect(tuple(dA.shape) == tuple(A.shape) and tuple(dB.shape) == tuple(B.shape),
                f"{case}: dA must have A's shape {tuple(A.shape)} and dB B's shape {tuple(B.shape)}; got "
-               f"{tuple(dA.shape)} and {tuple(dB.shape)}. Check which factors are transposed.")
+               f"{tuple(dA.shape)} and {tuple(dB.shape)}. Write y = s · h Bᵀ with h = x Aᵀ and apply the chain rule "
+               "one product at a time: check which factors are transposed, and that none is missing (dB goes "
+               "through h = x Aᵀ, dA through B).")
         for name, got, want in (("dB", dB, B.grad), ("dA", dA, A.grad)):
             if close(got, want, atol=1e-10):
                 continue
@@ -1220,6 +1265,12 @@ def check_lora_grads(fn: Callable) -> None:
                 raise CheckFailed(f"{case}: {name} has the factor s twice.")
             if close(got, want / n, atol=1e-10):
                 raise CheckFailed(f"{case}: {name} is divided by the batch size; the gradient sums over the rows of x.")
+            summed = (s * torch.ones_like(g).T @ (x @ A.detach().T) if name == "dB"
+                      else s * (torch.ones_like(g) @ B.detach()).T @ x)
+            if close(got, summed, atol=1e-10):
+                raise CheckFailed(f"{case}: {name} differs from autograd's: it is the gradient of y.sum(), not the one "
+                                  "the upstream gradient g gives: use g, the gradient of the loss with respect to y "
+                                  "(with autograd, y.backward(g)).")
             raise CheckFailed(f"{case}: {name} differs from autograd's. Write y = s · h Bᵀ with h = x Aᵀ and "
                               f"apply the chain rule one product at a time.")
         again = attempt(f"lora_grads a second time on the same tensors ({case})", fn, given[0], given[1], given[2], s,
@@ -1424,7 +1475,8 @@ def _variant_loop(kind: str) -> Callable:
     ``train_loader_loss``, ``train_loader_acc`` (the training set's losses and accuracies, its losses,
     or its accuracies evaluated on the shuffled train_loader instead of train_eval_loader), ``loss_by_examples``
     (the evaluation losses averaged over examples, not over batches as calc_loss_loader does) or
-    ``acc_by_batches`` (the accuracies averaged over batches, not over examples as calc_accuracy_loader does)."""
+    ``acc_by_batches`` (the accuracies averaged over batches, not over examples as calc_accuracy_loader does), or
+    ``no_zero_grad`` (gradients never zeroed, so they add up across batches)."""
     from .dataloaders import sequential_loader
     from .training import calc_accuracy_loader, calc_loss_batch, calc_loss_loader, classifier_logits
 
@@ -1461,7 +1513,8 @@ def _variant_loop(kind: str) -> Callable:
         for _ in range(num_epochs):
             model.train()
             for xb, yb in train_loader:
-                optimizer.zero_grad()
+                if kind != "no_zero_grad":
+                    optimizer.zero_grad()
                 if kind == "last_position":
                     loss = nn.functional.cross_entropy(model(xb.to(device))[:, -1, :], yb.to(device))
                 else:
@@ -1580,12 +1633,20 @@ def check_training_loop(fn: Callable, make_setup: Callable | None = None) -> Non
                     raise CheckFailed(f"With {what}: your training loss never changes: call optimizer.step() after "
                                       "loss.backward() on every batch.")
                 if first_bad == 0:
-                    raise CheckFailed(f"With {what}: the first training loss differs: evaluate after the step (step 0), "
-                                      f"on eval_iter batches of train_eval_loader with calc_loss_loader; expected "
-                                      f"{r_tl[0]:.5f}, got {tl[0]:.5f}.")
+                    raise CheckFailed(f"With {what}: the first training loss differs (expected {r_tl[0]:.5f}, got "
+                                      f"{tl[0]:.5f}): evaluate after the step (step 0), on eval_iter batches of "
+                                      "train_eval_loader with calc_loss_loader, and check that first step itself "
+                                      "(optimizer.zero_grad(), calc_loss_batch, loss.backward(), optimizer.step(), "
+                                      "nothing else).")
+                if _name_variant(tl, case, 0, {"no_zero_grad": "zero_grad"}):
+                    raise CheckFailed(f"With {what}: the training losses agree at first and then drift (evaluation "
+                                      f"{first_bad}), as without optimizer.zero_grad(): call optimizer.zero_grad() on "
+                                      "every step, so gradients do not add up across batches, then loss.backward() "
+                                      "and optimizer.step().")
                 raise CheckFailed(f"With {what}: the training losses agree at first and then drift (evaluation "
-                                  f"{first_bad}): call optimizer.zero_grad() on every step, so gradients do not add up "
-                                  "across batches, then loss.backward() and optimizer.step().")
+                                  f"{first_bad}): on every batch call optimizer.zero_grad(), compute the loss with "
+                                  "calc_loss_batch, then loss.backward() and optimizer.step(), nothing else between "
+                                  "them; evaluate with calc_loss_loader on train_eval_loader.")
             raise CheckFailed(f"With {what}: the losses match without dropout but not with it: compute the evaluation "
                               "losses in model.eval() mode and go back to model.train() after them, and take the "
                               "accuracies with calc_accuracy_loader (it evaluates in eval mode): an accuracy pass in "
@@ -1932,6 +1993,9 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
         expect([mod.training for mod in m.modules()] == modes,
                f"count_trainable on {what} changed the model's training mode (model.eval() or .train()): counting "
                "reads requires_grad and changes nothing.")
+        expect(_is_int(got_count) or got_count != want_count,
+               f"count_trainable on {what} returned {got_count!r}, of type {type(got_count).__name__}: the count is "
+               "right, return it as a plain int (no float(), .item() of a float tensor, or NumPy number).")
         expect(_is_int(got_count) and got_count == want_count,
                f"count_trainable on {what} should be {want_count:,}, got {got_count!r}: sum p.numel() over the "
                "parameters with requires_grad.")
