@@ -261,7 +261,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "03-num-batches": tuple(f"num_batches for {what}{_PER_CALL}" for what in (
         "no example (drop_last=False)", "no example (drop_last=True)", "a single example", "one full batch",
         "one full batch (drop_last=True)", "one full batch and one more example (drop_last=True)",
-        "fewer examples than a batch (drop_last=True)", "a size that is not a multiple (drop_last=False)",
+        "fewer examples than a batch (drop_last=True)", "a thousand-odd examples (drop_last=False)",
         "the same size (drop_last=True)", *(f"random case {i}" for i in range(1, 7)))) + (_TORCH_RNG, _HOST_RNG),
     "04-linear-with-lora": (
         "the output at initialisation equal to the layer's", "the wrapped layer's requires_grad (weight, bias)",
@@ -276,7 +276,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "a second layer ([its output while the first is merged, its weight's change after its own merge()])",
         _HOST_RNG),
     "05-replace": (
-        "the names the first call returns", "the layers the first call wraps",
+        "the names the first call returns", "the layers wrapped in that model after a second call",
         "the names a second call on the same model returns", "each call with target_modules or exclude "
         "([the names returned, the layers wrapped])", "layers wrapped twice", "out_head's type",
         "head.out_head's type", "A's shape in a wrapped layer", "a wrapped layer's scaling",
@@ -287,7 +287,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "each container's children, in their order", _HOST_RNG),
     "06-freeze": (
         "requires_grad after freeze_model twice", "requires_grad after unfreeze of a sub-module",
-        "requires_grad after freeze_model of a Linear twice", "requires_grad after unfreeze four levels deep",
+        "requires_grad after unfreeze of that sub-module again and freeze_model of a Linear twice", "requires_grad after unfreeze four levels deep",
         "requires_grad after unfreezing a LayerNorm and a Linear", "requires_grad in a random model frozen and "
         "partly unfrozen", "[the global random generator, the training mode, the eval mode] left as they were",
         _HOST_RNG),
@@ -326,7 +326,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
                         "untouched?])" for i in range(1, 6)) + (
         "[the loss on a teacher buffer, the loss on that buffer refilled]", _HOST_RNG),
     "09-lora-config": tuple(f"the count with {what} frozen ([a plain int?, the count])" for what in (
-        "nothing", "[0]", "[0, 1]", "[2]", "everything")) + (
+        "nothing", "the first layer", "the first two layers", "the last layer", "every layer")) + (
         "the count on a model with a tied weight ([a plain int?, the count])",
         "the count on the peft model ([a plain int?, the count])", "the trainable parameters", "the LoRA layers",
         "the random generator and the train/eval modes untouched", "the LoRA and base weights' sums", _HOST_RNG),
