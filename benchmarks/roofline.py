@@ -15,7 +15,9 @@ by round (so a machine slowing down affects them all alike):
   PyTorch's bf16 kernel, and ``fast_fp32_attention`` with attention on fp32 copies of the bf16 queries,
   keys and values in PyTorch's fp32 kernel while it records gradients; ``fast_whole`` is ``fast`` with the
   model run at every position and the logits picked after (``fast`` asks the model for the last real
-  tokens only, ``read_at``, so its last block skips the other positions);
+  tokens only, ``read_at``, so its last block skips the other positions); ``fast_unfolded`` is ``fast`` with
+  its evaluation through the rank-wide LoRA path (``fast`` folds B·A into the weights when nothing records
+  gradients);
 * the GEMM chain a step cannot avoid: per block the q, k, v, out, ff1 and ff2 forward GEMMs and their
   input-gradient GEMMs backward (the frozen weights need no weight gradient), in the compute dtype, for
   every position (``chain``) and with the last block's q, out, ff1 and ff2 at the one position per row a
@@ -51,7 +53,7 @@ from _peak import timed
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
 from course_lib.lora import LinearWithLoRA
-from course_lib.lora_fast import fast_lora
+from course_lib.lora_fast import _LoRAGroup, fast_lora
 from course_lib.model import GPTModel, LayerNorm, MultiHeadAttention
 from course_lib.precision import autocast, bf16_supported, fast_training, frozen_weights_as
 from course_lib.sms import prepare_sms_splits
@@ -153,7 +155,8 @@ def loss_of(build_name: str):
 
 
 def make_step(model, precision, device, batch, build_name):
-    if build_name in ("fast", "fast_whole", "fast_bf16_attention", "fast_fp32_attention"):  # as `course experiment`
+    if build_name in ("fast", "fast_unfolded", "fast_whole", "fast_bf16_attention",
+                      "fast_fp32_attention"):  # as `course experiment`
         optimizer = make_adamw(model, lr=1e-5, weight_decay=0.1)
     else:  # the loop over parameters torch.optim.AdamW runs by default on a CPU
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, weight_decay=0.1)
@@ -172,10 +175,15 @@ def make_step(model, precision, device, batch, build_name):
 def make_eval(model, precision, device, batch, build_name):
     x, y = batch
     loss_fn = loss_of(build_name)
+    fold = build_name != "fast_unfolded"   # that build evaluates with the rank-wide LoRA path, as training runs it
 
     def run() -> None:
-        with torch.no_grad(), autocast(precision, device):
-            loss_fn(x, y, model, device)
+        _LoRAGroup.fold_in_evaluation = fold
+        try:
+            with torch.no_grad(), autocast(precision, device):
+                loss_fn(x, y, model, device)
+        finally:
+            _LoRAGroup.fold_in_evaluation = True
     return run
 
 

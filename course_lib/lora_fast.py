@@ -81,6 +81,8 @@ class _GroupedLoRALinear(torch.autograd.Function):
 class _LoRAGroup:
     """LoRA-wrapped Linear layers that read one input, computed as one :class:`_GroupedLoRALinear`."""
 
+    fold_in_evaluation = True   # without autograd, LoRA folded into the weights (benchmarks/roofline.py turns it off)
+
     def __init__(self, layers: list[LinearWithLoRA]) -> None:
         self.layers = layers
         # (key, weight, bias): the frozen weights side by side, or with LoRA folded in (evaluation). One slot,
@@ -121,7 +123,7 @@ class _LoRAGroup:
         return torch.addmm(layer.linear.weight.float(), lora.B.float(), lora.A.float(), alpha=lora.scaling)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():   # evaluation: one GEMM per group, LoRA folded into its weights
+        if self.fold_in_evaluation and not torch.is_grad_enabled():   # evaluation: one GEMM per group, LoRA folded in
             weight, bias = self.frozen(_compute_dtype(x), folded=True)
             x2 = x.reshape(-1, x.shape[-1]).to(weight.dtype)
             y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
