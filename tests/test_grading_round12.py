@@ -242,3 +242,27 @@ def test_right_answers_written_in_honest_ways_get_full_marks_and_no_flag(graded)
     assert {e: r for (s, e), r in rows.items() if s == "bob"} == \
         {"03-balance": "passed", "03-num-batches": "passed", "03-split": "passed"}, rows
     assert not [k for k in flags if k[0] == "bob"], flags
+
+
+@pytest.mark.parametrize("value, borrowed", [
+    ('LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"])  # not course_lib\'s', False),
+    ('importlib.import_module("course_lib.peft_tuning").SEED_LORA', True),
+    ('sys.modules["course_lib"].SEED_LORA', True),
+    ("peft_tuning.SEED_LORA", True),                     # a name imported from course_lib
+    ("settings.course_lib_lora", True),
+    ("LoraConfig(**dict(course_lib_defaults=1))", True),
+    ('f"{x:course_lib}"', True),
+])
+def test_a_graded_value_is_judged_without_printing_it_back(monkeypatch, value, borrowed):
+    """09's ``lora_config`` is a value: an assignment that uses course_lib is not the student's own. The check printed
+    every such value back with ``ast.unparse`` to look for "course_lib" in it: 100 cells assigning a list of 99,000
+    numbers (20 MB) cost 75 s outside every time limit. The same verdicts now come from one walk of the value."""
+    import ast
+
+    printed = []
+    real = ast.unparse
+    monkeypatch.setattr(ast, "unparse", lambda node: printed.append(node) or real(node))
+    nb = _notebook("from course_lib import peft_tuning\n", f"lora_config = {value}\n")
+    verdict = ownership.own_definitions(nb, {"lora_config": True})["lora_config"]
+    assert (verdict is not None) == borrowed, verdict
+    assert printed == []
