@@ -693,7 +693,8 @@ def _uniform_kaiming(A: torch.Tensor, in_dim: int, what: str) -> None:
     bound = in_dim ** -0.5  # kaiming_uniform_ with a = sqrt(5): U(-1/sqrt(in_dim), 1/sqrt(in_dim))
     a = A.detach().double()
     expect(torch.count_nonzero(a) == a.numel(), f"{what}: A should be random, not zero: with B = 0 as well, "
-                                                "neither would ever get a gradient.")
+                                                "neither would ever get a nonzero gradient (B's gradient is a product "
+                                                "with A, A's with B), so LoRA would never move.")
     spread = a.abs().max().item() / bound
     std = a.std().item() / bound
     expect(spread <= 1 + 1e-6 and spread > 0.8 and 0.4 < std < 0.75,

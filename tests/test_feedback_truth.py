@@ -131,6 +131,19 @@ def test_a_hand_written_backward_is_not_told_to_read_a_and_b():
     assert "A's gradient differs" in text and "hand-written backward" in text
 
 
+def test_a_zero_a_is_told_its_gradients_are_zero_not_missing():
+    class Layer(LoRALayer):
+        def __init__(self, in_dim, out_dim, rank, alpha):
+            super().__init__(in_dim, out_dim, rank, alpha)
+            with torch.no_grad():
+                self.A.zero_()
+    text = message(checks.check_lora_layer, Layer)
+    layer = Layer(8, 3, 2, 4)
+    layer(torch.randn(5, 8)).sum().backward()   # what the message says: gradients there, and zero
+    assert layer.A.grad is not None and not layer.A.grad.any() and not layer.B.grad.any()
+    assert "random, not zero" in text and "nonzero gradient" in text
+
+
 # --------------------------------------------------------------------------- 06 · lora_grads
 def test_db_through_x_is_told_what_db_goes_through():
     def lora_grads(x, A, B, s, g):
