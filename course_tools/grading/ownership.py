@@ -4,8 +4,6 @@ sandbox covers, and the flags for the instructor when a definition matches the c
 from __future__ import annotations
 
 import ast
-import contextlib
-import gc
 import itertools
 import importlib.util
 import os
@@ -13,22 +11,7 @@ import time
 
 import nbformat
 
-from .probe import MAX_CELL_SOURCE, parse_cell
-
-
-@contextlib.contextmanager
-def _collector_paused():
-    """Python's cycle collector paused while a cell's syntax tree is built: a tree holds no cycles, so the collections
-    its thousands of nodes trigger free nothing, and they took most of the parse (a cell of 200 kB of small
-    definitions: 0.45 s of CPU with the collector, 0.11 s without; 20 MB of them, 101 s and 33 s for the ownership
-    check on the loaded 2-core machine). Put back as it was, whatever happens."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
+from .probe import MAX_CELL_SOURCE, collector_paused, parse_cell
 
 
 def _statements(body: list[ast.stmt]):
@@ -58,7 +41,7 @@ def own_definitions(nb: nbformat.NotebookNode, names: dict[str, bool]) -> dict[s
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
-        with _collector_paused():
+        with collector_paused():
             tree = parse_cell(cell.source)
         if tree is None:
             continue
@@ -214,7 +197,7 @@ def _decoded_blobs(source: str, budget: list[int], deadline: float = float("inf"
         if late is not None:
             late[0] = True
         return
-    with _collector_paused():
+    with collector_paused():
         tree = parse_cell(source)
     if tree is None:
         return
@@ -324,7 +307,7 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
     for text, parse in texts:   # each text compared as it is decoded, then dropped
         if len(flagged) == len(references) or out_of_time:
             break
-        with _collector_paused():
+        with collector_paused():
             tree = parse(text)
         # every definition, nested too: a copy inside `if True:`, `try:`, a class or a wrapper def runs in the probe
         # as one at the top level does (the probe runs those blocks), so it is compared as well

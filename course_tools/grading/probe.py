@@ -10,6 +10,8 @@ reference is not there to be reached. The grader validates the reply as untruste
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import json
 import math
 import re
@@ -203,6 +205,22 @@ DEFINING = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, a
             ast.AnnAssign, ast.AugAssign, ast.If, ast.Try, ast.With, ast.Global)
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cycle collector paused while a cell's syntax tree is built: a tree holds no cycles, so the collections
+    its thousands of nodes trigger free nothing, and they took most of the parse (a cell of 200 kB of small
+    definitions: 0.45 s of CPU with the collector, 0.11 s without; 20 MB of them, 101 s and 33 s for the ownership
+    check on the loaded 2-core machine; 4 MB through :func:`definitions`, 11.9 s and 9.4 s). Put back as it
+    was, whatever happens."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def definitions(sources: list[str]) -> list[str]:
     """The top-level statements of ``sources`` that can define names, in the order they ran:
     imports, functions, classes, assignments and the ``if``/``try``/``with`` blocks around them.
@@ -211,16 +229,17 @@ def definitions(sources: list[str]) -> list[str]:
     nested to be written back out (``ast.unparse`` recurses) is left out on its own: what it defines is
     then missing from the probe, and the hidden test says which name it could not find."""
     out: list[str] = []
-    for source in sources:
-        tree = parse_cell(source)
-        if tree is None:
-            continue
-        for node in tree.body:
-            if isinstance(node, DEFINING):
-                try:
-                    out.append(ast.unparse(node))
-                except (RecursionError, MemoryError, ValueError):
-                    continue
+    with collector_paused():
+        for source in sources:
+            tree = parse_cell(source)
+            if tree is None:
+                continue
+            for node in tree.body:
+                if isinstance(node, DEFINING):
+                    try:
+                        out.append(ast.unparse(node))
+                    except (RecursionError, MemoryError, ValueError):
+                        continue
     return out
 
 
