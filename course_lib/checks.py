@@ -637,7 +637,7 @@ def check_split(fn: Callable, df, reference: Callable) -> None:
             expect(not (isinstance(spelled, (tuple, list)) and len(spelled) == 3
                         and all(hasattr(p, "columns") and "Text" in p.columns for p in spelled)
                         and all(list(g["Text"]) == list(w["Text"]) for g, w in zip(spelled, want))),
-                   f"random_split(df) with its defaults should cut as random_split(df, train_frac=0.7, "
+                   "random_split(df) with its defaults should cut as random_split(df, train_frac=0.7, "
                    "validation_frac=0.1, seed=123) does, and yours does only when they are given: keep those defaults "
                    "in the signature (the fractions' and the seed argument's), random_split(df, train_frac=0.7, "
                    "validation_frac=0.1, seed=123).")
