@@ -53,7 +53,7 @@ from _peak import timed
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
 from course_lib.lora import LinearWithLoRA
-from course_lib.lora_fast import _LoRAGroup, fast_lora
+from course_lib.lora_fast import _LoRAGroup, fast_groups, fast_lora
 from course_lib.model import GPTModel, LayerNorm, MultiHeadAttention
 from course_lib.precision import autocast, bf16_supported, fast_training, frozen_weights_as
 from course_lib.sms import prepare_sms_splits
@@ -190,8 +190,7 @@ def make_eval(model, precision, device, batch, build_name):
 def make_fold(model: nn.Module, precision: str, device: torch.device):
     """What the fast build's evaluation does once per pass (and again after any training step): every LoRA group's
     frozen weights with B·A folded in, made afresh."""
-    groups = [bound.args[1] for m in model.modules() for name in ("project", "forward")
-              if (bound := m.__dict__.get(name)) is not None]
+    groups = fast_groups(model)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     def fold() -> None:

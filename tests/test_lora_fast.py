@@ -8,7 +8,7 @@ from course_lib import lora_fast
 from course_lib.classifier import add_classification_head
 from course_lib.config import get_config
 from course_lib.lora import LinearWithLoRA, lora_layers, merge_lora, replace_linear_with_lora
-from course_lib.lora_fast import fast_lora
+from course_lib.lora_fast import fast_groups, fast_lora
 from course_lib.model import GPTModel
 from course_lib.precision import bf16_supported, frozen_weights_as
 from course_lib.strategies import configure_trainable
@@ -122,17 +122,6 @@ def test_a_changed_frozen_weight_is_seen_by_the_fast_path():
         assert torch.allclose(fast, model(ids), atol=1e-5)
 
 
-def _groups(model):
-    """The fast path's groups inside a ``fast_lora`` block (the partials it installed)."""
-    found = []
-    for module in model.modules():
-        for name in ("project", "forward"):
-            bound = module.__dict__.get(name)
-            if bound is not None:
-                found.append(bound.args[1])
-    return found
-
-
 def test_evaluation_folds_lora_into_the_weights_and_matches_the_written_layers_to_1e5(monkeypatch):
     model = lora_classifier(seed=5).eval()
     ids = torch.randint(0, 1000, (3, 11))
@@ -146,7 +135,7 @@ def test_evaluation_folds_lora_into_the_weights_and_matches_the_written_layers_t
                         lambda self, x: rank_wide.append(1) or forward(self, x))
     with torch.no_grad(), fast_lora(model):
         folded = model(ids)
-        groups = _groups(model)
+        groups = fast_groups(model)
         assert len(groups) == 4 * model.cfg["n_layers"] and all(g._stacked[0][1] for g in groups)  # folded copies
     assert not grouped and not rank_wide   # no rank-wide product ran: LoRA was inside the weights
     assert (folded - expected).abs().max() <= 1e-5 * expected.abs().max()
@@ -164,7 +153,7 @@ def test_folded_weights_follow_training_steps_and_training_drops_them():
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(ids)[:, -1], labels).backward()
             optimizer.step()
-            assert not any(g._stacked[0][1] for g in _groups(model))   # training put the frozen weights back
+            assert not any(g._stacked[0][1] for g in fast_groups(model))   # training put the frozen weights back
         with torch.no_grad():
             seen.append(model(ids))
     assert not torch.allclose(seen[0], seen[-1])   # the steps changed A and B, and evaluation saw it
