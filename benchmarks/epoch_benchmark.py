@@ -10,9 +10,11 @@ projects the epoch and a 5-epoch run (with train_classifier's evaluations), and 
 memory in a fresh process. Each model is held as train_classifier holds it (``fast_training``): in bf16
 frozen Linear weights in bf16, ours and peft's alike, and our LoRA layers through the grouped fast path
 (peft's layers are not ours, so they run as peft writes them); both use the fused AdamW of
-``make_adamw``. All ratios come from this one run.
+``make_adamw``. All ratios come from this one run. ``--bare`` adds the same step with no LoRA at all (every
+block frozen, the position embedding trained so that the backward still computes every block's input
+gradient): what neither LoRA path can go below, hence the best ours / peft any LoRA path could reach here.
 
-    python benchmarks/epoch_benchmark.py [--steps 8] [--device cuda] [--threads 1 --clock cpu]
+    python benchmarks/epoch_benchmark.py [--steps 8] [--device cuda] [--threads 1 --clock cpu] [--bare]
 
 ``--clock cpu`` (with ``--threads 1``) times the CPU time of the one thread that computes, which other
 processes on a loaded machine change far less than the wall clock (the projected minutes then assume
@@ -73,6 +75,11 @@ def build(kind: str, device: torch.device) -> torch.nn.Module:
     add_classification_head(model, 2)
     if kind == "ours":
         configure_trainable(model, "lora", rank=RANK, alpha=ALPHA)
+    elif kind == "bare":  # no LoRA at all, the same backward: the step no LoRA path can beat on this model
+        for p in model.parameters():
+            p.requires_grad_(False)
+        unfreeze(model.out_head)
+        model.pos_emb.weight.requires_grad_(True)  # its gradient needs every block's input gradient, as LoRA's does
     else:  # peft's LoRA on exactly the Linear layers ours wraps
         import peft
 
@@ -146,6 +153,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed training steps per variant")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-peft", action="store_true")
+    parser.add_argument("--bare", action="store_true",
+                        help="also time the same step with no LoRA at all (the position embedding trained instead, so "
+                             "the backward still reaches every block): the floor of ours / peft")
     parser.add_argument("--batchings", default="fixed120,per_batch,bucketed",
                         help="comma-separated subset (bucketed is what training uses)")
     parser.add_argument("--no-memory", action="store_true")
@@ -175,6 +185,8 @@ def main() -> None:
     variants = [f"ours:{b}:{p}" for b in batchings for p in precisions]
     if not args.no_peft:
         variants += [f"peft:bucketed:{p}" for p in precisions]
+    if args.bare:
+        variants += [f"bare:bucketed:{p}" for p in precisions]
     epochs = {b: epoch_batches(ds, b) for b in batchings}
     tokens = {b: sum(x.numel() for x, _ in epochs[b]) for b in batchings}
     eval_batches = list(sequential_loader(make_loader(ds, BATCH, "bucketed", seed=SEED)))
@@ -210,6 +222,8 @@ def main() -> None:
         eval_epoch = statistics.mean(times[f"eval:{precision}"]) * EVAL_BATCHES_PER_EPOCH
         five = EPOCHS * (epoch + eval_epoch) / 60
         rows[v] = (step, epoch, five)
+        if kind == "bare":
+            kind = "no"
         mem = f"{memory[v] / 2**20:,.0f}" if v in memory else "-"
         print(f"| {kind} LoRA, {batching}, {precision} | {tokens[batching]:,} | {tokens[batching] / real:.2f} | "
               f"{step:.3f} | {epoch:.0f} | {five:.1f} | {mem} |")
@@ -232,6 +246,15 @@ def main() -> None:
             per_round = sorted(a / b for a, b in zip(times[f"ours:bucketed:{p}"], times[f"peft:bucketed:{p}"]))
             print(f"| step time, ours / peft (bucketed, {p}), median of the {len(per_round)} same-batch rounds "
                   f"(min-max) | {statistics.median(per_round):.3f} ({per_round[0]:.2f}-{per_round[-1]:.2f}) | <= 0.9 |")
+    if args.bare and not args.no_peft:
+        for p in precisions:  # what no LoRA path could improve on: the rest of the step, which peft's runs too
+            per_round = sorted(a / b for a, b in zip(times[f"bare:bucketed:{p}"], times[f"peft:bucketed:{p}"]))
+            print(f"| step time, no LoRA at all / peft (bucketed, {p}): the floor of ours / peft, median of the "
+                  f"{len(per_round)} same-batch rounds (min-max) | {statistics.median(per_round):.3f} "
+                  f"({per_round[0]:.2f}-{per_round[-1]:.2f}) | |")
+            per_round = sorted(a / b for a, b in zip(times[f"ours:bucketed:{p}"], times[f"bare:bucketed:{p}"]))
+            print(f"| step time, ours / no LoRA at all (bucketed, {p}): what our LoRA path adds, median (min-max) | "
+                  f"{statistics.median(per_round):.3f} ({per_round[0]:.2f}-{per_round[-1]:.2f}) | |")
     print(f"| 5-epoch LoRA run, fastest ({best.split(':', 1)[1]}), projected min | {rows[best][2]:.1f} | <= 8 |")
     if "fixed120" in batchings:
         print(f"| 5-epoch LoRA run, fixed-120 fp32 (before), projected min | {rows['ours:fixed120:fp32'][2]:.1f} | |")
