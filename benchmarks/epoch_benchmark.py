@@ -222,10 +222,8 @@ def main() -> None:
         eval_epoch = statistics.mean(times[f"eval:{precision}"]) * EVAL_BATCHES_PER_EPOCH
         five = EPOCHS * (epoch + eval_epoch) / 60
         rows[v] = (step, epoch, five)
-        if kind == "bare":
-            kind = "no"
         mem = f"{memory[v] / 2**20:,.0f}" if v in memory else "-"
-        print(f"| {kind} LoRA, {batching}, {precision} | {tokens[batching]:,} | {tokens[batching] / real:.2f} | "
+        print(f"| {'no' if kind == 'bare' else kind} LoRA, {batching}, {precision} | {tokens[batching]:,} | {tokens[batching] / real:.2f} | "
               f"{step:.3f} | {epoch:.0f} | {five:.1f} | {mem} |")
 
     best = min((v for v in variants if v.startswith("ours")), key=lambda v: rows[v][2])
@@ -246,15 +244,15 @@ def main() -> None:
             per_round = sorted(a / b for a, b in zip(times[f"ours:bucketed:{p}"], times[f"peft:bucketed:{p}"]))
             print(f"| step time, ours / peft (bucketed, {p}), median of the {len(per_round)} same-batch rounds "
                   f"(min-max) | {statistics.median(per_round):.3f} ({per_round[0]:.2f}-{per_round[-1]:.2f}) | <= 0.9 |")
-    if args.bare and not args.no_peft:
-        for p in precisions:  # what no LoRA path could improve on: the rest of the step, which peft's runs too
+    for p in precisions if args.bare else []:  # what no LoRA path could improve on: the rest of the step
+        if not args.no_peft:
             per_round = sorted(a / b for a, b in zip(times[f"bare:bucketed:{p}"], times[f"peft:bucketed:{p}"]))
             print(f"| step time, no LoRA at all / peft (bucketed, {p}): the floor of ours / peft, median of the "
                   f"{len(per_round)} same-batch rounds (min-max) | {statistics.median(per_round):.3f} "
                   f"({per_round[0]:.2f}-{per_round[-1]:.2f}) | |")
-            per_round = sorted(a / b for a, b in zip(times[f"ours:bucketed:{p}"], times[f"bare:bucketed:{p}"]))
-            print(f"| step time, ours / no LoRA at all (bucketed, {p}): what our LoRA path adds, median (min-max) | "
-                  f"{statistics.median(per_round):.3f} ({per_round[0]:.2f}-{per_round[-1]:.2f}) | |")
+        per_round = sorted(a / b for a, b in zip(times[f"ours:bucketed:{p}"], times[f"bare:bucketed:{p}"]))
+        print(f"| step time, ours / no LoRA at all (bucketed, {p}): what our LoRA path adds, median (min-max) | "
+              f"{statistics.median(per_round):.3f} ({per_round[0]:.2f}-{per_round[-1]:.2f}) | |")
     print(f"| 5-epoch LoRA run, fastest ({best.split(':', 1)[1]}), projected min | {rows[best][2]:.1f} | <= 8 |")
     if "fixed120" in batchings:
         print(f"| 5-epoch LoRA run, fixed-120 fp32 (before), projected min | {rows['ours:fixed120:fp32'][2]:.1f} | |")

@@ -32,7 +32,7 @@ def products(x: torch.Tensor, g: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
     return u, gb, gb.t() @ x, g.t() @ u
 
 
-def best_time(args: tuple, repeats: int = 20) -> float:
+def mean_time(args: tuple, repeats: int = 20) -> float:
     """Mean seconds of one call of :func:`products` with ``args``, after a warm-up call."""
     products(*args)
     start = time.perf_counter()
@@ -64,7 +64,7 @@ def main() -> None:
         times = {False: [], True: []}
         for _ in range(args.rounds):
             for first_flag in (False, True):
-                times[first_flag].append(best_time((x, g, a, b, first_flag)))
+                times[first_flag].append(mean_time((x, g, a, b, first_flag)))
         best = {k: min(v) * 1e6 for k, v in times.items()}
         for k in total:
             total[k] += best[k]

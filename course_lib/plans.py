@@ -176,7 +176,7 @@ def _peft() -> dict[str, RunPlan]:
                     note="full size: 108,000 training and 12,000 validation rows, the 7,600 test rows, 3 epochs, "
                          "20 Optuna trials")
     # smoke trials on 300 rows: they only rank settings (the chosen one is trained again on all 1,050 rows), and
-    # the suite runs this notebook twice; 600 rows ranked the same three settings in the same order. Smoke texts are
+    # the suite runs this notebook twice in this profile; 600 rows ranked the same three settings in the same order. Smoke texts are
     # cut at 32 tokens: the whole notebook ran in 108 s against 152 s at 48 (quiet 2-core AVX2 CPU, 1 December 2026),
     # ranking the same three settings in the same order, its test accuracies 86.0 % and 84.7 % against 88.7 % and
     # 88.3 % (docs/testing.md); 1,000 rows at 32 tokens took 89 s but left the first fine-tune at 70.5 %.
