@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -141,10 +142,7 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
         raise Refused("invalid notebook", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear "
                       "its outputs and submit it again.")
     try:  # counted before nbformat validates it: hundreds of thousands of tiny cells cost the grader, not the student
-        try:
-            text = path.read_text(encoding="utf-8")
-        except PermissionError:
-            raise Refused("grader error", GRADER_CANNOT_READ.format(name=path.name)) from None
+        text = _read_notebook_file(path).decode("utf-8")
         cells = json.loads(text).get("cells")
         if isinstance(cells, list) and len(cells) > MAX_CELLS:
             raise Refused("invalid notebook", f"{path.name} has {len(cells):,} cells, more than the {MAX_CELLS:,} a "
@@ -178,6 +176,48 @@ def read_submission(path: Path, notebook: str) -> nbformat.NotebookNode:
                       "again.")
     _renumber_cell_ids(nb, cells)
     return nb
+
+
+def _read_notebook_file(path: Path) -> bytes:
+    """The bytes of the regular file ``path``, read through one descriptor opened without following a link (the folder
+    too) and without blocking, at most ``MAX_NOTEBOOK_BYTES``: the checks above look at the name, and a student who can
+    write in their folder while it is graded could swap the file between them and the read. Measured: a loop renaming
+    a link to the course's solution notebook over the student's own copy made 22 of 300 reads take the solution; a link
+    to ``/dev/zero`` would be read without end, and a pipe would block the grader's worker for ever."""
+    try:
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except PermissionError:
+        raise Refused("grader error", GRADER_CANNOT_READ.format(name=path.name)) from None
+    except OSError:
+        raise Refused("invalid notebook", f"{path.name} is in a folder that is a link or changed while it was read; "
+                      "submit the .ipynb file itself, and leave it unchanged while it is graded.") from None
+    try:
+        try:
+            fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=folder)
+        except PermissionError:
+            raise Refused("grader error", GRADER_CANNOT_READ.format(name=path.name)) from None
+        except OSError:   # a link (ELOOP), or gone: not the file the checks above saw
+            raise Refused("invalid notebook", f"{path.name} is a link or changed while it was read; submit the .ipynb "
+                          "file itself, and leave it unchanged while it is graded.") from None
+    finally:
+        os.close(folder)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise Refused("invalid notebook", f"{path.name} is not a regular file (a folder, pipe or device); submit "
+                          "the .ipynb file saved by Jupyter.")
+        chunks, left = [], MAX_NOTEBOOK_BYTES + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    if left <= 0:
+        raise Refused("invalid notebook", f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 1_000_000} MB; clear "
+                      "its outputs and submit it again.")
+    return b"".join(chunks)
 
 
 def _other_notebooks(folder: Path, scanned: int = 2_000) -> str:

@@ -210,7 +210,11 @@ def _answer_block(student_answer: str, model: str) -> list[str]:
     if not mine or ANSWER_PROMPT in mine:
         mine = "(no answer)"
     quote = lambda text: ["> " + html.escape(line, quote=False) for line in text.split("\n")]  # noqa: E731
-    return ["  Your answer:", "", *["  > " + inert_markdown(line) for line in mine[:2000].split("\n")], "",
+    # each line printable too: a written answer is the one student text kept on several lines, and its control codes
+    # (ESC c, a C1 CSI, a carriage return that overwrites the line before it) acted on the terminal of whoever ran
+    # `cat feedback/*.md`
+    return ["  Your answer:", "", *["  > " + inert_markdown(printable(line, 2000)) for line in mine[:2000].split("\n")],
+            "",
             "  Model answer:", "", *["  " + q for q in quote(model)], ""]
 
 

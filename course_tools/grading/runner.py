@@ -10,6 +10,7 @@ With a sandbox, the grader's ZMQ sockets never touch the sandbox's folder: they 
 kernel's sockets after checking that whoever listens there is this kernel's own process."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import selectors
@@ -301,6 +302,20 @@ class CappedClient(NotebookClient):
         super().__init__(*args, **kwargs)
         self.kept = 0
         self.truncated = False
+        self.alive_polls: set[asyncio.Task] = set()
+
+    async def _async_poll_kernel_alive(self) -> None:
+        """nbclient's check that the kernel lives, once a second while a cell runs, kept track of: nbclient cancels it
+        when the cell ends, but not when the cell's output raised (a message the grader cannot read), so it outlived
+        its kernel in the worker's event loop, met ``kc`` gone while the next kernel started and printed "Task
+        exception was never retrieved ... AssertionError" on the instructor's console, then ran on into the next
+        student's job. :func:`_shutdown` cancels those left."""
+        task = asyncio.current_task()
+        self.alive_polls.add(task)
+        try:
+            await super()._async_poll_kernel_alive()
+        finally:
+            self.alive_polls.discard(task)
 
     def process_message(self, msg, cell, cell_index):
         if not isinstance(msg, dict) or not isinstance(msg.get("content"), dict):
@@ -498,7 +513,19 @@ def run_notebook(nb: nbformat.NotebookNode, workdir: Path, wrapper: list[str], e
     return run
 
 
+async def _cancel(tasks: list) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def _shutdown(client: NotebookClient) -> None:
+    polls = [t for t in getattr(client, "alive_polls", ()) if not t.done()]
+    if polls:   # their kernel is going: none may poll it (or its successor) any more
+        try:
+            run_sync(_cancel)(polls)
+        except Exception:
+            pass
     try:
         client._cleanup_kernel()  # nbclient's own teardown: stops channels, shuts the kernel down
     except Exception:  # a dead kernel may refuse a polite shutdown

@@ -1,0 +1,144 @@
+"""Round thirteen of the red team: what the grader does outside its sandbox with what a submission controls: the
+submitted file read between its checks and its reading, written answers shown on the instructor's terminal, and
+nbclient's polling task left behind in a worker. Each test fails on the grader before its fix (round thirteen in
+docs/instructors.md)."""
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from course_tools.grading.job import Refused, Result, read_submission
+from support import solution, student
+
+NOTEBOOK = "03_data_balancing"
+SOLUTION = Path(__file__).resolve().parent.parent / "solutions" / f"{NOTEBOOK}.ipynb"
+
+
+def _swapped_after_checks(monkeypatch, path: Path, swap) -> None:
+    """Call ``swap(path)`` right after the last ``stat`` that read_submission's checks make of ``path`` (the size
+    check; ``is_file`` is the first), that is, between the checks and the reading: what a student who can write in
+    their folder while it is graded gets by renaming files in a loop (22 of 300 reads took the solution that way)."""
+    real = pathlib.Path.stat
+    calls = []
+
+    def stat(self, *, follow_symlinks=True):
+        result = real(self, follow_symlinks=follow_symlinks)
+        if follow_symlinks and Path(self) == path:
+            calls.append(1)
+            if len(calls) == 2:
+                swap(path)
+        return result
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat)
+
+
+def _submitted(tmp_path: Path) -> Path:
+    folder = tmp_path / "alice"
+    folder.mkdir()
+    path = folder / f"{NOTEBOOK}.ipynb"
+    nbformat.write(student(NOTEBOOK), path)
+    return path
+
+
+def test_a_notebook_swapped_for_a_link_after_the_checks_is_not_read_through_it(tmp_path, monkeypatch):
+    """The checks looked at the name (``is_symlink``, ``is_file``, the size), then ``read_text`` opened it again,
+    following links: a link to the course's solution notebook renamed over the student's file between them was graded
+    as the student's notebook."""
+    path = _submitted(tmp_path)
+
+    def to_link(p: Path) -> None:
+        os.symlink(SOLUTION, tmp_path / "link")
+        os.rename(tmp_path / "link", p)
+
+    _swapped_after_checks(monkeypatch, path, to_link)
+    with pytest.raises(Refused) as refused:
+        read_submission(path, NOTEBOOK)
+    assert refused.value.status == "invalid notebook"
+    assert "link or changed while it was read" in str(refused.value)
+
+
+def test_a_notebook_swapped_for_a_pipe_after_the_checks_does_not_block_the_worker(tmp_path, monkeypatch):
+    """A pipe renamed over the file after the checks blocked ``read_text`` for ever: the worker, and with one worker
+    (every unprivileged grader) the whole class, never finished."""
+    path = _submitted(tmp_path)
+    fifo = tmp_path / "pipe"
+
+    def to_pipe(p: Path) -> None:
+        os.mkfifo(fifo)
+        os.rename(fifo, p)
+
+    _swapped_after_checks(monkeypatch, path, to_pipe)
+    outcome: list = []
+
+    def read() -> None:
+        try:
+            outcome.append(read_submission(path, NOTEBOOK))
+        except Refused as refused:
+            outcome.append(refused)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():   # let the blocked read end (a writer that closes at once) before failing
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(5)
+    assert outcome and isinstance(outcome[0], Refused), outcome
+    assert outcome[0].status == "invalid notebook" and "not a regular file" in str(outcome[0])
+
+
+def test_a_notebook_read_in_full_is_the_one_graded(tmp_path):
+    """The descriptor's reading changes nothing for an ordinary file: the student's own notebook, cell for cell."""
+    path = _submitted(tmp_path)
+    nb = read_submission(path, NOTEBOOK)
+    assert [c.source for c in nb.cells] == [c.source for c in student(NOTEBOOK).cells]
+
+
+CONTROLS = "\x1bc\x9b2J\x07\x08\u202e\r"   # ESC c, CSI 2 J, a bell, a backspace, RLO, a carriage return
+CODES = "\x1b\x9b\x07\x08\u202e\r"
+
+
+def test_a_written_answer_carries_no_control_code_to_the_instructors_terminal(tmp_path):
+    """A written answer is student text kept on several lines; its lines were made inert Markdown but not printable,
+    so ``cat feedback/alice.md`` ran its ``ESC c`` (a terminal reset), a C1 CSI (``\\x9b2J``, clear the screen), a bell,
+    backspaces, a right-to-left override and a carriage return that printed "5 of 5" over the line before it."""
+    from course_tools.grading.reports import write_feedback
+
+    exercise = "03-question-shuffle"
+    result = Result("alice", NOTEBOOK, rows=[{"exercise": "03-balance", "points": 0, "max_points": 2,
+                                              "status": "failed", "message": "wrong"}],
+                    written={exercise: f"my answer{CONTROLS}forged 5 of 5\nsecond line"})
+    write_feedback("alice", [result], tmp_path)
+    text = (tmp_path / "alice.md").read_bytes().decode("utf-8")
+    answer = text[text.index("Your answer"):text.index("Model answer")]
+    assert "my answer" in answer and "forged 5 of 5" in answer and "second line" in answer, answer
+    assert not any(c in text for c in CODES), [c for c in CODES if c in text]
+
+
+def test_no_kernel_polling_task_outlives_a_notebook_whose_kernel_sent_an_unreadable_message(tmp_path):
+    """A message the grader cannot read raises inside nbclient's output task; nbclient then cancels that task but not
+    its once-a-second check that the kernel lives, which stayed in the worker's event loop: it met the client without a
+    kernel while the next one started ("Task exception was never retrieved ... AssertionError" on the instructor's
+    console, seen in a `course grade` run as uid 65534) and ran on into the next student's job."""
+    from jupyter_core.utils import ensure_event_loop
+
+    from course_tools.grading import runner
+
+    cells = ["x = 1",
+             "k = get_ipython().kernel\n"
+             "k.session.send(k.iopub_socket, 'display_data', {'data': {'text/plain': 'x'}, 'metadata': {},\n"
+             "               'transient': {'display_id': [1]}}, parent=k.get_parent('shell'))\n"
+             "import time\ntime.sleep(1)\n",
+             "y = 2"]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    run = runner.run_notebook(nb, tmp_path, [], dict(os.environ), None, 60, time.monotonic() + 150)
+    assert any("could not read" in e for e in run.events), run.events   # the path this test is about was taken
+    assert run.executed == [0, 1, 2], run.executed
+    left = [t for t in asyncio.all_tasks(ensure_event_loop()) if "poll_kernel_alive" in repr(t) and not t.done()]
+    assert left == [], left
