@@ -291,8 +291,9 @@ def answer_shape(expected: str, draws: bool = True) -> Callable[[Callable], Call
 def snapshot(value: Any) -> Any:
     """A deep copy of the tensors, DataFrames, dicts and lists in ``value``, to tell later whether the
     learner's code changed its inputs in place (which would break the notebook cells after it)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
+    if isinstance(value, torch.Tensor):   # requires_grad too: switching it on the caller's tensor is a change
+        copy = value.detach().clone()
+        return copy.requires_grad_(True) if value.requires_grad else copy
     if isinstance(value, dict):
         return {k: snapshot(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -302,17 +303,19 @@ def snapshot(value: Any) -> Any:
     return value
 
 
-def unchanged(before: Any, after: Any) -> bool:
-    """Whether ``after`` still equals the :func:`snapshot` ``before`` (same structure, values, dtypes)."""
+def unchanged(before: Any, after: Any, flags: bool = True) -> bool:
+    """Whether ``after`` still equals the :func:`snapshot` ``before`` (same structure, values, dtypes and, with
+    ``flags``, requires_grad)."""
     if isinstance(before, torch.Tensor):
         return (isinstance(after, torch.Tensor) and before.shape == after.shape and before.dtype == after.dtype
-                and bool(torch.equal(before, after.detach())))
+                and bool(torch.equal(before.detach(), after.detach()))
+                and (not flags or before.requires_grad == after.requires_grad))
     if isinstance(before, dict):
-        return isinstance(after, dict) and list(before) == list(after) and all(unchanged(before[k], after[k])
+        return isinstance(after, dict) and list(before) == list(after) and all(unchanged(before[k], after[k], flags)
                                                                                for k in before)
     if isinstance(before, (list, tuple)):
         return (type(before) is type(after) and len(before) == len(after)
-                and all(unchanged(a, b) for a, b in zip(before, after)))
+                and all(unchanged(a, b, flags) for a, b in zip(before, after)))
     if hasattr(before, "equals"):
         return (type(before) is type(after) and list(getattr(before, "columns", [])) == list(getattr(after, "columns", []))
                 and before.equals(after))
@@ -321,6 +324,10 @@ def unchanged(before: Any, after: Any) -> bool:
 
 def expect_unchanged(before: Any, after: Any, what: str) -> None:
     """Fail with a sentence when the learner's code changed ``what`` (an input) in place."""
+    expect(not unchanged(before, after, flags=False) or unchanged(before, after),
+           f"Your code switched requires_grad of {what} (requires_grad_() and detach_() work in place, on the "
+           "caller's tensor): leave the tensors you are given as they came; count, split or compute from them without "
+           "changing their flags.")
     expect(unchanged(before, after), f"Your code changed {what} in place; the caller still needs it as it was. "
                                      "Work on a new object (x * s, df.copy(), ...) instead of x *= s, inplace=True, "
                                      "or assigning into the caller's object.")
@@ -738,13 +745,16 @@ def check_lora_layer(cls: type) -> None:
            "it, or use a generator of your own, in __init__.")
     for in_dim, out_dim, rank, alpha, shape in ((10, 6, 4, 8, (3, 10)), (10, 6, 4, 6, (2, 5, 10)),
                                                 (7, 5, 4, 3, (2, 3, 7)), (7, 9, 2, 2.5, (4, 7))):
-        case = f"LoRALayer({in_dim}, {out_dim}, rank={rank}, alpha={alpha}) on an input of shape {shape}"
+        strided = shape == (2, 3, 7)   # a transpose's view, as activations often are: .view() cannot flatten it
+        case = (f"LoRALayer({in_dim}, {out_dim}, rank={rank}, alpha={alpha}) on an input of shape {shape}"
+                + (" that is a non-contiguous view (x.transpose(0, 1))" if strided else ""))
         torch.manual_seed(1)
         layer = attempt(case, cls, in_dim, out_dim, rank, alpha)
         with torch.no_grad():
             layer.A.copy_(torch.randn(rank, in_dim))
             layer.B.copy_(torch.randn(out_dim, rank))
-        x = torch.randn(*shape)
+        x = torch.randn(shape[1], shape[0], *shape[2:]).transpose(0, 1) if strided else torch.randn(*shape)
+        held = list(layer.parameters())   # what an optimiser built now would hold
         s = alpha / rank
         base = x @ layer.A.detach().T @ layer.B.detach().T
         want = s * base
@@ -756,6 +766,7 @@ def check_lora_layer(cls: type) -> None:
         expect(isinstance(got, torch.Tensor) and got.shape == want.shape,
                f"{case}: the output should have shape {tuple(want.shape)}, got {tuple(getattr(got, 'shape', ()))}.")
         expect_unchanged(x_before, x, f"the input x ({case})")
+        _expect_same_parameters(layer, held, case)
         attempt(f"a second forward pass ({case})", layer, torch.randn(*shape))
         expect_unchanged(x_before, x, f"the input x of the previous forward pass ({case})")
         if close(got, want, atol=1e-4):
@@ -825,6 +836,19 @@ def _expect_lora_gradients(lora: nn.Module, out: torch.Tensor, x: torch.Tensor, 
     A.grad = B.grad = None
 
 
+def _expect_same_parameters(module: nn.Module, held: list, case: str,
+                            advice: str = "create A and B once, in __init__, and only read them in forward (no "
+                                          "self.A = nn.Parameter(...) there)") -> None:
+    """The module's parameters are still the objects ``held`` (taken before a forward pass or a call): a forward that
+    assigns new nn.Parameters (self.A = nn.Parameter(...)) computes the right output, yet an optimiser built before
+    holds the old ones, which get no gradient and are never used again."""
+    now = list(module.parameters())
+    expect(len(now) == len(held) and all(a is b for a, b in zip(now, held)),
+           f"{case}: the module's parameters are no longer the objects they were before (a new nn.Parameter put in "
+           "place of one): an optimiser built before holds the old ones, which would get no gradient and never "
+           f"train; {advice}.")
+
+
 def _expect_follows_a_and_b(module: nn.Module, formula: Callable, x: torch.Tensor, case: str) -> None:
     """Change A and B as an optimiser step would, and compare the next forward pass with ``formula``: a forward
     that caches B @ A (or its output) on the first call would keep the LoRA update of the start forever."""
@@ -851,7 +875,9 @@ def _expect_input_gradient(module: nn.Module, formula: Callable, x: torch.Tensor
         out = module(x_leaf * 1.0)
         upstream = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
         out.backward(upstream)
-    attempt(f"a backward pass from an input that requires grad ({case})", backward, draws=False)
+    attempt(f"a backward pass from an input that requires grad ({case})", backward, draws=False,
+            hint="No gradient reached the input x: do not detach x or compute under torch.no_grad(), in any branch of "
+                 "forward (the merged one too); the layers before this one learn through x.")
     x_ref = x.detach().clone().requires_grad_(True)
     formula(x_ref).backward(upstream)
     for p in module.parameters():
@@ -910,8 +936,10 @@ def check_linear_with_lora(cls: type) -> None:
     delta = s * wrapped.lora.B.detach() @ wrapped.lora.A.detach()
     want = x @ (w0 + delta).T + b0
     x_before = x.clone()
+    held = list(wrapped.parameters())   # what an optimiser built now would hold
     unmerged = attempt("The wrapped layer's forward", wrapped, x, draws=False)
     expect_unchanged(x_before, x, "the input x of the wrapped layer's forward")
+    _expect_same_parameters(wrapped, held, "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3)'s forward")
     expect(close(linear(x), x @ w0.T + b0, atol=1e-5),
            "After wrapping, the nn.Linear itself (called on its own) no longer computes x Wᵀ + b: LinearWithLoRA "
            "changed it (a hook registered on it, or its forward replaced); leave the wrapped layer as it was, frozen, "
@@ -943,6 +971,8 @@ def check_linear_with_lora(cls: type) -> None:
                                                "must not add the LoRA path a second time (merge() sets a `merged` "
                                                "flag, self.merged = True, and forward returns self.linear(x) alone "
                                                "while it is set).")
+    _expect_input_gradient(wrapped, lambda v: v @ (w0 + delta).T + b0, x,
+                           "LinearWithLoRA(nn.Linear(10, 6), rank=2, alpha=3) after merge()")
     expect(wrapped.linear.weight is linear.weight and not linear.weight.requires_grad,
            "merge() made the weight trainable again (or replaced it): update it in place "
            "(weight += ..., or weight.data) instead of assigning a new nn.Parameter.")
@@ -1062,6 +1092,7 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
     model.trf_blocks[0].eval()                               # modes mixed: wrapping must leave each as it was
     modes = [(n, m, m.training) for n, m in model.named_modules()]   # by object: a wrapper takes its layer's name
     order = {n: list(m._modules) for n, m in model.named_modules() if not isinstance(m, nn.Linear)}
+    held = list(model.named_parameters())   # the pretrained weights: wrapped, never replaced
     replaced = attempt("replace_linear_with_lora(model, rank=2, alpha=4)", fn, model, rank=2, alpha=4,
                        hint="It should return the list of the names it wrapped, and so should every recursive call.")
     expect(isinstance(replaced, list), "Return the list of the full, dotted names of the layers you wrapped.")
@@ -1098,6 +1129,12 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
            "Pass rank and alpha on in that order: LinearWithLoRA(child, rank, alpha); with rank=2, alpha=4 "
            f"A should have 2 rows and scaling 2.0, got {tuple(some.lora.A.shape)[0]} and {some.lora.scaling}.")
     _expect_wrapped_in_place(model, wrapper, layers, trainable_before)
+    present = {id(p) for p in model.parameters()}
+    lost = [n for n, p in held if id(p) not in present]
+    expect(not lost, f"replace_linear_with_lora replaced the model's own parameter {lost[:1]} with new ones (an "
+                     "nn.Parameter assigned anew): the model's pretrained weights are those objects, and an optimiser "
+                     "or a tied weight holds them; wrap each layer as it is, LinearWithLoRA(child, rank, alpha)."
+           if lost else "")
     moved = [(n, before, list(model.get_submodule(n)._modules)) for n, before in order.items()
              if list(model.get_submodule(n)._modules) != before]
     expect(not moved, f"replace_linear_with_lora changed the order of {moved[0][0] or 'the model'}'s children "
@@ -1119,10 +1156,15 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
                                   "start a new list on every call.")
     expect(again == [], f"A second call must wrap nothing: skip layers that are already wrapped (it wrapped {again[:2]}).")
     target_model = make_model()   # rank and alpha by position, in the order of the cell's signature (the grader's way)
-    targeted = attempt("replace_linear_with_lora(model, 2, 4, target_modules=['W_query', 'W_value'])", fn, target_model,
-                       2, 4, target_modules=["W_query", "W_value"])
+    targets = ["W_value", "W_query"]
+    targeted = attempt("replace_linear_with_lora(model, 2, 4, target_modules=['W_value', 'W_query'])", fn, target_model,
+                       2, 4, target_modules=targets)
+    expect(targets == ["W_value", "W_query"],
+           f"replace_linear_with_lora changed the caller's target_modules list (['W_value', 'W_query'] became {targets}): "
+           "the caller may pass the same list again, to another model; read it, and make a new list if you need one "
+           "(sorted(target_modules), set(target_modules)).")
     expect(isinstance(targeted, list) and len(targeted) == 4 and all(n.endswith(("W_query", "W_value")) for n in targeted),
-           f"With target_modules=['W_query', 'W_value'] only those 4 layers should be wrapped, got {targeted}.")
+           f"With target_modules=['W_value', 'W_query'] only those 4 layers should be wrapped, got {targeted}.")
     some = target_model.get_submodule(targeted[0])
     expect(tuple(some.lora.A.shape)[0] == 2 and abs(float(some.lora.scaling) - 2.0) < 1e-9,
            "replace_linear_with_lora(model, 2, 4, ...), with rank and alpha by position, should wrap with rank 2 and "
@@ -1169,6 +1211,9 @@ def check_replace(fn: Callable, make_model: Callable, wrapper: type) -> None:
 
 
 # ----------------------------------------------------------------------------- 06
+_SET_THE_FLAG = "set requires_grad on the parameters themselves (p.requires_grad_(False)) instead of replacing them"
+
+
 @answer_shape("freeze_model and unfreeze should change requires_grad on the model's parameters.", draws=False)
 def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> None:
     """The smoke GPT with the 2-class head (it has a bias), a model four levels deep, and a leaf LayerNorm."""
@@ -1177,7 +1222,9 @@ def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> 
     model = make_model()
     add_classification_head(model, num_classes=2)
     modes = [m.training for m in model.modules()]
+    held = list(model.parameters())   # what an optimiser built now would hold
     attempt("freeze_model(model)", freeze, model)
+    _expect_same_parameters(model, held, "freeze_model(model)", _SET_THE_FLAG)
     left = [n for n, p in model.named_parameters() if p.requires_grad]
     expect(not left, f"freeze_model should set requires_grad=False on every parameter, at every depth; still "
                      f"trainable: {left[:3]}.")
@@ -1185,6 +1232,7 @@ def check_freeze(freeze: Callable, unfreeze: Callable, make_model: Callable) -> 
            "freeze_model changed the model's training mode (model.eval() or .train()): freezing sets requires_grad "
            "only; dropout is the training loop's business.")
     attempt("unfreeze(model.out_head)", unfreeze, model.out_head)
+    _expect_same_parameters(model, held, "unfreeze(model.out_head)", _SET_THE_FLAG)
     expect([m.training for m in model.modules()] == modes,
            "unfreeze changed the model's training mode (model.eval() or .train()): it should set requires_grad only.")
     trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
@@ -1979,6 +2027,8 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
     ref_model = _peft_model(tiny_encoder(0), _reference_lora_config())
     toy = nn.Sequential(nn.Linear(5, 4), nn.Linear(4, 3))
     toy[0].requires_grad_(False)
+    for p in toy[1].parameters():   # gradients of a backward pass the caller ran: counting leaves them
+        p.grad = torch.ones_like(p)
     tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3))
     tied[1].weight = tied[0].weight
     tied.eval()   # in eval mode: counting must not switch it to training either
@@ -1988,9 +2038,13 @@ def check_lora_config(config, count_trainable: Callable, model) -> None:
             ("a tiny BERT with the original experiment's LoRA (what that config trains)", ref_model, intended),
             ("the peft model", model, sum(p.numel() for p in model.parameters() if p.requires_grad))):
         modes = [mod.training for mod in m.modules()]
+        grads = [p.grad for p in m.parameters()]
         got_count = attempt(f"count_trainable on {what}", count_trainable, m,
                             hint="count_trainable gets any nn.Module, not only a peft model: sum p.numel() over "
                                  "model.parameters() with requires_grad.")
+        expect(all(a is b for a, b in zip(grads, [p.grad for p in m.parameters()])),
+               f"count_trainable on {what} cleared or replaced the parameters' gradients (model.zero_grad()): counting "
+               "reads requires_grad and changes nothing; the gradients belong to the caller's training step.")
         expect([mod.training for mod in m.modules()] == modes,
                f"count_trainable on {what} changed the model's training mode (model.eval() or .train()): counting "
                "reads requires_grad and changes nothing.")
@@ -2139,12 +2193,16 @@ def check_last_token_index(fn: Callable, batch: torch.Tensor | None = None, pad_
         ("pad_token_id=0, with token 0 ('!') also inside the messages ([[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], "
          "[1, 0, 3, 4, 5], [3, 3, 3, 0, 0]])", [[5, 0, 7, 0, 0], [4, 4, 0, 4, 0], [1, 0, 3, 4, 5], [3, 3, 3, 0, 0]], 0),
         ("a batch of width 1 ([[7], [8]])", [[7], [8]], P),
+        ("a batch cut from a wider one, a non-contiguous view (wide[:, :4] of [[5, 6, P, P, 1, 1], [2, 3, 4, 5, 1, 1]])",
+         [[5, 6, P, P], [2, 3, 4, 5]], P),
     ]
     if batch is not None:
         cases.append((f"your {tuple(batch.shape)} batch of training messages", batch.tolist(), pad_token_id))
     alive = []   # every case's batch kept until the end: no two cases share a storage address, which an answer
     for what, rows, pad in cases:   # that keeps results by data_ptr() would mistake for the same batch
         x = torch.tensor(rows)
+        if "non-contiguous" in what:   # a slice of a wider batch, as batch[:, :width] gives: .view() cannot reshape it
+            x = torch.cat([x, torch.ones(len(rows), 2, dtype=x.dtype)], dim=1)[:, :4]
         before = x.clone()
         alive.append(x)
         got = attempt(f"last_token_index on {what}", fn, x, pad,

@@ -252,7 +252,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "the KeyError for an unknown key (naming it)", "the KeyError for a missing key (naming it)",
         "the first cfg left unchanged by the calls after it", _TORCH_RNG, _HOST_RNG),
     "02-split-c-attn": ("the three weights (query, key, value)", "the three biases (query, key, value)",
-                        "the weight and bias left unchanged", _TORCH_RNG, _HOST_RNG),
+                        "the weight and bias left unchanged (values and requires_grad)", _TORCH_RNG, _HOST_RNG),
     "03-split": ("the training part's texts", "the validation part's texts", "the test part's texts",
                  "each part's columns (the fractions given, then validation_frac by keyword)",
                  "the parts' sizes with validation_frac by keyword", "the validation texts with validation_frac by keyword",
@@ -266,7 +266,8 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "04-linear-with-lora": (
         "the output at initialisation equal to the layer's", "the wrapped layer's requires_grad (weight, bias)",
         "A's and B's requires_grad", "the parameter names", "the state_dict keys",
-        "the gradients ([A's, B's, none into the wrapped layer, the input's])", "the input left unchanged",
+        "the gradients ([A's and B's, read from the parameters held before forward; none into the wrapped layer; the "
+        "input's])", "the input left unchanged",
         "the wrapped nn.Linear still computing x Wᵀ + b on its own", "unmerge() before any merge() changing nothing",
         "merge() keeping the same weight tensor", "the wrapped layer's requires_grad after merge() (weight, bias)",
         "the weight's change after merge()", "the output before merging", "the output after merge() twice",
@@ -274,28 +275,32 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "the wrapped layer's requires_grad at the end (weight, bias)", "A's and B's requires_grad after unmerge()",
         "the training mode kept by merge() and unmerge() ([in training, in eval mode])", _TORCH_RNG,
         "a second layer ([its output while the first is merged, its weight's change after its own merge()])",
-        _HOST_RNG),
+        "the gradient into the input of a merged layer", _HOST_RNG),
     "05-replace": (
         "the names the first call returns", "the layers wrapped in that model after a second call",
         "the names a second call on the same model returns", "each call with target_modules or exclude "
-        "([the names returned, the layers wrapped])", "layers wrapped twice", "out_head's type",
+        "([the names returned, the layers wrapped, the lists passed left unchanged])", "layers wrapped twice",
+        "out_head's type",
         "head.out_head's type", "A's shape in a wrapped layer", "a wrapped layer's scaling",
         "the names returned on a random model", "the layers wrapped in that random model",
         "the names returned on a random model with target_modules", "the layers wrapped in that model",
         "the wrapped layers that hold the model's own Linear", "the trainable parameters after wrapping",
         "every module's training mode kept", "a different A in every wrapped layer",
-        "each container's children, in their order", _HOST_RNG),
+        "each container's children, in their order", "the model's own parameters still in it (none made anew)",
+        _HOST_RNG),
     "06-freeze": (
         "requires_grad after freeze_model twice", "requires_grad after unfreeze of a sub-module",
         "requires_grad after unfreeze of that sub-module again and freeze_model of a Linear twice", "requires_grad after unfreeze four levels deep",
         "requires_grad after unfreezing a LayerNorm and a Linear", "requires_grad in a random model frozen and "
-        "partly unfrozen", "[the global random generator, the training mode, the eval mode] left as they were",
+        "partly unfrozen", "[the global random generator, the training mode, the parameter objects, the eval mode] "
+        "left as they were",
         _HOST_RNG),
     "06-lora-grads": ("dA", "dB", "x, A, B and g left unchanged", _TORCH_RNG, "dA of a second, identical call",
                       "dB of a second, identical call", "requires_grad or .grad set on x, A, B or g",
                       "[dA, dB] after the caller refilled its tensors", _HOST_RNG),
     "07-last-token": tuple(f"{what}{_PER_BATCH}" for what in (
-        "a batch of one row", "a batch of one row that fills the width", "a batch with a row that fills the width",
+        "a batch of one row", "a batch of one row that fills the width",
+        "a batch with a row that fills the width (a non-contiguous slice of a wider one)",
         "a small vocabulary with another pad id", "pad id 0", *(f"random batch {i}" for i in range(1, 5)))) + (
         "the positions with the default pad_token_id", "tensors made on the batch's device",
         "the positions in another batch", "the positions after the caller refilled that batch", _TORCH_RNG, _HOST_RNG),
@@ -310,8 +315,9 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "04-lora-layer": (
         "A's shape", "B's shape", "B zero", "A nonzero", "A within Kaiming-uniform's bound",
         "A's largest entry near that bound", "A's spread", "the parameter names", "the state_dict's keys",
-        "A and B trainable", "a second layer's A different", "the output",
-        "the gradients ([A's, B's, the input's])", "the input left unchanged", "the output after A and B changed",
+        "A and B trainable", "a second layer's A different", "the output (of a non-contiguous input)",
+        "the gradients ([A's and B's, read from the parameters held before forward; the input's])",
+        "the input left unchanged", "the output after A and B changed",
         "A following the caller's seed ([the same seed, the same A; another seed, another A])",
         "the dtypes ([the output's for a float32 layer, the output's after .to(torch.float64), that output])",
         _HOST_RNG),
@@ -329,7 +335,8 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "nothing", "the first layer", "the first two layers", "the last layer", "every layer")) + (
         "the count on a model with a tied weight ([a plain int?, the count])",
         "the count on the peft model ([a plain int?, the count])", "the trainable parameters", "the LoRA layers",
-        "the random generator and the train/eval modes untouched", "the LoRA and base weights' sums", _HOST_RNG),
+        "the random generator, the train/eval modes and the gradients untouched", "the LoRA and base weights' sums",
+        _HOST_RNG),
 }
 
 
@@ -339,9 +346,9 @@ TESTS: list[Exercise] = [
         check="check_count_tensors", check_args=lambda ns: (ns["count_tensors"], params_tree()),
         probe=_HOST_RNGS_PRELUDE + r'''
 import torch
-def skeleton(t):   # the tree's containers and tensor identities: count_tensors must not change them
+def skeleton(t):   # the tree's containers and tensors (identity, dtype, requires_grad): count_tensors changes none
     if isinstance(t, torch.Tensor):
-        return ["tensor", id(t)]
+        return ["tensor", id(t), str(t.dtype), t.requires_grad]
     if isinstance(t, dict):
         return ["dict", [[k, skeleton(v)] for k, v in t.items()]]
     return [type(t).__name__, [skeleton(v) for v in t]]
@@ -440,7 +447,8 @@ torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 global_rng = torch.get_rng_state()   # splitting draws no random numbers: the global generator stays as it was
 ws, bs = split_c_attn(w, b)
-return [[x.tolist() for x in ws], [x.tolist() for x in bs], torch.equal(w, w0) and torch.equal(b, b0),
+return [[x.tolist() for x in ws], [x.tolist() for x in bs],
+        torch.equal(w, w0) and torch.equal(b, b0) and not (w.requires_grad or b.requires_grad),
         torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=lambda: split_c_attn, explain="random weights of another size, left unchanged, the global random generators "
                                             "(PyTorch's, NumPy's, Python's) untouched",
@@ -545,14 +553,15 @@ with torch.no_grad():
     layer.A.copy_(torch.randn(rank, in_dim, generator=g))
     layer.B.copy_(torch.randn(out_dim, rank, generator=g))
 x_leaf = torch.randn(3, 2, in_dim, generator=g, requires_grad=True)
-x = x_leaf * 1.0                     # an input that requires grad, as the output of the layers before
-x0 = x.detach().clone()
+x = (x_leaf * 1.0).transpose(0, 1)   # an input that requires grad, as the output of the layers before, and a
+x0 = x.detach().clone()              # non-contiguous view (a transpose): .view() cannot flatten it, .reshape() can
+params = (layer.A, layer.B)          # the parameters an optimiser built now would hold
 out = layer(x)
-if out.requires_grad:   # the gradients A and B receive: a forward that reads .data or runs under no_grad gets none
-    out.backward(torch.randn(out.shape, generator=g))
-grads = [None if p.grad is None else p.grad.tolist() for p in (layer.A, layer.B)]
+if out.requires_grad:   # the gradients A and B receive: a forward that reads .data or runs under no_grad gets none,
+    out.backward(torch.randn(out.shape, generator=g))   # and one that makes new parameters leaves these without any
+grads = [None if p.grad is None else p.grad.tolist() for p in params]
 grads.append(None if x_leaf.grad is None else x_leaf.grad.tolist())   # and the input's: no branch detaches x
-layer(torch.randn(3, 2, in_dim, generator=g))   # a second call must leave the first input alone too
+layer(torch.randn(2, 3, in_dim, generator=g))   # a second call must leave the first input alone too
 kept = torch.equal(x.detach(), x0)
 with torch.no_grad():                # an optimiser step changes A and B: the next forward must follow them
     layer.A.add_(torch.randn(rank, in_dim, generator=g))
@@ -563,8 +572,9 @@ out64 = double(torch.randn(2, in_dim, generator=g, dtype=torch.float64))
 dtypes = [str(out.dtype), str(out64.dtype), out64.detach().tolist()]
 return facts + [out.tolist(), grads, kept, after_step, follows, dtypes, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
-        explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input, "
-                "the gradients of A, B and the input after one backward pass, two layers built in a row with different "
+        explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input "
+                "that is a non-contiguous view (a transpose), the gradients of A and B (the parameters held before "
+                "forward, as an optimiser holds them) and of the input after one backward pass, two layers built in a row with different "
                 "A, parameters registered once and no buffers, the input left unchanged, also after the next call, and the output after "
                 "A and B changed (nothing cached from an earlier call), A decided by the caller's torch.manual_seed, "
                 "the layer converted with .to(torch.float64) computing in float64, and NumPy's and Python's global random "
@@ -596,10 +606,11 @@ x0 = x.clone()
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 rng = torch.get_rng_state()          # forward, merge and unmerge draw no random numbers
+held = (wrapped.lora.A, wrapped.lora.B)   # the parameters an optimiser built now would hold
 unmerged = wrapped(x)
 if unmerged.requires_grad:   # one backward pass: LoRA's A and B get gradients, the frozen layer none
     unmerged.backward(torch.randn(unmerged.shape, generator=g))
-grads = [None if p.grad is None else p.grad.tolist() for p in (wrapped.lora.A, wrapped.lora.B)]
+grads = [None if p.grad is None else p.grad.tolist() for p in held]
 grads.append([p.grad is None or bool((p.grad == 0).all()) for p in linear.parameters()])
 x_leaf = torch.randn(2, 5, d_in, generator=g, requires_grad=True)   # the input's gradient: neither path detaches x
 through = wrapped(x_leaf * 1.0)
@@ -616,6 +627,11 @@ facts += [bool(wrapped.linear.weight is linear.weight), [p.requires_grad for p i
           (wrapped.linear.weight - w0).tolist()]
 wrapped.merge()   # a second merge must not add the update twice
 merged = wrapped(x)
+x_merged = torch.randn(2, 5, d_in, generator=g, requires_grad=True)   # merged, the layer still passes the gradient
+through = wrapped(x_merged * 1.0)                                      # back to the layers before it
+if through.requires_grad:
+    through.backward(torch.randn(through.shape, generator=g))
+merged_input_grad = None if x_merged.grad is None else x_merged.grad.tolist()
 modes = [all(m.training for m in wrapped.modules())]   # merging changes the weight, not the training mode
 wrapped.unmerge()
 restored, final = bool((linear.weight - w0).abs().max() < 1e-5), wrapped(x).tolist()
@@ -635,11 +651,12 @@ per_layer.append((other.linear.weight - w_other).tolist())
 return facts + [unmerged.tolist(), merged.tolist(), restored, final,
                 [p.requires_grad for p in wrapped.linear.parameters()], lora_trains, modes,
                 torch.equal(rng, torch.get_rng_state()),
-                per_layer, host_rngs() == host]
+                per_layer, merged_input_grad, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LinearWithLoRA"),
         explain="a layer with a bias, gradients into A, B and the input and none into the frozen layer, the input left "
                 "unchanged, the wrapped layer called on its own still computing x Wᵀ + b (no hook left on it), "
-                "merge twice, unmerge when not merged, W frozen after merging, A and B trainable again after "
+                "merge twice, the gradient into the input of a merged layer, the parameters held before forward "
+                "receiving the gradients, unmerge when not merged, W frozen after merging, A and B trainable again after "
                 "unmerging, 3-D input, the training mode left as it was by merge and unmerge (in training and in eval "
                 "mode), the global random generator untouched by forward, merge and unmerge, a second layer's forward "
                 "and merge while the first is merged (the flag is each layer's own), and NumPy's and Python's by "
@@ -680,8 +697,9 @@ for kwargs in ({"target_modules": ["W_query", "2.0"]}, {"target_modules": ["out_
                {"target_modules": ["query"]}, {"exclude": ("head.out_head",)}, {"target_modules": ["head.out_head"], "exclude": ()},
                {"exclude": ("encoder",)}):   # a container's name: the rule is for Linear layers, encoder's are wrapped
     m = make()
+    given = {k: list(v) for k, v in kwargs.items()}   # the caller's lists: read, not sorted or emptied in place
     returned = replace_linear_with_lora(m, rank, 2.0, **kwargs)
-    calls.append([sorted(returned), wrapped_names(m)])
+    calls.append([sorted(returned), wrapped_names(m), {k: list(v) for k, v in kwargs.items()} == given])
 nested = [n for n, mod in a.named_modules() if isinstance(mod, LinearWithLoRA) and isinstance(mod.linear, LinearWithLoRA)]
 wrapped = a.get_submodule("W_query")
 import random
@@ -714,7 +732,10 @@ own.norm.requires_grad_(False)
 own.encoder.eval()                    # modes mixed: wrapping leaves each module's train/eval mode (no model.eval()/.train())
 modes = [(mod, mod.training) for mod in own.modules()]
 layers = {n: mod for n, mod in own.named_modules() if isinstance(mod, nn.Linear)}
+held = list(own.parameters())         # the pretrained weights: still the model's own objects after wrapping
 replace_linear_with_lora(own, rank, 2.0)
+present = {id(p) for p in own.parameters()}
+own_params = all(id(p) in present for p in held)
 same_objects = sorted(n for n, mod in own.named_modules() if isinstance(mod, LinearWithLoRA) and mod.linear is layers.get(n))
 trainable = sorted(n for n, p in own.named_parameters() if p.requires_grad)
 modes_kept = all(mod.training == was for mod, was in modes)
@@ -727,14 +748,15 @@ return [sorted(first), wrapped_names(a), second, calls, nested, type(a.out_head)
         wrapped_names(r), random_targets, wrapped_names(r2), same_objects, trainable, modes_kept, distinct_A,
         [[n, list(mod._modules)] for n, mod in a.named_modules()       # each container's children in their order
          if not isinstance(mod, (LinearWithLoRA, nn.Linear))],         # (an nn.Sequential runs them in it)
-        host_rngs() == host]
+        own_params, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "replace_linear_with_lora"),
         explain="a model of another shape, a second call, dotted targets and exclusions, names that end in a key "
                 "without its dot (subquery, aux_out_head), a nested excluded name, rank and alpha passed on, "
                 "an empty exclude, the layers really wrapped, each wrapping the model's own layer, A and B trainable, "
                 "the other parameters' requires_grad and every module's train/eval mode left as they were, a "
                 "different A drawn for each layer (no reseeding), an exclude that names a container (the Linear "
-                "layers inside it are still wrapped), each container's children kept in their order, and NumPy's and Python's "
+                "layers inside it are still wrapped), each container's children kept in their order, the caller's "
+                "target_modules and exclude left unchanged, the model's own parameters kept (none made anew), and NumPy's and Python's "
                 "global random generators untouched",
         parts=_PARTS["05-replace"]),
 
@@ -751,6 +773,7 @@ import torch
 torch.manual_seed(SEED)
 torch.rand(1)                        # a state no torch.manual_seed(n) gives: a reseeding answer shows
 rng = torch.get_rng_state()          # freezing draws no random numbers: the global generator stays as it was
+held = list(m.parameters())          # what an optimiser built now would hold: flags are set on these, none replaced
 freeze_model(m)
 freeze_model(m)
 after_freeze = [p.requires_grad for p in m.parameters()]
@@ -767,6 +790,7 @@ unfreeze(m[3][1][0])                 # a LayerNorm: a module without children
 unfreeze(m[0])                       # a Linear
 after_leaves = [p.requires_grad for p in m.parameters()]
 kept = [torch.equal(rng, torch.get_rng_state()), all(mod.training for mod in m.modules())]   # and no model.eval()
+kept.append(len(held) == len(list(m.parameters())) and all(a is b for a, b in zip(held, m.parameters())))
 m.eval()                             # nor .train() on a model the caller put in eval mode
 freeze_model(m)
 unfreeze(m[1])
@@ -790,7 +814,7 @@ random_model = [p.requires_grad for p in r.parameters()]
 return [after_freeze, after_unfreeze, after_second, after_deep, after_leaves, random_model, kept, host_rngs() == host]
 ''', reference=lambda: freeze_model,
         explain="a nested model, unfreezing a sub-module four levels deep, a single LayerNorm and a single Linear, "
-                "biases, calling each twice, and nothing else changed (training mode, also of a model in eval mode, the global "
+                "biases, calling each twice, and nothing else changed (the parameter objects themselves, training mode, also of a model in eval mode, the global "
                 "random generators of PyTorch, NumPy and Python)",
         parts=_PARTS["06-freeze"]),
 
@@ -853,8 +877,10 @@ cases = [(1, 1 + SEED % 9, 50257, 50256, False), (1, 2 + SEED % 7, 50257, 50256,
          (4, 5 + SEED % 4, 4, 0, False)]
 cases += [(int(torch.randint(1, 9, (1,), generator=g)), int(torch.randint(1, 15, (1,), generator=g)), 3 + SEED % 5,
            int(torch.randint(0, 3, (1,), generator=g)), bool(torch.randint(0, 2, (1,), generator=g))) for _ in range(4)]
-for batch, width, vocab, pad, full_row in cases:
+for i, (batch, width, vocab, pad, full_row) in enumerate(cases):
     x = draw(batch, width, vocab, pad, full_row)
+    if i == 2:                       # a batch cut from a wider one (batch[:, :width]): a non-contiguous view
+        x = torch.cat([x, x[:, :1]], dim=1)[:, :width]
     before = x.clone()
     got = last_token_index(x, pad)
     ok = isinstance(got, torch.Tensor)
@@ -921,7 +947,8 @@ out.append(again.tolist() if isinstance(again, torch.Tensor) else None)
 out.append(torch.equal(rng, torch.get_rng_state()))
 return out + [host_rngs() == host]
 """, reference=_lib("course_lib.training", "last_token_index"),
-        explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, pad ids "
+        explain="random right-padded batches (1 to 9 rows, width 1 to 14), rows that fill the width, a batch of one, a "
+                "batch that is a non-contiguous slice of a wider one, pad ids "
                 "that also occur inside messages, the default pad id, integer indices, the batch left unchanged, tensors "
                 "made on the batch's device (PyTorch's default device set elsewhere), the batch tensor refilled by the caller "
                 "and passed again (nothing kept between calls), and the global random generators "
@@ -1116,11 +1143,15 @@ from torch import nn
 torch.manual_seed(SEED)
 m = nn.Sequential(nn.Linear(3 + SEED % 4, 5), nn.LayerNorm(5), nn.Sequential(nn.Linear(5, 2 + SEED % 3)))
 kept = []
+for p in m.parameters():             # gradients of a backward pass the caller ran: counting leaves them
+    p.grad = torch.ones_like(p)
 def counted(model):   # counting draws no random numbers: the global generator stays as it was (the models' own
     rng = torch.get_rng_state()      # initialisation drew from it: a state no torch.manual_seed(n) gives), and it
     modes = [mod.training for mod in model.modules()]   # leaves each module's train/eval mode as it was
+    grads = [p.grad for p in model.parameters()]        # and each parameter's gradient
     v = count_trainable(model)
-    kept.append(torch.equal(rng, torch.get_rng_state()) and [mod.training for mod in model.modules()] == modes)
+    kept.append(torch.equal(rng, torch.get_rng_state()) and [mod.training for mod in model.modules()] == modes
+                and all(a is b for a, b in zip(grads, [p.grad for p in model.parameters()])))
     return v
 counts = []
 for frozen in ([], [0], [0, 1], [2], [0, 1, 2]):
@@ -1157,7 +1188,7 @@ return [[type(v) is int, v if type(v) in (int, float, bool) else repr(v)[:40]] f
         explain="what the LoraConfig builds on a tiny random BERT (trainable parameters, and the rank, scaling and "
                 "dropout of each LoRA layer, and how the LoRA matrices start), and the count on that model, on a model "
                 "with various parts frozen and on one with a tied weight (counted once), the global random generator and every "
-                "module's train/eval mode untouched by counting, and NumPy's and Python's untouched",
+                "module's train/eval mode and the parameters' gradients untouched by counting, and NumPy's and Python's untouched",
         parts=_PARTS["09-lora-config"]),
 ]
 
