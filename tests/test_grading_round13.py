@@ -142,3 +142,64 @@ def test_no_kernel_polling_task_outlives_a_notebook_whose_kernel_sent_an_unreada
     assert run.executed == [0, 1, 2], run.executed
     left = [t for t in asyncio.all_tasks(ensure_event_loop()) if "poll_kernel_alive" in repr(t) and not t.done()]
     assert left == [], left
+
+
+def test_a_flag_names_a_renamed_copy_in_at_most_a_few_dozen_characters():
+    """A flag names the definition a copy was renamed to (``(as `name`)``); a name of 100,000 letters (Python sets no
+    limit) put a field of that size in the instructor's flags file, past the 32,767 characters a spreadsheet's cell
+    holds."""
+    from course_tools.grading import ownership
+    from course_tools.grading.registry import load_tests
+
+    nb = solution(NOTEBOOK)
+    long_name = "split_" + "x" * 100_000
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.lstrip().startswith("def random_split"):
+            cell.source = cell.source.replace("def random_split", f"def {long_name}", 1)
+    flags = ownership.plagiarism_flags(nb, load_tests().tests_for(NOTEBOOK))
+    renamed = [f for f in flags if f["exercise"] == "03-split"]
+    assert renamed and "(as `split_xxx" in renamed[0]["reason"], flags
+    assert all(len(f["reason"]) < 300 for f in flags), [len(f["reason"]) for f in flags]
+
+
+KEYRING_CHECK = r'''
+import ctypes, os, shutil, subprocess, sys
+from course_tools.grading import sandbox
+libc = ctypes.CDLL(None, use_errno=True)
+KEYCTL, ADD_KEY = 250, 248   # x86_64
+if libc.syscall(KEYCTL, 1, b"round13-instructor") < 0:   # a session keyring of this test's own, as a login has
+    print("NO-KEYCTL"); sys.exit(0)
+libc.syscall(ADD_KEY, b"user", b"round13", b"instructor-secret", 17, -3)
+reader = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+          "kid = libc.syscall(250, 10, -3, b'user', b'round13', 0)\n"
+          "buf = ctypes.create_string_buffer(64)\nn = libc.syscall(250, 11, kid, buf, 64) if kid > 0 else 0\n"
+          "libc.syscall(248, b'user', b'planted', b'x', 1, -3)\nprint('READ', buf.raw[:max(n, 0)])\n")
+box = [shutil.which("bwrap"), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+       "--uid", "65534", "--new-session", "--die-with-parent", "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+       sys.executable, "-c", reader]
+for name, preexec in (("bare", None), ("grader", sandbox.dies_with_this_process())):
+    shown = subprocess.run(box, capture_output=True, text=True, timeout=60, preexec_fn=preexec).stdout.strip()
+    planted = libc.syscall(KEYCTL, 10, -3, b"user", b"planted", 0) > 0
+    print(name, shown, "PLANTED" if planted else "CLEAN")
+    if planted:
+        libc.syscall(KEYCTL, 9, libc.syscall(KEYCTL, 10, -3, b"user", b"planted", 0), -3)   # unlink it again
+'''
+
+
+@pytest.mark.skipif(not __import__("shutil").which("bwrap") or __import__("platform").machine() != "x86_64",
+                    reason="needs bubblewrap on x86_64 (the keyctl system call's number)")
+def test_a_sandbox_reaches_neither_the_instructors_session_keyring_nor_another_sandboxs():
+    """Every process keeps its parent's session keyring through fork, exec, bwrap and a new user namespace: graded as
+    uid 65534 from a session whose keyring held a key, a notebook read it (its feedback said `Your code raised
+    ValueError: KEY b'instructor-secret'`) and left a key of its own in the instructor's keyring, which the next
+    student's kernel could read. Each sandbox now starts with a new, empty session keyring."""
+    import subprocess
+    import sys
+
+    shown = subprocess.run([sys.executable, "-c", KEYRING_CHECK], capture_output=True, text=True, timeout=180,
+                           cwd=Path(__file__).resolve().parent.parent).stdout
+    if "NO-KEYCTL" in shown:
+        pytest.skip("this machine refuses the keyctl system call (no keyring to reach)")
+    lines = dict(line.split(" ", 1) for line in shown.strip().splitlines())
+    assert "instructor-secret" in lines["bare"] and "PLANTED" in lines["bare"], shown   # the channel exists here
+    assert "instructor-secret" not in lines["grader"] and lines["grader"].endswith("CLEAN"), shown

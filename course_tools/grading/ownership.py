@@ -323,7 +323,10 @@ def plagiarism_flags(nb: nbformat.NotebookNode, exercises: list, seconds: float 
             seen.add(hash(mine))
             for exercise, (test, matcher) in references.items():   # whatever the carried definition is named
                 if exercise not in flagged and _similar(matcher, mine):
-                    also = "" if node.name == test.name else f" (as `{node.name}`)"
+                    # a name is one line of letters, but of any length: 100,000 letters put a field of that size in
+                    # the flags (a spreadsheet's cell holds 32,767 characters)
+                    shown = node.name if len(node.name) <= 60 else node.name[:60] + "..."
+                    also = "" if node.name == test.name else f" (as `{shown}`)"
                     flagged[exercise] = {"exercise": exercise, "reason": f"`{test.name}` matches course_lib's "
                                          f"implementation{also} (a signal to look at, not a grade)."}
     if out_of_time or late[0]:   # what was not compared cannot have matched: say so, for a human to look

@@ -403,12 +403,49 @@ def tie_to_parent(parent: int) -> None:
 
 
 def dies_with_this_process():
-    """A ``preexec_fn`` for a child that must not outlive this process, even one killed with SIGKILL.
+    """A ``preexec_fn`` for a child that must not outlive this process, even one killed with SIGKILL, and that
+    starts with a session keyring of its own (:func:`_own_session_keyring`).
 
     bwrap's ``--die-with-parent`` asks for the same signal, but only once bwrap runs: a parent killed while
     the shell, ``prlimit`` and bwrap start would leave a sandbox behind. Set before ``exec``, the request
     holds through each of them (none is set-user-ID), and the check after it closes the window before."""
-    return _parent_death_guard(os.getpid()) if sys.platform.startswith("linux") else None
+    if not sys.platform.startswith("linux"):
+        return None
+    guard, keyring = _parent_death_guard(os.getpid()), _own_session_keyring()
+
+    def preexec() -> None:
+        guard()
+        keyring()
+    return preexec
+
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219}
+
+
+def _own_session_keyring():
+    """A function that gives the calling process a new, empty session keyring (``keyctl(JOIN_SESSION_KEYRING,
+    NULL)``), or exits if it cannot. A process keeps its parent's session keyring through ``fork``, ``exec``, bwrap and
+    a new user namespace, and owns what it holds there: a notebook read the instructor's session keyring (a Kerberos
+    ticket kept as ``KEYRING:``, any key added with ``keyctl``) through the ``keyctl`` system call, wrote keys into it,
+    and could leave data there for the next student's kernel. Where the kernel has no keys (``ENOSYS``) or a seccomp
+    filter refuses the call (``EPERM``, inherited by the sandbox too), there is no keyring to reach. Looked up here,
+    so that nothing is imported or loaded between fork and exec."""
+    import ctypes
+    import errno
+    import platform
+
+    number = KEYCTL_SYSCALL.get(platform.machine())
+    libc = ctypes.CDLL(None, use_errno=True)
+    syscall, get_errno = libc.syscall, ctypes.get_errno
+    unreachable = (errno.ENOSYS, errno.EPERM, errno.EACCES)
+
+    def join() -> None:
+        if number is None:   # an architecture whose number is not listed here: the keyring stays the parent's
+            return
+        if syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None) < 0 and get_errno() not in unreachable:
+            os._exit(1)   # e.g. the user's key quota is full: no sandbox with the instructor's keyring
+    return join
 
 
 def sandboxed_env(extra: dict[str, str]) -> dict[str, str]:
