@@ -5,8 +5,14 @@ docs/instructors.md)."""
 from __future__ import annotations
 
 import asyncio
+import copy
+import csv
 import os
 import pathlib
+import platform
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -186,16 +192,13 @@ for name, preexec in (("bare", None), ("grader", sandbox.dies_with_this_process(
 '''
 
 
-@pytest.mark.skipif(not __import__("shutil").which("bwrap") or __import__("platform").machine() != "x86_64",
+@pytest.mark.skipif(not shutil.which("bwrap") or platform.machine() != "x86_64",
                     reason="needs bubblewrap on x86_64 (the keyctl system call's number)")
 def test_a_sandbox_reaches_neither_the_instructors_session_keyring_nor_another_sandboxs():
     """Every process keeps its parent's session keyring through fork, exec, bwrap and a new user namespace: graded as
     uid 65534 from a session whose keyring held a key, a notebook read it (its feedback said `Your code raised
     ValueError: KEY b'instructor-secret'`) and left a key of its own in the instructor's keyring, which the next
     student's kernel could read. Each sandbox now starts with a new, empty session keyring."""
-    import subprocess
-    import sys
-
     shown = subprocess.run([sys.executable, "-c", KEYRING_CHECK], capture_output=True, text=True, timeout=180,
                            cwd=Path(__file__).resolve().parent.parent).stdout
     if "NO-KEYCTL" in shown:
@@ -203,3 +206,77 @@ def test_a_sandbox_reaches_neither_the_instructors_session_keyring_nor_another_s
     lines = dict(line.split(" ", 1) for line in shown.strip().splitlines())
     assert "instructor-secret" in lines["bare"] and "PLANTED" in lines["bare"], shown   # the channel exists here
     assert "instructor-secret" not in lines["grader"] and lines["grader"].endswith("CLEAN"), shown
+
+
+
+# --------------------------------------------------------------------------- one `course grade` run
+ROOT = Path(__file__).resolve().parent.parent
+READ_KEY = ("def _key():\n    import ctypes\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+            "    kid = libc.syscall(250, 10, -3, b'user', b'round13', 0)\n    buf = ctypes.create_string_buffer(64)\n"
+            "    n = libc.syscall(250, 11, kid, buf, 64) if kid > 0 else 0\n"
+            "    libc.syscall(248, b'user', b'planted', b'x', 1, -3)\n    return 'KEY ' + repr(buf.raw[:max(n, 0)])\n")
+GRADER_IN_A_KEYRING = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.syscall(250, 1, b"round13-grader") < 0:
+    print("NO-KEYCTL", file=sys.stderr); sys.exit(3)
+libc.syscall(248, b"user", b"round13", b"instructor-secret", 17, -3)
+code = os.spawnv(os.P_WAIT, sys.executable, [sys.executable, "-m", "course_tools.cli", *sys.argv[1:]])
+print("PLANTED" if libc.syscall(250, 10, -3, b"user", b"planted", 0) > 0 else "CLEAN", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """One student of 03, graded by `course grade` from a session whose keyring holds a key: a correct notebook whose
+    written answer carries control codes, with a cell that prints a C1 CSI and a right-to-left override and reads the
+    keyring in the kernel (printed) and in the probe (raised by ``num_batches``, which costs that exercise)."""
+    if not shutil.which("bwrap") or platform.machine() != "x86_64":
+        pytest.skip("needs bubblewrap on x86_64")
+    from course_tools.notebooks import END
+
+    base = tmp_path_factory.mktemp("round13")
+    nb = copy.deepcopy(solution(NOTEBOOK))
+    for cell in nb.cells:
+        course = cell.get("metadata", {}).get("course")
+        if cell.cell_type == "markdown" and isinstance(course, dict) and "exercise" in course:
+            lines = cell.source.split("\n")
+            end = next(i for i, line in enumerate(lines) if END.match(line))
+            cell.source = "\n".join(lines[:end] + [f"answer{CONTROLS}forged 5 of 5"] + lines[end:])
+    nb.cells.append(nbformat.v4.new_code_cell(
+        READ_KEY + "print('shown' + '\\x9b2J' + '\\u202e' + 'done', _key())\n"
+        "def num_batches(n, b, drop_last=False):\n    raise ValueError(_key())\n"))
+    (base / "subs" / "eve").mkdir(parents=True)
+    nbformat.write(nb, base / "subs" / "eve" / f"{NOTEBOOK}.ipynb")
+    out = base / "out" / "grades.csv"
+    done = subprocess.run([sys.executable, "-c", GRADER_IN_A_KEYRING, "grade", str(base / "subs"), "--out", str(out),
+                           "--notebooks", NOTEBOOK, "--seed", "13"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "TMPDIR": "/tmp", "PYTHONPATH": str(ROOT)})
+    if done.returncode == 3 and "NO-KEYCTL" in done.stderr:
+        pytest.skip("this machine refuses the keyctl system call")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {r["exercise"]: r for r in csv.DictReader(out.open())}
+    return {"rows": rows, "stderr": done.stderr, "feedback": (base / "out" / "feedback" / "eve.md").read_bytes(),
+            "executed": (base / "out" / "executed" / "eve" / f"{NOTEBOOK}.ipynb").read_bytes()}
+
+
+def test_a_graded_notebook_reads_no_key_of_the_instructors_session_and_leaves_none(graded):
+    """Before: `Your code raised ValueError: KEY b'instructor-secret'` in the gradebook and the feedback, the same key
+    printed in the executed notebook, and a key `planted` in the grader's session keyring after the run."""
+    assert graded["rows"]["03-num-batches"]["message"].endswith("ValueError: KEY b''"), graded["rows"]
+    assert b"instructor-secret" not in graded["feedback"] and b"instructor-secret" not in graded["executed"]
+    assert graded["stderr"].rstrip().endswith("CLEAN"), graded["stderr"][-500:]
+    assert graded["rows"]["TOTAL"]["points"] == "4"   # the rest of the notebook graded as ever
+
+
+def test_what_the_grader_writes_holds_no_raw_control_code_for_the_instructors_terminal(graded):
+    """The executed notebook kept the printed ``\\x9b`` (the 8-bit CSI) and the override as raw characters (JSON escapes
+    only the C0 controls), and the feedback the written answer's codes; both now hold them escaped or as spaces."""
+    import json
+
+    for raw in (graded["executed"], graded["feedback"]):
+        assert not any(code.encode() in raw for code in CODES), [c for c in CODES if c.encode() in raw]
+    outputs = [o for c in json.loads(graded["executed"])["cells"] for o in c.get("outputs", [])]
+    assert any("shown\x9b2J\u202edone" in "".join(o.get("text", "")) for o in outputs), outputs   # read back whole
+    assert "forged 5 of 5" in graded["feedback"].decode()

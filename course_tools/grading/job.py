@@ -345,8 +345,24 @@ def _grade_one(job: Job, result: Result) -> Result:
     result.written = {printable(str(k), 100): utf8(v[:5000]) for k, v in written_answers(nb).items()}
     result.flags = [{"student": job.student, "notebook": job.notebook, **f}
                     for f in plagiarism_flags(executed_nb, hidden)]
-    result.executed = nbformat.writes(run.notebook)
+    result.executed = terminal_safe_json(nbformat.writes(run.notebook))
     return result
+
+
+UNSEEN = re.compile(r"[^\x00-\x7f]")   # what JSON writes raw when ``ensure_ascii`` is off (nbformat's way)
+
+
+def terminal_safe_json(text: str) -> str:
+    """JSON ``text`` with every character that is not ASCII and not printable (a C1 control such as ``\x9b``, the 8-bit
+    CSI; a right-to-left override; a line separator) written as a ``\\u`` escape, which reads back as the same
+    character. JSON escapes the C0 controls (``ESC`` is ``\\u001b``) but nbformat writes the rest as they are, so a
+    notebook printing ``\x9b2J`` cleared the screen of an instructor who ran ``cat`` or ``grep`` on its executed
+    copy (on a terminal that obeys C1 controls), and an override reversed what the lines after it show. Outside JSON
+    strings the text is ASCII, so the escapes change no structure."""
+    def escaped(match: re.Match) -> str:
+        char = match.group()
+        return char if char.isprintable() else json.dumps(char)[1:-1]
+    return UNSEEN.sub(escaped, text)
 
 
 def exercise_rows(hidden: list, payloads: dict[str, dict], nb: nbformat.NotebookNode, tests) -> list[dict]:
