@@ -243,11 +243,19 @@ def is_library_not_implemented(err: BaseException) -> bool:
     return isinstance(err, NotImplementedError) and "not implemented for" in str(err)
 
 
+VIEW_HINT = ("A tensor your code calls .view() on is not contiguous in memory (a transpose or a slice of another, "
+             "as inputs and activations often are), and .view() cannot reshape such a tensor: use .reshape(...), "
+             "which copies only when it must, or leave the leading dimensions as they are (@ and F.linear take any "
+             "number of them).")
+
+
 def _explain_error(err: BaseException) -> str:
     """A sentence for an exception whose cause is a common slip we can name."""
     text = str(err)
     if (isinstance(err, TypeError) and "^" in text) or "bitwise_xor" in text:
         return XOR_HINT
+    if isinstance(err, RuntimeError) and "view size is not compatible with input tensor's size and stride" in text:
+        return VIEW_HINT
     return ""
 
 

@@ -34,6 +34,18 @@ def message(check, *args) -> str:
     return str(failure.value)
 
 
+# --------------------------------------------------------------------------- 04 · LoRALayer
+def test_a_view_flatten_is_told_view_on_a_non_contiguous_input_not_which_factor_needs_a_transpose():
+    class Flattening(LoRALayer):
+        def forward(self, x):
+            flat = x.view(-1, x.shape[-1])   # fails on the check's transposed input; .reshape() would not
+            return (self.scaling * (flat @ self.A.T @ self.B.T)).view(*x.shape[:-1], -1)
+
+    text = message(checks.check_lora_layer, Flattening)
+    assert "non-contiguous view" in text and ".view() cannot reshape" in text and ".reshape(...)" in text, text
+    assert "needs .T" not in text, text   # the shape hint names another cause
+
+
 # --------------------------------------------------------------------------- 04 · LinearWithLoRA
 def linear_with_lora(forward=None, merge=None, unmerge=None, keep=lambda linear: linear):
     """The solution's LinearWithLoRA with one method replaced, or with ``keep`` deciding what self.linear holds."""
