@@ -1225,8 +1225,9 @@ def _short(value: Any, limit: int = 80) -> str:
 def describe_difference(got: Any, want: Any, tol: float, parts: str | tuple[str, ...] = "") -> str:
     """Where the student's result first differs from the expected one, in one sentence: the path of
     indices into the probe's result (named by ``parts`` at the top level when given) and both values.
-    A tuple ``parts`` names each top-level entry: only the differing entry's name is said, so the message stays short
-    and the student need not count entries."""
+    A tuple ``parts`` names each top-level entry: the first differing entry is described by its name, so the student
+    need not count entries, and up to three later entries that differ too are named after it: the first difference
+    alone can be a symptom (validation run on the shuffled training loader changes the training losses first)."""
     path: list[str] = []
 
     def walk(a: Any, b: Any) -> str | None:
@@ -1246,8 +1247,12 @@ def describe_difference(got: Any, want: Any, tol: float, parts: str | tuple[str,
     found = walk(got, want) or "differs"
     if isinstance(parts, tuple):
         if path and int(path[0]) < len(parts):
+            first = int(path[0])
             inner = f", at [{']['.join(path[1:])}]," if len(path) > 1 else ""
-            return f"{parts[int(path[0])]} (entry [{path[0]}]){inner} {found}"
+            also = [f"{parts[i]} (entry [{i}])" for i in range(first + 1, min(len(got), len(parts)))
+                    if not same(got[i], want[i], tol)]
+            more = f"; also differing: {', '.join(also[:3])}{' and more' if len(also) > 3 else ''}" if also else ""
+            return f"{parts[first]} (entry [{first}]){inner} {found}{more}"
         parts = ""
     where = "[" + "][".join(path) + "]" if path else "the result"
     named = f" (entries: {parts})" if parts and path else ""

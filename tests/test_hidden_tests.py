@@ -237,6 +237,19 @@ def test_describe_difference_names_the_first_differing_entry():
     assert "2 entries where 3" in HIDDEN.describe_difference([1, 2], [1, 2, 3], 1e-4)
 
 
+def test_named_parts_after_the_first_difference_are_named_too():
+    parts = ("the training losses", "the validation losses", "the training accuracies", "the count", "a", "b")
+    want = [[1.0, 0.5], [1.1, 0.6], [0.5, 0.7], 3, 1, 2]
+    got = [[1.0, 0.4], [1.2, 0.6], [0.5, 0.7], 4, 1, 2]
+    text = HIDDEN.describe_difference(got, want, 1e-4, parts)
+    assert text.startswith("the training losses (entry [0]), at [1], is 0.4 where 0.5 was expected"), text
+    assert text.endswith("; also differing: the validation losses (entry [1]), the count (entry [3])"), text
+    assert "training accuracies" not in text   # equal: not said to differ
+    many = HIDDEN.describe_difference([0] * 6, [1] * 6, 1e-4, parts)
+    assert many.endswith("the training accuracies (entry [2]), the count (entry [3]) and more"), many
+    assert "also differing" not in HIDDEN.describe_difference([0, 1], [1, 1], 1e-4, parts[:2])
+
+
 def test_a_failed_tests_message_names_the_differing_part_in_a_few_words():
     from course_tools.grading.scoring import expected
 
