@@ -13,8 +13,8 @@ waited for), which a loaded machine changes less than wall time:
 - ``import matplotlib.pyplot``;
 - ``course_lib for 04``: what notebook 04's graded cells import (the model, LoRA, strategies, training);
 - ``kernel start``: an IPython kernel started, asked for one empty cell and shut down (jupyter_client);
-- ``course grade, 1 x 04`` (with ``--grade``): the whole grader on one copy of 04's solution, sandboxed if
-  bubblewrap is installed, every process it started included.
+- ``course grade, 1 x 04`` (with ``--grade``): the whole grader on one copy of 04's solution in its sandbox, every
+  process it started included (needs bubblewrap, as `course grade` does without ``--no-sandbox``).
 
     python benchmarks/process_costs.py [--rounds 3] [--grade]
 """
