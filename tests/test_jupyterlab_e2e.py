@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,31 @@ def browser():
             "--disable-component-update", "--disable-sync"])
         yield b
         b.close()
+
+
+@dataclass(frozen=True)
+class Lab:
+    """A running JupyterLab server: where it listens, its token, and its log."""
+    url: str
+    token: str
+    log: Path
+
+    def session(self, path: str) -> dict:
+        """The server's session for notebook ``path`` (its id and kernel), or {} when it has none."""
+        with urllib.request.urlopen(f"{self.url}/api/sessions?token={self.token}", timeout=10) as reply:
+            return next((s for s in json.load(reply) if s.get("path") == path), {})
+
+    def kernel_state(self, path: str) -> str | None:
+        """The execution state of the kernel the server runs for notebook ``path``; None when it runs none."""
+        return (self.session(path).get("kernel") or {}).get("execution_state")
+
+    def report(self, path: str) -> str:
+        """What the server knows, for a failed test's stderr: the notebook's kernel and the log's tail."""
+        try:
+            state = self.kernel_state(path)
+        except OSError as error:
+            state = f"unknown ({error})"
+        return f"server's kernel for {path}: {state}\nserver log (last 4000 characters):\n{self.log.read_text()[-4000:]}"
 
 
 def _free_port() -> int:
@@ -91,7 +118,7 @@ def lab(tmp_path_factory):
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("jupyter lab did not start:\n" + (state / "server.log").read_text()[-3000:]) from None
                 time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}", token
+        yield Lab(f"http://127.0.0.1:{port}", token, state / "server.log")
     finally:  # always stop the server (and its kernels) that this fixture started
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -101,22 +128,26 @@ def lab(tmp_path_factory):
                 os.killpg(server.pid, signal.SIGKILL)
 
 
-def _open(browser, lab, path: str):
-    url, token = lab
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def _open(page, lab: Lab, path: str) -> None:
     # A workspace of its own, so that the other test's notebook is not restored beside this one.
-    page.goto(f"{url}/lab/workspaces/{Path(path).parent.name}/tree/{path}?reset&token={token}",
+    page.goto(f"{lab.url}/lab/workspaces/{Path(path).parent.name}/tree/{path}?reset&token={lab.token}",
               wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    # The kernel is ready when the toolbar's status says Idle. On a loaded machine JupyterLab may ask
-    # which kernel to start instead (a dialog over the page): the notebook's own kernel is accepted.
-    deadline = time.monotonic() + 90
-    while not page.evaluate(IDLE_JS):
-        _accept_kernel_dialog(page)
+    _wait_for_kernel(page, lab, path)
+
+
+def _wait_for_kernel(page, lab: Lab, path: str, timeout_s: int = 90) -> None:
+    """Wait until the server runs an idle kernel for ``path`` and the page shows it idle, answering any
+    kernel dialog JupyterLab opens meanwhile (the page alone can look idle before a kernel exists)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        _answer_kernel_dialog(page)
+        if lab.kernel_state(path) == "idle" and page.evaluate(IDLE_JS) and not _kernel_dialog(page).count():
+            return
         if time.monotonic() > deadline:
-            raise AssertionError("the notebook's kernel did not become idle within 90 s")
+            raise AssertionError(f"the notebook's kernel was not idle within {timeout_s} s "
+                                 f"(server: {lab.kernel_state(path)})")
         time.sleep(0.5)
-    return page
 
 
 IDLE_JS = ("() => Boolean(document.querySelector('.jp-Notebook') && "
@@ -125,28 +156,41 @@ IDLE_JS = ("() => Boolean(document.querySelector('.jp-Notebook') && "
            " || document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]') !== null)")
 
 
-def _accept_kernel_dialog(page) -> bool:
-    """Close JupyterLab's kernel-selection dialog if one is open, so that it cannot intercept the test's
-    clicks; say so on stderr. On a loaded machine JupyterLab may open it although the notebook's kernel
-    is running (selecting a kernel then starts another and the dialog comes back): then it is cancelled,
-    which keeps the running kernel; with no kernel it is accepted (its default is the notebook's python3)."""
-    dialog = page.locator(".jp-Dialog")
-    if not dialog.count() or not dialog.first.locator("select").count():
+def _kernel_dialog(page):
+    """JupyterLab's kernel-selection dialog (a dialog with a kernel <select>), if one is open."""
+    return page.locator(".jp-Dialog").filter(has=page.locator("select"))
+
+
+def _answer_kernel_dialog(page) -> bool:
+    """Answer JupyterLab's kernel-selection dialog if one is open, so that it cannot intercept the test's
+    clicks, and say so on stderr. JupyterLab opens it when it could not start a kernel (on a loaded
+    machine: at load, or again for every cell Run All reaches while the notebook has none). Its cancel
+    button is labelled "Cancel" only when the notebook has a kernel: then it is cancelled, which keeps
+    that kernel; otherwise Python 3 is chosen and accepted, which starts one."""
+    dialog = _kernel_dialog(page)
+    if not dialog.count():
         return False
-    kernel = " ".join(page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-KernelName").all_inner_texts())
-    keep = bool(kernel.strip()) and "No Kernel" not in kernel
-    print(f"{'cancelling' if keep else 'accepting'} JupyterLab's kernel dialog (kernel: {kernel.strip() or '?'}):",
-          " ".join(dialog.first.inner_text().split())[:160], file=sys.stderr)
-    dialog.first.locator(".jp-Dialog-button.jp-mod-reject" if keep else ".jp-Dialog-button.jp-mod-accept").click()
+    dialog = dialog.first
+    has_kernel = dialog.locator(".jp-Dialog-button.jp-mod-reject").inner_text().strip() == "Cancel"
+    print(f"{'cancelling' if has_kernel else 'choosing Python 3 in'} JupyterLab's kernel dialog:",
+          " ".join(dialog.inner_text().split())[:160], file=sys.stderr)
+    if has_kernel:
+        dialog.locator(".jp-Dialog-button.jp-mod-reject").click()
+    else:
+        select = dialog.locator("select")
+        python = [o for o in select.locator("option").all_inner_texts() if o.strip().startswith("Python 3")]
+        assert python, f"the kernel dialog offers no Python 3 kernel: {dialog.inner_text()}"
+        select.select_option(label=python[0])
+        dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
     page.wait_for_timeout(500)
     return True
 
 
 def _click(page, locator, attempts: int = 8) -> None:
-    """Click ``locator``; a kernel dialog that opens over the page meanwhile is accepted and the click
+    """Click ``locator``; a kernel dialog that opens over the page meanwhile is answered and the click
     tried again (Playwright would otherwise wait 30 s on the dialog that intercepts it)."""
     for _ in range(attempts):
-        _accept_kernel_dialog(page)
+        _answer_kernel_dialog(page)
         try:
             locator.click(timeout=5_000)
             return
@@ -174,24 +218,26 @@ def _started(page) -> bool:
     return any("*" in p or re.search(r"\[\d+\]", p) for p in prompts)
 
 
-def _start_run_all(page, attempts: int = 3) -> None:
-    """Click Run > Run All Cells, with the notebook focused; a click that lands while JupyterLab
-    is still wiring the notebook up can be lost, so check that cells started and try again."""
+def _start_run_all(page, lab: Lab, path: str, attempts: int = 3) -> None:
+    """Click Run > Run All Cells, with the notebook focused and its kernel idle; a click that lands while
+    JupyterLab is still wiring the notebook up can be lost, so check that cells started and try again."""
     for _ in range(attempts):
+        _wait_for_kernel(page, lab, path)
         _click(page, page.locator(f"{PANEL} .jp-Cell").first)
         _menu(page, "Run", "Run All Cells")
         for _ in range(40):
+            _answer_kernel_dialog(page)
             if _started(page):
                 return
             time.sleep(0.5)
     raise AssertionError("Run > Run All Cells did not start any cell")
 
 
-def _run_all_and_wait(page, timeout_s: int = 300) -> None:
+def _run_all_and_wait(page, lab: Lab, path: str, timeout_s: int = 300) -> None:
     """Run all cells from the menu; return once the kernel is idle again and either no cell is
     still marked running or an error has stopped the run (cells queued after it may keep their
     mark a moment longer)."""
-    _start_run_all(page)
+    _start_run_all(page, lab, path)
     deadline, quiet_since, prompts = time.monotonic() + timeout_s, None, []
     while time.monotonic() < deadline:
         prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
@@ -235,10 +281,27 @@ def first_hint() -> str:
     raise AssertionError(f"{NOTEBOOK} has no TODO")
 
 
-def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(browser, lab):
-    page = _open(browser, lab, f"notebooks/{NOTEBOOK}")
+@contextmanager
+def _notebook(browser, lab: Lab, path: str, screenshot: str, focus: str):
+    """``path`` open in JupyterLab with an idle kernel. Whatever happens, a screenshot scrolled to ``focus``
+    is kept as the test's artifact; if the test fails, what the server knows goes to stderr with it."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        _run_all_and_wait(page)
+        _open(page, lab, path)
+        yield page
+    except BaseException:
+        print(lab.report(path), file=sys.stderr)
+        raise
+    finally:
+        _screenshot(page, screenshot, focus=focus)
+        page.close()
+
+
+def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(browser, lab):
+    path = f"notebooks/{NOTEBOOK}"
+    with _notebook(browser, lab, path, "student_04_lora_layers.png",
+                   focus=f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']") as page:
+        _run_all_and_wait(page, lab, path)
         page.wait_for_timeout(1000)
         outputs = "\n".join(page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts())
         assert "Profile: smoke" in outputs, "the profile banner is not printed"
@@ -248,18 +311,15 @@ def test_student_notebook_in_jupyterlab_shows_banner_figure_and_first_todo(brows
         assert "NotImplementedError" in errors[0]
         assert first_hint()[:40] in errors[0], "the TODO's hint is not in the error"
         assert "ModuleNotFoundError" not in outputs
-    finally:  # the screenshot is kept whatever happened, as the test's artifact
-        _screenshot(page, "student_04_lora_layers.png",
-                    focus=f"{PANEL} .jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        page.close()
 
 
 def test_solution_notebook_in_jupyterlab_runs_to_the_end_without_error(browser, lab):
-    page = _open(browser, lab, f"solutions/{NOTEBOOK}")
-    try:
+    path = f"solutions/{NOTEBOOK}"
+    with _notebook(browser, lab, path, "solution_04_lora_layers.png",
+                   focus=f"{PANEL} .jp-OutputArea-output img") as page:
         _menu(page, "Edit", "Clear Outputs of All Cells")
         page.wait_for_timeout(500)
-        _run_all_and_wait(page)
+        _run_all_and_wait(page, lab, path)
         page.wait_for_timeout(1000)
         assert _errors(page) == [], f"the solution raised: {_errors(page)}"
         prompts = page.locator(f"{PANEL} .jp-CodeCell .jp-InputPrompt").all_inner_texts()
@@ -267,6 +327,32 @@ def test_solution_notebook_in_jupyterlab_runs_to_the_end_without_error(browser, 
         assert page.locator(f"{PANEL} .jp-OutputArea-output img").count() >= 1, "no figure was rendered as an image"
         text = "\n".join(page.locator(f"{PANEL} .jp-OutputArea-output").all_inner_texts())
         assert "weight restored within 1e-6: True" in text  # the last code cell's output
-    finally:
-        _screenshot(page, "solution_04_lora_layers.png", focus=f"{PANEL} .jp-OutputArea-output img")
-        page.close()
+
+
+def test_the_kernel_dialog_is_answered_so_that_the_notebook_keeps_or_gets_a_kernel(browser, lab):
+    """The harness's answer to JupyterLab's kernel dialog, which a loaded machine provokes at random (it
+    failed CI once): opened over a running kernel, cancelling keeps that kernel; opened over a notebook
+    whose kernel the server shut down, choosing Python 3 starts one."""
+    path = f"notebooks/{NOTEBOOK}"
+    with _notebook(browser, lab, path, "kernel_dialog_04_lora_layers.png", focus=PANEL) as page:
+        before = _kernel_id(lab, path)
+        _menu(page, "Kernel", "Change Kernel…")
+        page.wait_for_selector(".jp-Dialog select", timeout=10_000)
+        assert _answer_kernel_dialog(page)
+        _wait_for_kernel(page, lab, path)
+        assert _kernel_id(lab, path) == before, "cancelling the dialog replaced the running kernel"
+
+        request = urllib.request.Request(f"{lab.url}/api/sessions/{lab.session(path)['id']}?token={lab.token}",
+                                         method="DELETE")
+        urllib.request.urlopen(request, timeout=30).close()
+        page.wait_for_function("() => /No Kernel/.test(document.querySelector("
+                               f"'{PANEL} .jp-KernelName')?.textContent || '')", timeout=20_000)
+        _menu(page, "Kernel", "Change Kernel…")
+        page.wait_for_selector(".jp-Dialog select", timeout=10_000)
+        assert _answer_kernel_dialog(page)
+        _wait_for_kernel(page, lab, path)
+        assert _kernel_id(lab, path) not in (None, before), "choosing Python 3 started no new kernel"
+
+
+def _kernel_id(lab: Lab, path: str) -> str | None:
+    return (lab.session(path).get("kernel") or {}).get("id")
