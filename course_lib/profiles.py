@@ -17,7 +17,8 @@ from .config import SMOKE_MODEL
 
 STRATEGIES = ("lora", "last_block", "last_layer", "all")  # what trains: see course_lib.strategies
 
-# Learning rates on pretrained GPT-2 (the full profile), one per strategy; AdamW, weight decay 0.1.
+# Learning rates on pretrained GPT-2 (the full profile), one per strategy; AdamW, weight decay 0.1 (Raschka ch. 6;
+# also every one of Hu et al.'s roberta_base_*.sh at microsoft/LoRA c4593f0: --weight_decay 0.1).
 # LoRA is set by the product (alpha / rank) · lr, which its first steps follow for a given start of A.
 # 8e-4 is the product of Hu et al.'s released RoBERTa-base scripts at lr 4e-4 (microsoft/LoRA c4593f0,
 # examples/NLU/roberta_base_*.sh: r 8, alpha 16; their 5e-4 runs give 1e-3; the paper's Table 9 lists alpha 8 for
