@@ -66,6 +66,11 @@ def _folders(args: argparse.Namespace) -> tuple[Path, Path]:
         root = Path(args.root)
     else:  # the course folder you are in, else the one course_lib was installed from
         root = Path.cwd() if (Path.cwd() / "solutions").is_dir() else repo_root()
+    if not (root / "solutions").is_dir():
+        # a non-editable install used outside the course folder: repo_root() is then site-packages, where
+        # `make-student` made a `notebooks/` folder and reported success, and `--check` said "up to date"
+        raise FileNotFoundError(f"{root} holds no solutions/ folder, so it is not the course's folder: run `course "
+                                f"{args.command}` in the course's folder, or pass --root (or set COURSE_ROOT) to it.")
     return root / "solutions", root / "notebooks"
 
 

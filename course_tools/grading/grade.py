@@ -263,6 +263,34 @@ def _check_outputs_outside(submissions: Path, outputs: list[Path]) -> None:
                              "--out grades/grades.csv beside the submissions folder.")
 
 
+def _check_out_name(out: Path) -> None:
+    """Refuse a gradebook whose name leaves no room for the files the grader names after it beside it (the lock
+    ``.<name>.lock`` and the flags ``<stem>-flags.csv``): a name of 250 bytes, which the disk accepts, ended in an
+    ``OSError`` traceback (file name too long) from the lock before anyone was graded, and ``--merge`` wrote the merged
+    gradebook, then met the same traceback at its flags."""
+    try:
+        limit = os.pathconf(out.parent if out.parent.is_dir() else Path.cwd(), "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(len(os.fsencode(name)) for name in (f".{out.name}.lock", f"{out.stem}-flags.csv"))
+    if longest > limit:
+        raise ValueError(f"The gradebook's file name ({len(os.fsencode(out.name))} bytes) leaves no room for the files "
+                         f"the grader names after it beside it (its lock and its flags, 6 bytes longer; a name on that "
+                         f"disk holds at most {limit} bytes): choose a shorter --out, such as grades.csv.")
+
+
+def _check_submissions(submissions: Path) -> None:
+    """``submissions`` is a folder, or one sentence: a path the system refuses to look up (longer than its 4,096
+    bytes, a loop of links) ended in an ``OSError`` traceback from ``is_dir``."""
+    try:
+        folder = submissions.is_dir()
+    except OSError as err:
+        raise ValueError(f"The submissions folder cannot be looked up ({err.strerror or type(err).__name__}): "
+                         f"{str(submissions)[:120]}...; cd into a folder near it and pass a shorter path.") from None
+    if not folder:
+        raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
+
+
 def student_folders(submissions: Path) -> list[str]:
     """The students: the names of the folders in ``submissions`` that do not start with ``.``, sorted. A submissions
     folder the grading user may not list or enter (no ``r`` or no ``x``) stops the run with one sentence, before
@@ -326,8 +354,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     notebooks are trusted); the gradebook, feedback and executed notebooks are written by this
     process after every sandbox is gone. Every student's hidden tests draw their inputs from one ``seed`` (a fresh
     one unless given, printed), so the same code gets the same marks; the same seed grades on the same inputs again."""
-    if not submissions.is_dir():
-        raise FileNotFoundError(f"{submissions} is not a folder; it should hold one folder per student.")
+    _check_submissions(submissions)
     if shard and seed is None:   # a shard's own fresh seed would grade its students on other inputs than the rest
         raise ValueError(f"--shard {shard} needs --seed: every shard must draw the same hidden inputs, so pass the same "
                          "--seed N to each shard, drawn once where students cannot guess it (python -c 'import secrets; "
@@ -345,6 +372,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
     outputs = [out.parent, feedback_dir or out.parent / "feedback", executed_dir or out.parent / "executed"]
     _check_outputs_outside(submissions, outputs)
     _check_outputs_writable(outputs)
+    _check_out_name(out)
     lock = _lock_gradebook(out)   # held until this function returns, the gradebook written
     limits = limits or sandbox.Limits()
     course_dir = Path(importlib.util.find_spec("course_lib").origin).parent
@@ -382,6 +410,7 @@ def grade(submissions: Path, out: Path, notebooks: list[str] | None = None, feed
                      sandbox=use_sandbox, limits=limits, course_dir=course_dir, readonly=readonly,
                      probe_courses=probe_courses, threads=threads_per_notebook(), scratch=scratch,
                      grader_pid=os.getpid(), course_roots=roots, seed=seed,
+                     data_dir=DEFAULT_TESTS.parent.parent / "data",   # the course's, also beside an installed library
                      hide_in_probes=tuple(Path(p) for p in [*installed_implementations(),
                                                             *sandbox.renamed_courses(course_dir)]),
                      null_in_probes=tuple(Path(p) for p in sandbox.zipped_courses()))
@@ -434,6 +463,7 @@ def merge(parts: list[Path], out: Path, submissions: Path | None = None) -> list
     max_points, or a student lacking an exercise the others have (a hand edit). With ``submissions``, a student
     folder that is in no shard's gradebook (added after its shard was graded, or a shard left out) is refused too.
     TOTAL rows are computed again, never read."""
+    _check_out_name(out)
     books, flag_files = [], []
     for part in parts:
         columns = _columns(part)

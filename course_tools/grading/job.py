@@ -61,6 +61,7 @@ class Job:
     null_in_probes: tuple[Path, ...] = ()   # zipped copies of course_lib (eggs, wheels) /dev/null is bound over
     course_roots: tuple[Path, ...] = ()     # course folders every sandbox empties (sandbox.course_folders)
     seed: int | None = None           # the run's seed for the hidden tests' inputs, the same for every student
+    data_dir: Path | None = None      # the course's data/ (the shipped SMS corpus), bound read-only at its own path
 
 
 @dataclass
@@ -408,8 +409,8 @@ def sandbox_command(job: Job, scratch: list[Path], course_source: Path, cwd: Pat
     if limits.nproc_base:   # no pids cgroup: RLIMIT_NPROC counts every task of this user, so counted now
         limits = dataclasses.replace(limits, nproc_base=sandbox.nproc_base_now())
     readonly = [(course_source, course_dir)]
-    data = course_dir.parent / "data"
-    if data.is_dir():
+    data = course_data(job)
+    if data is not None:
         readonly.append((data, data))
     for extra in [*job.readonly, *also_readonly]:
         readonly.append((Path(extra), Path(extra)))
@@ -422,10 +423,25 @@ def sandbox_command(job: Job, scratch: list[Path], course_source: Path, cwd: Pat
     return box.command([], args_file=args_file)
 
 
+def course_data(job: Job) -> Path | None:
+    """The course's ``data/`` folder a sandbox shows (read-only, at its own path): the one of the course folder the
+    grader reads its registry from (``job.data_dir``), else the one beside course_lib, or None. A non-editable install
+    has no ``data/`` beside course_lib (site-packages): every kernel then missed the shipped SMS corpus and, without
+    ``COURSE_MIRROR``, 03's cells raised ``DownloadError`` in the executed notebooks of every student."""
+    for data in (job.data_dir, Path(job.course_dir).parent / "data" if job.course_dir else None):
+        if data is not None and Path(data).is_dir():
+            return Path(data)
+    return None
+
+
 def sandbox_env(job: Job, extra: dict[str, str]) -> dict[str, str]:
     """The environment inside a sandbox: minimal, with the course library's folder on PYTHONPATH
-    (where the sandbox binds it), so a library found only through the grader's PYTHONPATH works."""
-    return sandbox.sandboxed_env({**extra, "PYTHONPATH": str(Path(job.course_dir).parent)})
+    (where the sandbox binds it), so a library found only through the grader's PYTHONPATH works, and
+    ``COURSE_ROOT`` the folder above the course's ``data/`` where the sandbox binds it (course_lib looks for its
+    shipped corpus there: beside an installed course_lib, in site-packages, there is none)."""
+    data = course_data(job)
+    root = {"COURSE_ROOT": str(data.parent)} if data is not None else {}
+    return sandbox.sandboxed_env({**extra, **root, "PYTHONPATH": str(Path(job.course_dir).parent)})
 
 
 def _cgroups(job: Job) -> list[Path]:
