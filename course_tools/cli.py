@@ -87,7 +87,13 @@ def cmd_make_student(args: argparse.Namespace) -> int:
             return 1
         print("notebooks/ is up to date with solutions/.")
         return 0
-    for name in make_student(solutions, notebooks):
+    try:
+        written = make_student(solutions, notebooks)
+    except OSError as err:   # a course folder this user may not write (another user's clone, a read-only mount)
+        raise ValueError(f"`course make-student` cannot write {err.filename or notebooks} ({err.strerror or err}): run "
+                         "it as a user who may write the course's notebooks/ folder, or pass --root a copy you can "
+                         "write.") from None
+    for name in written:
         print(f"wrote notebooks/{name}")
     return 0
 
@@ -96,6 +102,11 @@ def cmd_execute_solutions(args: argparse.Namespace) -> int:
     from .notebooks import execute_solutions
 
     solutions, _ = _folders(args)
+    present = {x for p in solutions.glob("*.ipynb") for x in (p.stem, p.name)}
+    unknown = [n for n in args.notebooks if n not in present]
+    if unknown:   # a misspelt name executed nothing and exited 0
+        raise FileNotFoundError(f"{solutions} holds no notebook {unknown[0]!r}: name solution notebooks such as "
+                                "04_lora_layers (or none, for all of them).")
     for name in execute_solutions(solutions, args.notebooks or None):
         print(f"executed and stored solutions/{name}", flush=True)
     return 0

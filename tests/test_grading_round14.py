@@ -183,3 +183,23 @@ def test_a_submissions_path_past_the_system_s_limit_is_refused_in_one_sentence(t
     code = cli.main(["grade", str(long), "--out", str(tmp_path / "out" / "grades.csv")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "shorter path" in err[0], err
+
+
+def test_make_student_into_a_folder_it_cannot_write_says_so_in_one_sentence(tmp_path, capsys):
+    """A course folder the user may not write (another user's clone: measured as uid 65534 on root's copy) ended in a
+    `PermissionError` traceback; here the write fails because the notebook's name is taken by a folder."""
+    (tmp_path / "solutions").mkdir()
+    shutil.copy(ROOT / "solutions" / f"{NOTEBOOK}.ipynb", tmp_path / "solutions")
+    (tmp_path / "notebooks" / f"{NOTEBOOK}.ipynb").mkdir(parents=True)
+    code = cli.main(["make-student", "--root", str(tmp_path)])
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and "--root" in err[0], err
+    assert "wrote" not in captured.out
+
+
+def test_execute_solutions_with_a_misspelt_name_says_so(capsys):
+    """`course execute-solutions 03_data_balanncing` executed nothing and exited 0, as if it had run."""
+    code = cli.main(["execute-solutions", "03_data_balanncing", "--root", str(ROOT)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "03_data_balanncing" in err[0], err
