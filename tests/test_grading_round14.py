@@ -203,3 +203,23 @@ def test_execute_solutions_with_a_misspelt_name_says_so(capsys):
     code = cli.main(["execute-solutions", "03_data_balanncing", "--root", str(ROOT)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "03_data_balanncing" in err[0], err
+
+
+def test_a_second_clone_deeper_in_a_bound_folder_is_emptied_in_every_sandbox(tmp_path, monkeypatch):
+    """Only `<env folder>/*` and `<env folder>/src/*` were searched for copies of the course: a second clone at
+    `<venv>/share/old-course` (or `/usr/local/share/<name>`, `/usr` being bound in every sandbox) showed its
+    solutions/, hidden tests and unstubbed course_lib to every kernel and probe (measured: `os.listdir` of its
+    solutions/ from a sandbox listed the nine notebooks). Copies up to COURSE_SEARCH_DEPTH levels down are emptied."""
+    from course_tools.grading import sandbox
+
+    env = tmp_path / "venv"
+    shallow, deep, deeper = env / "share" / "old-course", env / "a" / "b" / "c" / "course", env / "a" / "b" / "c" / "d" / "x"
+    for course in (shallow, deep, deeper):
+        (course / "solutions").mkdir(parents=True)
+        (course / "grading").mkdir()
+    (env / "share" / "not-a-course" / "solutions").mkdir(parents=True)   # no grading/ or data/ beside it
+    monkeypatch.setattr(sandbox, "python_dirs", lambda: [str(env)])
+    found = sandbox.course_folders()
+    assert str(shallow) in found and str(deep) in found
+    assert str(deeper) not in found   # past the bound: said so in docs/instructors.md
+    assert not any("not-a-course" in f for f in found)

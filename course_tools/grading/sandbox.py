@@ -258,21 +258,43 @@ def is_course_folder(path: str | Path) -> bool:
         return False
 
 
+COURSE_SEARCH_DEPTH = 4   # levels below each folder every sandbox shows, searched for another copy of the course
+
+
 def course_folders(*known: Path) -> list[str]:
     """Every copy of the course a sandbox could show: ``known`` (the course root, the folder above course_lib)
-    where they are course folders, and any course folder directly in, or one level under, a folder of the
-    Python environment (``pip install -e git+...`` clones into ``<venv>/src/<name>``)."""
+    where they are course folders, and any course folder up to ``COURSE_SEARCH_DEPTH`` levels below a folder of the
+    Python environment or a system folder every sandbox binds (``/usr``): ``pip install -e git+...`` clones into
+    ``<venv>/src/<name>``, and a second clone kept at ``/usr/local/share/<name>`` or ``<venv>/share/<name>`` was
+    readable in every kernel and probe, its ``solutions/``, hidden tests and unstubbed ``course_lib`` included (only
+    ``<folder>/*`` and ``<folder>/src/*`` were looked at). Links are not followed (a link's target is shown only if it
+    lies in a bound folder, where the search meets it)."""
     found = {os.path.realpath(k) for k in known if k and is_course_folder(k)}
-    for base in {sys.prefix, sys.exec_prefix, *python_dirs()}:
-        for sub in ("", "src"):
-            folder = os.path.join(base, sub)
-            try:
-                names = os.listdir(folder)
-            except OSError:
-                continue
-            found |= {os.path.realpath(os.path.join(folder, n)) for n in names
-                      if is_course_folder(os.path.join(folder, n))}
+    bases = {sys.prefix, sys.exec_prefix, *python_dirs(),
+             *(d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))}
+    for base in bases:
+        found |= _course_folders_under(base, COURSE_SEARCH_DEPTH)
     return sorted(found)
+
+
+def _course_folders_under(base: str, depth: int) -> set[str]:
+    """The course folders (:func:`is_course_folder`) among ``base``'s folders ``1..depth`` levels down; the inside of
+    one found is not searched (it is emptied whole)."""
+    found: set[str] = set()
+    pending = [(base, 0)]
+    while pending:
+        folder, level = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                subfolders = [e for e in entries if e.is_dir(follow_symlinks=False) and e.name != "__pycache__"]
+        except OSError:
+            continue
+        for entry in subfolders:
+            if is_course_folder(entry.path):
+                found.add(os.path.realpath(entry.path))
+            elif level + 1 < depth:
+                pending.append((entry.path, level + 1))
+    return found
 
 
 def check_course_hidden(folders) -> None:
