@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from importlib import metadata
@@ -242,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:   # run from a folder deleted meanwhile, every command said only "error: [Errno 2] No such file or directory"
+        os.getcwd()
+    except OSError as err:
+        print(f"error: the current folder cannot be used ({err.strerror}; was it deleted?): cd into an existing "
+              "folder and run the command again.", file=sys.stderr)
+        return 2
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as err:

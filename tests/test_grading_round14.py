@@ -223,3 +223,17 @@ def test_a_second_clone_deeper_in_a_bound_folder_is_emptied_in_every_sandbox(tmp
     assert str(shallow) in found and str(deep) in found
     assert str(deeper) not in found   # past the bound: said so in docs/instructors.md
     assert not any("not-a-course" in f for f in found)
+
+
+@pytest.mark.parametrize("argv", [["grade", "subs", "--out", "out/grades.csv"], ["make-student", "--check"]])
+def test_a_command_run_from_a_deleted_folder_says_so(tmp_path, monkeypatch, capsys, argv):
+    """From a working folder removed meanwhile (`repo_root()` looks at it), every command printed only
+    `error: [Errno 2] No such file or directory`."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    monkeypatch.delenv("COURSE_ROOT", raising=False)
+    gone.rmdir()
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cd into an existing folder" in err[0], err
