@@ -218,9 +218,14 @@ def test_a_second_clone_deeper_in_a_bound_folder_is_emptied_in_every_sandbox(tmp
         (course / "solutions").mkdir(parents=True)
         (course / "grading").mkdir()
     (env / "share" / "not-a-course" / "solutions").mkdir(parents=True)   # no grading/ or data/ beside it
+    linked = tmp_path / "clone"   # `pip install -e` of a clone reached through a link in <venv>/src, as before
+    (linked / "solutions").mkdir(parents=True)
+    (linked / "data").mkdir()
+    (env / "src").mkdir()
+    (env / "src" / "course").symlink_to(linked)
     monkeypatch.setattr(sandbox, "python_dirs", lambda: [str(env)])
     found = sandbox.course_folders()
-    assert str(shallow) in found and str(deep) in found
+    assert str(shallow) in found and str(deep) in found and str(linked) in found
     assert str(deeper) not in found   # past the bound: said so in docs/instructors.md
     assert not any("not-a-course" in f for f in found)
 

@@ -267,8 +267,8 @@ def course_folders(*known: Path) -> list[str]:
     Python environment or a system folder every sandbox binds (``/usr``): ``pip install -e git+...`` clones into
     ``<venv>/src/<name>``, and a second clone kept at ``/usr/local/share/<name>`` or ``<venv>/share/<name>`` was
     readable in every kernel and probe, its ``solutions/``, hidden tests and unstubbed ``course_lib`` included (only
-    ``<folder>/*`` and ``<folder>/src/*`` were looked at). Links are not followed (a link's target is shown only if it
-    lies in a bound folder, where the search meets it)."""
+    ``<folder>/*`` and ``<folder>/src/*`` were looked at). A link to a course folder counts; links are not searched
+    through (a folder reached only through one lies outside the bound folders, or the search meets it there)."""
     found = {os.path.realpath(k) for k in known if k and is_course_folder(k)}
     bases = {sys.prefix, sys.exec_prefix, *python_dirs(),
              *(d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d))}
@@ -286,13 +286,13 @@ def _course_folders_under(base: str, depth: int) -> set[str]:
         folder, level = pending.pop()
         try:
             with os.scandir(folder) as entries:
-                subfolders = [e for e in entries if e.is_dir(follow_symlinks=False) and e.name != "__pycache__"]
+                subfolders = [e for e in entries if e.name != "__pycache__" and e.is_dir()]
         except OSError:
             continue
         for entry in subfolders:
-            if is_course_folder(entry.path):
+            if is_course_folder(entry.path):   # a link to a course folder too, found at its real path
                 found.add(os.path.realpath(entry.path))
-            elif level + 1 < depth:
+            elif level + 1 < depth and not entry.is_symlink():
                 pending.append((entry.path, level + 1))
     return found
 
