@@ -552,8 +552,13 @@ def check_balanced(fn: Callable, df, reference: Callable) -> None:
     """The SMS table and a small table whose texts say their class, with two seeds; the table given
     must come back unchanged (the notebook uses it again later)."""
     small = _labelled_frame(30, 9)
+    own = _labelled_frame(13, 5)              # a table of the caller's: a third column, and an index that is not the
+    own["Id"] = [f"id{i}" for i in range(len(own))]   # rows' positions (labels 17, 16, ..., 0, as after a sort or a filter)
+    own.index = list(range(len(own) - 1, -1, -1))
     for what, frame, seed in (("a table of 30 ham and 9 spam, seed 1", small, 1),
                               ("a table of 30 ham and 9 spam, seed 2", small, 2),
+                              ("a table of 13 ham and 5 spam with a third column 'Id' and the index 17, 16, ..., 0 "
+                               "(labels that are not the rows' positions), seed 3", own, 3),
                               ("the SMS table, seed 123", df, 123)):
         given = frame.copy()
         with _writes_nothing(f"create_balanced_dataset on {what}", _WRITES_TABLES):
@@ -595,6 +600,10 @@ def _expect_columns(got: Any, frame: Any, what: str) -> None:
     """Fail when a result table has other columns than the table it was made from (typically the old index,
     kept as a column by reset_index() without drop=True)."""
     extra = [str(c) for c in got.columns if c not in frame.columns]
+    missing = [str(c) for c in frame.columns if c not in got.columns]
+    expect(extra or not missing,
+           f"{what} lacks the given table's column(s) {missing}: keep every column of the table (select rows, not "
+           "columns), so that the caller's other data stays with each message.")
     expect(not extra and len(got.columns) == len(frame.columns),
            f"{what} has the columns {[str(c) for c in got.columns]}, the given table {[str(c) for c in frame.columns]}: "
            "keep the table's columns only (reset_index(drop=True) drops the old index instead of keeping it as a "
@@ -1801,6 +1810,9 @@ def _kd_variants(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, T: float, a:
          "Use reduction='batchmean' in kl_div: 'mean' also divides by the number of classes."),
         (a * T ** 2 * F.kl_div(log_ps, pt, reduction="sum") + (1 - a) * ce,
          "Use reduction='batchmean' in kl_div: 'sum' does not divide by the batch size."),
+        (a * T ** 2 * F.kl_div(log_ps, pt, reduction="sum") / s.shape[-1] + (1 - a) * ce,
+         "Your KL term is divided by the number of classes: reduction='batchmean' divides the sum by the batch size "
+         "(student_logits.shape[0])."),
         ((1 - a) * T ** 2 * kl + a * ce, "alpha weighs the soft (teacher) term and 1 - alpha the hard one, not the "
                                          "other way round."),
         (a * T ** 2 * kl + (1 - a) * F.cross_entropy(s / T, y), "Your cross-entropy reads the softened logits "

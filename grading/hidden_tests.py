@@ -274,7 +274,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
         "the weight restored by unmerge()", "the output after unmerge()",
         "the wrapped layer's requires_grad at the end (weight, bias)", "A's and B's requires_grad after unmerge()",
         "the training mode kept by merge() and unmerge() ([in training, in eval mode])", _TORCH_RNG,
-        "a second layer ([its output while the first is merged, its weight's change after its own merge()])",
+        "a second layer, of rank 2 or more ([its output while the first is merged, its weight's change after its own merge()])",
         "the gradient into the input of a merged layer", _HOST_RNG),
     "05-replace": (
         "the names the first call returns", "the layers wrapped in that model after a second call",
@@ -464,7 +464,12 @@ for k in range(2):
     n_ham, n_spam = 20 + (SEED + k) % 13, 5 + (SEED + 3 * k) % 7
     rows = [("ham", f"ham{i}") for i in range(n_ham)] + [("spam", f"spam{i}") for i in range(n_spam)]
     rows = [rows[(5 * i + SEED) % len(rows)] for i in range(len(rows))] if len(rows) % 5 else rows[::-1]
+    if k:   # the second table: a spam row twice (both are kept), a third column, an index that is not 0..n-1
+        rows.insert(SEED % len(rows), ("spam", "spam0"))
     df = pd.DataFrame(rows, columns=["Label", "Text"])
+    if k:
+        df["Id"] = [f"id{i % 4}" if t != "spam0" else "id" for i, (_, t) in enumerate(rows)]
+        df.index = list(range(len(df) - 1, -1, -1))   # a permutation of 0..n-1: labels are not positions
     original = df.copy()
     got = in_empty_folder(create_balanced_dataset, df, 1000 + (SEED + k) % 1000)   # the seed by position, as 03 calls it
     labels = list(got["Label"])
@@ -475,7 +480,8 @@ for k in range(2):
 return out + [written[:3], torch.equal(global_rng, torch.get_rng_state()), host_rngs() == host]
 ''', reference=_lib("course_lib.sms", "create_balanced_dataset"),
         explain="two other tables with the classes mixed, other seeds, ham rows first then spam, labels 0/1 as integers, "
-                "the table's columns only, the caller's table left unchanged, no file written in the working directory, and the "
+                "the table's columns (all of them, a third one too) only, a spam row that occurs twice (both kept), an "
+                "index that is not the rows' positions, the caller's table left unchanged, no file written in the working directory, and the "
                 "global random generators of PyTorch, NumPy and Python untouched (the seed goes to pandas)",
         parts=_PARTS["03-balance"]),
 
@@ -534,7 +540,7 @@ return out + [torch.equal(global_rng, torch.get_rng_state()), host_rngs() == hos
 import torch
 g = torch.Generator().manual_seed(SEED)
 torch.manual_seed(SEED)
-in_dim, out_dim, rank = 24 + SEED % 7, 3 + SEED % 5, 2 + SEED % 3
+in_dim, out_dim, rank = 24 + SEED % 7, 5 + SEED % 5, 2 + SEED % 3   # in_dim, out_dim and rank all differ
 alpha = rank * (1.5 + SEED % 3)          # alpha / rank is never an integer
 layer = LoRALayer(in_dim, out_dim, rank, alpha)
 other = LoRALayer(in_dim=in_dim, out_dim=out_dim, rank=rank, alpha=alpha)   # built right after: its own A (no
@@ -572,7 +578,7 @@ out64 = double(torch.randn(2, in_dim, generator=g, dtype=torch.float64))
 dtypes = [str(out.dtype), str(out64.dtype), out64.detach().tolist()]
 return facts + [out.tolist(), grads, kept, after_step, follows, dtypes, host_rngs() == host]
 ''', reference=_lib("course_lib.lora", "LoRALayer"),
-        explain="other dimensions, rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input "
+        explain="other dimensions (in_dim, out_dim and rank all different), rank 2 to 4, alpha / rank not an integer, Kaiming-uniform A, batched 3-D input "
                 "that is a non-contiguous view (a transpose), the gradients of A and B (the parameters held before "
                 "forward, as an optimiser holds them) and of the input after one backward pass, two layers built in a row with different "
                 "A, parameters registered once and no buffers, the input left unchanged, also after the next call, and the output after "
@@ -593,8 +599,8 @@ d_out = d_in + 1 + SEED % 3
 linear = torch.nn.Linear(d_in, d_out)
 x = torch.randn(2, 5, d_in, generator=g)
 wrapped = LinearWithLoRA(linear, rank, 1.5 * rank)
-other = LinearWithLoRA(torch.nn.Linear(d_in, d_out), rank=rank, alpha=1.5 * rank)   # a second layer (by keyword),
-#                                                                                     merged while the first is
+other = LinearWithLoRA(torch.nn.Linear(d_in, d_out), rank=rank + 1, alpha=1.5 * rank)   # a second layer (by keyword),
+#                                      merged while the first is; its rank is 2 to 4 (the first's is 1 to 3), alpha / rank another
 facts = [bool(torch.allclose(wrapped(x), linear(x))), [p.requires_grad for p in linear.parameters()],
          [p.requires_grad for p in wrapped.lora.parameters()],
          sorted(n for n, _ in wrapped.named_parameters(remove_duplicate=False)), sorted(wrapped.state_dict())]
@@ -642,8 +648,8 @@ wrapped.unmerge()
 modes.append(not any(m.training for m in wrapped.modules()))
 wrapped.merge()                      # one layer merged, the other not: the merged flag is each layer's own
 with torch.no_grad():
-    other.lora.A.copy_(torch.randn(rank, d_in, generator=g))
-    other.lora.B.copy_(torch.randn(d_out, rank, generator=g))
+    other.lora.A.copy_(torch.randn(rank + 1, d_in, generator=g))
+    other.lora.B.copy_(torch.randn(d_out, rank + 1, generator=g))
 w_other = other.linear.weight.detach().clone()
 per_layer = [other(x).tolist()]
 other.merge()

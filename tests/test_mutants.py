@@ -41,7 +41,7 @@ def _load(path: Path, name: str):
 
 HIDDEN = load_tests()
 EXERCISES = {t.exercise: t for t in HIDDEN.TESTS}
-CATALOGUE = [m for part in ("a", "b", "c", "d", "r2", "r4", "r5", "r5b", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13")
+CATALOGUE = [m for part in ("a", "b", "c", "d", "r2", "r4", "r5", "r5b", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13", "r14")
              for m in _load(ROOT / "tests" / "mutants" / f"catalogue_{part}.py", f"mutant_catalogue_{part}").MUTANTS]
 NEEDS_PEFT = {t.exercise for t in HIDDEN.TESTS if "peft" in t.uses}
 
