@@ -66,16 +66,16 @@ class Lab:
             return next((s for s in json.load(reply) if s.get("path") == path), {})
 
     def kernel_state(self, path: str) -> str | None:
-        """The execution state of the kernel the server runs for notebook ``path``; None when it runs none."""
-        return (self.session(path).get("kernel") or {}).get("execution_state")
+        """The execution state of the kernel the server runs for notebook ``path``; None when it runs none, and
+        "unknown (...)" when the server did not answer in time (a loaded machine: the caller asks again)."""
+        try:
+            return (self.session(path).get("kernel") or {}).get("execution_state")
+        except OSError as error:
+            return f"unknown ({error})"
 
     def report(self, path: str) -> str:
         """What the server knows, for a failed test's stderr: the notebook's kernel and the log's tail."""
-        try:
-            state = self.kernel_state(path)
-        except OSError as error:
-            state = f"unknown ({error})"
-        return f"server's kernel for {path}: {state}\nserver log (last 4000 characters):\n{self.log.read_text()[-4000:]}"
+        return f"server's kernel for {path}: {self.kernel_state(path)}\nserver log (last 4000 characters):\n{self.log.read_text()[-4000:]}"
 
 
 def _free_port() -> int:
