@@ -4,6 +4,8 @@ the repository has two ``conftest.py`` files, and a test cannot import either by
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -44,3 +46,16 @@ def smoke_model(seed: int = 0):
 
     torch.manual_seed(seed)
     return GPTModel(get_config(SMOKE)).eval()
+
+
+def copy_of_the_course(target: Path) -> Path:
+    """The files git would put in a fresh clone (tracked and untracked-but-not-ignored), copied to ``target``:
+    the working tree's code, for tests that install or grade from a copy."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target

@@ -15,24 +15,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from support import copy_of_the_course
 
 from course_tools import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = "03_data_balancing"
 STUDENT = "Zoë Ünal"
-
-
-def _copy_of_the_course(target: Path) -> Path:
-    """The files a fresh clone has (tracked, and untracked but not ignored), copied: the working tree's code."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
 
 
 def _files(folder: Path) -> set[str]:
@@ -49,7 +38,7 @@ def installed():
     base = Path(tempfile.mkdtemp(prefix="r14 ü ", dir="/tmp"))
     base.chmod(0o755)
     try:
-        clone = _copy_of_the_course(base / "cöurse folder")
+        clone = copy_of_the_course(base / "cöurse folder")
         venv = base / "vénv é"
         subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
         subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",

@@ -7,20 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import copy_of_the_course
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _copy_of_the_course(target: Path) -> Path:
-    """The files git would put in a fresh clone (tracked and untracked-but-not-ignored), copied."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +18,7 @@ def installed(tmp_path_factory):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout to know which files a clone has")
     base = tmp_path_factory.mktemp("install")
-    clone = _copy_of_the_course(base / "clone")
+    clone = copy_of_the_course(base / "clone")
     venv = base / "venv"
     # The venv sees the installed dependencies and build tools (no download); course_lib itself goes into it.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
